@@ -1,0 +1,281 @@
+"""Training configuration: nested dataclasses, loaded from YAML with dotted CLI overrides.
+
+Every field is validated on load; an unknown key or a bad value raises `ConfigError`
+naming the dotted key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["hunyuan_video"] = "hunyuan_video"
+    # Local diffusers-format folder (transformer/, vae/, ...). Empty when size is "tiny".
+    path: str = ""
+    # "tiny" builds a small model of the same architecture from config with seeded random
+    # weights (tests, demo); "full" loads `path`.
+    size: Literal["tiny", "full"] = "full"
+    # Compute dtype of the transformer and VAE forward passes.
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    # "sdpa" is torch's scaled_dot_product_attention; "flash" requires flash-attn (GPU).
+    attention: Literal["sdpa", "flash"] = "sdpa"
+    # HunyuanVideo is guidance-distilled: the guidance scale is an input embedding.
+    guidance_scale: float = 6.0
+    init_seed: int = 0
+    # Overrides of the tiny architecture (only read when size is "tiny").
+    tiny_layers: int = 1
+    tiny_single_layers: int = 1
+    tiny_heads: int = 2
+    tiny_head_dim: int = 8
+    tiny_text_dim: int = 16
+    tiny_pooled_dim: int = 8
+    tiny_vae_channels: int = 8
+
+
+@dataclass
+class DataConfig:
+    prompts_file: str = "assets/prompts/tiny.txt"
+    # Text conditioning source. "tiny_random" is a seeded random-embedding encoder over
+    # whitespace tokens, only for the tiny model.
+    text_encoder: Literal["tiny_random"] = "tiny_random"
+    max_text_tokens: int = 16
+    shuffle: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    num_steps: int = 16
+    eta: float = 0.25
+    shift: float = 5.0
+    sde_type: Literal["dance", "flow_grpo"] = "dance"
+    height: int = 480
+    width: int = 480
+    num_frames: int = 53
+    fps: int = 16
+    # Samples per prompt (G); all share one initial noise.
+    group_size: int = 24
+    # Samples per transformer call during rollout; training micro-batches mirror it.
+    rollout_batch_size: int = 1
+    # Decoded videos per VAE call.
+    decode_batch_size: int = 1
+
+
+@dataclass
+class GRPOConfig:
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    timestep_fraction: float = 0.6
+    # Which of the N-1 trainable transitions are trained: a random subset per rollout
+    # batch, or the first / last ones (ablations).
+    timestep_selection: Literal["random", "first", "last"] = "random"
+    # Train on the best_of/2 highest and best_of/2 lowest advantage samples of each
+    # group (0 trains all G).
+    best_of: int = 0
+    # Normalise advantages per group (GRPO) or over the whole batch (DDPO-style ablation).
+    advantage_mode: Literal["group", "batch"] = "group"
+    # KL penalty to the frozen initial policy; 0 disables it and no reference is loaded.
+    kl_weight: float = 0.0
+
+
+@dataclass
+class RewardConfig:
+    # Reward name -> advantage weight. Names are looked up in rewards.registry.
+    weights: dict[str, float] = field(default_factory=lambda: {"videoalign_vq": 1.0})
+    # Reward name -> threshold: the reward becomes 1.0 above it, 0.0 otherwise.
+    binary_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 300
+    # Prompts per iteration on each data-parallel rank.
+    prompts_per_iteration: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    # Linear warmup of the learning rate over this many optimizer steps (0: constant).
+    lr_warmup_steps: int = 0
+    # Micro-batches (rollout batch x trained timestep) per optimizer step. The last,
+    # partial window of an iteration is stepped too.
+    gradient_accumulation_steps: int = 12
+    seed: int = 42
+    output_dir: str = "outputs/run"
+    sample_every: int = 10
+    num_saved_samples: int = 2
+    progress_bar: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Ulysses sequence-parallel degree: the video tokens of a sample are split over sp ranks.
+    sp_size: int = 1
+    # HSDP: replicate over this many groups, shard within each.
+    dp_replicate: int = 1
+    activation_checkpointing: bool = True
+    cpu_offload: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against `annotation` (a type from the dataclass) and convert it."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {
+            _coerce(f"{key}.{k}", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+            for k, v in value.items()
+        }
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    known = _fields(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in known:
+            raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(known)}")
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            _merge(getattr(obj, name), value, prefix=f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, annotation))
+
+
+def parse_override(text: str) -> dict:
+    """`train.lr=2e-5` -> {"train": {"lr": 2e-5}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    nested: dict = {}
+    node = nested
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def validate(cfg: Config) -> None:
+    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+
+    def require(ok: bool, key: str, value: Any, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is invalid; expected {expected}")
+
+    require(s.num_steps >= 2, "sampling.num_steps", s.num_steps, ">= 2")
+    require(s.eta >= 0, "sampling.eta", s.eta, ">= 0")
+    require(s.shift > 0, "sampling.shift", s.shift, "> 0")
+    require(s.group_size >= 2, "sampling.group_size", s.group_size, ">= 2")
+    require(s.rollout_batch_size >= 1, "sampling.rollout_batch_size", s.rollout_batch_size, ">= 1")
+    require(s.decode_batch_size >= 1, "sampling.decode_batch_size", s.decode_batch_size, ">= 1")
+    require(s.num_frames >= 1 and (s.num_frames - 1) % 4 == 0, "sampling.num_frames",
+            s.num_frames, "4k+1 (the VAE compresses time by 4)")
+    for key in ("height", "width"):
+        value = getattr(s, key)
+        require(value >= 16 and value % 16 == 0, f"sampling.{key}", value, "a multiple of 16")
+    require(0 < g.timestep_fraction <= 1, "grpo.timestep_fraction", g.timestep_fraction, "in (0, 1]")
+    require(int((s.num_steps - 1) * g.timestep_fraction) >= 1, "grpo.timestep_fraction",
+            g.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
+    require(g.clip_range > 0, "grpo.clip_range", g.clip_range, "> 0")
+    require(g.adv_clip_max > 0, "grpo.adv_clip_max", g.adv_clip_max, "> 0")
+    require(g.best_of == 0 or (g.best_of % 2 == 0 and 2 <= g.best_of <= s.group_size),
+            "grpo.best_of", g.best_of, f"0 or an even number <= sampling.group_size ({s.group_size})")
+    require(g.kl_weight >= 0, "grpo.kl_weight", g.kl_weight, ">= 0")
+    require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
+    require(len(cfg.reward.weights) > 0, "reward.weights", cfg.reward.weights, "at least one reward")
+    for name in cfg.reward.binary_thresholds:
+        require(name in cfg.reward.weights, f"reward.binary_thresholds.{name}", name,
+                f"one of the rewards in reward.weights {sorted(cfg.reward.weights)}")
+    require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
+    require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
+    require(t.lr > 0, "train.lr", t.lr, "> 0")
+    require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
+    require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
+            t.gradient_accumulation_steps, ">= 1")
+    require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
+    require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
+    require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
+            "a local diffusers-format folder when model.size is 'full'")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+        try:
+            _merge(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    for text in overrides:
+        _merge(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

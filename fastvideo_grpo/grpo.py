@@ -1,0 +1,87 @@
+"""GRPO math: group advantages, best-of-N selection, timestep subsets, clipped loss."""
+
+from __future__ import annotations
+
+import torch
+
+# A group whose rewards differ by less than this carries no preference signal.
+ZERO_STD = 1e-6
+
+
+def normalize_rewards(rewards: torch.Tensor, group_size: int, mode: str = "group") -> torch.Tensor:
+    """(r - mean) / (std + 1e-8) within each group of `group_size` consecutive samples.
+
+    `mode="batch"` normalises over the whole batch instead (DDPO-style). A group (or batch)
+    whose std is ~0 gets advantage 0, never NaN or a rounding artefact.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.double().view(-1, group_size) if mode == "group" else rewards.double().view(1, -1)
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True)
+    adv = (r - mean) / (std + 1e-8)
+    adv = torch.where(std < ZERO_STD, torch.zeros_like(adv), adv)
+    return adv.reshape(-1).float()
+
+
+def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    return (rewards.double().view(-1, group_size).std(dim=1) < ZERO_STD).float().mean().item()
+
+
+def compute_advantages(
+    rewards: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    group_size: int,
+    adv_clip_max: float,
+    mode: str = "group",
+) -> torch.Tensor:
+    """A = clamp(sum_k w_k * normalize(r_k), +-adv_clip_max). [B]."""
+    total = sum(weights[name] * normalize_rewards(rewards[name], group_size, mode) for name in weights)
+    return total.clamp(-adv_clip_max, adv_clip_max)
+
+
+def best_of_indices(advantages: torch.Tensor, group_size: int, keep: int) -> torch.Tensor:
+    """Indices (into the flat batch) of the keep/2 highest and keep/2 lowest of each group.
+
+    Returned in ascending order so that kept samples stay grouped and ordered.
+    """
+    adv = advantages.view(-1, group_size)
+    order = adv.argsort(dim=1, stable=True)
+    half = keep // 2
+    picked = torch.cat([order[:, :half], order[:, -half:]], dim=1)
+    offsets = torch.arange(adv.shape[0]).unsqueeze(1) * group_size
+    return (picked + offsets).reshape(-1).sort().values
+
+
+def num_trained_timesteps(num_steps: int, fraction: float) -> int:
+    """The last transition is never trained: int((N-1) * fraction) of N-1."""
+    return int((num_steps - 1) * fraction)
+
+
+def select_timesteps(num_steps: int, fraction: float, selection: str,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Step indices k in [0, N-1) to train, in the order they are trained."""
+    count = num_trained_timesteps(num_steps, fraction)
+    trainable = num_steps - 1
+    if selection == "random":
+        return torch.randperm(trainable, generator=generator)[:count]
+    if selection == "first":
+        return torch.arange(count)
+    if selection == "last":
+        return torch.arange(trainable - count, trainable)
+    raise ValueError(f"timestep selection {selection!r} is not one of ['random', 'first', 'last']")
+
+
+def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                 clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean(max(-A * ratio, -A * clamp(ratio, 1-clip, 1+clip))), and the ratio."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL between the policy's and the reference's Gaussian steps (same std), per sample. [B]."""
+    sq = (mean.float() - ref_mean.float()) ** 2
+    return sq.mean(dim=tuple(range(1, sq.ndim))) / (2 * std.float() ** 2)

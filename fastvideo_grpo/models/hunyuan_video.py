@@ -1,0 +1,122 @@
+"""HunyuanVideo T2V policy: diffusers' transformer and VAE, used unchanged."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+
+from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.models.base import TextConditioning
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int) -> HunyuanVideoTransformer3DModel:
+    head_dim = cfg.tiny_head_dim
+    # RoPE splits each head's rotation pairs over (t, h, w).
+    pairs = head_dim // 2
+    pairs_t = max(1, pairs // 4)
+    pairs_h = (pairs - pairs_t) // 2
+    return HunyuanVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=cfg.tiny_heads,
+        attention_head_dim=head_dim,
+        num_layers=cfg.tiny_layers,
+        num_single_layers=cfg.tiny_single_layers,
+        num_refiner_layers=1,
+        mlp_ratio=2.0,
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=text_dim,
+        pooled_projection_dim=pooled_dim,
+        rope_axes_dim=(2 * pairs_t, 2 * pairs_h, 2 * (pairs - pairs_t - pairs_h)),
+    )
+
+
+def tiny_vae(cfg: ModelConfig) -> AutoencoderKLHunyuanVideo:
+    channels = cfg.tiny_vae_channels
+    return AutoencoderKLHunyuanVideo(
+        latent_channels=16,
+        block_out_channels=(channels,) * 4,
+        layers_per_block=1,
+        norm_num_groups=min(4, channels),
+        mid_block_add_attention=False,
+    )
+
+
+class HunyuanVideoPolicy:
+    def __init__(self, transformer: HunyuanVideoTransformer3DModel, vae: AutoencoderKLHunyuanVideo,
+                 cfg: ModelConfig, device: torch.device):
+        self.transformer = transformer
+        self.vae = vae
+        self.dtype = DTYPES[cfg.dtype]
+        self.device = device
+        self.guidance = cfg.guidance_scale * 1000.0
+        self.temporal_ratio = vae.config.temporal_compression_ratio
+        self.spatial_ratio = vae.config.spatial_compression_ratio
+
+    @property
+    def blocks(self) -> list[torch.nn.Module]:
+        return [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (
+            self.transformer.config.in_channels,
+            (num_frames - 1) // self.temporal_ratio + 1,
+            height // self.spatial_ratio,
+            width // self.spatial_ratio,
+        )
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: float, cond: TextConditioning) -> torch.Tensor:
+        batch = latents.shape[0]
+        timestep = torch.full((batch,), sigma * 1000.0, device=self.device, dtype=self.dtype)
+        guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
+        # With FSDP mixed precision the weights are already bf16; unsharded they are fp32 and
+        # autocast does the casting.
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.transformer(
+                hidden_states=latents.to(self.device, self.dtype),
+                timestep=timestep,
+                encoder_hidden_states=cond.prompt_embeds.to(self.device, self.dtype),
+                encoder_attention_mask=cond.attention_mask.to(self.device),
+                pooled_projections=cond.pooled_embeds.to(self.device, self.dtype),
+                guidance=guidance,
+                return_dict=False,
+            )[0]
+        return out.float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+        video = self.vae.decode(z, return_dict=False)[0]  # [B, 3, T, H, W] in [-1, 1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu()
+
+
+def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> HunyuanVideoPolicy:
+    dtype = DTYPES[cfg.dtype]
+    if cfg.size == "tiny":
+        torch.manual_seed(cfg.init_seed)
+        transformer = tiny_transformer(cfg, text_dim, pooled_dim)
+        vae = tiny_vae(cfg)
+    else:
+        root = Path(cfg.path)
+        for sub in ("transformer", "vae"):
+            if not (root / sub / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format HunyuanVideo folder")
+        transformer = HunyuanVideoTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
+        vae = AutoencoderKLHunyuanVideo.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        vae.enable_tiling()
+    if cfg.attention == "flash":
+        transformer.set_attention_backend("flash")
+    transformer.to(device)
+    vae.to(device, dtype).requires_grad_(False).eval()
+    logger.info("transformer: %.2fM parameters", sum(p.numel() for p in transformer.parameters()) / 1e6)
+    return HunyuanVideoPolicy(transformer, vae, cfg, device)

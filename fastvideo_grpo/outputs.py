@@ -1,0 +1,57 @@
+"""What a run writes besides checkpoints: metrics.jsonl, sample videos, the reward curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio
+import numpy as np
+import torch
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_video(path: Path, frames: torch.Tensor, fps: int) -> None:
+    """uint8 [T, H, W, 3] -> mp4 (H.264, yuv420p wants even sides: pad by edge repeat)."""
+    array = frames.numpy()
+    pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
+    if pad_h or pad_w:
+        array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    imageio.mimwrite(path, list(array), fps=fps, macro_block_size=1)
+
+
+def moving_average(values: list[float], window: int) -> np.ndarray:
+    """Trailing mean over up to `window` previous values (the first points average fewer)."""
+    values = np.asarray(values, dtype=np.float64)
+    cumsum = np.concatenate([[0.0], np.cumsum(values)])
+    starts = np.maximum(np.arange(len(values)) + 1 - window, 0)
+    return (cumsum[1:] - cumsum[starts]) / (np.arange(len(values)) + 1 - starts)
+
+
+def plot_reward_curve(runs: dict[str, list[dict]], path: Path, key: str = "reward_mean", window: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, records in runs.items():
+        steps = [r["iteration"] for r in records]
+        values = [r[key] for r in records]
+        line, = ax.plot(steps, values, alpha=0.25)
+        ax.plot(steps, moving_average(values, window), color=line.get_color(), label=f"{label} (avg {window})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(key)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

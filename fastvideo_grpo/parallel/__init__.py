@@ -1,0 +1,3 @@
+from fastvideo_grpo.parallel.distributed import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+
+__all__ = ["World", "all_reduce_max", "all_reduce_mean", "barrier", "init_distributed", "shutdown"]

@@ -1,0 +1,124 @@
+"""Process groups and the device mesh: (dp_replicate, dp_shard, sp)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    """Where this process sits. Single-process runs have mesh None and every size 1."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    mesh: DeviceMesh | None
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    sp_size: int = 1
+
+    @property
+    def dp_size(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp_size
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sp_group(self):
+        return self.mesh["sp"].get_group() if self.mesh is not None else None
+
+    @property
+    def dp_mesh(self) -> DeviceMesh | None:
+        """The mesh FSDP shards over; sp ranks hold the same samples but different tokens,
+        so parameters are sharded over them too."""
+        if self.mesh is None:
+            return None
+        if self.dp_replicate > 1:
+            return self.mesh["dp_replicate", "dp_shard_sp"]
+        return self.mesh["dp_shard_sp"]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("parallel.device=cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int = 1) -> World:
+    """From torchrun's env vars: nccl on GPU, gloo on CPU. Without torchrun: one process."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if "RANK" not in os.environ:
+        if sp_size * dp_replicate != 1:
+            raise ValueError(f"parallel.sp_size={sp_size} and parallel.dp_replicate={dp_replicate} need "
+                             "a torchrun launch with enough ranks")
+        return World(rank=0, world_size=1, device=dev, mesh=None)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    world_size = dist.get_world_size()
+    if world_size % (sp_size * dp_replicate):
+        raise ValueError(
+            f"parallel.sp_size={sp_size} x parallel.dp_replicate={dp_replicate} does not divide "
+            f"the world size {world_size}")
+    dp_shard = world_size // (sp_size * dp_replicate)
+    mesh = init_device_mesh(dev.type, (dp_replicate, dp_shard, sp_size),
+                            mesh_dim_names=("dp_replicate", "dp_shard", "sp"))
+    mesh["dp_shard", "sp"]._flatten("dp_shard_sp")
+    world = World(dist.get_rank(), world_size, dev, mesh, dp_replicate, dp_shard, sp_size)
+    logger.info("rank %d/%d on %s: dp_replicate=%d dp_shard=%d sp=%d", world.rank, world_size, dev,
+                dp_replicate, dp_shard, sp_size)
+    return world
+
+
+def all_reduce_mean(values: dict[str, float], world: World) -> dict[str, float]:
+    """Mean of each metric over data-parallel ranks (sp ranks hold equal copies)."""
+    if world.mesh is None or world.world_size == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=world.device)
+    dist.all_reduce(tensor)
+    tensor /= world.world_size
+    return dict(zip(keys, tensor.tolist()))
+
+
+def all_reduce_max(value: float, world: World) -> float:
+    if world.mesh is None or world.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=world.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
+def barrier(world: World) -> None:
+    if world.mesh is not None:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,66 @@
+"""Parallelism applied to an unmodified model, in a fixed order: SP, activation checkpointing, FSDP2."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from fastvideo_grpo.config import Config
+from fastvideo_grpo.models.base import Policy
+from fastvideo_grpo.parallel.distributed import World
+
+logger = logging.getLogger(__name__)
+
+
+def apply_fsdp(model: nn.Module, blocks: list[nn.Module], world: World, param_dtype: torch.dtype,
+               cpu_offload: bool) -> None:
+    """fully_shard each block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
+    mp_policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype if param_dtype != torch.float32 else None, reduce_dtype=torch.float32)
+    kwargs = {"mesh": world.dp_mesh, "mp_policy": mp_policy}
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=world.device.type == "cuda")
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    if world.sp_size > 1:
+        # Sequence-parallel ranks each hold the gradient of their own tokens: the full
+        # gradient is their sum, while data-parallel ranks are averaged.
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(float(world.dp_size))
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (diffusers' per-block checkpointing)."""
+    model.enable_gradient_checkpointing()
+
+
+def parallelize(policy: Policy, world: World, cfg: Config) -> None:
+    if world.sp_size > 1:
+        from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
+
+        apply_sequence_parallel(policy.transformer, world)
+    if cfg.parallel.activation_checkpointing and any(p.requires_grad for p in policy.transformer.parameters()):
+        apply_activation_checkpointing(policy.transformer)
+    if world.mesh is not None:
+        dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
+        apply_fsdp(policy.transformer, policy.blocks, world, dtype, cfg.parallel.cpu_offload)
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Skip the gradient reduce-scatter on all but the last micro-batch of a window."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return norm.item()

@@ -1,0 +1,79 @@
+"""Grouped SDE sampling: G samples per prompt from one shared initial noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastvideo_grpo.models.base import Policy, TextConditioning
+from fastvideo_grpo.sde import sde_step, sigma_schedule
+
+
+@dataclass
+class Rollout:
+    latents: torch.Tensor  # [B, N+1, *latent]: x_0 (noise) ... x_N (clean), fp32
+    log_probs: torch.Tensor  # [B, N], fp32: log pi(x_{k+1} | x_k)
+    sigmas: torch.Tensor  # [N+1]
+    batches: list[slice]  # the rollout batches; training micro-batches mirror them
+
+    @property
+    def final_latents(self) -> torch.Tensor:
+        return self.latents[:, -1]
+
+
+def make_generator(*seed_parts: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of ints, e.g. (seed, iteration, dp_rank, sample)."""
+    seed = int(np.random.SeedSequence([int(p) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed % (2**63))
+
+
+def batch_slices(total: int, batch_size: int) -> list[slice]:
+    return [slice(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+@torch.no_grad()
+def rollout(
+    policy: Policy,
+    cond: TextConditioning,
+    group_size: int,
+    latent_shape: tuple[int, ...],
+    num_steps: int,
+    shift: float,
+    eta: float,
+    sde_type: str,
+    batch_size: int,
+    seed_parts: tuple[int, ...],
+    device: torch.device,
+) -> Rollout:
+    """Sample len(cond) // group_size groups; `cond` holds one row per sample, grouped.
+
+    Noise comes from CPU generators seeded by `seed_parts`: one per group for the initial
+    noise and one per sample for the SDE noise, so results do not depend on `batch_size`
+    and ranks that pass the same `seed_parts` draw the same noise.
+    """
+    total = cond.prompt_embeds.shape[0]
+    num_groups = total // group_size
+    sigmas = sigma_schedule(num_steps, shift)
+    initial = torch.stack([
+        torch.randn(latent_shape, generator=make_generator(*seed_parts, group, 0))
+        for group in range(num_groups)
+    ]).repeat_interleave(group_size, dim=0)
+    step_noise = [make_generator(*seed_parts, sample, 1) for sample in range(total)]
+
+    latents = torch.empty(total, num_steps + 1, *latent_shape, device=device)
+    log_probs = torch.empty(total, num_steps, device=device)
+    batches = batch_slices(total, batch_size)
+    for batch in batches:
+        x = initial[batch].to(device)
+        batch_cond = cond.select(batch)
+        latents[batch, 0] = x
+        for k in range(num_steps):
+            v = policy.predict_velocity(x, float(sigmas[k]), batch_cond)
+            noise = torch.stack([torch.randn(latent_shape, generator=g) for g in step_noise[batch]])
+            step = sde_step(v, x, sigmas, k, eta, sde_type, noise=noise.to(device))
+            x = step.prev_sample
+            latents[batch, k + 1] = x
+            log_probs[batch, k] = step.log_prob
+    return Rollout(latents=latents, log_probs=log_probs, sigmas=sigmas, batches=batches)

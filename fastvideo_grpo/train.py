@@ -1,0 +1,33 @@
+"""CLI: python -m fastvideo_grpo.train --config FILE [section.key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.trainer import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="GRPO training of a video/image generator")
+    parser.add_argument("--config", required=True, help="YAML config file (assets/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        logging.getLogger("fastvideo_grpo").error("config error: %s", e)
+        return 2
+    out = train(cfg)
+    logging.getLogger("fastvideo_grpo").info("done: outputs in %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

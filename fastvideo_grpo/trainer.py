@@ -1,0 +1,259 @@
+"""The GRPO loop: prompts -> rollout -> decode -> score -> advantages -> update -> log."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from fastvideo_grpo import grpo
+from fastvideo_grpo.config import Config, to_dict
+from fastvideo_grpo.data.prompts import PromptSampler, load_prompts
+from fastvideo_grpo.models import Policy, TextConditioning, build_policy
+from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, write_video
+from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
+from fastvideo_grpo.rewards import Scorer, build_scorer
+from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
+from fastvideo_grpo.sde import sde_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Scores:
+    rewards: dict[str, torch.Tensor]  # name -> [B] raw (or thresholded) reward
+    advantages: torch.Tensor  # [B], aggregated over rewards and clipped
+    zero_std_frac: float
+
+
+@dataclass
+class MicroBatch:
+    samples: torch.Tensor  # indices into the rollout's batch dim
+    step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
+
+
+def decode_videos(policy: Policy, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] on CPU."""
+    return torch.cat([policy.decode(latents[b]) for b in batch_slices(latents.shape[0], batch_size)])
+
+
+def score_rollout(scorer: Scorer, videos: torch.Tensor, prompts: list[str], cfg: Config) -> Scores:
+    rewards = scorer(videos, prompts)
+    advantages = grpo.compute_advantages(rewards, cfg.reward.weights, cfg.sampling.group_size,
+                                         cfg.grpo.adv_clip_max, cfg.grpo.advantage_mode)
+    total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
+    return Scores(rewards, advantages, grpo.zero_std_fraction(total, cfg.sampling.group_size))
+
+
+def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, generator: torch.Generator) -> list[MicroBatch]:
+    """Each rollout batch's kept samples, at each of its trained transitions.
+
+    Mirroring the rollout batches keeps the forward pass bit-identical to the rollout's,
+    so the stored log-probs are the old policy's and no forward is spent recomputing them.
+    """
+    plan = []
+    for batch in ro.batches:
+        samples = torch.arange(batch.start, batch.stop)[kept[batch]]
+        if len(samples) == 0:
+            continue
+        steps = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
+                                      cfg.grpo.timestep_selection, generator)
+        plan += [MicroBatch(samples, k) for k in steps.tolist()]
+    return plan
+
+
+def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
+                  advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config) -> dict[str, float]:
+    """Gradient steps over the plan, accumulating `gradient_accumulation_steps` micro-batches
+    per optimizer step; a last partial window is stepped too."""
+    s, g = cfg.sampling, cfg.grpo
+    device = ro.latents.device
+    advantages = advantages.to(device)
+    window = cfg.train.gradient_accumulation_steps
+    stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
+                                     "grad_norm": [], "kl": []}
+    ratio_dev_first_update = 0.0
+    for start in range(0, len(plan), window):
+        chunk = plan[start:start + window]
+        window_samples = sum(len(mb.samples) for mb in chunk)
+        for position, mb in enumerate(chunk):
+            set_gradient_sync(policy.transformer, position == len(chunk) - 1)
+            idx = mb.samples.to(device)
+            x, x_next = ro.latents[idx, mb.step], ro.latents[idx, mb.step + 1]
+            mb_cond = cond.select(mb.samples)
+            v = policy.predict_velocity(x, float(ro.sigmas[mb.step]), mb_cond)
+            step = sde_step(v, x, ro.sigmas, mb.step, s.eta, s.sde_type, prev_sample=x_next)
+            loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
+            if reference is not None:
+                with torch.no_grad():
+                    v_ref = reference.predict_velocity(x, float(ro.sigmas[mb.step]), mb_cond)
+                    ref = sde_step(v_ref, x, ro.sigmas, mb.step, s.eta, s.sde_type, prev_sample=x_next)
+                kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
+                loss = loss + g.kl_weight * kl
+                stats["kl"].append(kl.item())
+            (loss * len(mb.samples) / window_samples).backward()
+            deviation = (ratio.detach() - 1).abs()
+            if start == 0:
+                ratio_dev_first_update = max(ratio_dev_first_update, deviation.max().item())
+            stats["loss"].append(loss.item())
+            stats["ratio_mean"].append(ratio.mean().item())
+            stats["ratio_max_dev"].append(deviation.max().item())
+            stats["clip_frac"].append((deviation > g.clip_range).float().mean().item())
+        stats["grad_norm"].append(clip_grad_norm(policy.transformer, cfg.train.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    summary = {key: sum(v) / len(v) for key, v in stats.items() if v}
+    summary["ratio_max_dev"] = max(stats["ratio_max_dev"])
+    summary["ratio_dev_first_update"] = ratio_dev_first_update
+    summary["optimizer_steps"] = len(stats["grad_norm"])
+    return summary
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase; waits for the GPU so phases are not blurred."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.device.type == "cuda":
+                    torch.cuda.synchronize(timer.device)
+                timer.seconds[f"time_{name}"] = time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def build_optimizer(policy: Policy, cfg: Config):
+    t = cfg.train
+    params = [p for p in policy.transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                                  weight_decay=t.weight_decay)
+    warmup = t.lr_warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+    return optimizer, scheduler
+
+
+def build_reference(policy: Policy) -> Policy:
+    """A frozen copy of the initial policy for the KL penalty; shares everything but the network."""
+    reference = copy.copy(policy)
+    reference.transformer = copy.deepcopy(policy.transformer).requires_grad_(False).eval()
+    return reference
+
+
+def save_samples(out: Path, iteration: int, videos: torch.Tensor, prompts: list[str],
+                 rewards: dict[str, torch.Tensor], cfg: Config) -> None:
+    folder = out / "samples"
+    folder.mkdir(exist_ok=True)
+    for i in range(min(cfg.train.num_saved_samples, videos.shape[0])):
+        write_video(folder / f"iter_{iteration:06d}_{i}.mp4", videos[i], cfg.sampling.fps)
+        scores = {name: round(float(r[i]), 6) for name, r in rewards.items()}
+        append_metrics(folder / "index.jsonl", {"iteration": iteration, "file": f"iter_{iteration:06d}_{i}.mp4",
+                                                "prompt": prompts[i], **scores})
+
+
+def train(cfg: Config) -> Path:
+    """Run the configured number of iterations; returns the output folder."""
+    p, s, t = cfg.parallel, cfg.sampling, cfg.train
+    world = init_distributed(p.device, p.sp_size, p.dp_replicate)
+    out = Path(t.output_dir)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    barrier(world)
+
+    torch.manual_seed(t.seed)
+    prompts = load_prompts(cfg.data.prompts_file)
+    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
+                              seed=cfg.model.init_seed)
+    policy = build_policy(cfg.model, world.device, cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
+    reference = build_reference(policy) if cfg.grpo.kl_weight > 0 else None
+    parallelize(policy, world, cfg)
+    if reference is not None:
+        parallelize(reference, world, cfg)
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    scorer = build_scorer(cfg.reward)
+    sampler = PromptSampler(len(prompts), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
+                            cfg.data.shuffle)
+    latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(prompts),
+                t.prompts_per_iteration, s.group_size)
+
+    bar = tqdm(range(t.iterations), disable=not (world.is_main and t.progress_bar), desc="train", unit="it")
+    for iteration in bar:
+        metrics = train_iteration(iteration, policy, reference, optimizer, scheduler, scorer, sampler, encoder,
+                                  prompts, latent_shape, world, cfg)
+        if world.is_main:
+            append_metrics(out / "metrics.jsonl", metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
+            logger.debug("iteration %d: %s", iteration, metrics)
+    if world.is_main:
+        plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
+    barrier(world)
+    shutdown()
+    return out
+
+
+def train_iteration(iteration: int, policy: Policy, reference: Policy | None, optimizer, scheduler,
+                    scorer: Scorer, sampler: PromptSampler, encoder, prompts: list[str],
+                    latent_shape: tuple[int, ...], world: World, cfg: Config) -> dict:
+    s, t = cfg.sampling, cfg.train
+    timer = PhaseTimer(world.device)
+    start = time.perf_counter()
+    indices = sampler.next_indices()
+    batch_prompts = [prompts[i] for i in indices for _ in range(s.group_size)]
+    cond = encoder([prompts[i] for i in indices]).repeat_interleave(s.group_size).to(world.device)
+    seed_parts = (t.seed, iteration, world.dp_rank)
+
+    with timer("rollout"):
+        ro = rollout(policy, cond, s.group_size, latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
+                     s.rollout_batch_size, seed_parts, world.device)
+    with timer("decode"):
+        videos = decode_videos(policy, ro.final_latents, s.decode_batch_size)
+    with timer("reward"):
+        scores = score_rollout(scorer, videos, batch_prompts, cfg)
+    kept = torch.ones(len(batch_prompts), dtype=torch.bool)
+    if cfg.grpo.best_of:
+        kept = torch.zeros_like(kept)
+        kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
+    with timer("train"):
+        plan = plan_micro_batches(ro, kept, cfg, make_generator(*seed_parts, 2))
+        update = update_policy(policy, reference, optimizer, scheduler, ro, cond, scores.advantages, plan, cfg)
+
+    if world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0:
+        save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
+
+    local = {
+        "reward_mean": sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()).mean().item(),
+        **{f"reward/{name}": r.mean().item() for name, r in scores.rewards.items()},
+        "advantage_abs_mean": scores.advantages.abs().mean().item(),
+        "zero_std_frac": scores.zero_std_frac,
+        **{k: v for k, v in update.items() if k not in ("ratio_max_dev", "ratio_dev_first_update")},
+        **timer.seconds,
+    }
+    metrics = {"iteration": iteration, **all_reduce_mean(local, world)}
+    metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
+    metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
+    metrics["lr"] = scheduler.get_last_lr()[0]
+    metrics["time_iteration"] = time.perf_counter() - start
+    metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
+    return metrics

@@ -1,0 +1,22 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [
+    line.strip()
+    for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="fastvideo-grpo",
+    version="0.1.0",
+    description="GRPO (DanceGRPO) reinforcement learning for video and image generators",
+    packages=find_packages(include=["fastvideo_grpo", "fastvideo_grpo.*"]),
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        "gpu": ["flash-attn"],
+    },
+)
