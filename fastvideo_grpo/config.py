@@ -41,7 +41,7 @@ class ModelConfig:
     tiny_head_dim: int = 8
     tiny_text_dim: int = 16
     tiny_pooled_dim: int = 8
-    tiny_vae_channels: int = 8
+    tiny_vae_channels: int = 16
 
 
 @dataclass
@@ -173,6 +173,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):

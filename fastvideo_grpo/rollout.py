@@ -46,21 +46,23 @@ def rollout(
     batch_size: int,
     seed_parts: tuple[int, ...],
     device: torch.device,
+    first_sample: int = 0,
 ) -> Rollout:
     """Sample len(cond) // group_size groups; `cond` holds one row per sample, grouped.
 
-    Noise comes from CPU generators seeded by `seed_parts`: one per group for the initial
-    noise and one per sample for the SDE noise, so results do not depend on `batch_size`
-    and ranks that pass the same `seed_parts` draw the same noise.
+    Noise comes from CPU generators seeded by `seed_parts` and the sample's global index
+    (`first_sample` + row): one per group for the initial noise, one per sample for the SDE
+    noise. So results depend neither on `batch_size` nor on how the global batch is split
+    over data-parallel ranks, and sequence-parallel ranks draw the same noise.
     """
     total = cond.prompt_embeds.shape[0]
     num_groups = total // group_size
     sigmas = sigma_schedule(num_steps, shift)
     initial = torch.stack([
-        torch.randn(latent_shape, generator=make_generator(*seed_parts, group, 0))
+        torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // group_size + group))
         for group in range(num_groups)
     ]).repeat_interleave(group_size, dim=0)
-    step_noise = [make_generator(*seed_parts, sample, 1) for sample in range(total)]
+    step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
 
     latents = torch.empty(total, num_steps + 1, *latent_shape, device=device)
     log_probs = torch.empty(total, num_steps, device=device)

@@ -53,17 +53,20 @@ def score_rollout(scorer: Scorer, videos: torch.Tensor, prompts: list[str], cfg:
     return Scores(rewards, advantages, grpo.zero_std_fraction(total, cfg.sampling.group_size))
 
 
-def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, generator: torch.Generator) -> list[MicroBatch]:
+def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
+                       first_sample: int = 0) -> list[MicroBatch]:
     """Each rollout batch's kept samples, at each of its trained transitions.
 
     Mirroring the rollout batches keeps the forward pass bit-identical to the rollout's,
     so the stored log-probs are the old policy's and no forward is spent recomputing them.
+    A batch's timesteps are drawn from a generator seeded by its first global sample index.
     """
     plan = []
     for batch in ro.batches:
         samples = torch.arange(batch.start, batch.stop)[kept[batch]]
         if len(samples) == 0:
             continue
+        generator = make_generator(*seed_parts, 2, first_sample + batch.start)
         steps = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
                                       cfg.grpo.timestep_selection, generator)
         plan += [MicroBatch(samples, k) for k in steps.tolist()]
@@ -170,17 +173,25 @@ def save_samples(out: Path, iteration: int, videos: torch.Tensor, prompts: list[
                                                 "prompt": prompts[i], **scores})
 
 
-def train(cfg: Config) -> Path:
-    """Run the configured number of iterations; returns the output folder."""
+@dataclass
+class Components:
+    """Everything an iteration needs, built once by `setup`."""
+
+    world: World
+    policy: Policy
+    reference: Policy | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scorer: Scorer
+    sampler: PromptSampler
+    encoder: TinyTextEncoder
+    prompts: list[str]
+    latent_shape: tuple[int, ...]
+
+
+def setup(cfg: Config) -> Components:
     p, s, t = cfg.parallel, cfg.sampling, cfg.train
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
-    out = Path(t.output_dir)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    barrier(world)
-
     torch.manual_seed(t.seed)
     prompts = load_prompts(cfg.data.prompts_file)
     encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
@@ -191,53 +202,65 @@ def train(cfg: Config) -> Path:
     if reference is not None:
         parallelize(reference, world, cfg)
     optimizer, scheduler = build_optimizer(policy, cfg)
-    scorer = build_scorer(cfg.reward)
     sampler = PromptSampler(len(prompts), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(prompts),
                 t.prompts_per_iteration, s.group_size)
+    return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, encoder,
+                      prompts, latent_shape)
 
-    bar = tqdm(range(t.iterations), disable=not (world.is_main and t.progress_bar), desc="train", unit="it")
+
+def train(cfg: Config) -> Path:
+    """Run the configured number of iterations; returns the output folder."""
+    t = cfg.train
+    c = setup(cfg)
+    out = Path(t.output_dir)
+    if c.world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    barrier(c.world)
+
+    bar = tqdm(range(t.iterations), disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
-        metrics = train_iteration(iteration, policy, reference, optimizer, scheduler, scorer, sampler, encoder,
-                                  prompts, latent_shape, world, cfg)
-        if world.is_main:
+        metrics = train_iteration(iteration, c, cfg)
+        if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
-    if world.is_main:
+    if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
-    barrier(world)
+    barrier(c.world)
     shutdown()
     return out
 
 
-def train_iteration(iteration: int, policy: Policy, reference: Policy | None, optimizer, scheduler,
-                    scorer: Scorer, sampler: PromptSampler, encoder, prompts: list[str],
-                    latent_shape: tuple[int, ...], world: World, cfg: Config) -> dict:
+def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     s, t = cfg.sampling, cfg.train
+    world, policy = c.world, c.policy
     timer = PhaseTimer(world.device)
     start = time.perf_counter()
-    indices = sampler.next_indices()
-    batch_prompts = [prompts[i] for i in indices for _ in range(s.group_size)]
-    cond = encoder([prompts[i] for i in indices]).repeat_interleave(s.group_size).to(world.device)
-    seed_parts = (t.seed, iteration, world.dp_rank)
+    indices = c.sampler.next_indices()
+    batch_prompts = [c.prompts[i] for i in indices for _ in range(s.group_size)]
+    cond = c.encoder([c.prompts[i] for i in indices]).repeat_interleave(s.group_size).to(world.device)
+    seed_parts = (t.seed, iteration)
+    first_sample = world.dp_rank * len(batch_prompts)
 
     with timer("rollout"):
-        ro = rollout(policy, cond, s.group_size, latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
-                     s.rollout_batch_size, seed_parts, world.device)
+        ro = rollout(policy, cond, s.group_size, c.latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
+                     s.rollout_batch_size, seed_parts, world.device, first_sample)
     with timer("decode"):
         videos = decode_videos(policy, ro.final_latents, s.decode_batch_size)
     with timer("reward"):
-        scores = score_rollout(scorer, videos, batch_prompts, cfg)
+        scores = score_rollout(c.scorer, videos, batch_prompts, cfg)
     kept = torch.ones(len(batch_prompts), dtype=torch.bool)
     if cfg.grpo.best_of:
         kept = torch.zeros_like(kept)
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
-        plan = plan_micro_batches(ro, kept, cfg, make_generator(*seed_parts, 2))
-        update = update_policy(policy, reference, optimizer, scheduler, ro, cond, scores.advantages, plan, cfg)
+        plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
+        update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg)
 
     if world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0:
         save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
@@ -253,7 +276,7 @@ def train_iteration(iteration: int, policy: Policy, reference: Policy | None, op
     metrics = {"iteration": iteration, **all_reduce_mean(local, world)}
     metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
     metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
-    metrics["lr"] = scheduler.get_last_lr()[0]
+    metrics["lr"] = c.scheduler.get_last_lr()[0]
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
     return metrics

@@ -45,7 +45,7 @@ def tiny_vae(cfg: ModelConfig) -> AutoencoderKLHunyuanVideo:
         latent_channels=16,
         block_out_channels=(channels,) * 4,
         layers_per_block=1,
-        norm_num_groups=min(4, channels),
+        norm_num_groups=1,
         mid_block_add_attention=False,
     )
 

@@ -27,12 +27,6 @@ def apply_fsdp(model: nn.Module, blocks: list[nn.Module], world: World, param_dt
     for block in blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
-    if world.sp_size > 1:
-        # Sequence-parallel ranks each hold the gradient of their own tokens: the full
-        # gradient is their sum, while data-parallel ranks are averaged.
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.set_gradient_divide_factor(float(world.dp_size))
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

@@ -13,9 +13,6 @@ COLORS = {
     "magenta": (1.0, 0.0, 1.0),
     "purple": (0.5, 0.0, 0.5),
     "orange": (1.0, 0.5, 0.0),
-    "white": (1.0, 1.0, 1.0),
-    "black": (0.0, 0.0, 0.0),
-    "gray": (0.5, 0.5, 0.5),
 }
 STILL_WORDS = {"still", "static", "calm", "frozen", "motionless"}
 
@@ -32,11 +29,20 @@ def target_color(prompt: str) -> tuple[float, float, float]:
     raise ValueError(f"the color reward needs a colour word {sorted(COLORS)} in the prompt: {prompt!r}")
 
 
+def chroma(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB minus its gray level: the hue direction, free of brightness. [..., 3]"""
+    return rgb - rgb.mean(dim=-1, keepdim=True)
+
+
 def color_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """1 - mean |mean RGB of the video - the prompt's colour|, in [0, 1]."""
+    """Cosine between the chroma of the video's mean colour and the prompt colour's, in [-1, 1].
+
+    Hue, not brightness: a random-weight VAE decodes to near-gray videos whose brightness
+    barely moves, yet whose hue a policy can steer.
+    """
     mean_rgb = videos.float().mean(dim=(1, 2, 3)) / 255.0  # [B, 3]
     target = torch.tensor([target_color(p) for p in prompts], dtype=torch.float32)
-    return 1.0 - (mean_rgb - target).abs().mean(dim=1)
+    return torch.nn.functional.cosine_similarity(chroma(mean_rgb), chroma(target), dim=1, eps=1e-6)
 
 
 def motion_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Overhead of one GRPO iteration over the transformer calls it cannot avoid.
+
+One iteration needs B*N/bs rollout forwards (no grad) and B*T/bs training forward+backward
+calls. This times an iteration and, in the same run, the same number of bare calls on the
+same shapes, and prints the ratio (goal <= 1.10). It also counts the transformer calls of
+an iteration and checks there is no extra forward for the old log-probs.
+
+    python bench/step_overhead.py [--iterations 3] [section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fastvideo_grpo.config import load_config  # noqa: E402
+from fastvideo_grpo.grpo import num_trained_timesteps  # noqa: E402
+from fastvideo_grpo.trainer import setup, train_iteration  # noqa: E402
+
+# A tiny model scaled up until compute dominates: ~1.3M parameters, 8 latent frames.
+SCALED = [
+    "model.tiny_heads=4", "model.tiny_head_dim=32", "model.tiny_layers=2", "model.tiny_single_layers=2",
+    "model.tiny_text_dim=32", "sampling.num_frames=29", "sampling.height=64", "sampling.width=64",
+    "sampling.num_steps=8", "sampling.group_size=4", "sampling.rollout_batch_size=4",
+    "sampling.decode_batch_size=4", "train.prompts_per_iteration=1", "train.gradient_accumulation_steps=4",
+    "train.sample_every=0", "train.progress_bar=false",
+]
+
+
+def timed(fn, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml",
+                          SCALED + [f"train.output_dir={out}", f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}"]
+                          + args.overrides)
+        c = setup(cfg)
+        s = cfg.sampling
+        calls: list[int] = []
+        c.policy.transformer.register_forward_hook(
+            lambda m, a, kw, o: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+        params = sum(p.numel() for p in c.policy.transformer.parameters())
+
+        train_iteration(0, c, cfg)  # warm-up
+        samples = cfg.train.prompts_per_iteration * s.group_size
+        trained = num_trained_timesteps(s.num_steps, cfg.grpo.timestep_fraction)
+        expected_calls = samples * s.num_steps + samples * trained
+        assert sum(calls) == expected_calls, f"{sum(calls)} samples through the transformer, expected {expected_calls}"
+
+        iteration_times, phase = [], {}
+        for i in range(1, args.iterations + 1):
+            metrics = train_iteration(i, c, cfg)
+            iteration_times.append(metrics["time_iteration"])
+            for key in ("time_rollout", "time_decode", "time_reward", "time_train"):
+                phase.setdefault(key, []).append(metrics[key])
+
+        bs = s.rollout_batch_size
+        x = torch.randn(bs, *c.latent_shape)
+        cond = c.encoder(c.prompts[:1]).repeat_interleave(bs)
+        policy = c.policy
+
+        def forward():
+            with torch.no_grad():
+                policy.predict_velocity(x, 0.5, cond)
+
+        def forward_backward():
+            policy.predict_velocity(x, 0.5, cond).square().mean().backward()
+
+        batches = samples // bs
+        bare = []
+        for _ in range(args.iterations):
+            bare.append(timed(forward, batches * s.num_steps) + timed(forward_backward, batches * trained))
+        c.optimizer.zero_grad(set_to_none=True)
+
+    iteration = statistics.median(iteration_times)
+    bare_time = statistics.median(bare)
+    print(f"transformer: {params / 1e6:.2f}M parameters, latent {tuple(c.latent_shape)}, "
+          f"{samples} samples x {s.num_steps} steps, {trained} trained steps")
+    print(f"transformer calls per iteration: {sum(calls)} sample-forwards == G*N + G*T = {expected_calls}")
+    print("phases (median s): " + ", ".join(f"{k[5:]} {statistics.median(v):.3f}" for k, v in phase.items()))
+    print(f"iteration {iteration:.3f} s, bare forward + forward/backward {bare_time:.3f} s")
+    print(f"overhead ratio: {iteration / bare_time:.3f} (goal <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

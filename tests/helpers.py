@@ -1,0 +1,24 @@
+"""Shared builders for tests: the tiny policy and its conditioning."""
+
+import torch
+
+from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+
+
+def tiny_policy(cfg):
+    return build_policy(cfg.model, torch.device("cpu"), cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
+
+
+def tiny_conditioning(cfg, prompts, group_size):
+    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens)
+    return encoder(prompts).repeat_interleave(group_size)
+
+
+def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0)):
+    from fastvideo_grpo.rollout import rollout
+
+    s = cfg.sampling
+    shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    return rollout(policy, cond, s.group_size, shape, s.num_steps, s.shift, s.eta, s.sde_type, batch_size,
+                   seed_parts, torch.device("cpu"))

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from fastvideo_grpo.config import ConfigError, load_config, parse_override
+from conftest import ROOT
+
+TINY = ROOT / "assets/configs/tiny_t2v.yaml"
+
+
+def test_yaml_and_overrides_apply():
+    cfg = load_config(TINY, ["train.lr=2e-5", "sampling.group_size=6", "reward.weights={color: 0.5, motion: 2}"])
+    assert cfg.train.lr == 2e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.sampling.group_size == 6
+    assert cfg.reward.weights == {"color": 0.5, "motion": 2.0}
+    assert cfg.model.size == "tiny"
+
+
+def test_defaults_are_the_papers_hunyuan_video_settings():
+    cfg = load_config(None, ["model.path=/models/hunyuan"])
+    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
+    assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.bogus=1", "train.bogus"),
+    ("nosection.lr=1", "nosection"),
+    ("sampling.sde_type=ito", "sampling.sde_type: 'ito' is not one of ['dance', 'flow_grpo']"),
+    ("sampling.group_size=two", "sampling.group_size: expected an integer"),
+    ("grpo.best_of=3", "grpo.best_of"),
+    ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),
+    ("sampling.num_frames=6", "sampling.num_frames"),
+    ("reward.binary_thresholds={hps: 0.3}", "reward.binary_thresholds.hps"),
+    ("train.lr", "section.key=value"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(TINY, [override])
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "train.learning_rate" in str(info.value)
+    assert "'lr'" in str(info.value)  # the allowed keys are listed
+
+
+def test_full_model_requires_a_path():
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(None, [])
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+def test_cli_bad_key_exits_with_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastvideo_grpo.train", "--config", str(TINY), "train.bogus_key=1",
+         f"train.output_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "train.bogus_key" in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()

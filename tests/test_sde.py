@@ -1,0 +1,100 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from fastvideo_grpo.sde import dance_mean_std, flow_grpo_mean_std, gaussian_log_prob, ode_step, sde_step, sigma_schedule
+
+
+def test_sigma_schedule_time_shift():
+    shift, n = 5.0, 16
+    sigmas = sigma_schedule(n, shift).numpy()
+    for k in range(n + 1):
+        s = 1 - k / n
+        assert sigmas[k] == pytest.approx(shift * s / (1 + (shift - 1) * s), abs=1e-12)
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    assert np.all(np.diff(sigmas) < 0)
+
+
+def test_dance_mean_std_matches_reverse_sde_euler_step():
+    # Paper: dz = (u - 1/2 eta^2 grad log p(z)) dt + eta dw, grad log p = -(z - alpha x)/sigma^2,
+    # alpha = 1 - sigma, x the predicted clean sample; stepped by Euler with dt = sigma' - sigma.
+    rng = np.random.default_rng(0)
+    z, u = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    sigma, sigma_next, eta = 0.7, 0.55, 0.3
+    x = z - sigma * u
+    grad_log_p = -(z - (1 - sigma) * x) / sigma**2
+    dt = sigma_next - sigma
+    expected_mean = z + (u - 0.5 * eta**2 * grad_log_p) * dt
+    expected_std = eta * math.sqrt(-dt)
+    mean, std = dance_mean_std(torch.tensor(u), torch.tensor(z), sigma, sigma_next, eta)
+    np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-12)
+    assert std.item() == pytest.approx(expected_std, rel=1e-6)
+
+
+def test_flow_grpo_mean_std_matches_marginal_preserving_sde():
+    # dx = [v + s_t^2/(2t) (x + (1-t) v)] dt + s_t dw with s_t = a sqrt(t / (1 - t)).
+    rng = np.random.default_rng(1)
+    x, v = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
+    a = 0.7
+    for sigma, sigma_next, sigma_max in [(0.6, 0.45, 0.9), (1.0, 0.9, 0.9)]:
+        t_eff = sigma_max if sigma == 1.0 else sigma
+        s_t = a * math.sqrt(sigma / (1 - t_eff))
+        dt = sigma_next - sigma
+        expected_mean = x + (v + s_t**2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
+        mean, std = flow_grpo_mean_std(torch.tensor(v), torch.tensor(x), sigma, sigma_next, a, sigma_max)
+        np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-12)
+        assert std.item() == pytest.approx(s_t * math.sqrt(-dt), rel=1e-6)
+
+
+def test_log_prob_is_mean_normal_log_density():
+    x, mean = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    std = torch.tensor(0.37)
+    expected = torch.distributions.Normal(mean.double(), std.double()).log_prob(x.double()).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected.float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo"])
+def test_sde_step_noise_and_replay(sde_type):
+    sigmas = sigma_schedule(8, 3.0)
+    x, v, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    out = sde_step(v, x, sigmas, 2, 0.5, sde_type, noise=noise)
+    torch.testing.assert_close(out.prev_sample, out.mean + out.std * noise)
+    replay = sde_step(v, x, sigmas, 2, 0.5, sde_type, prev_sample=out.prev_sample)
+    assert torch.equal(replay.log_prob, out.log_prob)
+
+
+@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo"])
+def test_empirical_moments_match_claimed_mean_and_std(sde_type):
+    generator = torch.Generator().manual_seed(0)
+    sigmas = sigma_schedule(10, 3.0)
+    x, v = torch.randn(1, 8), torch.randn(1, 8)
+    n = 2000
+    noise = torch.randn(n, 8, generator=generator, dtype=torch.float64)
+    samples = sde_step(v.double().expand(n, 8), x.double().expand(n, 8), sigmas, 3, 0.4, sde_type,
+                       noise=noise).prev_sample
+    claimed = sde_step(v.double(), x.double(), sigmas, 3, 0.4, sde_type, noise=torch.zeros(1, 8, dtype=torch.float64))
+    std = claimed.std.item()
+    # Standard errors: std/sqrt(n) for the mean, std/sqrt(2n) for the std; allow 4 of them.
+    assert (samples.mean(0) - claimed.mean[0]).abs().max().item() < 4 * std / math.sqrt(n)
+    assert (samples.std(0) - std).abs().max().item() < 4 * std / math.sqrt(2 * n)
+
+
+def test_ode_step_matches_diffusers_flow_match_euler():
+    torch.manual_seed(0)
+    n, shift = 12, 5.0
+    sigmas = sigma_schedule(n, shift)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    scheduler.set_timesteps(sigmas=sigmas[:-1].float().tolist())
+    weight = torch.randn(6, 6) * 0.3
+
+    def model(x, sigma):
+        return torch.tanh(x @ weight) + sigma
+
+    ours = theirs = torch.randn(2, 6)
+    for k, t in enumerate(scheduler.timesteps):
+        ours = ode_step(model(ours, float(sigmas[k])), ours, sigmas, k)
+        theirs = scheduler.step(model(theirs, float(t) / 1000), t, theirs, return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,53 @@
+import json
+
+import torch
+
+from fastvideo_grpo.config import load_config
+from fastvideo_grpo.trainer import train
+from conftest import ROOT
+
+REQUIRED = ["iteration", "reward_mean", "reward/color", "loss", "ratio_mean", "clip_frac", "grad_norm",
+            "zero_std_frac", "time_rollout", "time_reward", "time_train", "ratio_dev_first_update"]
+
+
+def test_three_iterations_write_every_output(tiny_cfg):
+    tiny_cfg.train.iterations = 3
+    tiny_cfg.train.sample_every = 2
+    out = train(tiny_cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert all(key in row for key in REQUIRED), set(REQUIRED) - set(row)
+        assert row["ratio_dev_first_update"] == 0.0
+        assert -1.0 <= row["reward/color"] <= 1.0
+    samples = sorted(p.name for p in (out / "samples").glob("*.mp4"))
+    assert samples == ["iter_000000_0.mp4", "iter_000000_1.mp4", "iter_000002_0.mp4", "iter_000002_1.mp4"]
+    assert all((out / "samples" / name).stat().st_size > 0 for name in samples)
+    assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_config(out / "config.yaml").train.iterations == 3
+
+
+def test_forward_calls_are_rollout_plus_trained_steps(tiny_cfg):
+    """No extra forward for old log-probs: G*N per prompt in rollout, then the trained steps."""
+    from fastvideo_grpo import trainer
+
+    tiny_cfg.train.iterations = 1
+    counted = []
+    original = trainer.build_policy
+
+    def counting_policy(*args, **kwargs):
+        policy = original(*args, **kwargs)
+        policy.transformer.register_forward_hook(lambda m, inputs, kw, out: counted.append(kw["hidden_states"].shape[0]),
+                                                 with_kwargs=True)
+        return policy
+
+    trainer.build_policy = counting_policy
+    try:
+        train(tiny_cfg)
+    finally:
+        trainer.build_policy = original
+    s = tiny_cfg.sampling
+    samples = tiny_cfg.train.prompts_per_iteration * s.group_size
+    trained = int((s.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
+    assert sum(counted) == samples * s.num_steps + samples * trained
+    assert len(counted) == (samples // s.rollout_batch_size) * (s.num_steps + trained)
