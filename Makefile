@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

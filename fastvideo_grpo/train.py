@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.trainer import train
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config file (assets/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
     args = parser.parse_args(argv)
+    # The transformer returns a reshaped view; nothing downstream modifies it in place.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")

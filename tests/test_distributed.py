@@ -13,7 +13,7 @@ from conftest import ROOT
 DIST = ROOT / "tests" / "dist"
 # adam_eps: weights whose true gradient is 0 (a key bias under softmax) get rounding-level
 # gradients that Adam with eps=1e-8 turns into lr-sized steps of arbitrary sign.
-COMMON = ["train.adam_eps=1e-4", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false",
+COMMON = ["train.adam_eps=1e-4", "parallel.activation_checkpointing=true", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false",
           "train.gradient_accumulation_steps=1000", "sampling.group_size=4", "sampling.rollout_batch_size=4",
           "sampling.decode_batch_size=4"]
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,8 @@ def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
     out = tmp_path / "run"
     env = {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
            "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
-           "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+           # torchrun sits beside this interpreter
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # The script's header asks for 8 GPU nodes; this cluster has one CPU node.
     result = cluster.run(
         "sbatch", "--wait", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",

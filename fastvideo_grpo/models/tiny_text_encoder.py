@@ -19,7 +19,7 @@ class TinyTextEncoder:
     def __init__(self, dim: int, pooled_dim: int, max_tokens: int, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
         self.table = torch.randn(VOCAB_SIZE, dim, generator=generator)
-        self.pool = torch.randn(dim, pooled_dim, generator=generator) / dim**0.5
+        self.pool = torch.randn(dim, pooled_dim, generator=generator)
         self.max_tokens = max_tokens
 
     def token_ids(self, prompt: str) -> list[int]:
