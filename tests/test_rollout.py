@@ -55,7 +55,7 @@ def test_ratio_is_exactly_one_before_first_update(tiny_cfg, batch_size):
 
 
 def test_micro_batch_plan_mirrors_rollout_batches(tiny_cfg):
-    g = tiny_cfg.sampling.group_size
+    tiny_cfg.sampling.group_size = g = 4
     policy = tiny_policy(tiny_cfg)
     cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], g)
     ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=3)  # 8 samples: batches of 3, 3, 2
