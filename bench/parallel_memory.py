@@ -36,11 +36,15 @@ def local_bytes(tensors) -> int:
     return total
 
 
-def saved_activation_bytes(fn) -> int:
+def saved_activation_bytes(fn, parameters) -> int:
+    """Bytes of the distinct storages autograd saves during fn(), parameters excluded."""
+    weights = {p.untyped_storage().data_ptr() for p in parameters}
     seen: dict[int, int] = {}
 
     def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -67,7 +71,8 @@ def measure(sp_size: int) -> dict:
         apply_sequence_parallel(policy.transformer, world)
     x = torch.randn(1, *policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width))
     cond = TinyTextEncoder(m.tiny_text_dim, m.tiny_pooled_dim, cfg.data.max_text_tokens)(["a red ball"])
-    activations, out = saved_activation_bytes(lambda: policy.predict_velocity(x, 0.5, cond))
+    activations, out = saved_activation_bytes(lambda: policy.predict_velocity(x, 0.5, cond),
+                                              policy.transformer.parameters())
     out.square().mean().backward()
 
     # FSDP shards over every rank of the mesh (dp_shard x sp), here the 2 ranks.

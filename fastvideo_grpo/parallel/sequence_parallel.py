@@ -36,7 +36,8 @@ def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
 
 
 def _own_chunk(x: torch.Tensor, group, dim: int) -> torch.Tensor:
-    return x.chunk(dist.get_world_size(group), dim=dim)[dist.get_rank(group)].contiguous()
+    """This rank's chunk as a tensor of its own, so the full tensor can be freed."""
+    return x.chunk(dist.get_world_size(group), dim=dim)[dist.get_rank(group)].clone()
 
 
 class AllToAll(torch.autograd.Function):
