@@ -118,6 +118,18 @@ class TrainConfig:
     sample_every: int = 10
     num_saved_samples: int = 2
     progress_bar: bool = True
+    # "auto" continues from output_dir/checkpoints/latest if present; "never" starts
+    # fresh; anything else is the path of a checkpoint folder.
+    resume: str = "auto"
+    # EMA of the trained weights (0 disables it).
+    ema_decay: float = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    # Save every this many iterations (0: only at the end and on preemption).
+    every: int = 50
+    keep_last: int = 3
 
 
 @dataclass
@@ -140,6 +152,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -254,6 +267,9 @@ def validate(cfg: Config) -> None:
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
     require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
             t.gradient_accumulation_steps, ">= 1")
+    require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
+    require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
+    require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,

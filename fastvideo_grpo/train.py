@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE, Preempted, mark_preempted
 from fastvideo_grpo.trainer import train
 
 
@@ -27,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         logging.getLogger("fastvideo_grpo").error("config error: %s", e)
         return 2
-    out = train(cfg)
+    try:
+        out = train(cfg)
+    except Preempted as e:
+        mark_preempted()
+        logging.getLogger("fastvideo_grpo").warning("preempted: checkpoint written in %s", e.args[0])
+        return PREEMPTED_EXIT_CODE
     logging.getLogger("fastvideo_grpo").info("done: outputs in %s", out)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -13,13 +14,16 @@ import yaml
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
+from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
+from fastvideo_grpo.ema import init_ema, update_ema
 from fastvideo_grpo.data.prompts import PromptSampler, load_prompts
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, write_video
 from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
+from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import Scorer, build_scorer
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
 from fastvideo_grpo.sde import sde_step
@@ -75,7 +79,8 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
 
 def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
-                  advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config) -> dict[str, float]:
+                  advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config,
+                  ema: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Gradient steps over the plan, accumulating `gradient_accumulation_steps` micro-batches
     per optimizer step; a last partial window is stepped too."""
     s, g = cfg.sampling, cfg.grpo
@@ -115,6 +120,8 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            update_ema(ema, policy.transformer, cfg.train.ema_decay)
     summary = {key: sum(v) / len(v) for key, v in stats.items() if v}
     summary["ratio_max_dev"] = max(stats["ratio_max_dev"])
     summary["ratio_dev_first_update"] = ratio_dev_first_update
@@ -187,6 +194,7 @@ class Components:
     encoder: TinyTextEncoder
     prompts: list[str]
     latent_shape: tuple[int, ...]
+    ema: dict[str, torch.Tensor] | None = None
 
 
 def setup(cfg: Config) -> Components:
@@ -207,28 +215,73 @@ def setup(cfg: Config) -> Components:
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(prompts),
                 t.prompts_per_iteration, s.group_size)
+    ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, encoder,
-                      prompts, latent_shape)
+                      prompts, latent_shape, ema)
+
+
+def resume(c: Components, cfg: Config) -> int:
+    """Load the checkpoint `train.resume` asks for; returns the first iteration to run."""
+    if cfg.train.resume == "never":
+        return 0
+    path = latest_checkpoint(cfg.train.output_dir) if cfg.train.resume == "auto" else Path(cfg.train.resume)
+    if path is None:
+        return 0
+    state = load_checkpoint(path, c.policy.transformer, c.optimizer, c.world, c.ema)
+    c.scheduler.load_state_dict(state["scheduler"])
+    c.sampler.load_state_dict(state["sampler"])
+    return state["iteration"]
+
+
+def checkpoint(c: Components, cfg: Config, iteration: int) -> None:
+    """Save after `iteration` iterations."""
+    trainer_state = {"scheduler": c.scheduler.state_dict(), "sampler": c.sampler.state_dict()}
+    save_checkpoint(cfg.train.output_dir, iteration, c.policy.transformer, c.optimizer, trainer_state, c.world,
+                    cfg.checkpoint.keep_last, c.ema)
+
+
+def keep_metrics_before(path: Path, iteration: int) -> None:
+    """On resume, drop the lines of iterations the resumed run will redo."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip()
+                and json.loads(line)["iteration"] < iteration]
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def train(cfg: Config) -> Path:
-    """Run the configured number of iterations; returns the output folder."""
+    """Run (or resume) the configured iterations; returns the output folder.
+
+    Raises `Preempted` after checkpointing when SIGTERM or SIGUSR1 arrived.
+    """
     t = cfg.train
     c = setup(cfg)
     out = Path(t.output_dir)
+    start = resume(c, cfg)
     if c.world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        keep_metrics_before(out / "metrics.jsonl", start)
     barrier(c.world)
+    preemption = PreemptionFlag()
+    preemption.install()
 
-    bar = tqdm(range(t.iterations), disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
+    bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations,
+               disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
         if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
+        done = iteration + 1
+        preempted = preemption.requested(c.world)
+        every = cfg.checkpoint.every
+        if preempted or done == t.iterations or (every and done % every == 0):
+            checkpoint(c, cfg, done)
+        if preempted:
+            logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
+            shutdown()
+            raise Preempted(out)
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
     barrier(c.world)
@@ -260,7 +313,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
         plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
-        update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg)
+        update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg,
+                               c.ema)
 
     if world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0:
         save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)

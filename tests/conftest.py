@@ -2,12 +2,16 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One thread in this process and in every subprocess: float reductions then run in the same
+# order everywhere, so runs split over processes can be compared bit for bit.
+os.environ["OMP_NUM_THREADS"] = "1"
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
