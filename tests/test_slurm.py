@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,37 @@ def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
     assert "rendezvous" in logs and "1 node(s) x 2" in logs
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
+
+
+def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
+    out = tmp_path / "run"
+    env = {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
+           "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    submitted = cluster.run(
+        "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
+        "--time=10", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",
+        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=12", "sampling.group_size=4",
+        "sampling.rollout_batch_size=4", "train.progress_bar=false", "checkpoint.every=0",
+        cwd=ROOT, env=env, timeout=60)
+    job = submitted.stdout.strip().split(";")[0]
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    cluster.run("scancel", "--signal=USR1", job)
+    hurried = False
+    while time.time() < deadline:
+        state = cluster.run("squeue", "-h", "-j", job, "-o", "%T", check=False).stdout.strip()
+        log = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+        if not state and "resumed from" in log:
+            break
+        if state == "PENDING" and not hurried:
+            # A requeued job is held back for a while before it may start again.
+            hurried = cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False).returncode == 0
+        time.sleep(1)
+    log = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert "preempted after a checkpoint: requeueing" in log, log + cluster.logs()
+    assert "resumed from" in log, log
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(12))

@@ -18,6 +18,10 @@
 #   MASTER_PORT     rendezvous port under SLURM (default 29500)
 #   TORCHRUN        launcher (default: torchrun from PATH)
 # Arguments are config overrides: bash train_hunyuan_t2v.sh train.lr=2e-5 parallel.sp_size=4
+#
+# Preemption: SLURM sends USR1 120 s before the time limit (and SIGTERM on preemption); the
+# trainer finishes its iteration, checkpoints and exits, and this script requeues the job,
+# which resumes from output_dir/checkpoints/latest.
 set -euo pipefail
 
 if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
@@ -47,11 +51,25 @@ TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
 if [ -n "${SLURM_JOB_ID:-}" ]; then
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     MASTER_PORT=${MASTER_PORT:-29500}
+    # torchrun reports any worker exit as 1: the trainer leaves this file when it stopped
+    # for preemption (on the shared submit folder, whichever node rank 0 is on).
+    export FVGRPO_PREEMPT_MARKER="$PWD/.fvgrpo/preempted-$SLURM_JOB_ID"
+    rm -f "$FVGRPO_PREEMPT_MARKER"
     echo "job $SLURM_JOB_ID: $SLURM_NNODES node(s) x $NPROC_PER_NODE, rendezvous $MASTER_ADDR:$MASTER_PORT"
-    srun --export=ALL "$TORCHRUN" \
+    # USR1 reaches every process of the step; torchrun itself must ignore it (its default
+    # action is to die) while the workers catch it. SIG_IGN survives the exec.
+    status=0
+    srun --export=ALL bash -c 'trap "" USR1; exec "$@"' torchrun-ignoring-usr1 "$TORCHRUN" \
         --nnodes "$SLURM_NNODES" --nproc_per_node "$NPROC_PER_NODE" \
         --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \
-        "${TRAIN[@]}"
+        "${TRAIN[@]}" || status=$?
+    if [ -f "$FVGRPO_PREEMPT_MARKER" ]; then
+        rm -f "$FVGRPO_PREEMPT_MARKER"
+        echo "job $SLURM_JOB_ID preempted after a checkpoint: requeueing"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    exit "$status"
 else
     "$TORCHRUN" --standalone --nproc_per_node "$NPROC_PER_NODE" "${TRAIN[@]}"
 fi
