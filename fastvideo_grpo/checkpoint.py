@@ -34,6 +34,8 @@ from fastvideo_grpo.parallel import World, barrier
 logger = logging.getLogger(__name__)
 
 LATEST = "latest"
+# The network's diffusers config, so that export can rebuild it without the training config.
+TRANSFORMER_CONFIG = "transformer_config.json"
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -81,9 +83,15 @@ def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema:
     return state
 
 
+def diffusers_config(model: torch.nn.Module) -> dict:
+    """The model's diffusers config with the class name it loads as (call before FSDP
+    wraps the model, which renames its class)."""
+    return {"_class_name": type(model).__name__, **model.config}
+
+
 def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, trainer_state: dict, world: World,
-                    keep_last: int, ema: dict | None = None) -> Path:
+                    keep_last: int, ema: dict | None = None, model_config: dict | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint folder."""
     root = checkpoint_root(output_dir)
     name = f"step_{iteration}"
@@ -97,6 +105,8 @@ def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Modu
     if world.is_main:
         _write_atomic(tmp / "trainer_state.json",
                       json.dumps({**trainer_state, "iteration": iteration, "world_size": world.world_size}))
+        if model_config is not None:
+            _write_atomic(tmp / TRANSFORMER_CONFIG, json.dumps(model_config, indent=2))
     barrier(world)
     if world.is_main:
         if final.exists():

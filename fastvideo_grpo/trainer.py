@@ -14,7 +14,7 @@ import yaml
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
-from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
 from fastvideo_grpo.data.prompts import PromptSampler, load_prompts
@@ -195,6 +195,7 @@ class Components:
     prompts: list[str]
     latent_shape: tuple[int, ...]
     ema: dict[str, torch.Tensor] | None = None
+    transformer_config: dict | None = None
 
 
 def setup(cfg: Config) -> Components:
@@ -206,6 +207,7 @@ def setup(cfg: Config) -> Components:
                               seed=cfg.model.init_seed)
     policy = build_policy(cfg.model, world.device, cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
     reference = build_reference(policy) if cfg.grpo.kl_weight > 0 else None
+    transformer_config = diffusers_config(policy.transformer)
     parallelize(policy, world, cfg)
     if reference is not None:
         parallelize(reference, world, cfg)
@@ -217,7 +219,7 @@ def setup(cfg: Config) -> Components:
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, encoder,
-                      prompts, latent_shape, ema)
+                      prompts, latent_shape, ema, transformer_config)
 
 
 def resume(c: Components, cfg: Config) -> int:
@@ -237,7 +239,7 @@ def checkpoint(c: Components, cfg: Config, iteration: int) -> None:
     """Save after `iteration` iterations."""
     trainer_state = {"scheduler": c.scheduler.state_dict(), "sampler": c.sampler.state_dict()}
     save_checkpoint(cfg.train.output_dir, iteration, c.policy.transformer, c.optimizer, trainer_state, c.world,
-                    cfg.checkpoint.keep_last, c.ema)
+                    cfg.checkpoint.keep_last, c.ema, c.transformer_config)
 
 
 def keep_metrics_before(path: Path, iteration: int) -> None:

@@ -1,0 +1,102 @@
+"""CLI: checkpoint -> diffusers folder.
+
+    python -m fastvideo_grpo.export --checkpoint RUN/checkpoints/step_N --output OUT
+        [--ema] [--dtype bf16] [--base-model HUNYUAN_FOLDER] [--max-shard-size 5GB]
+
+Writes OUT/transformer/ (config.json + diffusion_pytorch_model*.safetensors, sharded over
+the size threshold) that `<TransformerClass>.from_pretrained(OUT, subfolder="transformer")`
+loads. With --base-model, the other components (vae, text encoders, tokenizers, scheduler,
+model_index.json) are copied next to it so that the whole pipeline loads from OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import diffusers
+import torch
+import torch.distributed.checkpoint as dcp
+
+from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch.nn.Module:
+    """The checkpoint's transformer as a plain diffusers model with full weights on CPU."""
+    checkpoint = Path(checkpoint)
+    config_path = checkpoint / TRANSFORMER_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
+    config = json.loads(config_path.read_text())
+    cls = getattr(diffusers, config["_class_name"])
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    model.to_empty(device="cpu")
+    state = {"model": model.state_dict()}
+    if ema:
+        state["ema"] = {name: torch.empty_like(p) for name, p in model.named_parameters()}
+    try:
+        dcp.load(state, checkpoint_id=checkpoint)
+    except Exception as e:  # DCP names only the missing key
+        what = "an EMA (train.ema_decay > 0)" if ema else "model weights"
+        raise RuntimeError(f"{checkpoint}: could not load {what}: {e}") from e
+    model.load_state_dict(state["model"])
+    if ema:
+        model.load_state_dict(state["ema"], strict=False)
+    return model.eval()
+
+
+def copy_base_components(base: Path, output: Path) -> None:
+    if not (base / "model_index.json").is_file():
+        raise FileNotFoundError(f"--base-model {base}: no model_index.json; expected a diffusers pipeline folder")
+    for entry in base.iterdir():
+        if entry.name == "transformer" or entry.name.startswith("."):
+            continue
+        target = output / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, target)
+
+
+def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype: str = "fp32",
+           base_model: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
+    output = Path(output)
+    model = load_trained_transformer(checkpoint, ema).to(DTYPES[dtype])
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "transformer", safe_serialization=True, max_shard_size=max_shard_size)
+    if base_model is not None:
+        copy_base_components(Path(base_model), tmp)
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    logger.info("exported %s%s as %s to %s", checkpoint, " (EMA)" if ema else "", dtype, output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a training checkpoint as a diffusers folder")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_N folder")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--base-model", help="diffusers pipeline folder to take the other components from")
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    export(args.checkpoint, args.output, args.ema, args.dtype, args.base_model, args.max_shard_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
