@@ -23,12 +23,14 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
 
+from fastvideo_grpo.models.lora import trainable_state
 from fastvideo_grpo.parallel import World, barrier
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None) -> dict:
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    """What is saved: trained weights only (with LoRA, the adapters), optimizer, EMA."""
+    state = {"model": trainable_state(get_model_state_dict(model), model),
+             "optimizer": get_optimizer_state_dict(model, optimizer)}
     if ema is not None:
         state["ema"] = ema
     return state
@@ -152,13 +156,13 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if not state_file.exists():
         raise FileNotFoundError(f"{path} is not a checkpoint: no trainer_state.json")
     trainer_state = json.loads(state_file.read_text())
-    state = {"model": get_model_state_dict(model)}
+    state = {"model": trainable_state(get_model_state_dict(model), model)}
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer)
     if ema is not None:
         state["ema"] = ema
     dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
     if trainer_state["world_size"] == world.world_size:

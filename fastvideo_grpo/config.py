@@ -34,6 +34,10 @@ class ModelConfig:
     # HunyuanVideo is guidance-distilled: the guidance scale is an input embedding.
     guidance_scale: float = 6.0
     init_seed: int = 0
+    # LoRA on the blocks' attention and MLP linears (0: train all weights).
+    lora_rank: int = 0
+    # LoRA scale numerator; 0 means lora_alpha = lora_rank.
+    lora_alpha: float = 0.0
     # Overrides of the tiny architecture (only read when size is "tiny").
     tiny_layers: int = 1
     tiny_single_layers: int = 1
@@ -267,6 +271,7 @@ def validate(cfg: Config) -> None:
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
     require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
             t.gradient_accumulation_steps, ">= 1")
+    require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")

@@ -1,12 +1,17 @@
 """CLI: checkpoint -> diffusers folder.
 
     python -m fastvideo_grpo.export --checkpoint RUN/checkpoints/step_N --output OUT
-        [--ema] [--dtype bf16] [--base-model HUNYUAN_FOLDER] [--max-shard-size 5GB]
+        [--ema] [--dtype bf16] [--base-model HUNYUAN_FOLDER] [--max-shard-size 5GB] [--adapter-only]
 
 Writes OUT/transformer/ (config.json + diffusion_pytorch_model*.safetensors, sharded over
 the size threshold) that `<TransformerClass>.from_pretrained(OUT, subfolder="transformer")`
 loads. With --base-model, the other components (vae, text encoders, tokenizers, scheduler,
 model_index.json) are copied next to it so that the whole pipeline loads from OUT.
+
+A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
+config (model.path, or the seeded tiny model). Its export merges the adapters into the
+weights, or with --adapter-only writes OUT/pytorch_lora_weights.safetensors, which a
+pipeline's `load_lora_weights(OUT)` reads.
 """
 
 from __future__ import annotations
@@ -23,35 +28,69 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG
+from fastvideo_grpo.config import Config, load_config
+from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.models.lora import apply_lora, trainable_state
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def run_config(checkpoint: Path) -> Config | None:
+    """The training config saved beside the checkpoints (RUN/config.yaml), if any."""
+    path = checkpoint.parent.parent / "config.yaml"
+    return load_config(path) if path.is_file() else None
+
+
+def lora_base(cfg: Config) -> torch.nn.Module:
+    """The LoRA run's base transformer with fresh adapters attached."""
+    m = cfg.model
+    model = build_policy(m, torch.device("cpu"), m.tiny_text_dim, m.tiny_pooled_dim).transformer
+    apply_lora(model, m.lora_rank, m.lora_alpha)
+    return model
+
+
 def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch.nn.Module:
-    """The checkpoint's transformer as a plain diffusers model with full weights on CPU."""
+    """The checkpoint's transformer on CPU (with LoRA adapters still separate)."""
     checkpoint = Path(checkpoint)
     config_path = checkpoint / TRANSFORMER_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
-    config = json.loads(config_path.read_text())
-    cls = getattr(diffusers, config["_class_name"])
-    with torch.device("meta"):
-        model = cls.from_config(config)
-    model.to_empty(device="cpu")
-    state = {"model": model.state_dict()}
+    cfg = run_config(checkpoint)
+    if cfg is not None and cfg.model.lora_rank > 0:
+        model = lora_base(cfg)
+    else:
+        config = json.loads(config_path.read_text())
+        with torch.device("meta"):
+            model = getattr(diffusers, config["_class_name"]).from_config(config)
+        model.to_empty(device="cpu")
+    state = {"model": trainable_state(model.state_dict(), model)}
     if ema:
-        state["ema"] = {name: torch.empty_like(p) for name, p in model.named_parameters()}
+        state["ema"] = {name: torch.empty_like(p) for name, p in model.named_parameters() if p.requires_grad}
     try:
         dcp.load(state, checkpoint_id=checkpoint)
     except Exception as e:  # DCP names only the missing key
         what = "an EMA (train.ema_decay > 0)" if ema else "model weights"
         raise RuntimeError(f"{checkpoint}: could not load {what}: {e}") from e
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"], strict=False)
     if ema:
         model.load_state_dict(state["ema"], strict=False)
     return model.eval()
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "peft_config", None))
+
+
+def save_adapter(model: torch.nn.Module, folder: Path) -> None:
+    """diffusers' LoRA file: `transformer.`-prefixed peft weights with the adapter config."""
+    from diffusers import HunyuanVideoPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    HunyuanVideoPipeline.save_lora_weights(
+        folder, transformer_lora_layers=get_peft_model_state_dict(model),
+        transformer_lora_adapter_metadata=model.peft_config["default"].to_dict())
 
 
 def copy_base_components(base: Path, output: Path) -> None:
@@ -68,13 +107,22 @@ def copy_base_components(base: Path, output: Path) -> None:
 
 
 def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype: str = "fp32",
-           base_model: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
+           base_model: str | Path | None = None, max_shard_size: str = "5GB", adapter_only: bool = False) -> Path:
     output = Path(output)
-    model = load_trained_transformer(checkpoint, ema).to(DTYPES[dtype])
+    model = load_trained_transformer(checkpoint, ema)
+    if adapter_only and not is_lora(model):
+        raise ValueError(f"--adapter-only: {checkpoint} is not from a LoRA run (model.lora_rank = 0)")
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "transformer", safe_serialization=True, max_shard_size=max_shard_size)
+    if adapter_only:
+        save_adapter(model.to(DTYPES[dtype]), tmp)
+    else:
+        if is_lora(model):
+            model.fuse_lora()
+            model.unload_lora()
+        model.to(DTYPES[dtype]).save_pretrained(tmp / "transformer", safe_serialization=True,
+                                                max_shard_size=max_shard_size)
     if base_model is not None:
         copy_base_components(Path(base_model), tmp)
     if output.exists():
@@ -92,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--base-model", help="diffusers pipeline folder to take the other components from")
     parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--adapter-only", action="store_true", help="LoRA runs: write only the adapter file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    export(args.checkpoint, args.output, args.ema, args.dtype, args.base_model, args.max_shard_size)
+    export(args.checkpoint, args.output, args.ema, args.dtype, args.base_model, args.max_shard_size,
+           args.adapter_only)
     return 0
 
 

@@ -19,6 +19,7 @@ from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
 from fastvideo_grpo.data.prompts import PromptSampler, load_prompts
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
+from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, write_video
 from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
@@ -208,6 +209,8 @@ def setup(cfg: Config) -> Components:
     policy = build_policy(cfg.model, world.device, cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
     reference = build_reference(policy) if cfg.grpo.kl_weight > 0 else None
     transformer_config = diffusers_config(policy.transformer)
+    if cfg.model.lora_rank > 0:
+        apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
     parallelize(policy, world, cfg)
     if reference is not None:
         parallelize(reference, world, cfg)
