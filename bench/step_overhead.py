@@ -77,7 +77,7 @@ def main() -> None:
 
         bs = s.rollout_batch_size
         x = torch.randn(bs, *c.latent_shape)
-        cond = c.encoder(c.prompts[:1]).repeat_interleave(bs)
+        cond = c.source.conditioning([0]).repeat_interleave(bs)
         policy = c.policy
 
         def forward():

@@ -90,7 +90,7 @@ def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema:
 def diffusers_config(model: torch.nn.Module) -> dict:
     """The model's diffusers config with the class name it loads as (call before FSDP
     wraps the model, which renames its class)."""
-    return {"_class_name": type(model).__name__, **model.config}
+    return json.loads(model.to_json_string())
 
 
 def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Module,

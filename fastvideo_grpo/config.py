@@ -50,10 +50,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # Precomputed text embeddings (data_preprocess/): the manifest and shards' folder.
+    embeddings_dir: str = ""
+    # Without embeddings_dir (tiny model only): prompts encoded in process by a seeded
+    # random-embedding encoder over whitespace tokens, with up to max_text_tokens tokens.
     prompts_file: str = "assets/prompts/tiny.txt"
-    # Text conditioning source. "tiny_random" is a seeded random-embedding encoder over
-    # whitespace tokens, only for the tiny model.
-    text_encoder: Literal["tiny_random"] = "tiny_random"
     max_text_tokens: int = 16
     shuffle: bool = True
 
@@ -279,6 +280,8 @@ def validate(cfg: Config) -> None:
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
+    require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
+            cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

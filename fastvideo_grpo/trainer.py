@@ -17,7 +17,9 @@ from fastvideo_grpo import grpo
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.data.prompts import PromptSampler, load_prompts
+from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts
+from fastvideo_grpo.data.preprocess import read_prompt_file
+from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
@@ -192,8 +194,7 @@ class Components:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scorer: Scorer
     sampler: PromptSampler
-    encoder: TinyTextEncoder
-    prompts: list[str]
+    source: EmbeddingDataset | TinyRandomPrompts
     latent_shape: tuple[int, ...]
     ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
@@ -203,10 +204,8 @@ def setup(cfg: Config) -> Components:
     p, s, t = cfg.parallel, cfg.sampling, cfg.train
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
     torch.manual_seed(t.seed)
-    prompts = load_prompts(cfg.data.prompts_file)
-    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
-                              seed=cfg.model.init_seed)
-    policy = build_policy(cfg.model, world.device, cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
+    source = build_prompt_source(cfg)
+    policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
     reference = build_reference(policy) if cfg.grpo.kl_weight > 0 else None
     transformer_config = diffusers_config(policy.transformer)
     if cfg.model.lora_rank > 0:
@@ -215,14 +214,24 @@ def setup(cfg: Config) -> Components:
     if reference is not None:
         parallelize(reference, world, cfg)
     optimizer, scheduler = build_optimizer(policy, cfg)
-    sampler = PromptSampler(len(prompts), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
+    sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
-    logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(prompts),
+    logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(source),
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
-    return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, encoder,
-                      prompts, latent_shape, ema, transformer_config)
+    return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, source,
+                      latent_shape, ema, transformer_config)
+
+
+def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts:
+    """Precomputed embeddings (data.embeddings_dir), or for the tiny model a prompt file
+    encoded by a seeded random text encoder."""
+    if cfg.data.embeddings_dir:
+        return EmbeddingDataset(cfg.data.embeddings_dir)
+    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
+                              seed=cfg.model.init_seed)
+    return TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
 
 
 def resume(c: Components, cfg: Config) -> int:
@@ -300,8 +309,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     timer = PhaseTimer(world.device)
     start = time.perf_counter()
     indices = c.sampler.next_indices()
-    batch_prompts = [c.prompts[i] for i in indices for _ in range(s.group_size)]
-    cond = c.encoder([c.prompts[i] for i in indices]).repeat_interleave(s.group_size).to(world.device)
+    batch_prompts = [c.source.prompts[i] for i in indices for _ in range(s.group_size)]
+    cond = c.source.conditioning(indices).repeat_interleave(s.group_size).to(world.device)
     seed_parts = (t.seed, iteration)
     first_sample = world.dp_rank * len(batch_prompts)
 

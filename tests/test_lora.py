@@ -31,7 +31,7 @@ def test_lora_trains_only_adapters_and_exports_merged_and_adapter_files(tmp_path
     assert any(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
 
     x = torch.randn(2, *c.latent_shape, generator=torch.Generator().manual_seed(0))
-    cond = c.encoder(["a red ball", "a blue sky"])
+    cond = c.source.conditioning([0, 1])
     c.policy.transformer = trained
     with torch.no_grad():
         with_adapter = c.policy.predict_velocity(x, 0.6, cond)

@@ -13,6 +13,7 @@
 # with plain `bash` for a local torchrun. Settings come from the environment:
 #   CONFIG          YAML config (default: the paper's HunyuanVideo settings)
 #   MODEL_PATH      local diffusers-format HunyuanVideo folder (sets model.path)
+#   EMBEDDINGS_DIR  precomputed prompt embeddings (sets data.embeddings_dir)
 #   OUTPUT_DIR      run folder (sets train.output_dir)
 #   NPROC_PER_NODE  processes per node (default: GPUs on the node, else 1)
 #   MASTER_PORT     rendezvous port under SLURM (default 29500)
@@ -34,6 +35,7 @@ CONFIG=${CONFIG:-assets/configs/hunyuan_t2v.yaml}
 TORCHRUN=${TORCHRUN:-torchrun}
 OVERRIDES=("$@")
 [ -n "${MODEL_PATH:-}" ] && OVERRIDES=("model.path=$MODEL_PATH" "${OVERRIDES[@]}")
+[ -n "${EMBEDDINGS_DIR:-}" ] && OVERRIDES=("data.embeddings_dir=$EMBEDDINGS_DIR" "${OVERRIDES[@]}")
 [ -n "${OUTPUT_DIR:-}" ] && OVERRIDES=("train.output_dir=$OUTPUT_DIR" "${OVERRIDES[@]}")
 
 gpus_on_node() {

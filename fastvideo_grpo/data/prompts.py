@@ -1,33 +1,8 @@
-"""Prompt files and the sampler that deals prompts to data-parallel ranks."""
+"""The sampler that deals prompts to data-parallel ranks."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """`.txt` (one prompt a line) or `.jsonl` (a `prompt` field a line); blank lines skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from e
-        else:
-            prompt = line.strip()
-        prompts.append(prompt)
-    if not prompts:
-        raise ValueError(f"prompt file {path} holds no prompts")
-    return prompts
 
 
 class PromptSampler:

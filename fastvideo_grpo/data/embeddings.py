@@ -1,0 +1,116 @@
+"""Precomputed text embeddings on disk: safetensors shards plus a manifest.
+
+    root/manifest.jsonl          one line per prompt: id, prompt, shard, row, tokens
+    root/shard_00000.safetensors prompt_embeds [n, L, D], prompt_attention_mask [n, L],
+                                 pooled_prompt_embeds [n, P], token_count [n]
+
+Shards are read lazily through memory-mapped `safe_open`; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fastvideo_grpo.models.base import TextConditioning
+
+MANIFEST = "manifest.jsonl"
+KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds", "token_count")
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Written under a temporary name and renamed: a shard that exists is complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, rows: list[dict]) -> None:
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, root / MANIFEST)
+
+
+class EmbeddingDataset:
+    """Prompts and their text conditioning, indexed like the manifest."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/ on the prompts first")
+        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise ValueError(f"{manifest} lists no prompts")
+        self.prompts = [row["prompt"] for row in self.rows]
+        self._files: dict[str, object] = {}
+        rows_per_shard: dict[str, int] = {}
+        for row in self.rows:
+            rows_per_shard[row["shard"]] = max(rows_per_shard.get(row["shard"], 0), row["row"] + 1)
+        shapes = [self._check_shard(name, n) for name, n in rows_per_shard.items()]
+        if len({s[1:] for s in shapes}) > 1:
+            raise ValueError(f"{self.root}: shards disagree on embedding shapes: {sorted(set(shapes))}")
+        _, self.max_tokens, self.text_dim, self.pooled_dim = shapes[0]
+
+    def _open(self, name: str):
+        if name not in self._files:
+            self._files[name] = safe_open(self.root / name, framework="pt")
+        return self._files[name]
+
+    def _check_shard(self, name: str, rows: int) -> tuple[int, int, int, int]:
+        path = self.root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; {MANIFEST} lists {rows} rows in it")
+        try:
+            f = self._open(name)
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in KEYS}
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable safetensors shard with {list(KEYS)} "
+                             f"(truncated or corrupt?): {e}") from e
+        n, length, dim = shapes["prompt_embeds"]
+        expected = {"prompt_embeds": (rows, length, dim), "prompt_attention_mask": (rows, length),
+                    "pooled_prompt_embeds": (rows, shapes["pooled_prompt_embeds"][-1]), "token_count": (rows,)}
+        for key, shape in expected.items():
+            if shapes[key] != shape:
+                raise ValueError(f"{path}: {key} has shape {shapes[key]}, expected {shape} "
+                                 f"({rows} rows per {MANIFEST})")
+        return rows, length, dim, shapes["pooled_prompt_embeds"][-1]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def conditioning(self, indices: list[int]) -> TextConditioning:
+        parts = {key: [] for key in KEYS[:3]}
+        for i in indices:
+            row = self.rows[i]
+            f = self._open(row["shard"])
+            for key in parts:
+                parts[key].append(f.get_slice(key)[row["row"]: row["row"] + 1])
+        return TextConditioning(torch.cat(parts["prompt_embeds"]), torch.cat(parts["prompt_attention_mask"]),
+                                torch.cat(parts["pooled_prompt_embeds"]))
+
+
+class TinyRandomPrompts:
+    """The tiny model's stand-in for precomputed embeddings: a prompt file encoded by a
+    seeded random text encoder in process."""
+
+    def __init__(self, prompts: list[str], encoder):
+        self.prompts = prompts
+        self.encoder = encoder
+        self.text_dim = encoder.table.shape[1]
+        self.pooled_dim = encoder.pool.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def conditioning(self, indices: list[int]) -> TextConditioning:
+        return self.encoder([self.prompts[i] for i in indices])

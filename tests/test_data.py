@@ -1,0 +1,143 @@
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import HunyuanVideoPipeline
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT
+from fastvideo_grpo.data.embeddings import EmbeddingDataset
+from fastvideo_grpo.data.prompts import PromptSampler
+from fastvideo_grpo.models.tiny_hunyuan import write_tiny_hunyuan_folder
+
+sys.path.insert(0, str(ROOT / "data_preprocess"))
+import preprocess_hunyuan_embeddings as cli  # noqa: E402
+
+LONG = " ".join(["a red ball"] * 10)
+PROMPTS = ["a red ball bouncing on the floor", "", "a blue ocean wave rolling in", LONG,
+           "a red ball bouncing on the floor", "a green frog in the river at night", "a cyan kite"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return write_tiny_hunyuan_folder(tmp_path_factory.mktemp("tiny_hunyuan"))
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def encode(tiny_folder, prompt_file, out, *extra):
+    cli.main(["--model-path", str(tiny_folder), "--prompts", str(prompt_file), "--output", str(out),
+              "--shard-size", "4", "--batch-size", "3", "--max-tokens", "12", "--device", "cpu", *extra])
+    return EmbeddingDataset(out)
+
+
+def test_embeddings_equal_the_pipelines_encode_prompt(tiny_folder, prompt_file, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        data = encode(tiny_folder, prompt_file, tmp_path, "--dtype", "fp32")
+    prompts = [p for p in PROMPTS if p]
+    assert data.prompts == prompts and len(data) == 6
+    pipe = HunyuanVideoPipeline.from_pretrained(tiny_folder, transformer=None, vae=None)
+    template = json.loads((tiny_folder / "prompt_template.json").read_text())
+    embeds, pooled, mask = pipe.encode_prompt(prompts, prompt_template=template, device="cpu", max_sequence_length=12)
+    cond = data.conditioning(list(range(6)))
+    assert torch.equal(cond.prompt_embeds, embeds)
+    assert torch.equal(cond.pooled_embeds, pooled)
+    assert torch.equal(cond.attention_mask, mask.long())
+    assert [row["tokens"] for row in data.rows] == mask.sum(1).tolist()
+    assert [row["shard"] for row in data.rows] == ["shard_00000.safetensors"] * 4 + ["shard_00001.safetensors"] * 2
+    log = caplog.text
+    assert "1 prompts exceeded 12 tokens and were truncated" in log
+    assert "1 prompts are duplicates" in log and "1 empty lines skipped" in log
+
+
+def test_bf16_by_default_rerun_skips_and_overwrite_redoes(tiny_folder, prompt_file, tmp_path):
+    data = encode(tiny_folder, prompt_file, tmp_path)
+    assert data.conditioning([0]).prompt_embeds.dtype == torch.bfloat16
+    shard = tmp_path / "shard_00000.safetensors"
+    before = shard.stat().st_mtime_ns
+    encode(tiny_folder, prompt_file, tmp_path)
+    assert shard.stat().st_mtime_ns == before
+    encode(tiny_folder, prompt_file, tmp_path, "--overwrite")
+    assert shard.stat().st_mtime_ns != before
+
+
+def test_two_ranks_write_the_same_dataset(tiny_folder, prompt_file, tmp_path):
+    single = encode(tiny_folder, prompt_file, tmp_path / "one", "--dtype", "fp32")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "data_preprocess/preprocess_hunyuan_embeddings.py"), "--model-path", str(tiny_folder),
+         "--prompts", str(prompt_file), "--output", str(tmp_path / "two"), "--shard-size", "4", "--batch-size", "3",
+         "--max-tokens", "12", "--device", "cpu", "--dtype", "fp32"], capture_output=True, text=True, env=env,
+        cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0: {'shards_encoded': 1," in result.stderr  # the other shard was rank 1's
+    double = EmbeddingDataset(tmp_path / "two")
+    assert double.rows == single.rows
+    a, b = single.conditioning(list(range(6))), double.conditioning(list(range(6)))
+    assert torch.equal(a.prompt_embeds, b.prompt_embeds) and torch.equal(a.pooled_embeds, b.pooled_embeds)
+
+
+def test_dataset_errors_name_the_file(tiny_folder, prompt_file, tmp_path):
+    encode(tiny_folder, prompt_file, tmp_path)
+    shard = tmp_path / "shard_00001.safetensors"
+    tensors = load_file(shard)
+    save_file({k: v[:1] for k, v in tensors.items()}, shard)
+    with pytest.raises(ValueError, match=r"shard_00001.safetensors: prompt_embeds has shape \(1, 12, 32\), expected \(2, 12, 32\)"):
+        EmbeddingDataset(tmp_path)
+    shard.write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError, match="shard_00001.safetensors is not a readable safetensors shard"):
+        EmbeddingDataset(tmp_path)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="shard_00001.safetensors is missing"):
+        EmbeddingDataset(tmp_path)
+    (tmp_path / "manifest.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl does not exist"):
+        EmbeddingDataset(tmp_path)
+
+
+def test_sampler_splits_ranks_reshuffles_epochs_and_restores_state():
+    ranks = [PromptSampler(10, per_rank=2, dp_rank=r, dp_size=2, seed=3) for r in range(2)]
+    epoch = []
+    for _ in range(2):
+        a, b = ranks[0].next_indices(), ranks[1].next_indices()
+        assert not set(a) & set(b)
+        epoch += a + b
+    state = ranks[0].state_dict()
+    later = [ranks[0].next_indices() for _ in range(4)]
+    restored = PromptSampler(10, per_rank=2, dp_rank=0, dp_size=2, seed=3)
+    restored.load_state_dict(state)
+    assert [restored.next_indices() for _ in range(4)] == later
+    # Each epoch visits every prompt once, in a new order.
+    one = PromptSampler(10, per_rank=5, dp_rank=0, dp_size=1, seed=3)
+    first, second = one.next_indices() + one.next_indices(), one.next_indices() + one.next_indices()
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+
+
+def test_training_and_pipeline_export_on_the_tiny_folder(tiny_folder, prompt_file, tmp_path):
+    from fastvideo_grpo.config import load_config
+    from fastvideo_grpo.export import export
+    from fastvideo_grpo.trainer import train
+
+    encode(tiny_folder, prompt_file, tmp_path / "emb")
+    cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [
+        "model.size=full", f"model.path={tiny_folder}", f"data.embeddings_dir={tmp_path / 'emb'}",
+        "train.iterations=2", "sampling.group_size=4", "sampling.rollout_batch_size=4", "train.sample_every=0",
+        "train.progress_bar=false", "train.prompts_per_iteration=1", f"train.output_dir={tmp_path / 'run'}"])
+    out = train(cfg)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    exported = export(out / "checkpoints/step_2", tmp_path / "export", base_model=tiny_folder)
+    pipe = HunyuanVideoPipeline.from_pretrained(exported)
+    template = json.loads((exported / "prompt_template.json").read_text())
+    frames = pipe(prompt="a red ball", prompt_template=template, height=32, width=32, num_frames=5,
+                  num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (1, 5, 32, 32, 3)
