@@ -70,6 +70,18 @@ def test_bf16_by_default_rerun_skips_and_overwrite_redoes(tiny_folder, prompt_fi
     assert shard.stat().st_mtime_ns != before
 
 
+def test_interrupted_run_computes_only_the_missing_shards(tiny_folder, prompt_file, tmp_path, caplog):
+    encode(tiny_folder, prompt_file, tmp_path)
+    first, second = tmp_path / "shard_00000.safetensors", tmp_path / "shard_00001.safetensors"
+    second.unlink()  # as if killed after writing the first shard (shards appear whole or not at all)
+    (tmp_path / "manifest.jsonl").unlink()
+    before = first.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        data = encode(tiny_folder, prompt_file, tmp_path)
+    assert "'shards_encoded': 1, 'shards_skipped': 1" in caplog.text
+    assert first.stat().st_mtime_ns == before and second.exists() and len(data) == 6
+
+
 def test_two_ranks_write_the_same_dataset(tiny_folder, prompt_file, tmp_path):
     single = encode(tiny_folder, prompt_file, tmp_path / "one", "--dtype", "fp32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

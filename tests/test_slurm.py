@@ -24,12 +24,17 @@ def cluster(tmp_path_factory):
     slurm.stop()
 
 
+def job_env(cluster, out):
+    """The flagship script on the tiny config with 2 local processes."""
+    return {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
+            "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
+            # torchrun sits beside this interpreter
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
 def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
     out = tmp_path / "run"
-    env = {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
-           "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
-           # torchrun sits beside this interpreter
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = job_env(cluster, out)
     # The script's header asks for 8 GPU nodes; this cluster has one CPU node.
     result = cluster.run(
         "sbatch", "--wait", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
@@ -46,9 +51,7 @@ def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
 
 def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     out = tmp_path / "run"
-    env = {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
-           "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = job_env(cluster, out)
     submitted = cluster.run(
         "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
         "--time=10", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",

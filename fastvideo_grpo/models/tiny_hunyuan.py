@@ -85,3 +85,9 @@ def write_tiny_hunyuan_folder(path: str | Path, seed: int = 0) -> Path:
     }, indent=2))
     (path / PROMPT_TEMPLATE_FILE).write_text(json.dumps(tiny_prompt_template(llama_tok), indent=2))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(write_tiny_hunyuan_folder(sys.argv[1]))

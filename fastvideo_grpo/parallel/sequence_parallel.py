@@ -68,16 +68,11 @@ class GatherPartial(torch.autograd.Function):
         return _own_chunk(grad, ctx.group, ctx.dim), None, None
 
 
-class GatherReplicated(torch.autograd.Function):
+class GatherReplicated(GatherPartial):
     """All-gather of the model output. Every rank computes the same loss from it, so each
     rank's output gradient is already complete: backward keeps its own slice, scaled by the
     group size so that the *average* of the sp ranks' parameter gradients (what FSDP's
     reduction computes) is the full gradient."""
-
-    @staticmethod
-    def forward(ctx, x, group, dim: int):
-        ctx.group, ctx.dim = group, dim
-        return _all_gather(x, group, dim)
 
     @staticmethod
     def backward(ctx, grad):
