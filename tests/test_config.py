@@ -18,7 +18,7 @@ def test_yaml_and_overrides_apply():
 
 
 def test_defaults_are_the_papers_hunyuan_video_settings():
-    cfg = load_config(None, ["model.path=/models/hunyuan"])
+    cfg = load_config(None, ["model.path=/models/hunyuan", "data.embeddings_dir=/data/embeddings"])
     s, g, t = cfg.sampling, cfg.grpo, cfg.train
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
     assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)

@@ -55,7 +55,7 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     submitted = cluster.run(
         "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
         "--time=10", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",
-        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=12", "sampling.group_size=4",
+        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=40", "sampling.group_size=4",
         "sampling.rollout_batch_size=4", "train.progress_bar=false", "checkpoint.every=0",
         cwd=ROOT, env=env, timeout=60)
     job = submitted.stdout.strip().split(";")[0]
@@ -78,4 +78,4 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert "preempted after a checkpoint: requeueing" in log, log + cluster.logs()
     assert "resumed from" in log, log
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == list(range(12))
+    assert [r["iteration"] for r in rows] == list(range(40))
