@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import torch
 from diffusers import HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from fastvideo_grpo.data.preprocess import DTYPES, preprocess, read_prompt_file, report_duplicates
-from fastvideo_grpo.parallel import init_distributed, shutdown
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
 
-logger = logging.getLogger("preprocess_hunyuan_embeddings")
 TEMPLATE_FILE = "prompt_template.json"
 
 
@@ -38,56 +34,30 @@ def load_template(model_path: Path, template_file: str | None) -> dict:
     return DEFAULT_PROMPT_TEMPLATE
 
 
-def hunyuan_encoder(model_path: Path, template: dict, max_tokens: int, device: torch.device):
-    for sub in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        if not (model_path / sub).is_dir():
-            raise FileNotFoundError(f"--model-path {model_path}: no {sub}/; expected a diffusers HunyuanVideo folder")
-    pipe = HunyuanVideoPipeline.from_pretrained(model_path, transformer=None, vae=None, torch_dtype=torch.float32
-                                                if device.type == "cpu" else torch.float16).to(device)
+def hunyuan_encoder(args: argparse.Namespace, device: torch.device):
+    require_components(args.model_path, ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), "HunyuanVideo")
+    template = load_template(args.model_path, args.prompt_template)
+    pipe = HunyuanVideoPipeline.from_pretrained(args.model_path, transformer=None, vae=None,
+                                                torch_dtype=pipeline_dtype(device)).to(device)
 
     def encode(prompts: list[str]):
         with torch.no_grad():
             embeds, pooled, mask = pipe.encode_prompt(prompts, prompt_template=template, device=device,
-                                                      max_sequence_length=max_tokens)
+                                                      max_sequence_length=args.max_tokens)
         full = pipe.tokenizer([template["template"].format(p) for p in prompts]).input_ids
-        truncated = sum(len(ids) > max_tokens + template["crop_start"] for ids in full)
+        truncated = sum(len(ids) > args.max_tokens + template["crop_start"] for ids in full)
         return embeds.cpu(), mask.cpu(), pooled.cpu(), mask.sum(dim=1).cpu(), truncated
 
     return encode
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-path", required=True, type=Path)
-    parser.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--shard-size", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-template", help="JSON file with 'template' and 'crop_start'")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--overwrite", action="store_true", help="re-encode shards that already exist")
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
 
-    world = init_distributed(args.device)
-    prompts, empty = read_prompt_file(args.prompts)
-    duplicates = report_duplicates(prompts)
-    template = load_template(args.model_path, args.prompt_template)
-    encode = hunyuan_encoder(args.model_path, template, args.max_tokens, world.device)
-    counts = preprocess(prompts, encode, args.output, world, args.shard_size, args.batch_size, args.dtype,
-                        args.overwrite)
-    if counts["prompts_truncated"]:
-        logger.warning("rank %d: %d prompts exceeded %d tokens and were truncated", world.rank,
-                       counts["prompts_truncated"], args.max_tokens)
-    logger.info("%d prompts (%d empty lines skipped, %d duplicates); rank %d: %s", len(prompts), empty,
-                duplicates, world.rank, counts)
-    shutdown()
-    return 0
+
+def run(argv: list[str] | None = None) -> int:
+    return main(__doc__.split("\n\n")[0], hunyuan_encoder, 256, argv, add_arguments)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -35,8 +35,8 @@ def prompt_file(tmp_path_factory):
 
 
 def encode(tiny_folder, prompt_file, out, *extra):
-    cli.main(["--model-path", str(tiny_folder), "--prompts", str(prompt_file), "--output", str(out),
-              "--shard-size", "4", "--batch-size", "3", "--max-tokens", "12", "--device", "cpu", *extra])
+    cli.run(["--model-path", str(tiny_folder), "--prompts", str(prompt_file), "--output", str(out),
+             "--shard-size", "4", "--batch-size", "3", "--max-tokens", "12", "--device", "cpu", *extra])
     return EmbeddingDataset(out)
 
 
@@ -47,7 +47,9 @@ def test_embeddings_equal_the_pipelines_encode_prompt(tiny_folder, prompt_file, 
     assert data.prompts == prompts and len(data) == 6
     pipe = HunyuanVideoPipeline.from_pretrained(tiny_folder, transformer=None, vae=None)
     template = json.loads((tiny_folder / "prompt_template.json").read_text())
-    embeds, pooled, mask = pipe.encode_prompt(prompts, prompt_template=template, device="cpu", max_sequence_length=12)
+    with torch.no_grad():  # as the CLI: autograd takes other kernels
+        embeds, pooled, mask = pipe.encode_prompt(prompts, prompt_template=template, device="cpu",
+                                                  max_sequence_length=12)
     cond = data.conditioning(list(range(6)))
     assert torch.equal(cond.prompt_embeds, embeds)
     assert torch.equal(cond.pooled_embeds, pooled)
@@ -153,3 +155,35 @@ def test_training_and_pipeline_export_on_the_tiny_folder(tiny_folder, prompt_fil
     frames = pipe(prompt="a red ball", prompt_template=template, height=32, width=32, num_frames=5,
                   num_inference_steps=2, output_type="np").frames
     assert frames.shape == (1, 5, 32, 32, 3)
+
+
+def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
+    from diffusers import FluxPipeline, StableDiffusionPipeline
+
+    import preprocess_flux_embeddings as flux_cli
+    import preprocess_sd_embeddings as sd_cli
+    from tiny_text_folders import tiny_flux_text_folder, tiny_sd_text_folder
+
+    prompts = [p for p in PROMPTS if p]
+    flux = tiny_flux_text_folder(tmp_path / "flux")
+    flux_cli.run(["--model-path", str(flux), "--prompts", str(prompt_file), "--output", str(tmp_path / "fe"),
+                  "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
+    data = EmbeddingDataset(tmp_path / "fe")
+    pipe = FluxPipeline.from_pretrained(flux, transformer=None, vae=None)
+    with torch.no_grad():  # autograd takes other kernels: 1e-7 apart
+        embeds, pooled, text_ids = pipe.encode_prompt(prompts, prompt_2=None, device="cpu", max_sequence_length=16)
+    cond = data.conditioning(list(range(len(prompts))))
+    assert torch.equal(cond.prompt_embeds, embeds) and torch.equal(cond.pooled_embeds, pooled)
+    assert text_ids.shape == (16, 3) and not text_ids.any()  # FLUX's text ids: zeros, rebuilt from L
+    assert data.rows[0]["tokens"] == len("a red ball bouncing on the floor".split()) + 1
+
+    sd = tiny_sd_text_folder(tmp_path / "sd")
+    sd_cli.run(["--model-path", str(sd), "--prompts", str(prompt_file), "--output", str(tmp_path / "se"),
+                "--dtype", "fp32", "--device", "cpu"])
+    data = EmbeddingDataset(tmp_path / "se")
+    pipe = StableDiffusionPipeline.from_pretrained(sd, unet=None, vae=None, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompts, "cpu", 1, do_classifier_free_guidance=False)
+    cond = data.conditioning(list(range(len(prompts))))
+    assert torch.equal(cond.prompt_embeds, embeds) and cond.pooled_embeds.shape == (len(prompts), 0)

@@ -4,8 +4,10 @@ function: list of prompts -> (prompt_embeds, attention_mask, pooled, token_count
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -13,7 +15,7 @@ from typing import Callable
 import torch
 
 from fastvideo_grpo.data.embeddings import MANIFEST, shard_name, write_manifest, write_shard
-from fastvideo_grpo.parallel import World, barrier
+from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +99,50 @@ def report_duplicates(prompts: list[str]) -> int:
     if duplicates:
         logger.warning("%d prompts are duplicates of earlier ones (kept: each line is a sample)", duplicates)
     return duplicates
+
+
+def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.device], EncodeFn],
+         default_max_tokens: int, argv: list[str] | None = None,
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line every model's preprocessing script shares; `build_encoder` loads
+    the model's text encoders from --model-path."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model-path", required=True, type=Path, help="local diffusers-format model folder")
+    parser.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--shard-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=default_max_tokens)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--overwrite", action="store_true", help="re-encode shards that already exist")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
+
+    world = init_distributed(args.device)
+    prompts, empty = read_prompt_file(args.prompts)
+    duplicates = report_duplicates(prompts)
+    encode = build_encoder(args, world.device)
+    counts = preprocess(prompts, encode, args.output, world, args.shard_size, args.batch_size, args.dtype,
+                        args.overwrite)
+    if counts["prompts_truncated"]:
+        logger.warning("rank %d: %d prompts exceeded %d tokens and were truncated", world.rank,
+                       counts["prompts_truncated"], args.max_tokens)
+    logger.info("%d prompts (%d empty lines skipped, %d duplicates); rank %d: %s", len(prompts), empty,
+                duplicates, world.rank, counts)
+    shutdown()
+    return 0
+
+
+def require_components(model_path: Path, components: tuple[str, ...], family: str) -> None:
+    for sub in components:
+        if not (model_path / sub).is_dir():
+            raise FileNotFoundError(f"--model-path {model_path}: no {sub}/; expected a diffusers {family} folder")
+
+
+def pipeline_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "cpu" else torch.bfloat16

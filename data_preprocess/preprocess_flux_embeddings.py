@@ -1,0 +1,42 @@
+"""Offline FLUX text embeddings, exactly as diffusers' FluxPipeline encodes: the T5 sequence
+(up to 512 tokens), the CLIP-L pooled output, and the text ids (zeros, one row a token).
+
+    python data_preprocess/preprocess_flux_embeddings.py --model-path FLUX_FOLDER \\
+        --prompts prompts.txt --output data/flux_embeddings
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from diffusers import FluxPipeline
+
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
+
+
+def flux_encoder(args: argparse.Namespace, device: torch.device):
+    require_components(args.model_path, ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), "FLUX")
+    pipe = FluxPipeline.from_pretrained(args.model_path, transformer=None, vae=None,
+                                        torch_dtype=pipeline_dtype(device)).to(device)
+
+    def encode(prompts: list[str]):
+        with torch.no_grad():
+            embeds, pooled, _text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=device,
+                                                           max_sequence_length=args.max_tokens)
+        # T5 attends to its padding in FLUX; the mask records the real tokens.
+        tokens = pipe.tokenizer_2(prompts, padding="max_length", max_length=args.max_tokens, truncation=True,
+                                  return_tensors="pt").attention_mask
+        truncated = sum(len(ids) > args.max_tokens for ids in pipe.tokenizer_2(prompts).input_ids)
+        return embeds.cpu(), tokens, pooled.cpu(), tokens.sum(dim=1), truncated
+
+    return encode
+
+
+def run(argv: list[str] | None = None) -> int:
+    return main(__doc__.split("\n\n")[0], flux_encoder, 512, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,45 @@
+"""Offline Stable Diffusion text embeddings, exactly as diffusers' StableDiffusionPipeline
+encodes: the CLIP last hidden state over 77 tokens. SD has no pooled conditioning: the
+pooled tensor is stored empty ([n, 0]).
+
+    python data_preprocess/preprocess_sd_embeddings.py --model-path SD_FOLDER \\
+        --prompts prompts.txt --output data/sd_embeddings
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
+
+
+def sd_encoder(args: argparse.Namespace, device: torch.device):
+    require_components(args.model_path, ("text_encoder", "tokenizer"), "Stable Diffusion")
+    pipe = StableDiffusionPipeline.from_pretrained(args.model_path, unet=None, vae=None, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False,
+                                                   torch_dtype=pipeline_dtype(device)).to(device)
+    max_tokens = pipe.tokenizer.model_max_length
+    if args.max_tokens != max_tokens:
+        raise ValueError(f"--max-tokens {args.max_tokens}: Stable Diffusion's CLIP encodes {max_tokens} tokens")
+
+    def encode(prompts: list[str]):
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
+        tokens = pipe.tokenizer(prompts, padding="max_length", max_length=max_tokens, truncation=True,
+                                return_tensors="pt").attention_mask
+        truncated = sum(len(ids) > max_tokens for ids in pipe.tokenizer(prompts).input_ids)
+        return embeds.cpu(), tokens, torch.zeros(len(prompts), 0), tokens.sum(dim=1), truncated
+
+    return encode
+
+
+def run(argv: list[str] | None = None) -> int:
+    return main(__doc__.split("\n\n")[0], sd_encoder, 77, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
