@@ -13,7 +13,7 @@ import sys
 import torch
 from diffusers import FluxPipeline
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
 
 
 def flux_encoder(args: argparse.Namespace, device: torch.device):
@@ -29,7 +29,7 @@ def flux_encoder(args: argparse.Namespace, device: torch.device):
         tokens = pipe.tokenizer_2(prompts, padding="max_length", max_length=args.max_tokens, truncation=True,
                                   return_tensors="pt").attention_mask
         truncated = sum(len(ids) > args.max_tokens for ids in pipe.tokenizer_2(prompts).input_ids)
-        return embeds.cpu(), tokens, pooled.cpu(), tokens.sum(dim=1), truncated
+        return text_shard_tensors(embeds, tokens, pooled), truncated
 
     return encode
 

@@ -18,7 +18,7 @@ import torch
 from diffusers import HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
 
 TEMPLATE_FILE = "prompt_template.json"
 
@@ -46,7 +46,7 @@ def hunyuan_encoder(args: argparse.Namespace, device: torch.device):
                                                       max_sequence_length=args.max_tokens)
         full = pipe.tokenizer([template["template"].format(p) for p in prompts]).input_ids
         truncated = sum(len(ids) > args.max_tokens + template["crop_start"] for ids in full)
-        return embeds.cpu(), mask.cpu(), pooled.cpu(), mask.sum(dim=1).cpu(), truncated
+        return text_shard_tensors(embeds, mask, pooled), truncated
 
     return encode
 

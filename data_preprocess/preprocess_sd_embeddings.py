@@ -14,7 +14,7 @@ import sys
 import torch
 from diffusers import StableDiffusionPipeline
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components
+from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
 
 
 def sd_encoder(args: argparse.Namespace, device: torch.device):
@@ -32,7 +32,7 @@ def sd_encoder(args: argparse.Namespace, device: torch.device):
         tokens = pipe.tokenizer(prompts, padding="max_length", max_length=max_tokens, truncation=True,
                                 return_tensors="pt").attention_mask
         truncated = sum(len(ids) > max_tokens for ids in pipe.tokenizer(prompts).input_ids)
-        return embeds.cpu(), tokens, torch.zeros(len(prompts), 0), tokens.sum(dim=1), truncated
+        return text_shard_tensors(embeds, tokens, torch.zeros(len(prompts), 0)), truncated
 
     return encode
 

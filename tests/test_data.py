@@ -3,6 +3,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,42 @@ def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
         embeds, _ = pipe.encode_prompt(prompts, "cpu", 1, do_classifier_free_guidance=False)
     cond = data.conditioning(list(range(len(prompts))))
     assert torch.equal(cond.prompt_embeds, embeds) and cond.pooled_embeds.shape == (len(prompts), 0)
+
+
+def test_latents_of_images_and_first_frames(tiny_folder, tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    import preprocess_latents
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "a.png", image)
+    iio.imwrite(tmp_path / "b.mp4", rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), fps=4)
+    (tmp_path / "inputs.txt").write_text("a.png\nb.mp4\n")
+    preprocess_latents.main(["--model-path", str(tiny_folder), "--inputs", str(tmp_path / "inputs.txt"),
+                             "--output", str(tmp_path / "lat"), "--height", "32", "--width", "32",
+                             "--dtype", "fp32", "--device", "cpu"])
+    rows = [json.loads(line) for line in (tmp_path / "lat/manifest.jsonl").read_text().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["a.png", "b.mp4"]
+    latents = load_file(tmp_path / "lat" / rows[0]["shard"])["latents"]
+    assert latents.shape == (2, 16, 1, 4, 4)
+
+    # Independent check of the first: cover-resize 40x48 -> 32x38, center crop 32x32.
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(tiny_folder, subfolder="vae")
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 127.5 - 1
+    x = torch.nn.functional.interpolate(x, size=(32, 38), mode="bilinear", antialias=True, align_corners=False)
+    x = x[:, :, :, 3:35].clamp(-1, 1)[:, :, None]
+    with torch.no_grad():
+        expected = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+    torch.testing.assert_close(latents[:1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_latents_input_list_naming_missing_files(tiny_folder, tmp_path):
+    import preprocess_latents
+
+    (tmp_path / "inputs.txt").write_text("nothere.png\n")
+    with pytest.raises(FileNotFoundError, match="lists 1 missing files"):
+        preprocess_latents.main(["--model-path", str(tiny_folder), "--inputs", str(tmp_path / "inputs.txt"),
+                                 "--output", str(tmp_path / "lat"), "--height", "32", "--width", "32"])

@@ -1,6 +1,6 @@
-"""The model-independent half of offline text encoding: read prompts, split them into
-shards over ranks, skip finished shards, write the manifest. A model adds an encode
-function: list of prompts -> (prompt_embeds, attention_mask, pooled, token_count, truncated)."""
+"""The model-independent half of offline encoding: read prompts (or image paths), split them
+into shards over ranks, skip finished shards, write the manifest. A model adds an encode
+function: a batch of items -> shard tensors."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
 
-EncodeFn = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]]
+# A batch of items -> the shard tensors of that batch (first dim: the batch) and how many
+# items were truncated.
+EncodeFn = Callable[[list[str]], tuple[dict[str, torch.Tensor], int]]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -50,48 +52,56 @@ def read_prompt_file(path: str | Path) -> tuple[list[str], int]:
     return prompts, empty
 
 
-def preprocess(prompts: list[str], encode: EncodeFn, output: str | Path, world: World, shard_size: int = 1024,
-               batch_size: int = 8, dtype: str = "bf16", overwrite: bool = False) -> dict:
+def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: World, shard_size: int = 1024,
+               batch_size: int = 8, dtype: str = "bf16", overwrite: bool = False, item_key: str = "prompt") -> dict:
     """Encode every shard this rank owns (shard i belongs to rank i % world size) that is
-    not on disk yet; rank 0 then writes the manifest. Returns counts for the log."""
+    not on disk yet; rank 0 then writes the manifest: one row per item with its `item_key`
+    (the prompt, or an image path), shard, row, and token count where the shards have one.
+    Returns counts for the log."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    num_shards = -(-len(prompts) // shard_size)
+    num_shards = -(-len(items) // shard_size)
     encoded = skipped = truncated = 0
     for shard in range(world.rank, num_shards, world.world_size):
         path = output / shard_name(shard)
         if path.exists() and not overwrite:
             skipped += 1
             continue
-        chunk = prompts[shard * shard_size:(shard + 1) * shard_size]
-        parts: list[tuple] = []
-        for start in range(0, len(chunk), batch_size):
-            parts.append(encode(chunk[start:start + batch_size]))
-        truncated += sum(p[4] for p in parts)
-        write_shard(path, {
-            "prompt_embeds": torch.cat([p[0] for p in parts]).to(DTYPES[dtype]),
-            "prompt_attention_mask": torch.cat([p[1] for p in parts]).to(torch.int64),
-            "pooled_prompt_embeds": torch.cat([p[2] for p in parts]).to(DTYPES[dtype]),
-            "token_count": torch.cat([p[3] for p in parts]).to(torch.int64),
-        })
+        chunk = items[shard * shard_size:(shard + 1) * shard_size]
+        parts = [encode(chunk[start:start + batch_size]) for start in range(0, len(chunk), batch_size)]
+        truncated += sum(count for _, count in parts)
+        tensors = {key: torch.cat([batch[key] for batch, _ in parts]) for key in parts[0][0]}
+        write_shard(path, {key: t.to(DTYPES[dtype]) if t.is_floating_point() else t.to(torch.int64)
+                           for key, t in tensors.items()})
         encoded += 1
-        logger.info("rank %d wrote %s (%d prompts)", world.rank, path, len(chunk))
+        logger.info("rank %d wrote %s (%d items)", world.rank, path, len(chunk))
     counts = {"shards_encoded": encoded, "shards_skipped": skipped, "prompts_truncated": truncated}
     barrier(world)
     if world.is_main:
-        from safetensors import safe_open
-
-        rows = []
-        for shard in range(num_shards):
-            with safe_open(output / shard_name(shard), framework="pt") as f:
-                tokens = f.get_tensor("token_count").tolist()
-            for row, count in enumerate(tokens):
-                i = shard * shard_size + row
-                rows.append({"id": i, "prompt": prompts[i], "shard": shard_name(shard), "row": row, "tokens": count})
-        write_manifest(output, rows)
-        logger.info("wrote %s (%d prompts in %d shards)", output / MANIFEST, len(rows), num_shards)
+        write_manifest(output, manifest_rows(items, output, num_shards, shard_size, item_key))
+        logger.info("wrote %s (%d items in %d shards)", output / MANIFEST, len(items), num_shards)
     barrier(world)
     return counts
+
+
+def manifest_rows(items: list[str], output: Path, num_shards: int, shard_size: int, item_key: str) -> list[dict]:
+    from safetensors import safe_open
+
+    rows = []
+    for shard in range(num_shards):
+        with safe_open(output / shard_name(shard), framework="pt") as f:
+            tokens = f.get_tensor("token_count").tolist() if "token_count" in f.keys() else None
+        for row in range(len(items[shard * shard_size:(shard + 1) * shard_size])):
+            i = shard * shard_size + row
+            rows.append({"id": i, item_key: items[i], "shard": shard_name(shard), "row": row,
+                         **({"tokens": tokens[row]} if tokens is not None else {})})
+    return rows
+
+
+def text_shard_tensors(embeds: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors of a text-embedding shard, as EmbeddingDataset reads them."""
+    return {"prompt_embeds": embeds.cpu(), "prompt_attention_mask": mask.cpu(), "pooled_prompt_embeds": pooled.cpu(),
+            "token_count": mask.sum(dim=1).cpu()}
 
 
 def report_duplicates(prompts: list[str]) -> int:

@@ -1,0 +1,109 @@
+"""Offline VAE latents of reference images (or a video's first frame) for image-to-video
+conditioning, in the same shard + manifest format as the text embeddings.
+
+    python data_preprocess/preprocess_latents.py --model-path HUNYUAN_FOLDER \\
+        --inputs images.txt --output data/latents --height 480 --width 480
+
+`--inputs` lists one image or video path a line (relative paths are read from the list's
+folder). Each is resized to cover height x width and center-cropped, scaled to [-1, 1],
+encoded with the model's VAE (the posterior mode, as diffusers' HunyuanVideo I2V pipeline
+does) and multiplied by the VAE's scaling factor: shard key `latents` [n, C, T, h, w]
+(T = 1 for a video VAE, no T for an image VAE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import diffusers
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastvideo_grpo.data.preprocess import DTYPES, pipeline_dtype, preprocess
+from fastvideo_grpo.parallel import init_distributed, shutdown
+
+logger = logging.getLogger("preprocess_latents")
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
+
+
+def read_input_list(path: Path) -> list[Path]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--inputs {path} does not exist")
+    files = [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+    files = [f if f.is_absolute() else path.parent / f for f in files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--inputs {path} lists {len(missing)} missing files, e.g. {missing[:3]}")
+    if not files:
+        raise ValueError(f"--inputs {path} lists no files")
+    return files
+
+
+def load_frame(path: Path, height: int, width: int) -> torch.Tensor:
+    """The image (or a video's first frame), covering height x width, center-cropped. [3, H, W] in [-1, 1]"""
+    frame = iio.imread(path, index=0) if path.suffix.lower() in VIDEO_SUFFIXES else iio.imread(path)
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = np.repeat(frame[..., None], 3, axis=-1)
+    x = torch.from_numpy(frame[..., :3].copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    scale = max(height / x.shape[1], width / x.shape[2])
+    size = (max(height, round(x.shape[1] * scale)), max(width, round(x.shape[2] * scale)))
+    x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return x[:, top:top + height, left:left + width].clamp(-1, 1)
+
+
+def load_vae(model_path: Path, dtype: torch.dtype, device: torch.device):
+    config = model_path / "vae" / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"--model-path {model_path}: no vae/config.json")
+    cls = getattr(diffusers, json.loads(config.read_text())["_class_name"])
+    return cls.from_pretrained(model_path, subfolder="vae", torch_dtype=dtype).to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-path", required=True, type=Path)
+    parser.add_argument("--inputs", required=True, type=Path, help="a file listing image/video paths")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
+
+    world = init_distributed(args.device)
+    files = read_input_list(args.inputs)
+    vae = load_vae(args.model_path, pipeline_dtype(world.device), world.device)
+    video_vae = "temporal_compression_ratio" in vae.config
+
+    def encode(paths: list[str]):
+        x = torch.stack([load_frame(Path(p), args.height, args.width) for p in paths])
+        if video_vae:
+            x = x[:, :, None]  # [B, 3, 1, H, W]
+        with torch.no_grad():
+            latents = vae.encode(x.to(world.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+        return {"latents": latents.float().cpu()}, 0
+
+    counts = preprocess([str(f) for f in files], encode, args.output, world, args.shard_size, args.batch_size,
+                        args.dtype, args.overwrite, item_key="path")
+    logger.info("%d inputs; rank %d: %s", len(files), world.rank, counts)
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
