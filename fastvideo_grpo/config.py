@@ -100,6 +100,20 @@ class RewardConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"videoalign_vq": 1.0})
     # Reward name -> threshold: the reward becomes 1.0 above it, 0.0 otherwise.
     binary_thresholds: dict[str, float] = field(default_factory=dict)
+    # "inline" scores in the trainer process; "process" starts one reward process per node
+    # (on `device`); "remote" connects to `python -m fastvideo_grpo.rewards.serve` at `address`.
+    mode: Literal["inline", "process", "remote"] = "process"
+    address: str = ""
+    device: str = "cpu"
+    # Seconds a request may take before the trainer raises.
+    timeout_s: float = 600.0
+    # The reward process scores up to max_batch videos at once, waiting at most
+    # max_latency_ms for a batch to fill.
+    max_batch: int = 8
+    max_latency_ms: float = 20.0
+    # Times a dead reward process is restarted (its pending requests resent) before the
+    # trainer gives up.
+    max_restarts: int = 1
 
 
 @dataclass
@@ -272,6 +286,10 @@ def validate(cfg: Config) -> None:
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
     require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
             t.gradient_accumulation_steps, ">= 1")
+    require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
+            "host:port of a running reward server when reward.mode is 'remote'")
+    require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
+    require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ def rollout(
     seed_parts: tuple[int, ...],
     device: torch.device,
     first_sample: int = 0,
+    on_batch: Callable[[slice, torch.Tensor], None] | None = None,
 ) -> Rollout:
     """Sample len(cond) // group_size groups; `cond` holds one row per sample, grouped.
 
@@ -54,6 +56,7 @@ def rollout(
     (`first_sample` + row): one per group for the initial noise, one per sample for the SDE
     noise. So results depend neither on `batch_size` nor on how the global batch is split
     over data-parallel ranks, and sequence-parallel ranks draw the same noise.
+    `on_batch(batch, final_latents)` is called as soon as a rollout batch is done.
     """
     total = cond.prompt_embeds.shape[0]
     num_groups = total // group_size
@@ -78,4 +81,6 @@ def rollout(
             x = step.prev_sample
             latents[batch, k + 1] = x
             log_probs[batch, k] = step.log_prob
+        if on_batch is not None:
+            on_batch(batch, x)
     return Rollout(latents=latents, log_probs=log_probs, sigmas=sigmas, batches=batches)

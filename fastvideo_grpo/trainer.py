@@ -27,7 +27,7 @@ from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metri
 from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
-from fastvideo_grpo.rewards import Scorer, build_scorer
+from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
 from fastvideo_grpo.sde import sde_step
 
@@ -52,8 +52,7 @@ def decode_videos(policy: Policy, latents: torch.Tensor, batch_size: int) -> tor
     return torch.cat([policy.decode(latents[b]) for b in batch_slices(latents.shape[0], batch_size)])
 
 
-def score_rollout(scorer: Scorer, videos: torch.Tensor, prompts: list[str], cfg: Config) -> Scores:
-    rewards = scorer(videos, prompts)
+def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config) -> Scores:
     advantages = grpo.compute_advantages(rewards, cfg.reward.weights, cfg.sampling.group_size,
                                          cfg.grpo.adv_clip_max, cfg.grpo.advantage_mode)
     total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
@@ -192,7 +191,7 @@ class Components:
     reference: Policy | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scorer: Scorer
+    scorer: InlineScorer | ServiceScorer
     sampler: PromptSampler
     source: EmbeddingDataset | TinyRandomPrompts
     latent_shape: tuple[int, ...]
@@ -220,7 +219,7 @@ def setup(cfg: Config) -> Components:
     logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(source),
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
-    return Components(world, policy, reference, optimizer, scheduler, build_scorer(cfg.reward), sampler, source,
+    return Components(world, policy, reference, optimizer, scheduler, build_reward_scorer(cfg.reward, world), sampler, source,
                       latent_shape, ema, transformer_config)
 
 
@@ -294,10 +293,12 @@ def train(cfg: Config) -> Path:
             checkpoint(c, cfg, done)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
+            c.scorer.close()
             shutdown()
             raise Preempted(out)
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
+    c.scorer.close()
     barrier(c.world)
     shutdown()
     return out
@@ -314,13 +315,27 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     seed_parts = (t.seed, iteration)
     first_sample = world.dp_rank * len(batch_prompts)
 
+    saving = world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0
+    submitted, saved_videos = [], []
+
+    def decode_and_submit(batch: slice, final_latents: torch.Tensor) -> None:
+        """Each rollout batch is decoded and sent for scoring at once; the reward process
+        scores it while the next batch is sampled."""
+        start = time.perf_counter()
+        videos = decode_videos(policy, final_latents, s.decode_batch_size)
+        timer.seconds["time_decode"] = timer.seconds.get("time_decode", 0.0) + time.perf_counter() - start
+        submitted.append(c.scorer.submit(videos, batch_prompts[batch]))
+        if saving and sum(len(v) for v in saved_videos) < t.num_saved_samples:
+            saved_videos.append(videos)
+
     with timer("rollout"):
         ro = rollout(policy, cond, s.group_size, c.latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
-                     s.rollout_batch_size, seed_parts, world.device, first_sample)
-    with timer("decode"):
-        videos = decode_videos(policy, ro.final_latents, s.decode_batch_size)
+                     s.rollout_batch_size, seed_parts, world.device, first_sample, on_batch=decode_and_submit)
+    timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
-        scores = score_rollout(c.scorer, videos, batch_prompts, cfg)
+        results = [c.scorer.result(handle) for handle in submitted]
+        rewards = {name: torch.cat([r[name] for r in results]) for name in results[0]}
+        scores = advantages_of(rewards, cfg)
     kept = torch.ones(len(batch_prompts), dtype=torch.bool)
     if cfg.grpo.best_of:
         kept = torch.zeros_like(kept)
@@ -330,8 +345,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg,
                                c.ema)
 
-    if world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0:
-        save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
+    if saving:
+        save_samples(Path(t.output_dir), iteration, torch.cat(saved_videos), batch_prompts, scores.rewards, cfg)
 
     local = {
         "reward_mean": sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()).mean().item(),

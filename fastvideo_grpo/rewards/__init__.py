@@ -9,17 +9,24 @@ import torch
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.rewards.base import RewardFn, binary, check_videos
 from fastvideo_grpo.rewards.rules import color_reward, motion_reward
+from fastvideo_grpo.rewards.testing import echo_reward, failing_reward, sleep_reward
 
 REGISTRY: dict[str, Callable[[], RewardFn]] = {
     "color": lambda: color_reward,
     "motion": lambda: motion_reward,
+    "test_echo": lambda: echo_reward,
+    "test_fail": lambda: failing_reward,
+    "test_sleep": lambda: sleep_reward,
 }
 
 Scorer = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 
 
-def build_scorer(cfg: RewardConfig) -> Scorer:
-    """One callable that scores a batch with every configured reward."""
+class RewardError(RuntimeError):
+    """A reward could not score: names the reward and the requests."""
+
+
+def build_rewards(cfg: RewardConfig) -> dict[str, RewardFn]:
     rewards: dict[str, RewardFn] = {}
     for name in cfg.weights:
         if name not in REGISTRY:
@@ -28,12 +35,25 @@ def build_scorer(cfg: RewardConfig) -> Scorer:
         if name in cfg.binary_thresholds:
             reward = binary(reward, cfg.binary_thresholds[name])
         rewards[name] = reward
-
-    def score(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        check_videos(videos, prompts)
-        return {name: reward(videos, prompts).float() for name, reward in rewards.items()}
-
-    return score
+    return rewards
 
 
-__all__ = ["REGISTRY", "RewardFn", "Scorer", "binary", "build_scorer"]
+def score_with(rewards: dict[str, RewardFn], videos: torch.Tensor, prompts: list[str],
+               what: str = "a batch") -> dict[str, torch.Tensor]:
+    check_videos(videos, prompts)
+    scores = {}
+    for name, reward in rewards.items():
+        try:
+            scores[name] = reward(videos, prompts).float()
+        except Exception as e:
+            raise RewardError(f"reward {name!r} failed on {what}: {type(e).__name__}: {e}") from e
+    return scores
+
+
+def build_scorer(cfg: RewardConfig) -> Scorer:
+    """One callable that scores a batch with every configured reward, in this process."""
+    rewards = build_rewards(cfg)
+    return lambda videos, prompts: score_with(rewards, videos, prompts)
+
+
+__all__ = ["REGISTRY", "RewardError", "RewardFn", "Scorer", "binary", "build_rewards", "build_scorer", "score_with"]
