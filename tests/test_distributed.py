@@ -61,6 +61,13 @@ def test_fsdp_two_ranks_match_one_rank(single_rank_run, tmp_path):
     assert_same_training(single_rank_run, tmp_path)
 
 
+def test_two_ranks_scoring_in_one_reward_process_match_one_rank(single_rank_run, tmp_path):
+    """Local rank 0 starts the node's reward process; both ranks send it their videos."""
+    run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", "reward.mode=process",
+         f"train.output_dir={tmp_path}"], nproc=2)
+    assert_same_training(single_rank_run, tmp_path)
+
+
 def test_hsdp_two_replicas_match_one_rank(single_rank_run, tmp_path):
     run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", "parallel.dp_replicate=2",
          f"train.output_dir={tmp_path}"], nproc=2)
