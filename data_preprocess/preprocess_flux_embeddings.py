@@ -13,13 +13,14 @@ import sys
 import torch
 from diffusers import FluxPipeline
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
+from fastvideo_grpo.data.preprocess import load_text_pipeline, main, text_shard_tensors
+
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
 def flux_encoder(args: argparse.Namespace, device: torch.device):
-    require_components(args.model_path, ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), "FLUX")
-    pipe = FluxPipeline.from_pretrained(args.model_path, transformer=None, vae=None,
-                                        torch_dtype=pipeline_dtype(device)).to(device)
+    pipe = load_text_pipeline(FluxPipeline, args.model_path, device, TEXT_COMPONENTS, transformer=None, vae=None)
 
     def encode(prompts: list[str]):
         with torch.no_grad():

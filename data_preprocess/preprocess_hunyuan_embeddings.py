@@ -18,9 +18,12 @@ import torch
 from diffusers import HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
+from fastvideo_grpo.data.preprocess import load_text_pipeline, main, text_shard_tensors
 
 TEMPLATE_FILE = "prompt_template.json"
+
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
 def load_template(model_path: Path, template_file: str | None) -> dict:
@@ -35,10 +38,9 @@ def load_template(model_path: Path, template_file: str | None) -> dict:
 
 
 def hunyuan_encoder(args: argparse.Namespace, device: torch.device):
-    require_components(args.model_path, ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), "HunyuanVideo")
     template = load_template(args.model_path, args.prompt_template)
-    pipe = HunyuanVideoPipeline.from_pretrained(args.model_path, transformer=None, vae=None,
-                                                torch_dtype=pipeline_dtype(device)).to(device)
+    pipe = load_text_pipeline(HunyuanVideoPipeline, args.model_path, device, TEXT_COMPONENTS, transformer=None,
+                              vae=None)
 
     def encode(prompts: list[str]):
         with torch.no_grad():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvideo_grpo.data.preprocess import DTYPES, pipeline_dtype, preprocess
+from fastvideo_grpo.data.preprocess import DTYPES, preprocess
 from fastvideo_grpo.parallel import init_distributed, shutdown
 
 logger = logging.getLogger("preprocess_latents")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     world = init_distributed(args.device)
     files = read_input_list(args.inputs)
-    vae = load_vae(args.model_path, pipeline_dtype(world.device), world.device)
+    vae = load_vae(args.model_path, torch.float32 if world.device.type == "cpu" else torch.bfloat16, world.device)
     video_vae = "temporal_compression_ratio" in vae.config
 
     def encode(paths: list[str]):

@@ -14,14 +14,13 @@ import sys
 import torch
 from diffusers import StableDiffusionPipeline
 
-from fastvideo_grpo.data.preprocess import main, pipeline_dtype, require_components, text_shard_tensors
+from fastvideo_grpo.data.preprocess import load_text_pipeline, main, text_shard_tensors
 
 
 def sd_encoder(args: argparse.Namespace, device: torch.device):
-    require_components(args.model_path, ("text_encoder", "tokenizer"), "Stable Diffusion")
-    pipe = StableDiffusionPipeline.from_pretrained(args.model_path, unet=None, vae=None, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False,
-                                                   torch_dtype=pipeline_dtype(device)).to(device)
+    pipe = load_text_pipeline(StableDiffusionPipeline, args.model_path, device, ("text_encoder", "tokenizer"),
+                              unet=None, vae=None, safety_checker=None, feature_extractor=None,
+                              requires_safety_checker=False)
     max_tokens = pipe.tokenizer.model_max_length
     if args.max_tokens != max_tokens:
         raise ValueError(f"--max-tokens {args.max_tokens}: Stable Diffusion's CLIP encodes {max_tokens} tokens")

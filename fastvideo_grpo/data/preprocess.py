@@ -148,11 +148,13 @@ def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.de
     return 0
 
 
-def require_components(model_path: Path, components: tuple[str, ...], family: str) -> None:
+def load_text_pipeline(pipeline_cls, model_path: Path, device: torch.device, components: tuple[str, ...],
+                       **skipped):
+    """A diffusers pipeline with only its text encoders and tokenizers loaded; `skipped`
+    names the other components as None (transformer=None, vae=None, ...)."""
     for sub in components:
         if not (model_path / sub).is_dir():
-            raise FileNotFoundError(f"--model-path {model_path}: no {sub}/; expected a diffusers {family} folder")
-
-
-def pipeline_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+            raise FileNotFoundError(f"--model-path {model_path}: no {sub}/; expected a diffusers folder for "
+                                    f"{pipeline_cls.__name__}")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    return pipeline_cls.from_pretrained(model_path, torch_dtype=dtype, **skipped).to(device)
