@@ -1,10 +1,8 @@
 import json
 
-import torch
 
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.trainer import train
-from conftest import ROOT
 
 REQUIRED = ["iteration", "reward_mean", "reward/color", "loss", "ratio_mean", "clip_frac", "grad_norm",
             "zero_std_frac", "time_rollout", "time_reward", "time_train", "ratio_dev_first_update"]
