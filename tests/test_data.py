@@ -148,6 +148,12 @@ def test_training_and_pipeline_export_on_the_tiny_folder(tiny_folder, prompt_fil
         "model.size=full", f"model.path={tiny_folder}", f"data.embeddings_dir={tmp_path / 'emb'}",
         "train.iterations=2", "sampling.group_size=4", "sampling.rollout_batch_size=4", "train.sample_every=0",
         "train.progress_bar=false", "train.prompts_per_iteration=1", f"train.output_dir={tmp_path / 'run'}"])
+    from fastvideo_grpo.trainer import setup
+
+    # The folder's transformer is the seeded in-process tiny model of the demo config.
+    in_process = setup(load_config(ROOT / "assets/configs/tiny_t2v.yaml")).policy.transformer
+    from_folder = setup(cfg).policy.transformer
+    assert all(torch.equal(a, b) for a, b in zip(in_process.parameters(), from_folder.parameters()))
     out = train(cfg)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     exported = export(out / "checkpoints/step_2", tmp_path / "export", base_model=tiny_folder)

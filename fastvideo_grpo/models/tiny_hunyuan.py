@@ -52,7 +52,11 @@ def tiny_prompt_template(tokenizer: PreTrainedTokenizerFast) -> dict:
 
 def write_tiny_hunyuan_folder(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
+    # The transformer and VAE first, seeded as build_policy seeds the in-process tiny model.
+    model_cfg = ModelConfig(size="tiny", tiny_heads=4, tiny_head_dim=16, init_seed=seed)
     torch.manual_seed(seed)
+    tiny_transformer(model_cfg, TEXT_DIM, POOLED_DIM).save_pretrained(path / "transformer")
+    tiny_vae(model_cfg).save_pretrained(path / "vae")
     llama_tok = word_tokenizer(["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"], "<|begin_of_text|>",
                                "<|eot_id|>", 1024)
     clip_tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>",
@@ -64,9 +68,6 @@ def write_tiny_hunyuan_folder(path: str | Path, seed: int = 0) -> Path:
                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                                         pad_token_id=clip_tok.pad_token_id, bos_token_id=clip_tok.bos_token_id,
                                         eos_token_id=clip_tok.eos_token_id))
-    model_cfg = ModelConfig(size="tiny", tiny_heads=4, tiny_head_dim=16)
-    tiny_transformer(model_cfg, TEXT_DIM, POOLED_DIM).save_pretrained(path / "transformer")
-    tiny_vae(model_cfg).save_pretrained(path / "vae")
     llama.save_pretrained(path / "text_encoder")
     llama_tok.save_pretrained(path / "tokenizer")
     clip.save_pretrained(path / "text_encoder_2")
