@@ -104,7 +104,12 @@ class RewardConfig:
     # (on `device`); "remote" connects to `python -m fastvideo_grpo.rewards.serve` at `address`.
     mode: Literal["inline", "process", "remote"] = "process"
     address: str = ""
+    # Where the reward models run, e.g. "cuda:7" (a GPU the policy does not use) or "cpu".
     device: str = "cpu"
+    # Local CLIP folder (transformers format) for the "clip" reward.
+    clip_path: str = ""
+    # Video rewards that score frames use every frame_stride-th frame.
+    frame_stride: int = 4
     # Seconds a request may take before the trainer raises.
     timeout_s: float = 600.0
     # The reward process scores up to max_batch videos at once, waiting at most
@@ -288,6 +293,9 @@ def validate(cfg: Config) -> None:
             t.gradient_accumulation_steps, ">= 1")
     require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
             "host:port of a running reward server when reward.mode is 'remote'")
+    require(cfg.reward.frame_stride >= 1, "reward.frame_stride", cfg.reward.frame_stride, ">= 1")
+    require("clip" not in cfg.reward.weights or bool(cfg.reward.clip_path), "reward.clip_path",
+            cfg.reward.clip_path, "a local CLIP folder when the 'clip' reward is used")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")

@@ -49,3 +49,42 @@ def test_scorer_applies_binary_threshold_and_checks_input():
 def test_unknown_reward_is_named():
     with pytest.raises(ValueError, match="reward.weights.hps"):
         build_scorer(RewardConfig(weights={"hps": 1.0}))
+
+
+def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
+    import numpy as np
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from fastvideo_grpo.models.tiny_hunyuan import word_tokenizer
+
+    tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>", 77)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=77, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=16))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=mean,
+                       image_std=std).save_pretrained(tmp_path)
+
+    scorer = build_scorer(RewardConfig(weights={"clip": 1.0}, clip_path=str(tmp_path), frame_stride=2))
+    videos = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8))
+    prompts = ["a red ball", "a blue wave"]
+    scores = scorer(videos, prompts)["clip"]
+
+    # By hand: frames 0 and 2, scaled to [0, 1] and standardised (32x32 needs no resize).
+    frames = videos[:, ::2].float() / 255
+    pixels = ((frames - torch.tensor(mean)) / torch.tensor(std)).permute(0, 1, 4, 2, 3).flatten(0, 1)
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixels).pooler_output
+        ids = tok(prompts, padding=True, return_tensors="pt")
+        text = model.get_text_features(**ids).pooler_output
+    image = image / image.norm(dim=-1, keepdim=True)
+    text = text / text.norm(dim=-1, keepdim=True)
+    expected = torch.stack([(image[2 * b:2 * b + 2] @ text[b]).mean() for b in range(2)])
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert scores.abs().max() <= 1.0

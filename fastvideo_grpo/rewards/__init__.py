@@ -11,12 +11,20 @@ from fastvideo_grpo.rewards.base import RewardFn, binary, check_videos
 from fastvideo_grpo.rewards.rules import color_reward, motion_reward
 from fastvideo_grpo.rewards.testing import echo_reward, failing_reward, sleep_reward
 
-REGISTRY: dict[str, Callable[[], RewardFn]] = {
-    "color": lambda: color_reward,
-    "motion": lambda: motion_reward,
-    "test_echo": lambda: echo_reward,
-    "test_fail": lambda: failing_reward,
-    "test_sleep": lambda: sleep_reward,
+def _clip_score(cfg: RewardConfig) -> RewardFn:
+    from fastvideo_grpo.rewards.clip_score import ClipScore
+
+    return ClipScore(cfg.clip_path, cfg.device, cfg.frame_stride)
+
+
+# Name -> factory building the reward from the reward config (paths, device).
+REGISTRY: dict[str, Callable[[RewardConfig], RewardFn]] = {
+    "color": lambda cfg: color_reward,
+    "motion": lambda cfg: motion_reward,
+    "clip": _clip_score,
+    "test_echo": lambda cfg: echo_reward,
+    "test_fail": lambda cfg: failing_reward,
+    "test_sleep": lambda cfg: sleep_reward,
 }
 
 Scorer = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
@@ -31,7 +39,7 @@ def build_rewards(cfg: RewardConfig) -> dict[str, RewardFn]:
     for name in cfg.weights:
         if name not in REGISTRY:
             raise ValueError(f"reward.weights.{name}: unknown reward; available: {sorted(REGISTRY)}")
-        reward = REGISTRY[name]()
+        reward = REGISTRY[name](cfg)
         if name in cfg.binary_thresholds:
             reward = binary(reward, cfg.binary_thresholds[name])
         rewards[name] = reward
