@@ -108,6 +108,9 @@ class RewardConfig:
     device: str = "cpu"
     # Local CLIP folder (transformers format) for the "clip" reward.
     clip_path: str = ""
+    # HPS_v2.1_compressed.pt and its open_clip architecture for the "hps" reward.
+    hps_path: str = ""
+    hps_model: str = "ViT-H-14"
     # Video rewards that score frames use every frame_stride-th frame.
     frame_stride: int = 4
     # Seconds a request may take before the trainer raises.
@@ -294,6 +297,8 @@ def validate(cfg: Config) -> None:
     require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
             "host:port of a running reward server when reward.mode is 'remote'")
     require(cfg.reward.frame_stride >= 1, "reward.frame_stride", cfg.reward.frame_stride, ">= 1")
+    require("hps" not in cfg.reward.weights or bool(cfg.reward.hps_path), "reward.hps_path",
+            cfg.reward.hps_path, "the HPS_v2.1_compressed.pt file when the 'hps' reward is used")
     require("clip" not in cfg.reward.weights or bool(cfg.reward.clip_path), "reward.clip_path",
             cfg.reward.clip_path, "a local CLIP folder when the 'clip' reward is used")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")

@@ -32,7 +32,7 @@ def test_defaults_are_the_papers_hunyuan_video_settings():
     ("grpo.best_of=3", "grpo.best_of"),
     ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),
     ("sampling.num_frames=6", "sampling.num_frames"),
-    ("reward.binary_thresholds={hps: 0.3}", "reward.binary_thresholds.hps"),
+    ("reward.binary_thresholds={pickscore: 0.3}", "reward.binary_thresholds.pickscore"),
     ("train.lr", "section.key=value"),
 ])
 def test_bad_values_name_the_key(override, message):

@@ -47,8 +47,8 @@ def test_scorer_applies_binary_threshold_and_checks_input():
 
 
 def test_unknown_reward_is_named():
-    with pytest.raises(ValueError, match="reward.weights.hps"):
-        build_scorer(RewardConfig(weights={"hps": 1.0}))
+    with pytest.raises(ValueError, match="reward.weights.pickscore: unknown reward"):
+        build_scorer(RewardConfig(weights={"pickscore": 1.0}))
 
 
 def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
@@ -88,3 +88,53 @@ def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
     expected = torch.stack([(image[2 * b:2 * b + 2] @ text[b]).mean() for b in range(2)])
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
     assert scores.abs().max() <= 1.0
+
+
+@pytest.fixture
+def tiny_hps(tmp_path):
+    import json
+
+    import open_clip
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 8,
+                                              "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
+    (tmp_path / "tiny-hps-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tiny-hps-test.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-hps-test", pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "HPS_v2.1_compressed.pt")
+    return model, tmp_path / "HPS_v2.1_compressed.pt"
+
+
+def test_hps_pads_a_wide_image_instead_of_cropping(tiny_hps):
+    from fastvideo_grpo.rewards.hps import OPENAI_MEAN, OPENAI_STD, pad_to_square
+
+    frame = torch.full((1, 16, 32, 3), 255, dtype=torch.uint8)  # 2:1, white
+    x = pad_to_square(frame, 32)
+    white = (1 - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    black = -torch.tensor(OPENAI_MEAN) / torch.tensor(OPENAI_STD)
+    assert x.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(x[0, :, 8:24].mean(dim=(1, 2)), white)  # the image, whole, in the middle
+    torch.testing.assert_close(x[0, :, :8].mean(dim=(1, 2)), black)  # zero padding above and below
+    torch.testing.assert_close(x[0, :, 24:].mean(dim=(1, 2)), black)
+
+
+def test_hps_score_is_the_cosine_of_normalised_features(tiny_hps):
+    import numpy as np
+    import open_clip
+
+    from fastvideo_grpo.rewards.hps import pad_to_square
+
+    model, path = tiny_hps
+    scorer = build_scorer(RewardConfig(weights={"hps": 1.0}, hps_path=str(path), hps_model="tiny-hps-test",
+                                       frame_stride=3))
+    videos = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 6, 32, 32, 3), dtype=np.uint8))
+    prompts = ["a red ball", "a cat"]
+    scores = scorer(videos, prompts)["hps"]
+    with torch.no_grad():
+        image = model.encode_image(pad_to_square(videos[:, ::3].flatten(0, 1), 32))
+        text = model.encode_text(open_clip.get_tokenizer("tiny-hps-test")(prompts))
+    image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    expected = torch.stack([(image[2 * b:2 * b + 2] @ text[b]).mean() for b in range(2)])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)

@@ -17,11 +17,18 @@ def _clip_score(cfg: RewardConfig) -> RewardFn:
     return ClipScore(cfg.clip_path, cfg.device, cfg.frame_stride)
 
 
+def _hps(cfg: RewardConfig) -> RewardFn:
+    from fastvideo_grpo.rewards.hps import HPSv21
+
+    return HPSv21(cfg.hps_path, cfg.hps_model, cfg.device, cfg.frame_stride)
+
+
 # Name -> factory building the reward from the reward config (paths, device).
 REGISTRY: dict[str, Callable[[RewardConfig], RewardFn]] = {
     "color": lambda cfg: color_reward,
     "motion": lambda cfg: motion_reward,
     "clip": _clip_score,
+    "hps": _hps,
     "test_echo": lambda cfg: echo_reward,
     "test_fail": lambda cfg: failing_reward,
     "test_sleep": lambda cfg: sleep_reward,
