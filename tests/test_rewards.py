@@ -138,3 +138,16 @@ def test_hps_score_is_the_cosine_of_normalised_features(tiny_hps):
     image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
     expected = torch.stack([(image[2 * b:2 * b + 2] @ text[b]).mean() for b in range(2)])
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mp4_round_trip_in_memory():
+    from fastvideo_grpo.rewards.video_io import decode_mp4, encode_mp4
+
+    frames = torch.zeros(6, 32, 48, 3, dtype=torch.uint8)
+    frames[:, :, :24, 0] = 200  # left half red, right half black
+    frames[3:, 8:24, 30:40, 1] = 255  # a green square appears at frame 3
+    video, fps = decode_mp4(encode_mp4(frames, fps=8))
+    assert video.shape == frames.shape and video.dtype == torch.uint8 and fps == 8.0
+    # lossy, but the content survives: mean absolute error of a few grey levels
+    assert (video.float() - frames.float()).abs().mean() < 6
+    assert video[4, 16, 35, 1] > 200 and video[1, 16, 35, 1] < 50
