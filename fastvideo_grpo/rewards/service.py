@@ -52,7 +52,6 @@ class _Connection:
 
 def serve(cfg: RewardConfig, listener: socket.socket, ready=None) -> None:
     """Accept clients on `listener` and score their requests until the process is killed."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rewards = build_rewards(cfg)
     pending: queue.Queue[_Request] = queue.Queue()
 

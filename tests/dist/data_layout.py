@@ -43,6 +43,7 @@ def main():
     dist.all_gather_object(prompts, prompts_seen)
     if c.world.is_main:
         torch.save({"noise": gathered, "prompts": prompts}, sys.argv[1])
+    dist.barrier()  # tearing gloo down while the peer still talks aborts the process
     dist.destroy_process_group()
 
 

@@ -65,6 +65,7 @@ def main():
     report["sp_ranks_identical"] = bool(torch.equal(gathered[0], gathered[1]))
     if world.rank == 0:
         Path(sys.argv[1]).write_text(json.dumps(report))
+    dist.barrier()  # tearing gloo down while the peer still talks aborts the process
     dist.destroy_process_group()
 
 
