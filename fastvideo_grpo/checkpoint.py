@@ -147,7 +147,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     world: World, ema: dict | None = None) -> dict:
     """Load into the (possibly sharded) model, optimizer and EMA in place; restore this
     rank's RNG states when the world size is unchanged. Returns the trainer state."""
@@ -156,15 +156,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if not state_file.exists():
         raise FileNotFoundError(f"{path} is not a checkpoint: no trainer_state.json")
     trainer_state = json.loads(state_file.read_text())
-    state = {"model": trainable_state(get_model_state_dict(model), model)}
-    if optimizer is not None:
-        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    if ema is not None:
-        state["ema"] = ema
+    state = sharded_state(model, optimizer, ema)
     dcp.load(state, checkpoint_id=path)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
-    if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
     if trainer_state["world_size"] == world.world_size:
         set_rng_state(torch.load(path / f"rng_rank{world.rank}.pt", weights_only=True))
     else:

@@ -35,10 +35,6 @@ class World:
         return self.rank // self.sp_size
 
     @property
-    def sp_rank(self) -> int:
-        return self.rank % self.sp_size
-
-    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
