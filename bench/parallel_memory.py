@@ -71,7 +71,7 @@ def measure(sp_size: int) -> dict:
         apply_sequence_parallel(policy.transformer, world)
     x = torch.randn(1, *policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width))
     cond = TinyTextEncoder(m.tiny_text_dim, m.tiny_pooled_dim, cfg.data.max_text_tokens)(["a red ball"])
-    activations, out = saved_activation_bytes(lambda: policy.predict_velocity(x, 0.5, cond),
+    activations, out = saved_activation_bytes(lambda: policy.predict(x, 0.5, cond),
                                               policy.transformer.parameters())
     out.square().mean().backward()
 
@@ -80,7 +80,7 @@ def measure(sp_size: int) -> dict:
     apply_fsdp(fsdp_policy.transformer, fsdp_policy.blocks, world, torch.float32, cpu_offload=False)
     optimizer, _ = build_optimizer(fsdp_policy, cfg)
     small = torch.randn(1, *fsdp_policy.latent_shape(5, 32, 32))
-    fsdp_policy.predict_velocity(small, 0.5, cond).square().mean().backward()
+    fsdp_policy.predict(small, 0.5, cond).square().mean().backward()
     optimizer.step()
     params = list(fsdp_policy.transformer.parameters())
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]

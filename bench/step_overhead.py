@@ -82,10 +82,10 @@ def main() -> None:
 
         def forward():
             with torch.no_grad():
-                policy.predict_velocity(x, 0.5, cond)
+                policy.predict(x, 0.5, cond)
 
         def forward_backward():
-            policy.predict_velocity(x, 0.5, cond).square().mean().backward()
+            policy.predict(x, 0.5, cond).square().mean().backward()
 
         batches = samples // bs
         bare = []

@@ -69,8 +69,10 @@ class SamplingConfig:
     width: int = 480
     num_frames: int = 53
     fps: int = 16
-    # Samples per prompt (G); all share one initial noise.
+    # Samples per prompt (G); all share one initial noise unless shared_noise is false
+    # (an ablation: the paper finds independent noise destabilises training).
     group_size: int = 24
+    shared_noise: bool = True
     # Samples per transformer call during rollout; training micro-batches mirror it.
     rollout_batch_size: int = 1
     # Decoded videos per VAE call.

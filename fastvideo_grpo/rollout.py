@@ -9,14 +9,13 @@ import numpy as np
 import torch
 
 from fastvideo_grpo.models.base import Policy, TextConditioning
-from fastvideo_grpo.sde import sde_step, sigma_schedule
 
 
 @dataclass
 class Rollout:
     latents: torch.Tensor  # [B, N+1, *latent]: x_0 (noise) ... x_N (clean), fp32
     log_probs: torch.Tensor  # [B, N], fp32: log pi(x_{k+1} | x_k)
-    sigmas: torch.Tensor  # [N+1]
+    schedule: torch.Tensor  # [N+1]: the noise levels visited, policy.schedule(N, shift)
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
 
     @property
@@ -48,23 +47,28 @@ def rollout(
     seed_parts: tuple[int, ...],
     device: torch.device,
     first_sample: int = 0,
+    shared_noise: bool = True,
     on_batch: Callable[[slice, torch.Tensor], None] | None = None,
 ) -> Rollout:
     """Sample len(cond) // group_size groups; `cond` holds one row per sample, grouped.
 
     Noise comes from CPU generators seeded by `seed_parts` and the sample's global index
-    (`first_sample` + row): one per group for the initial noise, one per sample for the SDE
-    noise. So results depend neither on `batch_size` nor on how the global batch is split
+    (`first_sample` + row): one per group for the initial noise (one per sample when not
+    `shared_noise`), one per sample for the SDE noise. So results depend neither on `batch_size` nor on how the global batch is split
     over data-parallel ranks, and sequence-parallel ranks draw the same noise.
     `on_batch(batch, final_latents)` is called as soon as a rollout batch is done.
     """
     total = cond.prompt_embeds.shape[0]
     num_groups = total // group_size
-    sigmas = sigma_schedule(num_steps, shift)
-    initial = torch.stack([
-        torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // group_size + group))
-        for group in range(num_groups)
-    ]).repeat_interleave(group_size, dim=0)
+    schedule = policy.schedule(num_steps, shift)
+    if shared_noise:
+        initial = torch.stack([
+            torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // group_size + group))
+            for group in range(num_groups)
+        ]).repeat_interleave(group_size, dim=0)
+    else:
+        initial = torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 3, first_sample + sample))
+                               for sample in range(total)])
     step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
 
     latents = torch.empty(total, num_steps + 1, *latent_shape, device=device)
@@ -75,12 +79,12 @@ def rollout(
         batch_cond = cond.select(batch)
         latents[batch, 0] = x
         for k in range(num_steps):
-            v = policy.predict_velocity(x, float(sigmas[k]), batch_cond)
+            output = policy.predict(x, float(schedule[k]), batch_cond)
             noise = torch.stack([torch.randn(latent_shape, generator=g) for g in step_noise[batch]])
-            step = sde_step(v, x, sigmas, k, eta, sde_type, noise=noise.to(device))
+            step = policy.step(output, x, schedule, k, eta, sde_type, noise=noise.to(device))
             x = step.prev_sample
             latents[batch, k + 1] = x
             log_probs[batch, k] = step.log_prob
         if on_batch is not None:
             on_batch(batch, x)
-    return Rollout(latents=latents, log_probs=log_probs, sigmas=sigmas, batches=batches)
+    return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches)

@@ -29,7 +29,6 @@ from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradie
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
-from fastvideo_grpo.sde import sde_step
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +99,14 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
             idx = mb.samples.to(device)
             x, x_next = ro.latents[idx, mb.step], ro.latents[idx, mb.step + 1]
             mb_cond = cond.select(mb.samples)
-            v = policy.predict_velocity(x, float(ro.sigmas[mb.step]), mb_cond)
-            step = sde_step(v, x, ro.sigmas, mb.step, s.eta, s.sde_type, prev_sample=x_next)
+            t_k = float(ro.schedule[mb.step])
+            step = policy.step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta, s.sde_type,
+                               prev_sample=x_next)
             loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
             if reference is not None:
                 with torch.no_grad():
-                    v_ref = reference.predict_velocity(x, float(ro.sigmas[mb.step]), mb_cond)
-                    ref = sde_step(v_ref, x, ro.sigmas, mb.step, s.eta, s.sde_type, prev_sample=x_next)
+                    ref = reference.step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta,
+                                         s.sde_type, prev_sample=x_next)
                 kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
                 loss = loss + g.kl_weight * kl
                 stats["kl"].append(kl.item())
@@ -330,7 +330,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
 
     with timer("rollout"):
         ro = rollout(policy, cond, s.group_size, c.latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
-                     s.rollout_batch_size, seed_parts, world.device, first_sample, on_batch=decode_and_submit)
+                     s.rollout_batch_size, seed_parts, world.device, first_sample, s.shared_noise,
+                     on_batch=decode_and_submit)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]

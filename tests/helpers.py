@@ -15,10 +15,10 @@ def tiny_conditioning(cfg, prompts, group_size):
     return encoder(prompts).repeat_interleave(group_size)
 
 
-def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0)):
+def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noise=True):
     from fastvideo_grpo.rollout import rollout
 
     s = cfg.sampling
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
     return rollout(policy, cond, s.group_size, shape, s.num_steps, s.shift, s.eta, s.sde_type, batch_size,
-                   seed_parts, torch.device("cpu"))
+                   seed_parts, torch.device("cpu"), shared_noise=shared_noise)

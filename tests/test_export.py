@@ -40,9 +40,9 @@ def test_exported_transformer_matches_the_trained_one(trained, tmp_path):
     assert len(set(index["weight_map"].values())) > 1  # sharded over the threshold
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(out, subfolder="transformer")
     x, cond = sample_inputs(c)
-    expected = c.policy.predict_velocity(x, 0.7, cond)
+    expected = c.policy.predict(x, 0.7, cond)
     c.policy.transformer = loaded
-    torch.testing.assert_close(c.policy.predict_velocity(x, 0.7, cond), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c.policy.predict(x, 0.7, cond), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_ema_export_holds_the_ema_weights_in_bf16(trained, tmp_path):

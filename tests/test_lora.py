@@ -34,13 +34,13 @@ def test_lora_trains_only_adapters_and_exports_merged_and_adapter_files(tmp_path
     cond = c.source.conditioning([0, 1])
     c.policy.transformer = trained
     with torch.no_grad():
-        with_adapter = c.policy.predict_velocity(x, 0.6, cond)
+        with_adapter = c.policy.predict(x, 0.6, cond)
         c.policy.transformer = base
-        assert not torch.allclose(c.policy.predict_velocity(x, 0.6, cond), with_adapter, atol=1e-6)
+        assert not torch.allclose(c.policy.predict(x, 0.6, cond), with_adapter, atol=1e-6)
 
         merged = export(checkpoint, tmp_path / "merged")
         c.policy.transformer = HunyuanVideoTransformer3DModel.from_pretrained(merged, subfolder="transformer")
-        torch.testing.assert_close(c.policy.predict_velocity(x, 0.6, cond), with_adapter, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c.policy.predict(x, 0.6, cond), with_adapter, rtol=1e-5, atol=1e-5)
 
         adapter = export(checkpoint, tmp_path / "adapter", adapter_only=True)
         assert (adapter / "pytorch_lora_weights.safetensors").is_file()
@@ -49,4 +49,4 @@ def test_lora_trains_only_adapters_and_exports_merged_and_adapter_files(tmp_path
                                     tokenizer_2=None)
         pipe.load_lora_weights(adapter)
         c.policy.transformer = pipe.transformer
-        torch.testing.assert_close(c.policy.predict_velocity(x, 0.6, cond), with_adapter, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c.policy.predict(x, 0.6, cond), with_adapter, rtol=1e-5, atol=1e-5)

@@ -24,6 +24,17 @@ def test_group_shares_initial_noise_and_sde_noise_differs(tiny_cfg):
     assert torch.isfinite(ro.log_probs).all()
 
 
+def test_independent_noise_ablation_gives_each_sample_its_own_start(tiny_cfg):
+    g = tiny_cfg.sampling.group_size
+    policy = tiny_policy(tiny_cfg)
+    cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], g)
+    x0 = tiny_rollout(tiny_cfg, policy, cond, batch_size=2, shared_noise=False).latents[:, 0]
+    distinct = {tuple(row.flatten()[:4].tolist()) for row in x0}
+    assert len(distinct) == 2 * g
+    per_sample = tiny_rollout(tiny_cfg, policy, cond, batch_size=5, shared_noise=False).latents[:, 0]
+    assert torch.equal(per_sample, x0)
+
+
 def test_rollout_does_not_depend_on_batch_size_or_repeat(tiny_cfg):
     policy = tiny_policy(tiny_cfg)
     cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], tiny_cfg.sampling.group_size)

@@ -8,6 +8,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from fastvideo_grpo.sde import StepResult, sde_step, sigma_schedule
+
 
 @dataclass
 class TextConditioning:
@@ -44,8 +46,29 @@ class Policy(Protocol):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """Shape of one sample's latent, without the batch dim."""
 
-    def predict_velocity(self, latents: torch.Tensor, sigma: float, cond: TextConditioning) -> torch.Tensor:
-        """Network prediction at noise level sigma, as fp32 with the latents' shape."""
+    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
+        """The N+1 noise levels the sampler visits, noisiest first (sigmas, or timesteps)."""
+
+    def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        """Network output at noise level t = schedule[k], as fp32 with the latents' shape."""
+
+    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
+             sde_type: str, prev_sample: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> StepResult:
+        """Stochastic step k (schedule[k] -> schedule[k+1]) from the network output and the
+        Gaussian log-prob of its result; see `sde.sde_step` for `noise` and `prev_sample`."""
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents [B, *latent_shape] -> uint8 video frames [B, T, H, W, 3] on CPU."""
+
+
+class RectifiedFlowSampling:
+    """`schedule` and `step` for a network that predicts the velocity (noise - data)."""
+
+    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
+        return sigma_schedule(num_steps, shift)
+
+    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
+             sde_type: str, prev_sample: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> StepResult:
+        return sde_step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)

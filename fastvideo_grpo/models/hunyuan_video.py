@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import TextConditioning
+from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def tiny_vae(cfg: ModelConfig) -> AutoencoderKLHunyuanVideo:
     )
 
 
-class HunyuanVideoPolicy:
+class HunyuanVideoPolicy(RectifiedFlowSampling):
     def __init__(self, transformer: HunyuanVideoTransformer3DModel, vae: AutoencoderKLHunyuanVideo,
                  cfg: ModelConfig, device: torch.device):
         self.transformer = transformer
@@ -73,9 +73,9 @@ class HunyuanVideoPolicy:
             width // self.spatial_ratio,
         )
 
-    def predict_velocity(self, latents: torch.Tensor, sigma: float, cond: TextConditioning) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
-        timestep = torch.full((batch,), sigma * 1000.0, device=self.device, dtype=self.dtype)
+        timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=self.dtype)
         guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
         # With FSDP mixed precision the weights are already bf16; unsharded they are fp32 and
         # autocast does the casting.

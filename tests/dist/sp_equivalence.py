@@ -37,8 +37,8 @@ def main():
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
     report = {}
 
-    out_sp = policy.predict_velocity(x, 0.6, cond)
-    out_ref = reference.predict_velocity(x, 0.6, cond)
+    out_sp = policy.predict(x, 0.6, cond)
+    out_ref = reference.predict(x, 0.6, cond)
     report["forward_rel"] = rel(out_sp, out_ref)
     weights = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(2))
     (out_sp * weights).sum().backward()
