@@ -113,6 +113,17 @@ class RewardConfig:
     # HPS_v2.1_compressed.pt and its open_clip architecture for the "hps" reward.
     hps_path: str = ""
     hps_model: str = "ViT-H-14"
+    # VideoAlign (rewards videoalign_vq, videoalign_mq, videoalign_ta; one model serves all
+    # three): the VideoReward folder (model_config.json, checkpoint-N/) and the local
+    # Qwen2-VL-2B-Instruct folder it was trained from.
+    videoalign_path: str = ""
+    videoalign_base: str = ""
+    # Standardise each dimension with the checkpoint's inference_config mean/std.
+    videoalign_use_norm: bool = True
+    videoalign_dtype: Literal["bf16", "fp32"] = "bf16"
+    # Frame rate of the scored videos (VideoAlign samples 2 frames per second of video);
+    # 0 takes sampling.fps.
+    video_fps: float = 0.0
     # Video rewards that score frames use every frame_stride-th frame.
     frame_stride: int = 4
     # Seconds a request may take before the trainer raises.
@@ -303,6 +314,7 @@ def validate(cfg: Config) -> None:
             cfg.reward.hps_path, "the HPS_v2.1_compressed.pt file when the 'hps' reward is used")
     require("clip" not in cfg.reward.weights or bool(cfg.reward.clip_path), "reward.clip_path",
             cfg.reward.clip_path, "a local CLIP folder when the 'clip' reward is used")
+    require(cfg.reward.video_fps > 0, "reward.video_fps", cfg.reward.video_fps, "> 0 (0 takes sampling.fps)")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
@@ -315,6 +327,11 @@ def validate(cfg: Config) -> None:
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
+    for name in cfg.reward.weights:
+        if name.startswith("videoalign"):
+            for key in ("videoalign_path", "videoalign_base"):
+                require(bool(getattr(cfg.reward, key)), f"reward.{key}", getattr(cfg.reward, key),
+                        f"a local folder when the {name!r} reward is used")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -335,6 +352,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path}: {e}") from e
     for text in overrides:
         _merge(cfg, parse_override(text))
+    if cfg.reward.video_fps == 0:
+        cfg.reward.video_fps = float(cfg.sampling.fps)
     validate(cfg)
     return cfg
 

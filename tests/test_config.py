@@ -18,10 +18,12 @@ def test_yaml_and_overrides_apply():
 
 
 def test_defaults_are_the_papers_hunyuan_video_settings():
-    cfg = load_config(None, ["model.path=/models/hunyuan", "data.embeddings_dir=/data/embeddings"])
+    cfg = load_config(None, ["model.path=/models/hunyuan", "data.embeddings_dir=/data/embeddings",
+                             "reward.videoalign_path=/models/VideoReward", "reward.videoalign_base=/models/Qwen2-VL"])
     s, g, t = cfg.sampling, cfg.grpo, cfg.train
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
     assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
+    assert cfg.reward.weights == {"videoalign_vq": 1.0} and cfg.reward.video_fps == s.fps == 16
 
 
 @pytest.mark.parametrize("override,message", [
@@ -33,6 +35,7 @@ def test_defaults_are_the_papers_hunyuan_video_settings():
     ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),
     ("sampling.num_frames=6", "sampling.num_frames"),
     ("reward.binary_thresholds={pickscore: 0.3}", "reward.binary_thresholds.pickscore"),
+    ("reward.weights={videoalign_mq: 1.0}", "reward.videoalign_path"),
     ("train.lr", "section.key=value"),
 ])
 def test_bad_values_name_the_key(override, message):

@@ -23,12 +23,26 @@ def _hps(cfg: RewardConfig) -> RewardFn:
     return HPSv21(cfg.hps_path, cfg.hps_model, cfg.device, cfg.frame_stride)
 
 
+def _videoalign(dimension: str) -> Callable[[RewardConfig], RewardFn]:
+    def build(cfg: RewardConfig) -> RewardFn:
+        from fastvideo_grpo.rewards.videoalign import shared_videoalign
+
+        model = shared_videoalign(cfg.videoalign_path, cfg.videoalign_base, cfg.device, cfg.video_fps,
+                                  cfg.videoalign_use_norm, cfg.videoalign_dtype)
+        return model.dimension(dimension)
+
+    return build
+
+
 # Name -> factory building the reward from the reward config (paths, device).
 REGISTRY: dict[str, Callable[[RewardConfig], RewardFn]] = {
     "color": lambda cfg: color_reward,
     "motion": lambda cfg: motion_reward,
     "clip": _clip_score,
     "hps": _hps,
+    "videoalign_vq": _videoalign("VQ"),
+    "videoalign_mq": _videoalign("MQ"),
+    "videoalign_ta": _videoalign("TA"),
     "test_echo": lambda cfg: echo_reward,
     "test_fail": lambda cfg: failing_reward,
     "test_sleep": lambda cfg: sleep_reward,
