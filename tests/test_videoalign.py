@@ -117,21 +117,26 @@ def released(tmp_path_factory):
                              "lora_task_type": "CAUSAL_LM", "use_rslora": False, "num_lora_modules": -1},
         "inference_config": STATS,
     }
-    for layout in ("model.pth", "adapter"):
-        folder = root / layout
-        (folder / "checkpoint-100").mkdir(parents=True)
-        (folder / "checkpoint-20").mkdir()  # an older step, not the one loaded
-        (folder / "model_config.json").write_text(json.dumps(model_config))
-        if layout == "model.pth":
-            torch.save(whole, folder / "checkpoint-100" / "model.pth")
-        else:
-            save_file(adapter, folder / "checkpoint-100" / "adapter_model.safetensors")
-            torch.save(non_lora, folder / "checkpoint-100" / "non_lora_state_dict.pth")
-
     # The trained model by hand: LoRA merged as W + (alpha / r) B A.
     merged = {**base_state, **trained, "lm_head.weight": trained["model.language_model.embed_tokens.weight"]}
     for name, (a, b) in lora.items():
         merged[f"{name}.weight"] = base_state[f"{name}.weight"] + LORA_ALPHA / LORA_R * b @ a
+
+    for layout in ("model.pth", "adapter", "full"):
+        folder = root / layout
+        (folder / "checkpoint-100").mkdir(parents=True)
+        (folder / "checkpoint-20").mkdir()  # an older step, not the one loaded
+        config = json.loads(json.dumps(model_config))
+        config["peft_lora_config"]["lora_enable"] = layout != "full"
+        (folder / "model_config.json").write_text(json.dumps(config))
+        if layout == "model.pth":
+            torch.save(whole, folder / "checkpoint-100" / "model.pth")
+        elif layout == "adapter":
+            save_file(adapter, folder / "checkpoint-100" / "adapter_model.safetensors")
+            torch.save(non_lora, folder / "checkpoint-100" / "non_lora_state_dict.pth")
+        else:  # trained without LoRA: a plain state dict
+            full = {legacy(k): v for k, v in merged.items()}
+            torch.save({**full, "rm_head.weight": rm_head}, folder / "checkpoint-100" / "model.pth")
     reference = Qwen2VLForConditionalGeneration(tiny_config(tok, len(tok) + 3)).eval()
     reference.load_state_dict(merged)
     return root, reference, rm_head
@@ -193,7 +198,7 @@ def test_smart_resize_keeps_aspect_within_the_pixel_range():
         smart_resize(10, 2500, lo, hi)
 
 
-@pytest.mark.parametrize("layout", ["model.pth", "adapter"])
+@pytest.mark.parametrize("layout", ["model.pth", "adapter", "full"])
 def test_scores_equal_a_hand_built_forward(released, layout):
     root, reference, rm_head = released
     model = VideoAlign(str(root / layout), str(root / "base"), video_fps=8, use_norm=False, dtype=torch.float32)
@@ -233,6 +238,12 @@ def test_bad_checkpoint_folders_name_the_file(released, tmp_path):
     state["base_model.model.rm_head.bias"] = torch.zeros(1)
     torch.save(state, tmp_path / "checkpoint-7" / "model.pth")
     with pytest.raises(ValueError, match=r"checkpoint-7/model.pth: 1 keys the model lacks .*rm_head.bias"):
+        VideoAlign(str(tmp_path), base, dtype=torch.float32)
+    (tmp_path / "checkpoint-7" / "model.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint-7/model.pth: cannot be read"):
+        VideoAlign(str(tmp_path), base, dtype=torch.float32)
+    (tmp_path / "model_config.json").write_text("{")
+    with pytest.raises(ValueError, match="model_config.json: not valid JSON"):
         VideoAlign(str(tmp_path), base, dtype=torch.float32)
     with pytest.raises(FileNotFoundError, match="reward.videoalign_base"):
         VideoAlign(str(root / "adapter"), str(tmp_path), dtype=torch.float32)

@@ -141,7 +141,10 @@ def read_model_config(path: Path) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"reward.videoalign_path={str(path)!r}: no model_config.json; expected a "
                                 "VideoReward folder (model_config.json and checkpoint-N/)")
-    config = json.loads(file.read_text())
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON: {e}") from e
     for section in ("data_config", "model_config", "peft_lora_config"):
         if not isinstance(config.get(section), dict):
             raise ValueError(f"{file}: missing section {section!r}")
@@ -181,21 +184,29 @@ def current_name(key: str) -> str:
     return prefix + rest
 
 
+def read_state(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        if file.suffix == ".safetensors":
+            return load_file(file)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{file}: cannot be read as a state dict: {type(e).__name__}: {e}") from e
+
+
 def load_checkpoint_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """The saved state dict (current names), the file it came from and whether it is whole."""
     full = checkpoint / "model.pth"
     if full.is_file():
-        state = torch.load(full, map_location="cpu", weights_only=True)
-        return {current_name(k): v for k, v in state.items()}, full, True
+        return {current_name(k): v for k, v in read_state(full).items()}, full, True
     adapter, non_lora = checkpoint / "adapter_model.safetensors", checkpoint / "non_lora_state_dict.pth"
     for file in (adapter, non_lora):
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist; a VideoReward checkpoint holds model.pth, or "
                                     "adapter_model.safetensors and non_lora_state_dict.pth")
-    state = torch.load(non_lora, map_location="cpu", weights_only=True)
+    state = read_state(non_lora)
     # PEFT saves LoRA weights without the adapter name that the live modules carry.
-    state.update({re.sub(r"\.(lora_[AB])\.", r".\1.default.", k): v for k, v in load_file(adapter).items()})
-    return {current_name(k): v for k, v in state.items()}, adapter.parent, False
+    state.update({re.sub(r"\.(lora_[AB])\.", r".\1.default.", k): v for k, v in read_state(adapter).items()})
+    return {current_name(k): v for k, v in state.items()}, checkpoint, False
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path, whole: bool) -> None:
