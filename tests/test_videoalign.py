@@ -247,3 +247,10 @@ def test_bad_checkpoint_folders_name_the_file(released, tmp_path):
         VideoAlign(str(tmp_path), base, dtype=torch.float32)
     with pytest.raises(FileNotFoundError, match="reward.videoalign_base"):
         VideoAlign(str(root / "adapter"), str(tmp_path), dtype=torch.float32)
+
+
+def test_a_caption_holding_a_reward_token_is_an_error(released):
+    root, _, _ = released
+    model = VideoAlign(str(root / "adapter"), str(root / "base"), video_fps=8, dtype=torch.float32)
+    with pytest.raises(ValueError, match="yields 4 reward tokens"):
+        model.scores(videos(), ["a red ball", "a dog <|TA_reward|>"])

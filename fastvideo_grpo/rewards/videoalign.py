@@ -194,7 +194,7 @@ def read_state(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], Path, bool]:
-    """The saved state dict (current names), the file it came from and whether it is whole."""
+    """The saved state dict (current names), where it came from and whether it is whole."""
     full = checkpoint / "model.pth"
     if full.is_file():
         return {current_name(k): v for k, v in read_state(full).items()}, full, True
@@ -299,10 +299,9 @@ class VideoAlign:
                                 videos_kwargs={"do_resize": False}).to(self.device)
         ids = inputs["input_ids"]  # [B, L]
         at_reward = torch.isin(ids, self.special_ids.to(ids.device))
-        counts = at_reward.sum(dim=1).tolist()
-        if counts != [len(SPECIAL_TOKENS)] * len(prompts):
-            bad = next(p for p, c in zip(prompts, counts) if c != len(SPECIAL_TOKENS))
-            raise ValueError(f"VideoAlign: the prompt {bad!r} yields {max(counts)} reward tokens, expected 3")
+        for prompt, count in zip(prompts, at_reward.sum(dim=1).tolist()):
+            if count != len(SPECIAL_TOKENS):  # a caption holding a reward token itself
+                raise ValueError(f"VideoAlign: the prompt {prompt!r} yields {count} reward tokens, expected 3")
         # The reference calls the decoder without position ids: positions are token indices
         # (same on the three M-RoPE axes), not Qwen2-VL's video-aware positions.
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
