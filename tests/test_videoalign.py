@@ -67,7 +67,8 @@ def legacy(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
-    """A base Qwen2-VL folder, the "trained" weights, and VideoReward folders in both layouts."""
+    """A base Qwen2-VL folder, the "trained" weights by hand, and VideoReward folders: model.pth,
+    the adapter pair, and a checkpoint trained without LoRA."""
     root = tmp_path_factory.mktemp("videoalign")
     tok = qwen_tokenizer()
     torch.manual_seed(0)
