@@ -49,3 +49,27 @@ def test_forward_calls_are_rollout_plus_trained_steps(tiny_cfg):
     trained = int((s.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
     assert sum(counted) == samples * s.num_steps + samples * trained
     assert len(counted) == (samples // s.rollout_batch_size) * (s.num_steps + trained)
+
+
+def test_demo_script_encodes_prompts_offline_then_trains(tmp_path):
+    """`make demo`'s script: tiny folder -> embeddings CLI -> training on those embeddings."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MODEL_DIR": str(tmp_path / "model"), "EMBEDDINGS_DIR": str(tmp_path / "embeddings"),
+           "OUTPUT_DIR": str(tmp_path / "run")}
+    result = subprocess.run(["bash", "train_scripts/train_tiny_cpu.sh", "train.iterations=2", "train.sample_every=0",
+                             "train.progress_bar=false"], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = [json.loads(line) for line in (tmp_path / "embeddings" / "manifest.jsonl").read_text().splitlines()]
+    prompts = [line.strip() for line in (root / "assets/prompts/tiny.txt").read_text().splitlines() if line.strip()]
+    assert [row["prompt"] for row in manifest] == prompts
+    run = load_config(tmp_path / "run" / "config.yaml")
+    assert run.data.embeddings_dir == str(tmp_path / "embeddings")
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "reward_mean: first 1 iterations" in result.stdout

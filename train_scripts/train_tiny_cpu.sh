@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# The CPU demo: the tiny HunyuanVideo-architecture model learns the colour rule reward.
-# Extra arguments are config overrides, e.g. train.iterations=50.
+# The CPU demo, end to end as on a cluster but tiny: write a diffusers-format HunyuanVideo
+# folder with random weights, precompute the prompts' text embeddings with the offline
+# CLI, then train the HunyuanVideo-architecture policy on them against the colour rule
+# reward. Extra arguments are config overrides, e.g. train.iterations=50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-assets/configs/tiny_t2v.yaml}
+PROMPTS=${PROMPTS:-assets/prompts/tiny.txt}
+MODEL_DIR=${MODEL_DIR:-outputs/tiny_hunyuan}
+EMBEDDINGS_DIR=${EMBEDDINGS_DIR:-outputs/tiny_embeddings}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/tiny_demo}
-python -m fastvideo_grpo.train --config "$CONFIG" train.output_dir="$OUTPUT_DIR" "$@"
+
+if [ ! -f "$MODEL_DIR/model_index.json" ]; then
+    python -m fastvideo_grpo.models.tiny_hunyuan "$MODEL_DIR"
+fi
+# Finished shards are skipped, so re-running the demo encodes nothing twice.
+python data_preprocess/preprocess_hunyuan_embeddings.py --model-path "$MODEL_DIR" --prompts "$PROMPTS" \
+    --output "$EMBEDDINGS_DIR" --device cpu --dtype fp32 --max-tokens 16
+python -m fastvideo_grpo.train --config "$CONFIG" data.embeddings_dir="$EMBEDDINGS_DIR" \
+    train.output_dir="$OUTPUT_DIR" "$@"
 python - "$OUTPUT_DIR/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
