@@ -35,7 +35,8 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = "bf16"
     # "sdpa" is torch's scaled_dot_product_attention; "flash" requires flash-attn (GPU).
     attention: Literal["sdpa", "flash"] = "sdpa"
-    # HunyuanVideo and FLUX.1-dev are guidance-distilled: the guidance scale is an input embedding.
+    # HunyuanVideo and FLUX.1-dev are guidance-distilled: the guidance scale is an input embedding
+    # (HunyuanVideo 6.0; FLUX.1-dev 3.5, as the FLUX configs set).
     guidance_scale: float = 6.0
     init_seed: int = 0
     # LoRA on the blocks' attention and MLP linears (0: train all weights).
