@@ -16,6 +16,7 @@ from fastvideo_grpo.models.tiny_flux import tiny_model_config, write_tiny_flux_f
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
 from fastvideo_grpo.rollout import rollout
 from fastvideo_grpo.trainer import train
+from test_distributed import COMMON, DIST, assert_same_training, run
 
 TINY = ROOT / "assets/configs/tiny_flux_t2i.yaml"
 
@@ -122,3 +123,27 @@ def test_paper_config_loads_with_its_paths():
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (720, 720, 1, 16, 0.3, 3.0, 12)
     assert cfg.grpo.timestep_fraction == 0.6 and cfg.train.lr == 1e-5 and cfg.train.grad_clip == 1.0
     assert cfg.reward.weights == {"hps": 1.0, "clip": 1.0} and cfg.model.guidance_scale == 3.5
+
+
+def test_fsdp_two_ranks_match_one_rank(tmp_path):
+    """FSDP2 over the dual and single blocks, with activation checkpointing."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([DIST / "train_run.py", TINY, *COMMON, "train.prompts_per_iteration=2", f"train.output_dir={one}"])
+    run([DIST / "train_run.py", TINY, *COMMON, "train.prompts_per_iteration=1", f"train.output_dir={two}"], nproc=2)
+    assert_same_training(one, two)
+
+
+def test_lora_run_exports_merged_weights_and_an_adapter_for_flux_pipeline(flux_folder, tmp_path):
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path / 'run'}", "train.iterations=1", "train.progress_bar=false",
+                             "train.sample_every=0", "model.lora_rank=4",
+                             f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}"])
+    checkpoint = latest_checkpoint(train(cfg))
+    merged = FluxPipeline.from_pretrained(export(checkpoint, tmp_path / "merged", base_model=flux_folder))
+    with_adapter = FluxPipeline.from_pretrained(flux_folder)
+    with_adapter.load_lora_weights(export(checkpoint, tmp_path / "adapter", adapter_only=True))
+    images = []
+    for pipe in (merged, with_adapter):
+        pipe.set_progress_bar_config(disable=True)
+        images.append(pipe("a red ball", height=64, width=64, num_inference_steps=2, output_type="pt",
+                           generator=torch.Generator().manual_seed(0)).images)
+    torch.testing.assert_close(images[0], images[1], rtol=1e-4, atol=1e-4)
