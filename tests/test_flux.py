@@ -72,6 +72,23 @@ def test_ode_sampling_equals_flux_pipeline_with_flow_match_euler(flux_folder):
     assert not torch.equal(ours.latents[:, 0], ours.final_latents)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_recomputed_log_probs_equal_the_rollouts_for_any_batch_size(batch_size):
+    """The ratio before the first update is exactly 1 when training mirrors the rollout batches."""
+    cfg = load_config(TINY)
+    policy = build_policy(cfg.model, torch.device("cpu"), 32, 32)
+    cond = TinyTextEncoder(32, 32, 32)(["a red ball"]).repeat_interleave(4)
+    s = cfg.sampling
+    ro = rollout(policy, cond, 4, policy.latent_shape(1, 64, 64), s.num_steps, s.shift, s.eta, s.sde_type,
+                 batch_size, (0, 0), torch.device("cpu"))
+    for batch in ro.batches:
+        for k in range(s.num_steps):
+            x = ro.latents[batch, k]
+            step = policy.step(policy.predict(x, float(ro.schedule[k]), cond.select(batch)), x, ro.schedule, k,
+                               s.eta, s.sde_type, prev_sample=ro.latents[batch, k + 1])
+            assert torch.equal(step.log_prob, ro.log_probs[batch, k])
+
+
 def test_two_iterations_train_with_ratio_one_at_the_first_update(trained):
     out = trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
