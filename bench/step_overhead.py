@@ -5,7 +5,7 @@ calls. This times an iteration and, in the same run, the same number of bare cal
 same shapes, and prints the ratio (goal <= 1.10). It also counts the transformer calls of
 an iteration and checks there is no extra forward for the old log-probs.
 
-    python bench/step_overhead.py [--iterations 3] [section.key=value ...]
+    python bench/step_overhead.py [--model hunyuan_video|flux|hunyuan_t2i] [--iterations 3] [section.key=value ...]
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ SCALED = [
     "model.tiny_text_dim=32", "model.tiny_vae_channels=4", "sampling.num_frames=29", "sampling.height=64", "sampling.width=64",
     "sampling.num_steps=8", "sampling.group_size=4", "sampling.rollout_batch_size=4",
     "sampling.decode_batch_size=4", "train.prompts_per_iteration=1", "train.gradient_accumulation_steps=4",
-    "train.sample_every=0", "train.progress_bar=false",
 ]
+# Model -> its tiny config and the overrides benchmarked on top of it.
+MODELS = {
+    "hunyuan_video": ("assets/configs/tiny_t2v.yaml", SCALED),
+    # As configured: 64x64 images, 16 packed tokens, 2 prompts x G=4, 8 steps.
+    "flux": ("assets/configs/tiny_flux_t2i.yaml", []),
+    "hunyuan_t2i": ("assets/configs/tiny_hunyuan_t2i.yaml", []),
+}
 
 
 def timed(fn, repeats: int) -> float:
@@ -46,13 +52,15 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(MODELS), default="hunyuan_video")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml",
-                          SCALED + [f"train.output_dir={out}", f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}"]
-                          + args.overrides)
+        config, preset = MODELS[args.model]
+        cfg = load_config(ROOT / config,
+                          preset + ["train.sample_every=0", "train.progress_bar=false", f"train.output_dir={out}",
+                                    f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}"] + args.overrides)
         c = setup(cfg)
         s = cfg.sampling
         calls: list[int] = []

@@ -19,9 +19,13 @@ class ConfigError(ValueError):
     pass
 
 
+# Model families whose attention parallel/sequence_parallel.py splits over sp ranks.
+SEQUENCE_PARALLEL_FAMILIES = {"hunyuan_video"}
+
+
 @dataclass
 class ModelConfig:
-    family: Literal["hunyuan_video"] = "hunyuan_video"
+    family: Literal["hunyuan_video", "flux"] = "hunyuan_video"
     # Local diffusers-format folder (transformer/, vae/, ...). Empty when size is "tiny".
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
@@ -31,7 +35,8 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = "bf16"
     # "sdpa" is torch's scaled_dot_product_attention; "flash" requires flash-attn (GPU).
     attention: Literal["sdpa", "flash"] = "sdpa"
-    # HunyuanVideo is guidance-distilled: the guidance scale is an input embedding.
+    # HunyuanVideo and FLUX.1-dev are guidance-distilled: the guidance scale is an input embedding
+    # (HunyuanVideo 6.0; FLUX.1-dev 3.5, as the FLUX configs set).
     guidance_scale: float = 6.0
     init_seed: int = 0
     # LoRA on the blocks' attention and MLP linears (0: train all weights).
@@ -322,6 +327,9 @@ def validate(cfg: Config) -> None:
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
+    require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
+            cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "
+            f"{sorted(SEQUENCE_PARALLEL_FAMILIES)} only")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")

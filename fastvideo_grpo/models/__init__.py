@@ -6,9 +6,10 @@ import torch
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
+from fastvideo_grpo.models.flux import build_flux
 from fastvideo_grpo.models.hunyuan_video import build_hunyuan_video
 
-BUILDERS = {"hunyuan_video": build_hunyuan_video}
+BUILDERS = {"hunyuan_video": build_hunyuan_video, "flux": build_flux}
 
 
 def build_policy(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> Policy:

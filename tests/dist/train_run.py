@@ -1,5 +1,6 @@
 """Run the trainer under torchrun (or alone) with overrides; rank 0 saves the final
-transformer state dict (gathered from FSDP shards) to <output_dir>/final_params.pt."""
+transformer state dict (gathered from FSDP shards) to <output_dir>/final_params.pt.
+A first argument ending in .yaml names the config (default: the tiny T2V one)."""
 
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from fastvideo_grpo.config import load_config  # noqa: E402
 
 
 def main():
-    cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", sys.argv[1:])
+    args = sys.argv[1:]
+    config = args.pop(0) if args and args[0].endswith(".yaml") else ROOT / "assets/configs/tiny_t2v.yaml"
+    cfg = load_config(config, args)
     captured = {}
     original = trainer.shutdown
 

@@ -1,0 +1,167 @@
+"""FLUX.1-dev T2I policy: diffusers' transformer and VAE, used unchanged.
+
+Latents stay [B, C, h, w] everywhere outside this file, as the sampler and trainer expect;
+`predict` packs them into FLUX's 2x2 patch tokens [B, h/2 * w/2, 4C] and unpacks the
+output, exactly as `FluxPipeline` does. An image is a one-frame video to the rest of the
+trainer: `decode` returns [B, 1, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# FLUX.1's VAE: 16 latent channels, and the affine map its latents are trained under.
+LATENT_CHANNELS = 16
+SCALING_FACTOR = 0.3611
+SHIFT_FACTOR = 0.1159
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B, h/2 * w/2, 4C]: each 2x2 patch one token (FluxPipeline._pack_latents)."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, h/2 * w/2, 4C] -> [B, C, h, w] for latent height h and width w; inverse of `pack_latents`."""
+    b, _, channels = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels // 4, height, width)
+
+
+def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """RoPE positions of the packed tokens, (0, row, col) each: [h/2 * w/2, 3]
+    (FluxPipeline._prepare_latent_image_ids for latent height h and width w)."""
+    rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
+    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1)
+    return ids.reshape(-1, 3).to(device, torch.float32)
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's rotation pairs over (index, row, col) as FLUX's (16, 56, 56) does for 128."""
+    pairs = head_dim // 2
+    pairs_index = max(1, pairs // 8)
+    pairs_row = (pairs - pairs_index) // 2
+    return 2 * pairs_index, 2 * pairs_row, 2 * (pairs - pairs_index - pairs_row)
+
+
+def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,
+        num_layers=cfg.tiny_layers,
+        num_single_layers=cfg.tiny_single_layers,
+        attention_head_dim=cfg.tiny_head_dim,
+        num_attention_heads=cfg.tiny_heads,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=pooled_dim,
+        guidance_embeds=True,
+        axes_dims_rope=rope_axes(cfg.tiny_head_dim),
+    )
+
+
+def tiny_vae(cfg: ModelConfig) -> AutoencoderKL:
+    channels = cfg.tiny_vae_channels
+    # Four blocks: 8x spatial compression, as FLUX's VAE.
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(channels,) * 4,
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=1,
+        scaling_factor=SCALING_FACTOR,
+        shift_factor=SHIFT_FACTOR,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=False,
+    )
+
+
+class FluxPolicy(RectifiedFlowSampling):
+    def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, cfg: ModelConfig,
+                 device: torch.device):
+        self.transformer = transformer
+        self.vae = vae
+        self.dtype = DTYPES[cfg.dtype]
+        self.device = device
+        # FluxPipeline passes the scale itself; the transformer multiplies it by 1000.
+        self.guidance = cfg.guidance_scale
+        self.spatial_ratio = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def blocks(self) -> list[torch.nn.Module]:
+        return [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        if num_frames != 1:
+            raise ValueError(f"sampling.num_frames={num_frames}: FLUX generates images; set sampling.num_frames=1")
+        patch = 2 * self.spatial_ratio
+        if height % patch or width % patch:
+            raise ValueError(f"sampling.height/width={height}x{width}: FLUX needs multiples of {patch}")
+        return self.vae.config.latent_channels, height // self.spatial_ratio, width // self.spatial_ratio
+
+    def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        batch, _, height, width = latents.shape
+        # FluxPipeline calls the transformer with timestep = sigma (its t / 1000).
+        timestep = torch.full((batch,), t, device=self.device, dtype=self.dtype)
+        guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
+        # T5 was run with padding and FLUX attends to it, so the text mask is not used; text
+        # tokens all sit at position 0.
+        text_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.transformer(
+                hidden_states=pack_latents(latents.to(self.device, self.dtype)),
+                timestep=timestep,
+                guidance=guidance,
+                encoder_hidden_states=cond.prompt_embeds.to(self.device, self.dtype),
+                pooled_projections=cond.pooled_embeds.to(self.device, self.dtype),
+                txt_ids=text_ids,
+                img_ids=image_ids(height, width, self.device),
+                return_dict=False,
+            )[0]
+        return unpack_latents(out.float(), height, width)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        z = latents.to(self.device, self.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
+        image = self.vae.decode(z, return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+        image = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return image.permute(0, 2, 3, 1)[:, None].cpu()
+
+
+def build_flux(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> FluxPolicy:
+    dtype = DTYPES[cfg.dtype]
+    if cfg.size == "tiny":
+        torch.manual_seed(cfg.init_seed)
+        transformer = tiny_transformer(cfg, text_dim, pooled_dim)
+        vae = tiny_vae(cfg)
+    else:
+        root = Path(cfg.path)
+        for sub in ("transformer", "vae"):
+            if not (root / sub / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format FLUX folder")
+        transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+    if not transformer.config.guidance_embeds:
+        raise ValueError(f"model.path={cfg.path}: the transformer has no guidance embedding; "
+                         "expected guidance-distilled FLUX.1-dev")
+    if cfg.attention == "flash":
+        transformer.set_attention_backend("flash")
+    transformer.to(device)
+    vae.to(device, dtype).requires_grad_(False).eval()
+    logger.info("transformer: %.2fM parameters", sum(p.numel() for p in transformer.parameters()) / 1e6)
+    return FluxPolicy(transformer, vae, cfg, device)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=grpo-flux-t2i
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=72:00:00
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --output=logs/%x-%j.out
+#
+# GRPO on FLUX.1-dev T2I with the HPS-v2.1 + CLIP reward. Submit with
+# `sbatch train_scripts/train_flux_t2i.sh`, or run with plain `bash` for a local torchrun.
+# The launch (srun torchrun with c10d rendezvous, preemption and requeue) is the flagship's:
+# this sets the config and reward paths and runs train_hunyuan_t2v.sh. Environment as there
+# (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
+#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.hps_path)
+#   CLIP_PATH       local CLIP folder for the clip reward (sets reward.clip_path)
+# Arguments are config overrides: bash train_flux_t2i.sh train.lr=2e-5
+set -euo pipefail
+
+if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
+    cd "$SLURM_SUBMIT_DIR"
+else
+    cd "$(dirname "$0")/.."
+fi
+
+export CONFIG=${CONFIG:-assets/configs/flux_t2i.yaml}
+OVERRIDES=("$@")
+[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.hps_path=$HPS_PATH" "${OVERRIDES[@]}")
+[ -n "${CLIP_PATH:-}" ] && OVERRIDES=("reward.clip_path=$CLIP_PATH" "${OVERRIDES[@]}")
+exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"

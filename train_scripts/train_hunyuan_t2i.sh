@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=grpo-hunyuan-t2i
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=72:00:00
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --output=logs/%x-%j.out
+#
+# GRPO on HunyuanVideo-T2I (one latent frame) with the HPS-v2.1 reward. Submit with
+# `sbatch train_scripts/train_hunyuan_t2i.sh`, or run with plain `bash` for a local torchrun.
+# The launch (srun torchrun with c10d rendezvous, preemption and requeue) is the flagship's:
+# this sets the config and reward paths and runs train_hunyuan_t2v.sh. Environment as there
+# (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
+#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.hps_path)
+# Arguments are config overrides: bash train_hunyuan_t2i.sh train.lr=2e-5
+set -euo pipefail
+
+if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
+    cd "$SLURM_SUBMIT_DIR"
+else
+    cd "$(dirname "$0")/.."
+fi
+
+export CONFIG=${CONFIG:-assets/configs/hunyuan_t2i.yaml}
+OVERRIDES=("$@")
+[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.hps_path=$HPS_PATH" "${OVERRIDES[@]}")
+exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"
