@@ -21,8 +21,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    family: Literal["hunyuan_video"] = "hunyuan_video"
-    # Local diffusers-format folder (transformer/, vae/, ...). Empty when size is "tiny".
+    family: Literal["hunyuan_video", "stable_diffusion"] = "hunyuan_video"
+    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
     # weights (tests, demo); "full" loads `path`.
@@ -33,6 +33,11 @@ class ModelConfig:
     attention: Literal["sdpa", "flash"] = "sdpa"
     # HunyuanVideo is guidance-distilled: the guidance scale is an input embedding.
     guidance_scale: float = 6.0
+    # Classifier-free guidance (two branches, conditional and empty-prompt, in one batched
+    # forward) in rollout and training alike; 1 disables it. Above 1 the trainer makes one
+    # optimizer step per iteration (all micro-batches accumulated), as the paper does where
+    # CFG is needed (SD, I2V); the empty-prompt embedding comes from data_preprocess/.
+    cfg_scale: float = 1.0
     init_seed: int = 0
     # LoRA on the blocks' attention and MLP linears (0: train all weights).
     lora_rank: int = 0
@@ -305,6 +310,7 @@ def validate(cfg: Config) -> None:
             cfg.reward.clip_path, "a local CLIP folder when the 'clip' reward is used")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
+    require(cfg.model.cfg_scale >= 1, "model.cfg_scale", cfg.model.cfg_scale, ">= 1 (1 disables guidance)")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")

@@ -83,11 +83,12 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
                   advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config,
                   ema: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Gradient steps over the plan, accumulating `gradient_accumulation_steps` micro-batches
-    per optimizer step; a last partial window is stepped too."""
+    per optimizer step; a last partial window is stepped too. With classifier-free guidance
+    the whole plan is one window: one optimizer step per iteration."""
     s, g = cfg.sampling, cfg.grpo
     device = ro.latents.device
     advantages = advantages.to(device)
-    window = cfg.train.gradient_accumulation_steps
+    window = len(plan) if cfg.model.cfg_scale > 1 else cfg.train.gradient_accumulation_steps
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
                                      "grad_norm": [], "kl": []}
     ratio_dev_first_update = 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -16,23 +16,41 @@ class TextConditioning:
     prompt_embeds: torch.Tensor  # [B, L, D]
     attention_mask: torch.Tensor  # [B, L], ones then zeros
     pooled_embeds: torch.Tensor  # [B, P]
+    # The unconditional (empty-prompt) embeddings, one row per sample like the above, for
+    # classifier-free guidance; None when the source has none.
+    negative: "TextConditioning | None" = None
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TextConditioning":
+        negative = self.negative._map(fn) if self.negative is not None else None
+        return TextConditioning(fn(self.prompt_embeds), fn(self.attention_mask), fn(self.pooled_embeds), negative)
 
     def select(self, index: torch.Tensor | slice | list[int]) -> "TextConditioning":
-        return TextConditioning(self.prompt_embeds[index], self.attention_mask[index], self.pooled_embeds[index])
+        return self._map(lambda t: t[index])
 
     def repeat_interleave(self, repeats: int) -> "TextConditioning":
-        return TextConditioning(
-            self.prompt_embeds.repeat_interleave(repeats, dim=0),
-            self.attention_mask.repeat_interleave(repeats, dim=0),
-            self.pooled_embeds.repeat_interleave(repeats, dim=0),
-        )
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TextConditioning":
-        return TextConditioning(
-            self.prompt_embeds.to(device, dtype),
-            self.attention_mask.to(device),
-            self.pooled_embeds.to(device, dtype),
-        )
+        # The mask keeps its integer dtype.
+        return self._map(lambda t: t.to(device, dtype if t.is_floating_point() else None))
+
+
+def guided_prediction(forward: Callable[[torch.Tensor, TextConditioning], torch.Tensor], latents: torch.Tensor,
+                      cond: TextConditioning, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + cfg_scale * (cond - uncond), both branches from ONE
+    forward over [uncond; cond] (2B rows), so that rollout and training see the same numbers.
+    cfg_scale <= 1 is the plain conditional forward."""
+    if cfg_scale <= 1:
+        return forward(latents, cond)
+    negative = cond.negative
+    if negative is None:
+        raise ValueError(f"model.cfg_scale={cfg_scale} needs the empty-prompt embedding, but the conditioning "
+                         "has none: re-run data_preprocess/ to write negative.safetensors next to the shards")
+    both = TextConditioning(*(torch.cat([n, c]) for n, c in (
+        (negative.prompt_embeds, cond.prompt_embeds), (negative.attention_mask, cond.attention_mask),
+        (negative.pooled_embeds, cond.pooled_embeds))))
+    uncond, conditional = forward(torch.cat([latents, latents]), both).chunk(2)
+    return uncond + cfg_scale * (conditional - uncond)
 
 
 class Policy(Protocol):

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning
+from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning, guided_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         self.dtype = DTYPES[cfg.dtype]
         self.device = device
         self.guidance = cfg.guidance_scale * 1000.0
+        self.cfg_scale = cfg.cfg_scale
         self.temporal_ratio = vae.config.temporal_compression_ratio
         self.spatial_ratio = vae.config.spatial_compression_ratio
 
@@ -74,6 +75,9 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         )
 
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
+
+    def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
         timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=self.dtype)
         guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
