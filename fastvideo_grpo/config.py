@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    family: Literal["hunyuan_video", "stable_diffusion"] = "hunyuan_video"
+    family: Literal["hunyuan_video", "hunyuan_video_i2v", "stable_diffusion"] = "hunyuan_video"
     # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
@@ -62,6 +62,9 @@ class DataConfig:
     prompts_file: str = "assets/prompts/tiny.txt"
     max_text_tokens: int = 16
     shuffle: bool = True
+    # Image-to-video: first-frame latents (data_preprocess/preprocess_latents.py), one per
+    # prompt in the prompts' order.
+    image_latents_dir: str = ""
 
 
 @dataclass
@@ -317,6 +320,8 @@ def validate(cfg: Config) -> None:
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
+    require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
+            cfg.data.image_latents_dir, "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",

@@ -17,7 +17,7 @@ from fastvideo_grpo import grpo
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts
+from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.preprocess import read_prompt_file
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
@@ -194,7 +194,7 @@ class Components:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scorer: InlineScorer | ServiceScorer
     sampler: PromptSampler
-    source: EmbeddingDataset | TinyRandomPrompts
+    source: EmbeddingDataset | TinyRandomPrompts | WithImageLatents
     latent_shape: tuple[int, ...]
     ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
@@ -224,14 +224,19 @@ def setup(cfg: Config) -> Components:
                       latent_shape, ema, transformer_config)
 
 
-def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts:
+def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | WithImageLatents:
     """Precomputed embeddings (data.embeddings_dir), or for the tiny model a prompt file
-    encoded by a seeded random text encoder."""
+    encoded by a seeded random text encoder; with data.image_latents_dir, each prompt's
+    first-frame latent too."""
     if cfg.data.embeddings_dir:
-        return EmbeddingDataset(cfg.data.embeddings_dir)
-    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
-                              seed=cfg.model.init_seed)
-    return TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
+        source = EmbeddingDataset(cfg.data.embeddings_dir)
+    else:
+        encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
+                                  seed=cfg.model.init_seed)
+        source = TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
+    if cfg.data.image_latents_dir:
+        return WithImageLatents(source, ImageLatents(cfg.data.image_latents_dir))
+    return source
 
 
 def resume(c: Components, cfg: Config) -> int:

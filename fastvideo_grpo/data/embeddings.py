@@ -133,3 +133,46 @@ class TinyRandomPrompts:
         cond = self.encoder([self.prompts[i] for i in indices])
         cond.negative = self.negative.repeat_interleave(len(indices))
         return cond
+
+
+class ImageLatents:
+    """First-frame VAE latents (data_preprocess/preprocess_latents.py: shard key `latents`),
+    row i conditioning prompt i."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/preprocess_latents.py first")
+        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self._files = {name: safe_open(self.root / name, framework="pt") for name in {r["shard"] for r in self.rows}}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def latents(self, indices: list[int]) -> torch.Tensor:
+        """[len(indices), C, 1, h, w]"""
+        rows = [self.rows[i] for i in indices]
+        return torch.cat([self._files[r["shard"]].get_slice("latents")[r["row"]: r["row"] + 1] for r in rows])
+
+
+class WithImageLatents:
+    """A prompt source whose conditioning also carries each prompt's first-frame latent."""
+
+    def __init__(self, source: EmbeddingDataset | TinyRandomPrompts, images: ImageLatents):
+        if len(images) != len(source):
+            raise ValueError(f"data.image_latents_dir={images.root} holds {len(images)} latents for "
+                             f"{len(source)} prompts; expected one per prompt, in the same order")
+        self.source = source
+        self.images = images
+        self.prompts = source.prompts
+        self.text_dim = source.text_dim
+        self.pooled_dim = source.pooled_dim
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def conditioning(self, indices: list[int]) -> TextConditioning:
+        cond = self.source.conditioning(indices)
+        cond.image_latents = self.images.latents(indices)
+        return cond

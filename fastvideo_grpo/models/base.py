@@ -19,10 +19,14 @@ class TextConditioning:
     # The unconditional (empty-prompt) embeddings, one row per sample like the above, for
     # classifier-free guidance; None when the source has none.
     negative: "TextConditioning | None" = None
+    # Image-to-video: the VAE latent of each sample's first frame, [B, C, 1, h, w].
+    image_latents: torch.Tensor | None = None
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TextConditioning":
         negative = self.negative._map(fn) if self.negative is not None else None
-        return TextConditioning(fn(self.prompt_embeds), fn(self.attention_mask), fn(self.pooled_embeds), negative)
+        image_latents = fn(self.image_latents) if self.image_latents is not None else None
+        return TextConditioning(fn(self.prompt_embeds), fn(self.attention_mask), fn(self.pooled_embeds), negative,
+                                image_latents)
 
     def select(self, index: torch.Tensor | slice | list[int]) -> "TextConditioning":
         return self._map(lambda t: t[index])
@@ -49,6 +53,8 @@ def guided_prediction(forward: Callable[[torch.Tensor, TextConditioning], torch.
     both = TextConditioning(*(torch.cat([n, c]) for n, c in (
         (negative.prompt_embeds, cond.prompt_embeds), (negative.attention_mask, cond.attention_mask),
         (negative.pooled_embeds, cond.pooled_embeds))))
+    if cond.image_latents is not None:  # both branches see the image, as in diffusers' I2V pipeline
+        both.image_latents = torch.cat([cond.image_latents, cond.image_latents])
     uncond, conditional = forward(torch.cat([latents, latents]), both).chunk(2)
     return uncond + cfg_scale * (conditional - uncond)
 
