@@ -95,6 +95,27 @@ def test_decoded_first_frame_is_the_conditioning_image(tmp_path, image_latents):
     assert not torch.allclose(final[0, :, 1:], final[1, :, 1:])  # the other frames are sampled
 
 
+def test_decoded_first_frame_follows_the_conditioning_image(tmp_path, image_latents):
+    """Pixels: a sample's first frame changes less with the sampling seed than when its
+    conditioning image is swapped for a random one. (The tiny VAE has random weights, so
+    its decode is no reconstruction of the image itself; the latent-level test above is exact.)"""
+    cfg = i2v_config(tmp_path, image_latents, "sampling.group_size=2")
+    policy = policy_of(cfg)
+    cond = build_prompt_source(cfg).conditioning([0, 1, 2, 3]).repeat_interleave(2)
+    random_images = torch.rand(8, 3, 1, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        random_latents = policy.vae.encode(random_images).latent_dist.mode() * policy.vae.config.scaling_factor
+
+    def first_frames(c, seed):
+        ro = tiny_rollout(cfg, policy, c, batch_size=8, seed_parts=(seed, 0, 0))
+        return policy.decode(ro.final_latents)[:, 0].float()
+
+    sample = first_frames(cond, 0)
+    other_seed = (sample - first_frames(cond, 1)).abs().mean()
+    other_image = (sample - first_frames(replace(cond, image_latents=random_latents), 0)).abs().mean()
+    assert other_seed < 0.75 * other_image
+
+
 def test_two_iterations_train_with_cfg_one_step_each(tmp_path, image_latents):
     out = train(i2v_config(tmp_path / "run", image_latents, *SMALL))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -110,3 +131,35 @@ def test_latents_must_match_the_prompts(tmp_path, image_latents):
     cfg = i2v_config(tmp_path, image_latents, f"data.prompts_file={tmp_path / 'two.txt'}")
     with pytest.raises(ValueError, match=f"holds {len(ImageLatents(image_latents))} latents for 2 prompts"):
         build_prompt_source(cfg)
+
+
+def test_export_loads_in_the_i2v_pipeline_and_generates(tmp_path, image_latents):
+    import PIL.Image
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
+
+    from fastvideo_grpo.export import export
+    from fastvideo_grpo.trainer import setup
+
+    cfg = i2v_config(tmp_path / "run", image_latents, *SMALL)
+    train(cfg)
+    c = setup(cfg)  # the initial weights
+    # The pipeline's other components; its text encoders are not needed with precomputed embeddings.
+    base = tmp_path / "base"
+    c.policy.vae.save_pretrained(base / "vae")
+    FlowMatchEulerDiscreteScheduler(shift=7.0).save_pretrained(base / "scheduler")
+    (base / "model_index.json").write_text(json.dumps({
+        "_class_name": "HunyuanVideoImageToVideoPipeline", "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLHunyuanVideo"]}))
+    out = export(tmp_path / "run/checkpoints/step_2", tmp_path / "export", base_model=base)
+    pipe = HunyuanVideoImageToVideoPipeline.from_pretrained(out, text_encoder=None, tokenizer=None,
+                                                            text_encoder_2=None, tokenizer_2=None, image_processor=None)
+    assert pipe.transformer.config.image_condition_type == "token_replace"
+    assert any(not torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), c.policy.transformer.parameters()))
+    cond = c.source.conditioning([0])
+    image = PIL.Image.fromarray(smooth_image(np.random.default_rng(1)))
+    frames = pipe(image=image, prompt_embeds=cond.prompt_embeds, pooled_prompt_embeds=cond.pooled_embeds,
+                  prompt_attention_mask=cond.attention_mask, height=32, width=32, num_frames=5,
+                  num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
