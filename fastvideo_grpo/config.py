@@ -148,7 +148,8 @@ class TrainConfig:
     # Linear warmup of the learning rate over this many optimizer steps (0: constant).
     lr_warmup_steps: int = 0
     # Micro-batches (rollout batch x trained timestep) per optimizer step. The last,
-    # partial window of an iteration is stepped too.
+    # partial window of an iteration is stepped too. Ignored with model.cfg_scale > 1: then
+    # the whole iteration is one optimizer step.
     gradient_accumulation_steps: int = 12
     seed: int = 42
     output_dir: str = "outputs/run"
@@ -319,6 +320,9 @@ def validate(cfg: Config) -> None:
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
+    require(cfg.parallel.sp_size == 1 or cfg.model.family == "hunyuan_video", "parallel.sp_size",
+            cfg.parallel.sp_size, f"1 for model.family={cfg.model.family} (sequence parallelism splits "
+            "HunyuanVideo T2V's video tokens only)")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
             cfg.data.image_latents_dir, "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")

@@ -130,3 +130,14 @@ def test_export_loads_as_unet_and_in_the_sd_pipeline(trained, tmp_path):
     images = pipe("a red ball", height=64, width=64, num_inference_steps=2, guidance_scale=5.0, eta=1.0,
                   output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_fsdp_two_ranks_match_one_rank_with_cfg(tmp_path):
+    """FSDP2 over the UNet's blocks, activation checkpointing and one optimizer step per
+    iteration: 2 ranks x 1 prompt reproduce 1 rank x 2 prompts."""
+    from test_distributed import COMMON, DIST, assert_same_training, run
+
+    args = [DIST / "train_run.py", "--config", TINY_SD, *COMMON, "train.iterations=2"]
+    run(args + ["train.prompts_per_iteration=2", f"train.output_dir={tmp_path / 'one'}"])
+    run(args + ["train.prompts_per_iteration=1", f"train.output_dir={tmp_path / 'two'}"], nproc=2)
+    assert_same_training(tmp_path / "one", tmp_path / "two")

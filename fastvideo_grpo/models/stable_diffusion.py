@@ -83,7 +83,8 @@ class StableDiffusionPolicy:
         return ddim_timesteps(num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET)
 
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
-        timestep = torch.full((latents.shape[0],), t, device=self.device, dtype=self.dtype)
+        # fp32: in bf16 the integer timesteps above 256 would round (981 -> 980).
+        timestep = torch.full((latents.shape[0],), t, device=self.device, dtype=torch.float32)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.transformer(
                 latents.to(self.device, self.dtype),
