@@ -145,7 +145,14 @@ class ImageLatents:
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/preprocess_latents.py first")
         self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-        self._files = {name: safe_open(self.root / name, framework="pt") for name in {r["shard"] for r in self.rows}}
+        self._files = {}
+        for name in sorted({row["shard"] for row in self.rows}):
+            path = self.root / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; {manifest} lists rows in it")
+            self._files[name] = safe_open(path, framework="pt")
+            if "latents" not in self._files[name].keys():
+                raise ValueError(f"{path} has no `latents`; expected the output of preprocess_latents.py")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -42,7 +42,11 @@ class HunyuanVideoI2VPolicy(HunyuanVideoPolicy):
         if cond.image_latents is None:
             raise ValueError("model.family=hunyuan_video_i2v needs first-frame latents: set data.image_latents_dir "
                              "to the output of data_preprocess/preprocess_latents.py")
-        return cond.image_latents.to(like.device, like.dtype)  # [B, C, 1, h, w]
+        image = cond.image_latents.to(like.device, like.dtype)  # [B, C, 1, h, w]
+        if image.shape[-2:] != like.shape[-2:]:
+            raise ValueError(f"first-frame latents are {tuple(image.shape[-2:])} (h, w), the sampled latents "
+                             f"{tuple(like.shape[-2:])}: run preprocess_latents.py with sampling.height/width")
+        return image
 
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         image = self._image(cond, latents)
