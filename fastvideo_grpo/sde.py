@@ -114,8 +114,8 @@ def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> torch.Tensor:
-    """"leading" spacing: t_k = (N-1-k) * (T // N) + offset, then the final t_N = t_{N-1} - T // N
-    (negative: the step into it uses the final alpha_bar). [N+1], float64."""
+    """DDIM timesteps with "leading" spacing: t_k = (N-1-k) * (T // N) + offset, then the final
+    t_N = t_{N-1} - T // N (negative: the step into it uses the final alpha_bar). [N+1], float64."""
     ratio = num_train_timesteps // num_steps
     return torch.arange(num_steps - 1, -2, -1, dtype=torch.float64) * ratio + steps_offset
 

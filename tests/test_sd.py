@@ -98,6 +98,26 @@ def test_two_iterations_train_with_cfg_one_step_each(tmp_path):
         assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
 
 
+def test_full_path_from_a_diffusers_folder(tmp_path):
+    """Folder -> offline embeddings (with the negative) -> training from model.path."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    import preprocess_sd_embeddings
+
+    folder = write_tiny_sd_folder(tmp_path / "sd")
+    preprocess_sd_embeddings.run(["--model-path", str(folder), "--prompts", str(ROOT / "assets/prompts/tiny.txt"),
+                                  "--output", str(tmp_path / "emb"), "--dtype", "fp32", "--device", "cpu"])
+    cfg = sd_config(tmp_path / "run", [*SMALL, "train.iterations=1", "model.size=full", f"model.path={folder}",
+                                       f"data.embeddings_dir={tmp_path / 'emb'}"])
+    # The folder's UNet is the seeded in-process tiny model of the tiny config.
+    in_process = setup(sd_config(tmp_path / "other")).policy.transformer
+    from_folder = setup(cfg).policy.transformer
+    assert all(torch.equal(a, b) for a, b in zip(in_process.parameters(), from_folder.parameters()))
+    row = json.loads((train(cfg) / "metrics.jsonl").read_text())
+    assert row["ratio_dev_first_update"] == 0.0 and row["optimizer_steps"] == 1
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("sd_run")
