@@ -92,13 +92,15 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 
 def save_adapter(model: torch.nn.Module, folder: Path) -> None:
-    """diffusers' LoRA file: `transformer.`-prefixed peft weights with the adapter config."""
-    from diffusers import HunyuanVideoPipeline
+    """diffusers' LoRA file: peft weights prefixed with the component name (`transformer.`,
+    `unet.`) with the adapter config, as the pipelines of that component write it."""
+    from diffusers import HunyuanVideoPipeline, StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    HunyuanVideoPipeline.save_lora_weights(
-        folder, transformer_lora_layers=get_peft_model_state_dict(model),
-        transformer_lora_adapter_metadata=model.peft_config["default"].to_dict())
+    component = component_name(model)
+    writer = StableDiffusionPipeline if component == "unet" else HunyuanVideoPipeline
+    writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
+                                        f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
 
 
 def copy_base_components(base: Path, output: Path, trained: str) -> None:

@@ -161,3 +161,33 @@ def test_fsdp_two_ranks_match_one_rank_with_cfg(tmp_path):
     run(args + ["train.prompts_per_iteration=2", f"train.output_dir={tmp_path / 'one'}"])
     run(args + ["train.prompts_per_iteration=1", f"train.output_dir={tmp_path / 'two'}"], nproc=2)
     assert_same_training(tmp_path / "one", tmp_path / "two")
+
+
+def test_lora_on_the_unet_exports_merged_and_as_a_pipeline_adapter(tmp_path):
+    cfg = sd_config(tmp_path / "run", [*SMALL, "model.lora_rank=4", "train.lr=1e-2"])
+    c = setup(cfg)
+    trainable = [n for n, p in c.policy.transformer.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("attn2" in n for n in trainable) and any("ff.net" in n for n in trainable)
+    train(cfg)
+    checkpoint = tmp_path / "run/checkpoints/step_2"
+    from fastvideo_grpo.export import load_trained_transformer
+
+    x = torch.randn(2, *c.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond = c.source.conditioning([0, 1])
+    with torch.no_grad():
+        c.policy.transformer = load_trained_transformer(checkpoint)
+        with_adapter = c.policy.predict(x, 501.0, cond)
+        c.policy.transformer = tiny_policy(cfg).transformer
+        assert not torch.allclose(c.policy.predict(x, 501.0, cond), with_adapter, atol=1e-6)
+        c.policy.transformer = UNet2DConditionModel.from_pretrained(export(checkpoint, tmp_path / "merged"),
+                                                                    subfolder="unet")
+        torch.testing.assert_close(c.policy.predict(x, 501.0, cond), with_adapter, rtol=1e-5, atol=1e-5)
+
+        adapter = export(checkpoint, tmp_path / "adapter", adapter_only=True)
+        pipe = StableDiffusionPipeline(vae=c.policy.vae, text_encoder=None, tokenizer=None,
+                                       unet=tiny_policy(cfg).transformer, scheduler=sd_scheduler(),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.load_lora_weights(adapter)
+        c.policy.transformer = pipe.unet
+        torch.testing.assert_close(c.policy.predict(x, 501.0, cond), with_adapter, rtol=1e-5, atol=1e-5)

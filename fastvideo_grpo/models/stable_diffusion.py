@@ -130,9 +130,6 @@ def build_stable_diffusion(cfg: ModelConfig, device: torch.device, text_dim: int
                     f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format Stable Diffusion folder")
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
-    if unet.config.cross_attention_dim != text_dim:
-        raise ValueError(f"the UNet attends to {unet.config.cross_attention_dim}-dim text embeddings, "
-                         f"the prompt embeddings are {text_dim}-dim")
     unet.to(device)
     vae.to(device, dtype).requires_grad_(False).eval()
     logger.info("unet: %.2fM parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
