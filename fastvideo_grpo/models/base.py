@@ -13,6 +13,9 @@ from fastvideo_grpo.sde import StepResult, sde_step, sigma_schedule
 
 @dataclass
 class TextConditioning:
+    """Per-sample conditioning: the prompt's embeddings, and where a model needs them the
+    empty prompt's (classifier-free guidance) and a first-frame latent (image-to-video)."""
+
     prompt_embeds: torch.Tensor  # [B, L, D]
     attention_mask: torch.Tensor  # [B, L], ones then zeros
     pooled_embeds: torch.Tensor  # [B, P]
@@ -74,7 +77,8 @@ class Policy(Protocol):
         """The N+1 noise levels the sampler visits, noisiest first (sigmas, or timesteps)."""
 
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
-        """Network output at noise level t = schedule[k], as fp32 with the latents' shape."""
+        """Network output at noise level t = schedule[k], as fp32 with the latents' shape; with
+        classifier-free guidance the guided output (`guided_prediction`)."""
 
     def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
              sde_type: str, prev_sample: torch.Tensor | None = None,
