@@ -325,7 +325,8 @@ def validate(cfg: Config) -> None:
             "HunyuanVideo T2V's video tokens only)")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
-            cfg.data.image_latents_dir, "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
+            cfg.data.image_latents_dir,
+            "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",

@@ -142,8 +142,8 @@ def test_export_loads_as_unet_and_in_the_sd_pipeline(trained, tmp_path):
     expected = c.policy.predict(x, 501.0, cond)
     exported = StableDiffusionPolicy(unet, c.policy.vae, cfg.model, torch.device("cpu"))
     torch.testing.assert_close(exported.predict(x, 501.0, cond), expected, rtol=1e-6, atol=1e-6)
-    assert any(not torch.equal(a, b) for a, b in zip(unet.parameters(),
-                                                     UNet2DConditionModel.from_pretrained(base, subfolder="unet").parameters()))
+    initial = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    assert any(not torch.equal(a, b) for a, b in zip(unet.parameters(), initial.parameters()))
 
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.safety_checker is None

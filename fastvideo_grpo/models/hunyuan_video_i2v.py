@@ -32,7 +32,8 @@ class HunyuanVideoI2VPolicy(HunyuanVideoPolicy):
         self.condition_type = transformer.config.image_condition_type
         if self.condition_type not in CONDITION_TYPES:
             raise ValueError(f"model.path={cfg.path or '(tiny)'}: the transformer's image_condition_type is "
-                             f"{self.condition_type!r}; an image-to-video checkpoint has one of {list(CONDITION_TYPES)}")
+                             f"{self.condition_type!r}; an image-to-video checkpoint has one of "
+                             f"{list(CONDITION_TYPES)}")
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         return (self.transformer.config.out_channels, *super().latent_shape(num_frames, height, width)[1:])
