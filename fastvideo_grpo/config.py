@@ -25,8 +25,8 @@ SEQUENCE_PARALLEL_FAMILIES = {"hunyuan_video"}
 
 @dataclass
 class ModelConfig:
-    family: Literal["hunyuan_video", "flux"] = "hunyuan_video"
-    # Local diffusers-format folder (transformer/, vae/, ...). Empty when size is "tiny".
+    family: Literal["hunyuan_video", "hunyuan_video_i2v", "flux", "stable_diffusion"] = "hunyuan_video"
+    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
     # weights (tests, demo); "full" loads `path`.
@@ -38,6 +38,11 @@ class ModelConfig:
     # HunyuanVideo and FLUX.1-dev are guidance-distilled: the guidance scale is an input embedding
     # (HunyuanVideo 6.0; FLUX.1-dev 3.5, as the FLUX configs set).
     guidance_scale: float = 6.0
+    # Classifier-free guidance (two branches, conditional and empty-prompt, in one batched
+    # forward) in rollout and training alike; 1 disables it. Above 1 the trainer makes one
+    # optimizer step per iteration (all micro-batches accumulated), as the paper does where
+    # CFG is needed (SD, I2V); the empty-prompt embedding comes from data_preprocess/.
+    cfg_scale: float = 1.0
     init_seed: int = 0
     # LoRA on the blocks' attention and MLP linears (0: train all weights).
     lora_rank: int = 0
@@ -62,6 +67,9 @@ class DataConfig:
     prompts_file: str = "assets/prompts/tiny.txt"
     max_text_tokens: int = 16
     shuffle: bool = True
+    # Image-to-video: first-frame latents (data_preprocess/preprocess_latents.py), one per
+    # prompt in the prompts' order.
+    image_latents_dir: str = ""
 
 
 @dataclass
@@ -156,7 +164,8 @@ class TrainConfig:
     # Linear warmup of the learning rate over this many optimizer steps (0: constant).
     lr_warmup_steps: int = 0
     # Micro-batches (rollout batch x trained timestep) per optimizer step. The last,
-    # partial window of an iteration is stepped too.
+    # partial window of an iteration is stepped too. Ignored with model.cfg_scale > 1: then
+    # the whole iteration is one optimizer step.
     gradient_accumulation_steps: int = 12
     seed: int = 42
     output_dir: str = "outputs/run"
@@ -322,15 +331,18 @@ def validate(cfg: Config) -> None:
     require(cfg.reward.video_fps > 0, "reward.video_fps", cfg.reward.video_fps, "> 0 (0 takes sampling.fps)")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
+    require(cfg.model.cfg_scale >= 1, "model.cfg_scale", cfg.model.cfg_scale, ">= 1 (1 disables guidance)")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
-    require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
-            cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "
-            f"{sorted(SEQUENCE_PARALLEL_FAMILIES)} only")
+    family: Literal["hunyuan_video", "hunyuan_video_i2v", "flux", "stable_diffusion"] = "hunyuan_video"
+    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
+    require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
+            cfg.data.image_latents_dir,
+            "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",

@@ -3,10 +3,12 @@
     python -m fastvideo_grpo.export --checkpoint RUN/checkpoints/step_N --output OUT
         [--ema] [--dtype bf16] [--base-model HUNYUAN_FOLDER] [--max-shard-size 5GB] [--adapter-only]
 
-Writes OUT/transformer/ (config.json + diffusion_pytorch_model*.safetensors, sharded over
-the size threshold) that `<TransformerClass>.from_pretrained(OUT, subfolder="transformer")`
-loads. With --base-model, the other components (vae, text encoders, tokenizers, scheduler,
-model_index.json) are copied next to it so that the whole pipeline loads from OUT.
+Writes the trained network as the pipeline component its diffusers class is named by:
+OUT/transformer/ for a transformer, OUT/unet/ for a UNet (Stable Diffusion), holding
+config.json + diffusion_pytorch_model*.safetensors (sharded over the size threshold) that
+`<Class>.from_pretrained(OUT, subfolder=...)` loads. With --base-model, the other
+components (vae, text encoders, tokenizers, scheduler, model_index.json) are copied next to
+it so that the whole pipeline loads from OUT.
 
 A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
 config (model.path, or the seeded tiny model). Its export merges the adapters into the
@@ -79,25 +81,34 @@ def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch
     return model.eval()
 
 
+def component_name(model: torch.nn.Module) -> str:
+    """The pipeline component a network is saved as: diffusers' pipelines call their UNet
+    `unet` and their transformer `transformer`."""
+    return "unet" if type(model).__name__.startswith("UNet") else "transformer"
+
+
 def is_lora(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "peft_config", None))
 
 
 def save_adapter(model: torch.nn.Module, folder: Path) -> None:
-    """diffusers' LoRA file: `transformer.`-prefixed peft weights with the adapter config."""
-    from diffusers import HunyuanVideoPipeline
+    """diffusers' LoRA file: peft weights prefixed with the component name (`transformer.`,
+    `unet.`) with the adapter config, as the pipelines of that component write it."""
+    from diffusers import HunyuanVideoPipeline, StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    HunyuanVideoPipeline.save_lora_weights(
-        folder, transformer_lora_layers=get_peft_model_state_dict(model),
-        transformer_lora_adapter_metadata=model.peft_config["default"].to_dict())
+    component = component_name(model)
+    writer = StableDiffusionPipeline if component == "unet" else HunyuanVideoPipeline
+    writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
+                                        f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
 
 
-def copy_base_components(base: Path, output: Path) -> None:
+def copy_base_components(base: Path, output: Path, trained: str) -> None:
+    """Everything of the base pipeline but its `trained` component."""
     if not (base / "model_index.json").is_file():
         raise FileNotFoundError(f"--base-model {base}: no model_index.json; expected a diffusers pipeline folder")
     for entry in base.iterdir():
-        if entry.name == "transformer" or entry.name.startswith("."):
+        if entry.name == trained or entry.name.startswith("."):
             continue
         target = output / entry.name
         if entry.is_dir():
@@ -121,10 +132,10 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
         if is_lora(model):
             model.fuse_lora()
             model.unload_lora()
-        model.to(DTYPES[dtype]).save_pretrained(tmp / "transformer", safe_serialization=True,
+        model.to(DTYPES[dtype]).save_pretrained(tmp / component_name(model), safe_serialization=True,
                                                 max_shard_size=max_shard_size)
     if base_model is not None:
-        copy_base_components(Path(base_model), tmp)
+        copy_base_components(Path(base_model), tmp, component_name(model))
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)

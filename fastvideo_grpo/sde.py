@@ -1,7 +1,11 @@
-"""Rectified-flow sampling: sigma schedule, SDE steps with Gaussian log-probs, ODE step.
+"""Sampling steps with Gaussian log-probs.
 
-Notation: a step goes from sigma (noisier) to sigma_next (cleaner); v is the network's
-velocity prediction (noise - data), so x0_hat = x - sigma * v.
+Rectified flow: sigma schedule, SDE steps, ODE step. A step goes from sigma (noisier) to
+sigma_next (cleaner); v is the network's velocity prediction (noise - data), so
+x0_hat = x - sigma * v.
+
+Diffusion (eps-prediction, Stable Diffusion): DDIM timesteps and the DDIM step with eta > 0,
+whose transition is Gaussian. alpha_bar is the cumulative product of (1 - beta).
 """
 
 from __future__ import annotations
@@ -83,9 +87,15 @@ def sde_step(
         mean, std = flow_grpo_mean_std(v, x, sigma, sigma_next, eta, float(sigmas[1]))
     else:
         raise ValueError(f"sde_type {sde_type!r} is not one of ['dance', 'flow_grpo']")
+    return sample_or_replay(mean, std, prev_sample, noise)
+
+
+def sample_or_replay(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
+                     noise: torch.Tensor | None) -> StepResult:
+    """x_{k+1} = mean + std * noise (rollout) or the stored `prev_sample` (training), and its log-prob."""
     if prev_sample is None:
         if noise is None:
-            raise ValueError("sde_step needs either prev_sample or noise")
+            raise ValueError("a stochastic step needs either prev_sample or noise")
         prev_sample = mean + std.to(mean.dtype) * noise.to(mean.dtype)
     log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
     return StepResult(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
@@ -94,3 +104,46 @@ def sde_step(
 def ode_step(v: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor, k: int) -> torch.Tensor:
     """Euler step of the probability-flow ODE: x + (sigma_next - sigma) * v."""
     return x + (float(sigmas[k + 1]) - float(sigmas[k])) * v
+
+
+def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012,
+                                 num_train_timesteps: int = 1000) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2. [T], float64."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> torch.Tensor:
+    """DDIM timesteps with "leading" spacing: t_k = (N-1-k) * (T // N) + offset, then the final
+    t_N = t_{N-1} - T // N (negative: the step into it uses the final alpha_bar). [N+1], float64."""
+    ratio = num_train_timesteps // num_steps
+    return torch.arange(num_steps - 1, -2, -1, dtype=torch.float64) * ratio + steps_offset
+
+
+def ddim_mean_std(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, alpha_bar_prev: float, eta: float):
+    """DDIM: std = eta*sqrt((1-ab_prev)/(1-ab)*(1-ab/ab_prev)),
+    mean = sqrt(ab_prev)*x0_hat + sqrt(1-ab_prev-std^2)*eps, x0_hat = (x - sqrt(1-ab)*eps)/sqrt(ab)."""
+    std = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+    x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    mean = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev - std**2) * eps
+    return mean, torch.tensor(std, dtype=torch.float32)
+
+
+def ddim_step(
+    eps: torch.Tensor,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    k: int,
+    eta: float,
+    alphas_cumprod: torch.Tensor,
+    final_alpha_cumprod: float,
+    prev_sample: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> StepResult:
+    """DDIM step k (timesteps[k] -> timesteps[k+1]) and the log-prob of its result; a
+    negative timesteps[k+1] (past the last) uses `final_alpha_cumprod`, as diffusers' DDIMScheduler."""
+    t, t_prev = int(timesteps[k]), int(timesteps[k + 1])
+    alpha_bar = float(alphas_cumprod[t])
+    alpha_bar_prev = float(alphas_cumprod[t_prev]) if t_prev >= 0 else final_alpha_cumprod
+    mean, std = ddim_mean_std(eps, x, alpha_bar, alpha_bar_prev, eta)
+    return sample_or_replay(mean, std, prev_sample, noise)

@@ -17,7 +17,7 @@ from fastvideo_grpo import grpo
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts
+from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.preprocess import read_prompt_file
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
@@ -83,11 +83,12 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
                   advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config,
                   ema: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Gradient steps over the plan, accumulating `gradient_accumulation_steps` micro-batches
-    per optimizer step; a last partial window is stepped too."""
+    per optimizer step; a last partial window is stepped too. With classifier-free guidance
+    the whole plan is one window: one optimizer step per iteration."""
     s, g = cfg.sampling, cfg.grpo
     device = ro.latents.device
     advantages = advantages.to(device)
-    window = cfg.train.gradient_accumulation_steps
+    window = len(plan) if cfg.model.cfg_scale > 1 else cfg.train.gradient_accumulation_steps
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
                                      "grad_norm": [], "kl": []}
     ratio_dev_first_update = 0.0
@@ -193,7 +194,7 @@ class Components:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scorer: InlineScorer | ServiceScorer
     sampler: PromptSampler
-    source: EmbeddingDataset | TinyRandomPrompts
+    source: EmbeddingDataset | TinyRandomPrompts | WithImageLatents
     latent_shape: tuple[int, ...]
     ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
@@ -223,14 +224,19 @@ def setup(cfg: Config) -> Components:
                       latent_shape, ema, transformer_config)
 
 
-def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts:
+def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | WithImageLatents:
     """Precomputed embeddings (data.embeddings_dir), or for the tiny model a prompt file
-    encoded by a seeded random text encoder."""
+    encoded by a seeded random text encoder; with data.image_latents_dir, each prompt's
+    first-frame latent too."""
     if cfg.data.embeddings_dir:
-        return EmbeddingDataset(cfg.data.embeddings_dir)
-    encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
-                              seed=cfg.model.init_seed)
-    return TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
+        source = EmbeddingDataset(cfg.data.embeddings_dir)
+    else:
+        encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
+                                  seed=cfg.model.init_seed)
+        source = TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
+    if cfg.data.image_latents_dir:
+        return WithImageLatents(source, ImageLatents(cfg.data.image_latents_dir))
+    return source
 
 
 def resume(c: Components, cfg: Config) -> int:

@@ -149,8 +149,8 @@ def test_paper_config_loads_with_its_paths():
 def test_fsdp_two_ranks_match_one_rank(tmp_path):
     """FSDP2 over the dual and single blocks, with activation checkpointing."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run([DIST / "train_run.py", TINY, *COMMON, "train.prompts_per_iteration=2", f"train.output_dir={one}"])
-    run([DIST / "train_run.py", TINY, *COMMON, "train.prompts_per_iteration=1", f"train.output_dir={two}"], nproc=2)
+    run([DIST / "train_run.py", "--config", TINY, *COMMON, "train.prompts_per_iteration=2", f"train.output_dir={one}"])
+    run([DIST / "train_run.py", "--config", TINY, *COMMON, "train.prompts_per_iteration=1", f"train.output_dir={two}"], nproc=2)
     assert_same_training(one, two)
 
 

@@ -3,6 +3,8 @@
     root/manifest.jsonl          one line per prompt: id, prompt, shard, row, tokens
     root/shard_00000.safetensors prompt_embeds [n, L, D], prompt_attention_mask [n, L],
                                  pooled_prompt_embeds [n, P], token_count [n]
+    root/negative.safetensors    the same keys for the empty prompt (n = 1): the
+                                 unconditional branch of classifier-free guidance
 
 Shards are read lazily through memory-mapped `safe_open`; nothing is unpickled.
 """
@@ -20,6 +22,7 @@ from safetensors.torch import save_file
 from fastvideo_grpo.models.base import TextConditioning
 
 MANIFEST = "manifest.jsonl"
+NEGATIVE = "negative.safetensors"
 KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds", "token_count")
 
 
@@ -60,6 +63,18 @@ class EmbeddingDataset:
         if len({s[1:] for s in shapes}) > 1:
             raise ValueError(f"{self.root}: shards disagree on embedding shapes: {sorted(set(shapes))}")
         _, self.max_tokens, self.text_dim, self.pooled_dim = shapes[0]
+        self.negative = self._read_negative(shapes[0][1:])
+
+    def _read_negative(self, shape: tuple[int, int, int]) -> TextConditioning | None:
+        """The empty prompt's embeddings, if preprocessing wrote them (required for CFG)."""
+        if not (self.root / NEGATIVE).is_file():
+            return None
+        found = self._check_shard(NEGATIVE, 1)
+        if found[1:] != shape:
+            raise ValueError(f"{self.root / NEGATIVE}: (tokens, dim, pooled dim) {found[1:]} differ from the "
+                             f"shards' {shape}")
+        f = self._open(NEGATIVE)
+        return TextConditioning(*(f.get_tensor(key) for key in KEYS[:3]))
 
     def _open(self, name: str):
         if name not in self._files:
@@ -95,22 +110,76 @@ class EmbeddingDataset:
             f = self._open(row["shard"])
             for key in parts:
                 parts[key].append(f.get_slice(key)[row["row"]: row["row"] + 1])
+        negative = self.negative.repeat_interleave(len(indices)) if self.negative is not None else None
         return TextConditioning(torch.cat(parts["prompt_embeds"]), torch.cat(parts["prompt_attention_mask"]),
-                                torch.cat(parts["pooled_prompt_embeds"]))
+                                torch.cat(parts["pooled_prompt_embeds"]), negative)
 
 
 class TinyRandomPrompts:
     """The tiny model's stand-in for precomputed embeddings: a prompt file encoded by a
-    seeded random text encoder in process."""
+    seeded random text encoder in process, the empty prompt included."""
 
     def __init__(self, prompts: list[str], encoder):
         self.prompts = prompts
         self.encoder = encoder
         self.text_dim = encoder.table.shape[1]
         self.pooled_dim = encoder.pool.shape[1]
+        self.negative = encoder([""])
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def conditioning(self, indices: list[int]) -> TextConditioning:
-        return self.encoder([self.prompts[i] for i in indices])
+        cond = self.encoder([self.prompts[i] for i in indices])
+        cond.negative = self.negative.repeat_interleave(len(indices))
+        return cond
+
+
+class ImageLatents:
+    """First-frame VAE latents (data_preprocess/preprocess_latents.py: shard key `latents`),
+    row i conditioning prompt i."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/preprocess_latents.py first")
+        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self._files = {}
+        for name in sorted({row["shard"] for row in self.rows}):
+            path = self.root / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; {manifest} lists rows in it")
+            self._files[name] = safe_open(path, framework="pt")
+            if "latents" not in self._files[name].keys():
+                raise ValueError(f"{path} has no `latents`; expected the output of preprocess_latents.py")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def latents(self, indices: list[int]) -> torch.Tensor:
+        """[len(indices), C, 1, h, w]"""
+        rows = [self.rows[i] for i in indices]
+        return torch.cat([self._files[r["shard"]].get_slice("latents")[r["row"]: r["row"] + 1] for r in rows])
+
+
+class WithImageLatents:
+    """A prompt source whose conditioning also carries each prompt's first-frame latent."""
+
+    def __init__(self, source: EmbeddingDataset | TinyRandomPrompts, images: ImageLatents):
+        if len(images) != len(source):
+            raise ValueError(f"data.image_latents_dir={images.root} holds {len(images)} latents for "
+                             f"{len(source)} prompts; expected one per prompt, in the same order")
+        self.source = source
+        self.images = images
+        self.prompts = source.prompts
+        self.text_dim = source.text_dim
+        self.pooled_dim = source.pooled_dim
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def conditioning(self, indices: list[int]) -> TextConditioning:
+        cond = self.source.conditioning(indices)
+        cond.image_latents = self.images.latents(indices)
+        return cond

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from fastvideo_grpo.data.embeddings import MANIFEST, shard_name, write_manifest, write_shard
+from fastvideo_grpo.data.embeddings import MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ def read_prompt_file(path: str | Path) -> tuple[list[str], int]:
     return prompts, empty
 
 
+def stored(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floats in the requested dtype, integers as int64."""
+    return {key: t.to(DTYPES[dtype]) if t.is_floating_point() else t.to(torch.int64) for key, t in tensors.items()}
+
+
 def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: World, shard_size: int = 1024,
                batch_size: int = 8, dtype: str = "bf16", overwrite: bool = False, item_key: str = "prompt") -> dict:
     """Encode every shard this rank owns (shard i belongs to rank i % world size) that is
@@ -71,8 +76,7 @@ def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: Wo
         parts = [encode(chunk[start:start + batch_size]) for start in range(0, len(chunk), batch_size)]
         truncated += sum(count for _, count in parts)
         tensors = {key: torch.cat([batch[key] for batch, _ in parts]) for key in parts[0][0]}
-        write_shard(path, {key: t.to(DTYPES[dtype]) if t.is_floating_point() else t.to(torch.int64)
-                           for key, t in tensors.items()})
+        write_shard(path, stored(tensors, dtype))
         encoded += 1
         logger.info("rank %d wrote %s (%d items)", world.rank, path, len(chunk))
     counts = {"shards_encoded": encoded, "shards_skipped": skipped, "prompts_truncated": truncated}
@@ -82,6 +86,14 @@ def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: Wo
         logger.info("wrote %s (%d items in %d shards)", output / MANIFEST, len(items), num_shards)
     barrier(world)
     return counts
+
+
+def write_negative(encode: EncodeFn, output: Path, dtype: str) -> None:
+    """The empty prompt's embeddings, encoded like every prompt: the unconditional branch of
+    classifier-free guidance (as the pipelines encode an absent negative prompt)."""
+    tensors, _ = encode([""])
+    write_shard(output / NEGATIVE, stored(tensors, dtype))
+    logger.info("wrote %s", output / NEGATIVE)
 
 
 def manifest_rows(items: list[str], output: Path, num_shards: int, shard_size: int, item_key: str) -> list[dict]:
@@ -139,6 +151,8 @@ def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.de
     encode = build_encoder(args, world.device)
     counts = preprocess(prompts, encode, args.output, world, args.shard_size, args.batch_size, args.dtype,
                         args.overwrite)
+    if world.is_main:
+        write_negative(encode, Path(args.output), args.dtype)
     if counts["prompts_truncated"]:
         logger.warning("rank %d: %d prompts exceeded %d tokens and were truncated", world.rank,
                        counts["prompts_truncated"], args.max_tokens)

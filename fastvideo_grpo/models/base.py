@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -13,26 +13,53 @@ from fastvideo_grpo.sde import StepResult, sde_step, sigma_schedule
 
 @dataclass
 class TextConditioning:
+    """Per-sample conditioning: the prompt's embeddings, and where a model needs them the
+    empty prompt's (classifier-free guidance) and a first-frame latent (image-to-video)."""
+
     prompt_embeds: torch.Tensor  # [B, L, D]
     attention_mask: torch.Tensor  # [B, L], ones then zeros
     pooled_embeds: torch.Tensor  # [B, P]
+    # The unconditional (empty-prompt) embeddings, one row per sample like the above, for
+    # classifier-free guidance; None when the source has none.
+    negative: "TextConditioning | None" = None
+    # Image-to-video: the VAE latent of each sample's first frame, [B, C, 1, h, w].
+    image_latents: torch.Tensor | None = None
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TextConditioning":
+        negative = self.negative._map(fn) if self.negative is not None else None
+        image_latents = fn(self.image_latents) if self.image_latents is not None else None
+        return TextConditioning(fn(self.prompt_embeds), fn(self.attention_mask), fn(self.pooled_embeds), negative,
+                                image_latents)
 
     def select(self, index: torch.Tensor | slice | list[int]) -> "TextConditioning":
-        return TextConditioning(self.prompt_embeds[index], self.attention_mask[index], self.pooled_embeds[index])
+        return self._map(lambda t: t[index])
 
     def repeat_interleave(self, repeats: int) -> "TextConditioning":
-        return TextConditioning(
-            self.prompt_embeds.repeat_interleave(repeats, dim=0),
-            self.attention_mask.repeat_interleave(repeats, dim=0),
-            self.pooled_embeds.repeat_interleave(repeats, dim=0),
-        )
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TextConditioning":
-        return TextConditioning(
-            self.prompt_embeds.to(device, dtype),
-            self.attention_mask.to(device),
-            self.pooled_embeds.to(device, dtype),
-        )
+        # The mask keeps its integer dtype.
+        return self._map(lambda t: t.to(device, dtype if t.is_floating_point() else None))
+
+
+def guided_prediction(forward: Callable[[torch.Tensor, TextConditioning], torch.Tensor], latents: torch.Tensor,
+                      cond: TextConditioning, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + cfg_scale * (cond - uncond), both branches from ONE
+    forward over [uncond; cond] (2B rows), so that rollout and training see the same numbers.
+    cfg_scale <= 1 is the plain conditional forward."""
+    if cfg_scale <= 1:
+        return forward(latents, cond)
+    negative = cond.negative
+    if negative is None:
+        raise ValueError(f"model.cfg_scale={cfg_scale} needs the empty-prompt embedding, but the conditioning "
+                         "has none: re-run data_preprocess/ to write negative.safetensors next to the shards")
+    both = TextConditioning(*(torch.cat([n, c]) for n, c in (
+        (negative.prompt_embeds, cond.prompt_embeds), (negative.attention_mask, cond.attention_mask),
+        (negative.pooled_embeds, cond.pooled_embeds))))
+    if cond.image_latents is not None:  # both branches see the image, as in diffusers' I2V pipeline
+        both.image_latents = torch.cat([cond.image_latents, cond.image_latents])
+    uncond, conditional = forward(torch.cat([latents, latents]), both).chunk(2)
+    return uncond + cfg_scale * (conditional - uncond)
 
 
 class Policy(Protocol):
@@ -50,7 +77,8 @@ class Policy(Protocol):
         """The N+1 noise levels the sampler visits, noisiest first (sigmas, or timesteps)."""
 
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
-        """Network output at noise level t = schedule[k], as fp32 with the latents' shape."""
+        """Network output at noise level t = schedule[k], as fp32 with the latents' shape; with
+        classifier-free guidance the guided output (`guided_prediction`)."""
 
     def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
              sde_type: str, prev_sample: torch.Tensor | None = None,

@@ -9,21 +9,23 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning
+from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning, guided_prediction
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int) -> HunyuanVideoTransformer3DModel:
+def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int, **config) -> HunyuanVideoTransformer3DModel:
+    """`config` overrides the architecture's defaults (the I2V variants' input channels,
+    image_condition_type, guidance_embeds)."""
     head_dim = cfg.tiny_head_dim
     # RoPE splits each head's rotation pairs over (t, h, w).
     pairs = head_dim // 2
     pairs_t = max(1, pairs // 4)
     pairs_h = (pairs - pairs_t) // 2
     return HunyuanVideoTransformer3DModel(
-        in_channels=16,
+        in_channels=config.pop("in_channels", 16),
         out_channels=16,
         num_attention_heads=cfg.tiny_heads,
         attention_head_dim=head_dim,
@@ -36,6 +38,7 @@ def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int) -> Hunyua
         text_embed_dim=text_dim,
         pooled_projection_dim=pooled_dim,
         rope_axes_dim=(2 * pairs_t, 2 * pairs_h, 2 * (pairs - pairs_t - pairs_h)),
+        **config,
     )
 
 
@@ -58,6 +61,7 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         self.dtype = DTYPES[cfg.dtype]
         self.device = device
         self.guidance = cfg.guidance_scale * 1000.0
+        self.cfg_scale = cfg.cfg_scale
         self.temporal_ratio = vae.config.temporal_compression_ratio
         self.spatial_ratio = vae.config.spatial_compression_ratio
 
@@ -74,9 +78,14 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         )
 
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
+
+    def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
         timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=self.dtype)
-        guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
+        # Guidance-distilled checkpoints embed the guidance scale; others (I2V) have no such input.
+        guidance = (torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
+                    if self.transformer.config.guidance_embeds else None)
         # With FSDP mixed precision the weights are already bf16; unsharded they are fp32 and
         # autocast does the casting.
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -99,11 +108,14 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         return video.permute(0, 2, 3, 4, 1).cpu()
 
 
-def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> HunyuanVideoPolicy:
+def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int,
+                        policy_cls: type[HunyuanVideoPolicy] = HunyuanVideoPolicy,
+                        **tiny_config) -> HunyuanVideoPolicy:
+    """`policy_cls` and `tiny_config` (overrides of the tiny transformer) serve the variants (I2V)."""
     dtype = DTYPES[cfg.dtype]
     if cfg.size == "tiny":
         torch.manual_seed(cfg.init_seed)
-        transformer = tiny_transformer(cfg, text_dim, pooled_dim)
+        transformer = tiny_transformer(cfg, text_dim, pooled_dim, **tiny_config)
         vae = tiny_vae(cfg)
     else:
         root = Path(cfg.path)
@@ -119,4 +131,4 @@ def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, p
     transformer.to(device)
     vae.to(device, dtype).requires_grad_(False).eval()
     logger.info("transformer: %.2fM parameters", sum(p.numel() for p in transformer.parameters()) / 1e6)
-    return HunyuanVideoPolicy(transformer, vae, cfg, device)
+    return policy_cls(transformer, vae, cfg, device)

@@ -6,11 +6,12 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-# Attention projections and MLP linears of every dual- and single-stream block; the text
-# refiner, embedders and the final projection keep their weights.
+# Attention projections and MLP linears of every dual- and single-stream block (a UNet's
+# transformer blocks: self- and cross-attention attn1/attn2); the text refiner, embedders,
+# convolutions and the final projection keep their weights.
 BLOCK_LINEARS = (
     r".*(transformer_blocks|single_transformer_blocks)\.\d+\."
-    r"(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"(attn[12]?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
     r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
 )
 

@@ -1,6 +1,6 @@
-"""Run the trainer under torchrun (or alone) with overrides; rank 0 saves the final
-transformer state dict (gathered from FSDP shards) to <output_dir>/final_params.pt.
-A first argument ending in .yaml names the config (default: the tiny T2V one)."""
+"""Run the trainer under torchrun (or alone) with overrides (after an optional
+`--config FILE`, default the tiny T2V config); rank 0 saves the final transformer state
+dict (gathered from FSDP shards) to <output_dir>/final_params.pt."""
 
 import sys
 from pathlib import Path
@@ -15,7 +15,9 @@ from fastvideo_grpo.config import load_config  # noqa: E402
 
 def main():
     args = sys.argv[1:]
-    config = args.pop(0) if args and args[0].endswith(".yaml") else ROOT / "assets/configs/tiny_t2v.yaml"
+    config = ROOT / "assets/configs/tiny_t2v.yaml"
+    if args[:1] == ["--config"]:
+        config, args = Path(args[1]), args[2:]
     cfg = load_config(config, args)
     captured = {}
     original = trainer.shutdown

@@ -1,0 +1,136 @@
+"""Stable Diffusion (1.x) T2I policy: diffusers' UNet and VAE, used unchanged, sampled with
+the DDIM SDE (eta > 0), whose transition is Gaussian.
+
+The network predicts the noise eps; `schedule` gives the DDIM timesteps of diffusers'
+DDIMScheduler with SD's scheduler config, and `step` is `sde.ddim_step`. Images are videos
+of one frame ([B, 1, H, W, 3]), so rewards and sample writing need nothing of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.models.base import TextConditioning, guided_prediction
+from fastvideo_grpo.sde import StepResult, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
+NUM_TRAIN_TIMESTEPS = 1000
+STEPS_OFFSET = 1
+BETA_START, BETA_END = 0.00085, 0.012
+
+
+def tiny_unet(cfg: ModelConfig, text_dim: int) -> UNet2DConditionModel:
+    channels = cfg.tiny_heads * cfg.tiny_head_dim
+    return UNet2DConditionModel(
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(channels, channels),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=cfg.tiny_heads,
+        cross_attention_dim=text_dim,
+        attention_head_dim=cfg.tiny_head_dim,
+    )
+
+
+def tiny_vae(cfg: ModelConfig) -> AutoencoderKL:
+    """Four blocks: the 8x spatial compression of SD's VAE."""
+    channels = cfg.tiny_vae_channels
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(channels,) * 4,
+        latent_channels=4,
+        norm_num_groups=1,
+        mid_block_add_attention=False,
+    )
+
+
+class StableDiffusionPolicy:
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, cfg: ModelConfig, device: torch.device):
+        # The trained network is called `transformer` by the Policy protocol; here it is a UNet.
+        self.transformer = unet
+        self.vae = vae
+        self.dtype = DTYPES[cfg.dtype]
+        self.device = device
+        self.cfg_scale = cfg.cfg_scale
+        self.spatial_ratio = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.alphas_cumprod = scaled_linear_alphas_cumprod(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS)
+        # set_alpha_to_one=False: the step past the last timestep goes to alpha_bar_0.
+        self.final_alpha_cumprod = float(self.alphas_cumprod[0])
+
+    @property
+    def blocks(self) -> list[torch.nn.Module]:
+        unet = self.transformer
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        if num_frames != 1:
+            raise ValueError(f"sampling.num_frames={num_frames}: Stable Diffusion generates images (num_frames 1)")
+        return (self.transformer.config.in_channels, height // self.spatial_ratio, width // self.spatial_ratio)
+
+    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
+        """DDIM timesteps, noisiest first, and the final (negative) one; `shift` does not apply."""
+        return ddim_timesteps(num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET)
+
+    def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        # fp32: in bf16 the integer timesteps above 256 would round (981 -> 980).
+        timestep = torch.full((latents.shape[0],), t, device=self.device, dtype=torch.float32)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.transformer(
+                latents.to(self.device, self.dtype),
+                timestep,
+                encoder_hidden_states=cond.prompt_embeds.to(self.device, self.dtype),
+                return_dict=False,
+            )[0]
+        return out.float()
+
+    def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        """The (guided) noise prediction eps at timestep t."""
+        return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
+
+    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
+             sde_type: str, prev_sample: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> StepResult:
+        if sde_type != "dance":
+            raise ValueError(f"sampling.sde_type={sde_type!r} is a rectified-flow SDE; Stable Diffusion samples "
+                             "with the DDIM SDE: use 'dance'")
+        return ddim_step(output, x, schedule, k, eta, self.alphas_cumprod, self.final_alpha_cumprod,
+                         prev_sample=prev_sample, noise=noise)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+        image = self.vae.decode(z, return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+        image = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return image.permute(0, 2, 3, 1)[:, None].cpu()
+
+
+def build_stable_diffusion(cfg: ModelConfig, device: torch.device, text_dim: int,
+                           pooled_dim: int) -> StableDiffusionPolicy:
+    dtype = DTYPES[cfg.dtype]
+    if cfg.size == "tiny":
+        torch.manual_seed(cfg.init_seed)
+        unet = tiny_unet(cfg, text_dim)
+        vae = tiny_vae(cfg)
+    else:
+        root = Path(cfg.path)
+        for sub in ("unet", "vae"):
+            if not (root / sub / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format Stable Diffusion folder")
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+    unet.to(device)
+    vae.to(device, dtype).requires_grad_(False).eval()
+    logger.info("unet: %.2fM parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
+    return StableDiffusionPolicy(unet, vae, cfg, device)
