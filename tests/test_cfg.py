@@ -14,7 +14,7 @@ from fastvideo_grpo.trainer import build_optimizer, plan_micro_batches, update_p
 from helpers import tiny_policy, tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
-CONFIGS = {"stable_diffusion": "tiny_sd_t2i.yaml", "hunyuan_video": "tiny_t2v.yaml"}
+CONFIGS = {"stable_diffusion": "tiny_sd_t2i.yaml", "hunyuan_video": "tiny_t2v.yaml", "flux": "tiny_flux_t2i.yaml"}
 PROMPTS = ["a red ball", "a blue sky"]
 
 

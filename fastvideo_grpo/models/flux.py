@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning
+from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning, guided_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class FluxPolicy(RectifiedFlowSampling):
         self.device = device
         # FluxPipeline passes the scale itself; the transformer multiplies it by 1000.
         self.guidance = cfg.guidance_scale
+        self.cfg_scale = cfg.cfg_scale
         self.spatial_ratio = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
@@ -113,6 +114,9 @@ class FluxPolicy(RectifiedFlowSampling):
         return self.vae.config.latent_channels, height // self.spatial_ratio, width // self.spatial_ratio
 
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
+
+    def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch, _, height, width = latents.shape
         # FluxPipeline calls the transformer with timestep = sigma (its t / 1000).
         timestep = torch.full((batch,), t, device=self.device, dtype=self.dtype)
