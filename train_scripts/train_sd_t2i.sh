@@ -11,21 +11,13 @@
 #
 # GRPO on Stable Diffusion 1.4 T2I with classifier-free guidance (one node of 8 GPUs in the
 # paper). Submit with `sbatch train_scripts/train_sd_t2i.sh`, or run with plain `bash` for a
-# local torchrun. Settings come from the environment:
-#   CONFIG          YAML config (default: the paper's SD settings)
-#   MODEL_PATH      local diffusers-format SD 1.4 folder (sets model.path)
-#   EMBEDDINGS_DIR  precomputed prompt embeddings with negative.safetensors
-#                   (data_preprocess/preprocess_sd_embeddings.py; sets data.embeddings_dir)
+# local torchrun. The launch (srun torchrun with c10d rendezvous, preemption and requeue) is
+# the flagship's: this sets the config and reward path and runs train_hunyuan_t2v.sh.
+# Environment as there (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE,
+# MASTER_PORT, TORCHRUN; the embeddings folder must hold negative.safetensors, which
+# data_preprocess/preprocess_sd_embeddings.py writes), plus
 #   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.hps_path)
-#   OUTPUT_DIR      run folder (sets train.output_dir)
-#   NPROC_PER_NODE  processes per node (default: GPUs on the node, else 1)
-#   MASTER_PORT     rendezvous port under SLURM (default 29500)
-#   TORCHRUN        launcher (default: torchrun from PATH)
 # Arguments are config overrides: bash train_sd_t2i.sh train.lr=2e-5 model.cfg_scale=7.5
-#
-# Preemption: SLURM sends USR1 120 s before the time limit (and SIGTERM on preemption); the
-# trainer finishes its iteration, checkpoints and exits, and this script requeues the job,
-# which resumes from output_dir/checkpoints/latest.
 set -euo pipefail
 
 if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
@@ -34,48 +26,7 @@ else
     cd "$(dirname "$0")/.."
 fi
 
-CONFIG=${CONFIG:-assets/configs/sd_t2i.yaml}
-TORCHRUN=${TORCHRUN:-torchrun}
+export CONFIG=${CONFIG:-assets/configs/sd_t2i.yaml}
 OVERRIDES=("$@")
-[ -n "${MODEL_PATH:-}" ] && OVERRIDES=("model.path=$MODEL_PATH" "${OVERRIDES[@]}")
-[ -n "${EMBEDDINGS_DIR:-}" ] && OVERRIDES=("data.embeddings_dir=$EMBEDDINGS_DIR" "${OVERRIDES[@]}")
 [ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.hps_path=$HPS_PATH" "${OVERRIDES[@]}")
-[ -n "${OUTPUT_DIR:-}" ] && OVERRIDES=("train.output_dir=$OUTPUT_DIR" "${OVERRIDES[@]}")
-
-gpus_on_node() {
-    if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
-        echo "$SLURM_GPUS_ON_NODE"
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi -L | wc -l
-    else
-        echo 1
-    fi
-}
-NPROC_PER_NODE=${NPROC_PER_NODE:-$(gpus_on_node)}
-TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
-
-if [ -n "${SLURM_JOB_ID:-}" ]; then
-    MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-    MASTER_PORT=${MASTER_PORT:-29500}
-    # torchrun reports any worker exit as 1: the trainer leaves this file when it stopped
-    # for preemption (on the shared submit folder, whichever node rank 0 is on).
-    export FVGRPO_PREEMPT_MARKER="$PWD/.fvgrpo/preempted-$SLURM_JOB_ID"
-    rm -f "$FVGRPO_PREEMPT_MARKER"
-    echo "job $SLURM_JOB_ID: $SLURM_NNODES node(s) x $NPROC_PER_NODE, rendezvous $MASTER_ADDR:$MASTER_PORT"
-    # USR1 reaches every process of the step; torchrun itself must ignore it (its default
-    # action is to die) while the workers catch it. SIG_IGN survives the exec.
-    status=0
-    srun --export=ALL bash -c 'trap "" USR1; exec "$@"' torchrun-ignoring-usr1 "$TORCHRUN" \
-        --nnodes "$SLURM_NNODES" --nproc_per_node "$NPROC_PER_NODE" \
-        --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \
-        "${TRAIN[@]}" || status=$?
-    if [ -f "$FVGRPO_PREEMPT_MARKER" ]; then
-        rm -f "$FVGRPO_PREEMPT_MARKER"
-        echo "job $SLURM_JOB_ID preempted after a checkpoint: requeueing"
-        scontrol requeue "$SLURM_JOB_ID"
-        exit 0
-    fi
-    exit "$status"
-else
-    "$TORCHRUN" --standalone --nproc_per_node "$NPROC_PER_NODE" "${TRAIN[@]}"
-fi
+exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"
