@@ -337,8 +337,9 @@ def validate(cfg: Config) -> None:
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
-    family: Literal["hunyuan_video", "hunyuan_video_i2v", "flux", "stable_diffusion"] = "hunyuan_video"
-    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
+    require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
+            cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "
+            f"{sorted(SEQUENCE_PARALLEL_FAMILIES)} only")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
             cfg.data.image_latents_dir,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
+from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.sde import StepResult, sde_step, sigma_schedule
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -100,3 +107,26 @@ class RectifiedFlowSampling:
              sde_type: str, prev_sample: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> StepResult:
         return sde_step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)
+
+
+def load_pretrained(cfg: ModelConfig, network_cls: type, network_folder: str, vae_cls: type,
+                    what: str) -> tuple[nn.Module, nn.Module]:
+    """The trained network (fp32: FSDP's mixed precision casts it per block) and the VAE
+    (in model.dtype) from the local diffusers-format folder model.path."""
+    root = Path(cfg.path)
+    for sub in (network_folder, "vae"):
+        if not (root / sub / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format {what} folder")
+    network = network_cls.from_pretrained(root, subfolder=network_folder, torch_dtype=torch.float32)
+    vae = vae_cls.from_pretrained(root, subfolder="vae", torch_dtype=DTYPES[cfg.dtype])
+    return network, vae
+
+
+def place_on_device(network: nn.Module, vae: nn.Module, cfg: ModelConfig, device: torch.device) -> None:
+    """Attention backend, device, and a frozen VAE in model.dtype."""
+    if cfg.attention == "flash":
+        network.set_attention_backend("flash")
+    network.to(device)
+    vae.to(device, DTYPES[cfg.dtype]).requires_grad_(False).eval()
+    logger.info("%s: %.2fM parameters", type(network).__name__, sum(p.numel() for p in network.parameters()) / 1e6)

@@ -8,18 +8,13 @@ trainer: `decode` returns [B, 1, H, W, 3].
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning, guided_prediction
+from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
+                                        load_pretrained, place_on_device)
 
-logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # FLUX.1's VAE: 16 latent channels, and the affine map its latents are trained under.
 LATENT_CHANNELS = 16
 SCALING_FACTOR = 0.3611
@@ -147,25 +142,14 @@ class FluxPolicy(RectifiedFlowSampling):
 
 
 def build_flux(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> FluxPolicy:
-    dtype = DTYPES[cfg.dtype]
     if cfg.size == "tiny":
         torch.manual_seed(cfg.init_seed)
         transformer = tiny_transformer(cfg, text_dim, pooled_dim)
         vae = tiny_vae(cfg)
     else:
-        root = Path(cfg.path)
-        for sub in ("transformer", "vae"):
-            if not (root / sub / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format FLUX folder")
-        transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        transformer, vae = load_pretrained(cfg, FluxTransformer2DModel, "transformer", AutoencoderKL, "FLUX")
     if not transformer.config.guidance_embeds:
         raise ValueError(f"model.path={cfg.path}: the transformer has no guidance embedding; "
                          "expected guidance-distilled FLUX.1-dev")
-    if cfg.attention == "flash":
-        transformer.set_attention_backend("flash")
-    transformer.to(device)
-    vae.to(device, dtype).requires_grad_(False).eval()
-    logger.info("transformer: %.2fM parameters", sum(p.numel() for p in transformer.parameters()) / 1e6)
+    place_on_device(transformer, vae, cfg, device)
     return FluxPolicy(transformer, vae, cfg, device)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import RectifiedFlowSampling, TextConditioning, guided_prediction
+from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
+                                        load_pretrained, place_on_device)
 
-logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int, **config) -> HunyuanVideoTransformer3DModel:
@@ -112,23 +107,13 @@ def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, p
                         policy_cls: type[HunyuanVideoPolicy] = HunyuanVideoPolicy,
                         **tiny_config) -> HunyuanVideoPolicy:
     """`policy_cls` and `tiny_config` (overrides of the tiny transformer) serve the variants (I2V)."""
-    dtype = DTYPES[cfg.dtype]
     if cfg.size == "tiny":
         torch.manual_seed(cfg.init_seed)
         transformer = tiny_transformer(cfg, text_dim, pooled_dim, **tiny_config)
         vae = tiny_vae(cfg)
     else:
-        root = Path(cfg.path)
-        for sub in ("transformer", "vae"):
-            if not (root / sub / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format HunyuanVideo folder")
-        transformer = HunyuanVideoTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        transformer, vae = load_pretrained(cfg, HunyuanVideoTransformer3DModel, "transformer",
+                                           AutoencoderKLHunyuanVideo, "HunyuanVideo")
         vae.enable_tiling()
-    if cfg.attention == "flash":
-        transformer.set_attention_backend("flash")
-    transformer.to(device)
-    vae.to(device, dtype).requires_grad_(False).eval()
-    logger.info("transformer: %.2fM parameters", sum(p.numel() for p in transformer.parameters()) / 1e6)
+    place_on_device(transformer, vae, cfg, device)
     return policy_cls(transformer, vae, cfg, device)

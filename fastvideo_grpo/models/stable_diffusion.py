@@ -8,19 +8,13 @@ of one frame ([B, 1, H, W, 3]), so rewards and sample writing need nothing of th
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import TextConditioning, guided_prediction
+from fastvideo_grpo.models.base import DTYPES, TextConditioning, guided_prediction, load_pretrained, place_on_device
 from fastvideo_grpo.sde import StepResult, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 
-logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
 NUM_TRAIN_TIMESTEPS = 1000
 STEPS_OFFSET = 1
@@ -117,20 +111,11 @@ class StableDiffusionPolicy:
 
 def build_stable_diffusion(cfg: ModelConfig, device: torch.device, text_dim: int,
                            pooled_dim: int) -> StableDiffusionPolicy:
-    dtype = DTYPES[cfg.dtype]
     if cfg.size == "tiny":
         torch.manual_seed(cfg.init_seed)
         unet = tiny_unet(cfg, text_dim)
         vae = tiny_vae(cfg)
     else:
-        root = Path(cfg.path)
-        for sub in ("unet", "vae"):
-            if not (root / sub / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"model.path={cfg.path}: no {sub}/config.json; expected a diffusers-format Stable Diffusion folder")
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
-    unet.to(device)
-    vae.to(device, dtype).requires_grad_(False).eval()
-    logger.info("unet: %.2fM parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
+        unet, vae = load_pretrained(cfg, UNet2DConditionModel, "unet", AutoencoderKL, "Stable Diffusion")
+    place_on_device(unet, vae, cfg, device)
     return StableDiffusionPolicy(unet, vae, cfg, device)
