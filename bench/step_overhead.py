@@ -5,7 +5,10 @@ calls. This times an iteration and, in the same run, the same number of bare cal
 same shapes, and prints the ratio (goal <= 1.10). It also counts the transformer calls of
 an iteration and checks there is no extra forward for the old log-probs.
 
-    python bench/step_overhead.py [--model hunyuan_video|flux|hunyuan_t2i] [--iterations 3] [section.key=value ...]
+    python bench/step_overhead.py [--model hunyuan_video|flux|hunyuan_t2i|stable_diffusion] [--iterations 3]
+        [section.key=value ...]
+
+With classifier-free guidance every call carries both branches (2x the samples).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ MODELS = {
     # As configured: 64x64 images, 16 packed tokens, 2 prompts x G=4, 8 steps.
     "flux": ("assets/configs/tiny_flux_t2i.yaml", []),
     "hunyuan_t2i": ("assets/configs/tiny_hunyuan_t2i.yaml", []),
+    # 64x64 images, 8 DDIM steps, CFG 5 (one optimizer step per iteration).
+    "stable_diffusion": ("assets/configs/tiny_sd_t2i.yaml", []),
 }
+
+
+def batch_of(args: tuple, kwargs: dict) -> int:
+    """Batch size of a network call: diffusers transformers take `hidden_states`, UNets `sample`."""
+    x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+    return x.shape[0]
 
 
 def timed(fn, repeats: int) -> float:
@@ -65,14 +76,15 @@ def main() -> None:
         s = cfg.sampling
         calls: list[int] = []
         c.policy.transformer.register_forward_hook(
-            lambda m, a, kw, o: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+            lambda m, a, kw, o: calls.append(batch_of(a, kw)), with_kwargs=True)
         params = sum(p.numel() for p in c.policy.transformer.parameters())
 
         train_iteration(0, c, cfg)  # warm-up, and the call count of one iteration
         calls_per_iteration = sum(calls)
         samples = cfg.train.prompts_per_iteration * s.group_size
         trained = num_trained_timesteps(s.num_steps, cfg.grpo.timestep_fraction)
-        expected_calls = samples * s.num_steps + samples * trained
+        branches = 2 if cfg.model.cfg_scale > 1 else 1
+        expected_calls = branches * (samples * s.num_steps + samples * trained)
         assert calls_per_iteration == expected_calls, \
             f"{calls_per_iteration} samples through the transformer, expected {expected_calls}"
 
@@ -105,7 +117,8 @@ def main() -> None:
     bare_time = statistics.median(bare)
     print(f"transformer: {params / 1e6:.2f}M parameters, latent {tuple(c.latent_shape)}, "
           f"{samples} samples x {s.num_steps} steps, {trained} trained steps")
-    print(f"transformer calls per iteration: {calls_per_iteration} sample-forwards == G*N + G*T = {expected_calls}")
+    print(f"transformer calls per iteration: {calls_per_iteration} sample-forwards == "
+          f"{branches} x (G*N + G*T) = {expected_calls}")
     print("phases (median s): " + ", ".join(f"{k[5:]} {statistics.median(v):.3f}" for k, v in phase.items()))
     print(f"iteration {iteration:.3f} s, bare forward + forward/backward {bare_time:.3f} s")
     print(f"overhead ratio: {iteration / bare_time:.3f} (goal <= 1.10)")
