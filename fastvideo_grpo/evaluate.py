@@ -195,7 +195,9 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     trained = load_transformer(checkpoint, diffusers_path, ema)
     if trained is not None:
         policy.transformer = trained
-    policy.transformer.to(world.device, DTYPES[cfg.model.dtype]).requires_grad_(False).eval()
+    policy.transformer.to(world.device).requires_grad_(False).eval()
+    if cfg.model.dtype != "fp32":  # no optimizer state to keep in fp32: halve the memory
+        policy.transformer.to(DTYPES[cfg.model.dtype])
     s = cfg.sampling
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     scorer = build_reward_scorer(cfg.reward, world)
