@@ -2,7 +2,7 @@ import json
 
 from fastvideo_grpo.ablate import EXPERIMENTS, main
 
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def test_quick_grid_writes_table_and_curves(tmp_path, monkeypatch):

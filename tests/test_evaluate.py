@@ -7,7 +7,7 @@ import pytest
 from fastvideo_grpo.evaluate import compare, delta_ci, evaluate, main, mean_ci
 from fastvideo_grpo.trainer import train
 
-from tests.conftest import ROOT
+from conftest import ROOT
 
 EVAL_PROMPTS = str(ROOT / "assets/prompts/tiny_eval.txt")
 
@@ -80,3 +80,25 @@ def test_eval_in_loop_matches_checkpoint_evaluation(tiny_cfg, tmp_path):
     summary = json.loads((tmp_path / "eval" / "final" / "summary.json").read_text())
     assert summary["rewards"]["color"]["mean"] == pytest.approx(logged[1]["eval/color_mean"], abs=1e-6)
     assert summary["rewards"]["color"]["ci95"] == pytest.approx(logged[1]["eval/color_ci95"], abs=1e-6)
+
+
+def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
+    """In-loop evaluation under 2-rank FSDP (3 prompts: one rank pads) and the CLI on 2
+    ranks both give the 1-rank CLI's scores for the same checkpoint."""
+    from test_distributed import run
+
+    out = tmp_path / "run"
+    common = ["--config", ROOT / "assets/configs/tiny_t2v.yaml"]
+    run(["-m", "fastvideo_grpo.train", *common, f"train.output_dir={out}", "train.iterations=1",
+         "train.sample_every=0", "train.progress_bar=false", "sampling.height=16", "sampling.width=16",
+         "train.prompts_per_iteration=1", "eval.every=1", f"eval.prompts_file={EVAL_PROMPTS}", "eval.num_prompts=3"],
+        nproc=2)
+    in_loop = json.loads((out / "eval.jsonl").read_text())
+    args = ["-m", "fastvideo_grpo.evaluate", "--checkpoint", out / "checkpoints" / "step_1", "--prompts", EVAL_PROMPTS,
+            "--num-prompts", "3", "--output-dir", tmp_path / "eval"]
+    run([*args, "--name", "two"], nproc=2)
+    run([*args, "--name", "one"])
+    one, two = read_rows(tmp_path / "eval" / "one"), read_rows(tmp_path / "eval" / "two")
+    assert [r["prompt_index"] for r in two] == [0, 1, 2]
+    assert two == one
+    assert in_loop["eval/color_mean"] == pytest.approx(sum(r["color"] for r in one) / 3, abs=1e-5)
