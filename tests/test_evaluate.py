@@ -4,6 +4,7 @@ import statistics
 
 import pytest
 
+from fastvideo_grpo.config import load_config
 from fastvideo_grpo.evaluate import compare, delta_ci, evaluate, main, mean_ci
 from fastvideo_grpo.trainer import train
 
@@ -97,7 +98,8 @@ def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
     args = ["-m", "fastvideo_grpo.evaluate", "--checkpoint", out / "checkpoints" / "step_1", "--prompts", EVAL_PROMPTS,
             "--num-prompts", "3", "--output-dir", tmp_path / "eval"]
     run([*args, "--name", "two"], nproc=2)
-    run([*args, "--name", "one"])
+    evaluate(load_config(out / "config.yaml"), tmp_path / "eval" / "one", checkpoint=str(out / "checkpoints" / "step_1"),
+             prompts=EVAL_PROMPTS, num_prompts=3)
     one, two = read_rows(tmp_path / "eval" / "one"), read_rows(tmp_path / "eval" / "two")
     assert [r["prompt_index"] for r in two] == [0, 1, 2]
     assert two == one
