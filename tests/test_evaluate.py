@@ -6,6 +6,7 @@ import pytest
 
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.evaluate import compare, delta_ci, evaluate, main, mean_ci
+from fastvideo_grpo.export import export
 from fastvideo_grpo.trainer import train
 
 from conftest import ROOT
@@ -62,9 +63,9 @@ def test_compare_pairs_rows_of_the_same_prompts_and_seeds(tmp_path):
     assert "| color | tuned |" in table and "+0.2000" in table
 
 
-def test_eval_in_loop_matches_checkpoint_evaluation(tiny_cfg, tmp_path):
+def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_path):
     """The in-loop evaluation after the last iteration scores the weights the final
-    checkpoint holds: the CLI on that checkpoint gives the same numbers."""
+    checkpoint holds: the CLI on that checkpoint, and on its diffusers export, gives the same numbers."""
     tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
     tiny_cfg.train.iterations = 2
     tiny_cfg.train.sample_every = 0
@@ -81,6 +82,10 @@ def test_eval_in_loop_matches_checkpoint_evaluation(tiny_cfg, tmp_path):
     summary = json.loads((tmp_path / "eval" / "final" / "summary.json").read_text())
     assert summary["rewards"]["color"]["mean"] == pytest.approx(logged[1]["eval/color_mean"], abs=1e-6)
     assert summary["rewards"]["color"]["ci95"] == pytest.approx(logged[1]["eval/color_ci95"], abs=1e-6)
+    export(out / "checkpoints" / "step_2", tmp_path / "exported")
+    main(["--config", str(out / "config.yaml"), "--diffusers", str(tmp_path / "exported"), "--prompts", EVAL_PROMPTS,
+          "--num-prompts", "2", "--seeds", "0", "1", "--output-dir", str(tmp_path / "eval")])
+    assert read_rows(tmp_path / "eval" / "exported") == read_rows(tmp_path / "eval" / "final")
 
 
 def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
