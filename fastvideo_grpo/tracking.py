@@ -74,7 +74,10 @@ class Tracker:
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start or None)
         self.wandb = None
         if cfg.logging.wandb:
-            import wandb  # optional: pip install -e .[wandb]
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("logging.wandb=true needs the optional wandb package: pip install -e .[wandb]") from e
 
             self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.run_name or out.name,
                                     dir=str(out), mode=cfg.logging.wandb_mode, config=to_dict(cfg))
