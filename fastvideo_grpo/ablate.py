@@ -5,8 +5,9 @@
 
 Every setting of every experiment trains the same seeded tiny model for `--seeds` training
 seeds (the seed changes prompt order and all sampling noise). The final weights are then
-evaluated with the ODE sampler on the held-out prompts of the config's eval.prompts_file,
-scored by the raw color and motion rewards whatever the run trained on, so that settings
+evaluated with the ODE sampler, `--eval-seeds` samples per prompt, on the held-out prompts
+of the config's eval.prompts_file and on the training prompts, scored by the raw color and
+motion rewards whatever the run trained on, so that settings
 that change the reward still compare. Settings shared by several experiments (each
 experiment's baseline is the config itself) run once. Writes OUTPUT/results.md (table),
 OUTPUT/results.json and OUTPUT/curves.png (training reward/color, seed-averaged, moving
@@ -73,7 +74,7 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
         Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
 }
 
-QUICK = {"seeds": 1, "iterations": 4, "eval_prompts": 2}
+QUICK = {"seeds": 1, "iterations": 4, "eval_prompts": 2, "eval_seeds": 1}
 EVAL_REWARDS = ("reward.weights={color: 1.0, motion: 1.0}", "reward.binary_thresholds={}")
 
 
@@ -84,13 +85,23 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
 
 
+def final_scores(cfg_path: Path, folder: Path, checkpoint: str | None, prompts: str, eval_prompts: int,
+                 eval_seeds: int) -> dict[str, float]:
+    """Mean raw color and motion rewards of ODE samples of `prompts`."""
+    from fastvideo_grpo.evaluate import evaluate
+
+    cfg = load_config(cfg_path, list(EVAL_REWARDS))
+    summary = evaluate(cfg, folder, checkpoint=checkpoint, prompts=prompts, num_prompts=eval_prompts,
+                       seeds=list(range(eval_seeds)), grid_prompts=0)
+    return {name: s["mean"] for name, s in summary["rewards"].items()}
+
+
 def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, iterations: int,
-            eval_prompts: int) -> dict:
+            eval_prompts: int, eval_seeds: int) -> dict:
     """Train one setting for one seed, evaluate its final weights; runs in a worker process."""
     import torch
 
     from fastvideo_grpo.checkpoint import latest_checkpoint
-    from fastvideo_grpo.evaluate import evaluate
     from fastvideo_grpo.trainer import train
 
     torch.set_num_threads(1)
@@ -102,47 +113,50 @@ def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, ite
     started = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - started
-    eval_cfg = load_config(folder / "config.yaml", list(EVAL_REWARDS))
-    checkpoint = latest_checkpoint(folder)
-    summary = evaluate(eval_cfg, folder / "eval", checkpoint=str(checkpoint), prompts=cfg.eval.prompts_file,
-                       num_prompts=eval_prompts, seeds=[0, 1], grid_prompts=0)
+    checkpoint = str(latest_checkpoint(folder))
+    scores = {split: final_scores(folder / "config.yaml", folder / "eval" / split, checkpoint, prompts, eval_prompts,
+                                  eval_seeds)
+              for split, prompts in (("held_out", cfg.eval.prompts_file), ("train", cfg.data.prompts_file))}
     shutil.rmtree(folder / "checkpoints")  # only the scores are needed
     records = read_metrics(folder / "metrics.jsonl")
     tail = records[-max(1, len(records) // 5):]
-    return {"eval": {name: s["mean"] for name, s in summary["rewards"].items()},
-            "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds}
+    return {"eval": scores, "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds}
 
 
-def evaluate_base(config: str, folder: Path, eval_prompts: int) -> dict[str, float]:
-    from fastvideo_grpo.evaluate import evaluate
-
-    cfg = load_config(config, list(EVAL_REWARDS))
-    summary = evaluate(cfg, folder, prompts=cfg.eval.prompts_file, num_prompts=eval_prompts, seeds=[0, 1],
-                       grid_prompts=0)
-    return {name: s["mean"] for name, s in summary["rewards"].items()}
+def evaluate_base(config: str, folder: Path, eval_prompts: int, eval_seeds: int) -> dict[str, dict[str, float]]:
+    cfg = load_config(config)
+    return {split: final_scores(Path(config), folder / split, None, prompts, eval_prompts, eval_seeds)
+            for split, prompts in (("held_out", cfg.eval.prompts_file), ("train", cfg.data.prompts_file))}
 
 
-def table(results: dict, experiments: list[str], base: dict[str, float]) -> str:
-    lines = [f"Base model (before training), ODE color {base['color']:+.3f}, motion {base['motion']:.4f}.", "",
-             "| experiment | setting | ODE color (held-out) | delta vs reference (paired by seed) "
-             "| ODE motion | train reward/color, last 20% | s / run |",
-             "|---|---|---|---|---|---|---|"]
+def table(results: dict, experiments: list[str], base: dict[str, dict[str, float]]) -> str:
+    def color(run: dict, split: str) -> float:
+        return run["eval"][split]["color"]
+
+    lines = [f"Base model (before training): ODE color {base['held_out']['color']:+.3f} on held-out prompts, "
+             f"{base['train']['color']:+.3f} on training prompts.", "",
+             "| experiment | setting | ODE color, held-out | delta vs reference | ODE color, train prompts "
+             "| delta vs reference | ODE motion, held-out | SDE train reward/color, last 20% | s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for experiment in experiments:
         _, settings = EXPERIMENTS[experiment]
         reference = results[settings[0].key]
         for setting in settings:
             runs = results[setting.key]
-            color = spread([r["eval"]["color"] for r in runs])
-            motion = spread([r["eval"]["motion"] for r in runs])
+            cells = []
+            for split in ("held_out", "train"):
+                value = spread([color(r, split) for r in runs])
+                cells.append(f"{value['mean']:+.3f} +- {value['std']:.3f}")
+                if setting is settings[0]:
+                    cells.append("(reference)")
+                else:
+                    # Seed s of every setting draws the same prompts and noise: pair by seed.
+                    delta = spread([color(r, split) - color(ref, split) for r, ref in zip(runs, reference)])
+                    cells.append(f"{delta['mean']:+.3f} +- {delta['std']:.3f}")
+            motion = spread([r["eval"]["held_out"]["motion"] for r in runs])
             train_color = spread([r["train_color_last"] for r in runs])
             seconds = sum(r["seconds"] for r in runs) / len(runs)
-            if setting is settings[0]:
-                delta_text = "(reference)"
-            else:
-                delta = spread([r["eval"]["color"] - ref["eval"]["color"] for r, ref in zip(runs, reference)])
-                delta_text = f"{delta['mean']:+.3f} +- {delta['std']:.3f}"
-            lines.append(f"| {experiment} | {setting.name} | {color['mean']:+.3f} +- {color['std']:.3f} "
-                         f"[{color['min']:+.2f}, {color['max']:+.2f}] | {delta_text} | {motion['mean']:.4f} "
+            lines.append(f"| {experiment} | {setting.name} | {' | '.join(cells)} | {motion['mean']:.4f} "
                          f"| {train_color['mean']:+.3f} +- {train_color['std']:.3f} | {seconds:.0f} |")
     return "\n".join(lines)
 
@@ -180,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", nargs="+", choices=sorted(EXPERIMENTS), default=list(EXPERIMENTS))
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per setting")
     parser.add_argument("--iterations", type=int, help="default: the config's train.iterations")
-    parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate (0: all)")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="prompts to evaluate (0: all)")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="ODE samples per evaluated prompt")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
     parser.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
     parser.add_argument("--quick", action="store_true", help=f"CI grid: {QUICK}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
-        args.seeds, args.iterations, args.eval_prompts = QUICK["seeds"], QUICK["iterations"], QUICK["eval_prompts"]
+        args.seeds, args.iterations = QUICK["seeds"], QUICK["iterations"]
+        args.eval_prompts, args.eval_seeds = QUICK["eval_prompts"], QUICK["eval_seeds"]
     iterations = args.iterations or load_config(args.config).train.iterations
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -201,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
                 iterations, args.jobs)
     results: dict[str, list[dict]] = {key: [None] * len(seeds) for key in unique}
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        base = pool.submit(evaluate_base, args.config, output / "base_eval", args.eval_prompts)
+        base = pool.submit(evaluate_base, args.config, output / "base_eval", args.eval_prompts, args.eval_seeds)
         futures = {pool.submit(run_one, args.config, s.overrides, seed, str(output / "runs" / s.key / f"seed_{seed}"),
-                               iterations, args.eval_prompts): (s, seed) for s, seed in tasks}
+                               iterations, args.eval_prompts, args.eval_seeds): (s, seed) for s, seed in tasks}
         for done, (future, (setting, seed)) in enumerate(futures.items(), 1):
             results[setting.key][seed] = future.result()
-            logger.info("%d/%d %s seed %d: ODE color %+.3f (%.0f s)", done, len(futures), setting.key, seed,
-                        results[setting.key][seed]["eval"]["color"], results[setting.key][seed]["seconds"])
+            logger.info("%d/%d %s seed %d: ODE color held-out %+.3f (%.0f s)", done, len(futures), setting.key, seed,
+                        results[setting.key][seed]["eval"]["held_out"]["color"], results[setting.key][seed]["seconds"])
         base_scores = base.result()
     elapsed = time.perf_counter() - started
     text = table(results, args.experiments, base_scores)
