@@ -1,17 +1,17 @@
 """CLI: the paper's ablations, as short tiny-model trainings on CPU.
 
     python -m fastvideo_grpo.ablate [--quick] [--experiments NAME ...] [--seeds 3] [--jobs 2]
-        [--iterations 100] [--config assets/configs/tiny_ablation.yaml] [--output outputs/ablations]
+        [--iterations N] [--config assets/configs/tiny_ablation.yaml] [--output outputs/ablations]
 
 Every setting of every experiment trains the same seeded tiny model for `--seeds` training
 seeds (the seed changes prompt order and all sampling noise). The final weights are then
 evaluated with the ODE sampler, `--eval-seeds` samples per prompt, on the held-out prompts
 of the config's eval.prompts_file and on the training prompts, scored by the raw color and
-motion rewards whatever the run trained on, so that settings
-that change the reward still compare. Settings shared by several experiments (each
-experiment's baseline is the config itself) run once. Writes OUTPUT/results.md (table),
-OUTPUT/results.json and OUTPUT/curves.png (training reward/color, seed-averaged, moving
-average). `--quick` is a CI-sized grid: one seed, a few iterations.
+motion rewards whatever the run trained on, so that settings that change the reward
+still compare. Settings shared by several experiments (each experiment's reference is the
+config itself) run once. Writes OUTPUT/results.md (table), OUTPUT/results.json and
+OUTPUT/curves.png (training reward/color, seed-averaged, moving average). `--quick` is a
+CI-sized grid: one seed, a few iterations.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ def table(results: dict, experiments: list[str], base: dict[str, dict[str, float
             seconds = sum(r["seconds"] for r in runs) / len(runs)
             lines.append(f"| {experiment} | {setting.name} | {' | '.join(cells)} | {motion['mean']:.4f} "
                          f"| {train_color['mean']:+.3f} +- {train_color['std']:.3f} | {seconds:.0f} |")
+    lines += ["", "The paper's findings under test:"]
+    lines += [f"- {experiment}: {EXPERIMENTS[experiment][0]}" for experiment in experiments]
     return "\n".join(lines)
 
 
