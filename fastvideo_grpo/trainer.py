@@ -287,10 +287,10 @@ def train(cfg: Config) -> Path:
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
-        metrics.update(memory_stats(c.world))
+        memory = memory_stats(c.world)  # logged, not in metrics.jsonl: it differs between runs
         if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
-            c.tracker.scalars(metrics, iteration)
+            c.tracker.scalars({**metrics, **memory}, iteration)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
         done = iteration + 1
