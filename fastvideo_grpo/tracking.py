@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import resource
 from pathlib import Path
 
@@ -29,17 +30,19 @@ def tag(key: str) -> str:
     return "train/" + key
 
 
-def score_stats(rewards: dict[str, torch.Tensor], advantages: torch.Tensor, cfg: Config) -> dict[str, float]:
-    """Advantage mean/std/max|A|, and per reward the mean |group-normalised reward|: how
-    much advantage each reward contributes (0 when all its groups are flat)."""
-    stats = {
-        "advantage_mean": advantages.mean().item(),
-        "advantage_std": advantages.std().item() if advantages.numel() > 1 else 0.0,
-        "advantage_abs_max": advantages.abs().max().item(),
-    }
+def score_stats(rewards: dict[str, torch.Tensor], advantages: torch.Tensor, cfg: Config,
+                world: World) -> dict[str, float]:
+    """Advantage mean, std (population) and max |A| over all ranks' samples, and per reward
+    the mean |group-normalised reward|: how much advantage each reward contributes (0 when
+    all its groups are flat). A collective: every rank calls it, with equal sample counts."""
+    local = {"advantage_mean": advantages.mean().item(), "advantage_sq_mean": advantages.pow(2).mean().item()}
     for name, r in rewards.items():
         normalised = grpo.normalize_rewards(r, cfg.sampling.group_size, cfg.grpo.advantage_mode)
-        stats[f"reward_norm/{name}"] = normalised.abs().mean().item()
+        local[f"reward_norm/{name}"] = normalised.abs().mean().item()
+    stats = all_reduce_mean(local, world)
+    square = stats.pop("advantage_sq_mean")
+    stats["advantage_std"] = math.sqrt(max(square - stats["advantage_mean"] ** 2, 0.0))
+    stats["advantage_abs_max"] = all_reduce_max(advantages.abs().max().item(), world)
     return stats
 
 

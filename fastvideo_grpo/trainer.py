@@ -390,11 +390,11 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         **{f"reward/{name}": r.mean().item() for name, r in scores.rewards.items()},
         "advantage_abs_mean": scores.advantages.abs().mean().item(),
         "zero_std_frac": scores.zero_std_frac,
-        **score_stats(scores.rewards, scores.advantages, cfg),
         **{k: v for k, v in update.items() if k not in ("ratio_max_dev", "ratio_dev_first_update")},
         **timer.seconds,
     }
-    metrics = {"iteration": iteration, **all_reduce_mean(local, world)}
+    metrics = {"iteration": iteration, **all_reduce_mean(local, world),
+               **score_stats(scores.rewards, scores.advantages, cfg, world)}
     metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
     metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]
