@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench ablations clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
+
+ablations: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m fastvideo_grpo.ablate --output outputs/ablations
 
 clean:
 	rm -rf outputs

@@ -18,5 +18,7 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0"],
         "gpu": ["flash-attn"],
+        # Imported only when logging.wandb is true.
+        "wandb": ["wandb==0.31.0"],
     },
 )

@@ -187,6 +187,38 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Evaluate every this many iterations, and after the last (0: never): ODE sampling
+    # (eta = 0) of held-out prompts from fixed seeds, scored by the training rewards.
+    every: int = 0
+    # Held-out prompts: a folder of precomputed embeddings, or for the tiny model a prompt
+    # file. Both empty: the training prompts.
+    embeddings_dir: str = ""
+    prompts_file: str = ""
+    # The first num_prompts prompts (0: all), each sampled from seeds seed .. seed+num_seeds-1.
+    num_prompts: int = 0
+    num_seeds: int = 1
+    seed: int = 0
+    # ODE steps (0: sampling.num_steps).
+    num_steps: int = 0
+    # Samples per transformer call.
+    batch_size: int = 1
+    # Videos of the first grid_prompts prompts (first seed) are tiled into the logged grid.
+    grid_prompts: int = 4
+
+
+@dataclass
+class LoggingConfig:
+    # TensorBoard event files always go to output_dir/tb; W&B is optional.
+    wandb: bool = False
+    wandb_project: str = "fastvideo-grpo"
+    # "offline" writes output_dir/wandb/ without network (`wandb sync` uploads it later).
+    wandb_mode: Literal["online", "offline"] = "online"
+    # Run name for W&B (empty: the output folder's name).
+    run_name: str = ""
+
+
+@dataclass
 class ParallelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Ulysses sequence-parallel degree: the video tokens of a sample are split over sp ranks.
@@ -207,6 +239,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -336,6 +370,17 @@ def validate(cfg: Config) -> None:
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
+    e = cfg.eval
+    require(e.every >= 0, "eval.every", e.every, ">= 0")
+    require(e.num_prompts >= 0, "eval.num_prompts", e.num_prompts, ">= 0")
+    require(e.num_seeds >= 1, "eval.num_seeds", e.num_seeds, ">= 1")
+    require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
+    require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
+    require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
+    require(not (e.embeddings_dir and e.prompts_file), "eval.prompts_file", e.prompts_file,
+            "empty when eval.embeddings_dir is set (one held-out prompt source)")
+    require(cfg.model.size == "tiny" or not e.prompts_file, "eval.prompts_file", e.prompts_file,
+            "empty for a full-size model (use eval.embeddings_dir)")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
     require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
             cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "

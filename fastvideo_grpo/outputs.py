@@ -1,8 +1,9 @@
-"""What a run writes besides checkpoints: metrics.jsonl, sample videos, the reward curve."""
+"""What a run writes besides checkpoints: metrics.jsonl, sample videos and grids, reward curves."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import imageio
@@ -36,6 +37,33 @@ def moving_average(values: list[float], window: int) -> np.ndarray:
     return (cumsum[1:] - cumsum[starts]) / (np.arange(len(values)) + 1 - starts)
 
 
+def tile_videos(videos: torch.Tensor, columns: int = 0) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> one video [T, rows*H, columns*W, 3], row-major, black padding.
+
+    `columns` 0 picks ceil(sqrt(B)).
+    """
+    b, t, h, w, c = videos.shape
+    columns = columns or math.ceil(math.sqrt(b))
+    rows = -(-b // columns)
+    padded = torch.zeros(rows * columns, t, h, w, c, dtype=videos.dtype)
+    padded[:b] = videos
+    return padded.view(rows, columns, t, h, w, c).permute(2, 0, 3, 1, 4, 5).reshape(t, rows * h, columns * w, c)
+
+
+def draw_reward_curves(ax, runs: dict[str, list[dict]], key: str = "reward_mean", window: int = 10) -> None:
+    """Raw values faintly, their trailing moving average (as the paper plots rewards) on top."""
+    for label, records in runs.items():
+        records = [r for r in records if key in r]
+        steps = [r["iteration"] for r in records]
+        values = [r[key] for r in records]
+        line, = ax.plot(steps, values, alpha=0.25)
+        ax.plot(steps, moving_average(values, window), color=line.get_color(), label=f"{label} (avg {window})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(key)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
 def plot_reward_curve(runs: dict[str, list[dict]], path: Path, key: str = "reward_mean", window: int = 10) -> None:
     import matplotlib
 
@@ -43,15 +71,7 @@ def plot_reward_curve(runs: dict[str, list[dict]], path: Path, key: str = "rewar
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, records in runs.items():
-        steps = [r["iteration"] for r in records]
-        values = [r[key] for r in records]
-        line, = ax.plot(steps, values, alpha=0.25)
-        ax.plot(steps, moving_average(values, window), color=line.get_color(), label=f"{label} (avg {window})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(key)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    draw_reward_curves(ax, runs, key, window)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -18,6 +18,7 @@ from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.ema import init_ema, update_ema
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
+from fastvideo_grpo.evaluate import eval_items, evaluate_policy, held_out_source, summarize
 from fastvideo_grpo.data.preprocess import read_prompt_file
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.models import Policy, TextConditioning, build_policy
@@ -29,6 +30,7 @@ from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradie
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
+from fastvideo_grpo.tracking import Tracker, memory_stats, score_stats
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,7 @@ class Components:
     latent_shape: tuple[int, ...]
     ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
+    tracker: Tracker | None = None  # main rank only
 
 
 def setup(cfg: Config) -> Components:
@@ -280,6 +283,8 @@ def train(cfg: Config) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         keep_metrics_before(out / "metrics.jsonl", start)
+        c.tracker = Tracker(cfg, out, start)
+    held_out = held_out_source(cfg) if cfg.eval.every else None
     barrier(c.world)
     preemption = PreemptionFlag()
     preemption.install()
@@ -288,26 +293,55 @@ def train(cfg: Config) -> Path:
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
+        memory = memory_stats(c.world)  # logged, not in metrics.jsonl: it differs between runs
         if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
+            c.tracker.scalars({**metrics, **memory}, iteration)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
         done = iteration + 1
         preempted = preemption.requested(c.world)
         every = cfg.checkpoint.every
         if preempted or done == t.iterations or (every and done % every == 0):
+            started = time.perf_counter()
             checkpoint(c, cfg, done)
+            if c.world.is_main:
+                c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
+        if not preempted and cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
+            evaluate_in_loop(c, cfg, held_out, done)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
+            if c.world.is_main:
+                c.tracker.close()
             c.scorer.close()
             shutdown()
             raise Preempted(out)
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
+        c.tracker.close()
     c.scorer.close()
     barrier(c.world)
     shutdown()
     return out
+
+
+def evaluate_in_loop(c: Components, cfg: Config, source, iteration: int) -> None:
+    """ODE evaluation of held-out prompts after `iteration` iterations: a line in
+    output_dir/eval.jsonl, scalars and a video grid in the logs. Every rank takes part."""
+    e = cfg.eval
+    started = time.perf_counter()
+    count = min(e.num_prompts or len(source), len(source))
+    items = eval_items(count, list(range(e.seed, e.seed + e.num_seeds)))
+    rows, grid = evaluate_policy(c.policy, source, items, cfg, c.latent_shape, c.scorer, c.world, e.grid_prompts)
+    if c.world.is_main:
+        record = {"iteration": iteration}
+        for name, stats in summarize(rows).items():
+            record[f"eval/{name}_mean"] = stats["mean"]
+            record[f"eval/{name}_ci95"] = stats["ci95"]
+        append_metrics(Path(cfg.train.output_dir) / "eval.jsonl", record)
+        c.tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
+        if grid is not None:
+            c.tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
 
 
 def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
@@ -353,7 +387,9 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
                                c.ema)
 
     if saving:
-        save_samples(Path(t.output_dir), iteration, torch.cat(saved_videos), batch_prompts, scores.rewards, cfg)
+        videos = torch.cat(saved_videos)[:t.num_saved_samples]
+        save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
+        c.tracker.videos("samples", videos, iteration, s.fps)
 
     local = {
         "reward_mean": sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()).mean().item(),
@@ -363,7 +399,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         **{k: v for k, v in update.items() if k not in ("ratio_max_dev", "ratio_dev_first_update")},
         **timer.seconds,
     }
-    metrics = {"iteration": iteration, **all_reduce_mean(local, world)}
+    metrics = {"iteration": iteration, **all_reduce_mean(local, world),
+               **score_stats(scores.rewards, scores.advantages, cfg, world)}
     metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
     metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]

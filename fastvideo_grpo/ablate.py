@@ -1,0 +1,244 @@
+"""CLI: the paper's ablations, as short tiny-model trainings on CPU.
+
+    python -m fastvideo_grpo.ablate [--quick] [--experiments NAME ...] [--seeds 3] [--jobs 2]
+        [--iterations N] [--config assets/configs/tiny_ablation.yaml] [--output outputs/ablations]
+
+Every setting of every experiment trains the same seeded tiny model for `--seeds` training
+seeds (the seed changes prompt order and all sampling noise). The final weights are then
+evaluated with the ODE sampler, `--eval-seeds` samples per prompt, on the held-out prompts
+of the config's eval.prompts_file and on the training prompts, scored by the raw color and
+motion rewards whatever the run trained on, so that settings that change the reward
+still compare. Settings shared by several experiments (each experiment's reference is the
+config itself) run once. Writes OUTPUT/results.md (table), OUTPUT/results.json and
+OUTPUT/curves.png (training reward/color, seed-averaged, moving average). `--quick` is a
+CI-sized grid: one seed, a few iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from fastvideo_grpo.config import load_config
+from fastvideo_grpo.outputs import draw_reward_curves, read_metrics
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Folder name of the run; equal overrides share a run."""
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "", "__".join(sorted(self.overrides))) or BASELINE
+
+
+def _eta(value: float) -> Setting:
+    return Setting(f"eta {value}", (f"sampling.eta={value}",))
+
+
+# Each experiment's settings, the paper's finding it tests, and the config's own setting
+# as the reference (the first one listed with no overrides).
+EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
+    "initial_noise": ("shared initial noise within a group is essential; independent noise destabilises", [
+        Setting("shared"), Setting("independent", ("sampling.shared_noise=false",))]),
+    "objective": ("GRPO (group-normalised advantages) trains; DDPO-style batch normalisation diverges on RF", [
+        Setting("GRPO (group)"), Setting("DDPO-style (batch)", ("grpo.advantage_mode=batch",))]),
+    "timesteps": ("random 60% keeps quality; first 30% matters most but alone degrades", [
+        Setting("random 0.6"),
+        Setting("first 0.3", ("grpo.timestep_selection=first", "grpo.timestep_fraction=0.3")),
+        Setting("random 0.3", ("grpo.timestep_fraction=0.3",)),
+        Setting("last 0.4", ("grpo.timestep_selection=last", "grpo.timestep_fraction=0.4")),
+        Setting("all 1.0", ("grpo.timestep_fraction=1.0",))]),
+    "eta": ("noise level: lower than 0.3 hurts (the tiny model's own default is 0.7)", [
+        Setting("eta 0.7"), _eta(0.1), _eta(0.3), _eta(0.5)]),
+    "rewards": ("several rewards: aggregate advantages; binary (thresholded) rewards also train", [
+        Setting("color"), Setting("color + motion", ("reward.weights={color: 1.0, motion: 1.0}",)),
+        Setting("binary color > 0.3", ("reward.binary_thresholds={color: 0.3}",))]),
+    "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [
+        Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
+}
+
+QUICK = {"seeds": 1, "iterations": 4, "eval_prompts": 2, "eval_seeds": 1}
+EVAL_REWARDS = ("reward.weights={color: 1.0, motion: 1.0}", "reward.binary_thresholds={}")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample std, min and max over seeds."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def final_scores(cfg_path: Path, folder: Path, checkpoint: str | None, prompts: str, eval_prompts: int,
+                 eval_seeds: int) -> dict[str, float]:
+    """Mean raw color and motion rewards of ODE samples of `prompts`."""
+    from fastvideo_grpo.evaluate import evaluate
+
+    cfg = load_config(cfg_path, list(EVAL_REWARDS))
+    summary = evaluate(cfg, folder, checkpoint=checkpoint, prompts=prompts, num_prompts=eval_prompts,
+                       seeds=list(range(eval_seeds)), grid_prompts=0)
+    return {name: s["mean"] for name, s in summary["rewards"].items()}
+
+
+def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, iterations: int,
+            eval_prompts: int, eval_seeds: int) -> dict:
+    """Train one setting for one seed, evaluate its final weights; runs in a worker process."""
+    import torch
+
+    from fastvideo_grpo.checkpoint import latest_checkpoint
+    from fastvideo_grpo.trainer import train
+
+    torch.set_num_threads(1)
+    logging.getLogger("fastvideo_grpo").setLevel(logging.WARNING)
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    cfg = load_config(config, [*overrides, f"train.seed={seed}", f"train.output_dir={folder}",
+                               f"train.iterations={iterations}", "train.progress_bar=false", "train.resume=never"])
+    started = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - started
+    checkpoint = str(latest_checkpoint(folder))
+    scores = {split: final_scores(folder / "config.yaml", folder / "eval" / split, checkpoint, prompts, eval_prompts,
+                                  eval_seeds)
+              for split, prompts in (("held_out", cfg.eval.prompts_file), ("train", cfg.data.prompts_file))}
+    shutil.rmtree(folder / "checkpoints")  # only the scores are needed
+    records = read_metrics(folder / "metrics.jsonl")
+    tail = records[-max(1, len(records) // 5):]
+    return {"eval": scores, "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds}
+
+
+def evaluate_base(config: str, folder: Path, eval_prompts: int, eval_seeds: int) -> dict[str, dict[str, float]]:
+    cfg = load_config(config)
+    return {split: final_scores(Path(config), folder / split, None, prompts, eval_prompts, eval_seeds)
+            for split, prompts in (("held_out", cfg.eval.prompts_file), ("train", cfg.data.prompts_file))}
+
+
+def table(results: dict, experiments: list[str], base: dict[str, dict[str, float]]) -> str:
+    def color(run: dict, split: str) -> float:
+        return run["eval"][split]["color"]
+
+    lines = [f"Base model (before training): ODE color {base['held_out']['color']:+.3f} on held-out prompts, "
+             f"{base['train']['color']:+.3f} on training prompts.", "",
+             "| experiment | setting | ODE color, held-out | delta vs reference | ODE color, train prompts "
+             "| delta vs reference | ODE motion, held-out | SDE train reward/color, last 20% | s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for experiment in experiments:
+        _, settings = EXPERIMENTS[experiment]
+        reference = results[settings[0].key]
+        for setting in settings:
+            runs = results[setting.key]
+            cells = []
+            for split in ("held_out", "train"):
+                value = spread([color(r, split) for r in runs])
+                cells.append(f"{value['mean']:+.3f} +- {value['std']:.3f}")
+                if setting is settings[0]:
+                    cells.append("(reference)")
+                else:
+                    # Seed s of every setting draws the same prompts and noise: pair by seed.
+                    delta = spread([color(r, split) - color(ref, split) for r, ref in zip(runs, reference)])
+                    cells.append(f"{delta['mean']:+.3f} +- {delta['std']:.3f}")
+            motion = spread([r["eval"]["held_out"]["motion"] for r in runs])
+            train_color = spread([r["train_color_last"] for r in runs])
+            seconds = sum(r["seconds"] for r in runs) / len(runs)
+            lines.append(f"| {experiment} | {setting.name} | {' | '.join(cells)} | {motion['mean']:.4f} "
+                         f"| {train_color['mean']:+.3f} +- {train_color['std']:.3f} | {seconds:.0f} |")
+    lines += ["", "The paper's findings under test:"]
+    lines += [f"- {experiment}: {EXPERIMENTS[experiment][0]}" for experiment in experiments]
+    return "\n".join(lines)
+
+
+def plot_curves(output: Path, experiments: list[str], seeds: list[int], window: int) -> None:
+    """One panel per experiment: each setting's training reward/color averaged over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(experiments))
+    rows = -(-len(experiments) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, experiment in zip(axes.flat, experiments):
+        runs = {}
+        for setting in EXPERIMENTS[experiment][1]:
+            per_seed = [read_metrics(output / "runs" / setting.key / f"seed_{s}" / "metrics.jsonl") for s in seeds]
+            length = min(len(m) for m in per_seed)
+            runs[setting.name] = [{"iteration": i, "reward/color": sum(m[i]["reward/color"] for m in per_seed)
+                                   / len(per_seed)} for i in range(length)]
+        draw_reward_curves(ax, runs, "reward/color", window)
+        ax.set_title(experiment)
+    for ax in list(axes.flat)[len(experiments):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(output / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Short tiny-model trainings over the paper's ablations")
+    parser.add_argument("--config", default="assets/configs/tiny_ablation.yaml")
+    parser.add_argument("--output", default="outputs/ablations")
+    parser.add_argument("--experiments", nargs="+", choices=sorted(EXPERIMENTS), default=list(EXPERIMENTS))
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per setting")
+    parser.add_argument("--iterations", type=int, help="default: the config's train.iterations")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="prompts to evaluate (0: all)")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="ODE samples per evaluated prompt")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
+    parser.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
+    parser.add_argument("--quick", action="store_true", help=f"CI grid: {QUICK}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.quick:
+        args.seeds, args.iterations = QUICK["seeds"], QUICK["iterations"]
+        args.eval_prompts, args.eval_seeds = QUICK["eval_prompts"], QUICK["eval_seeds"]
+    iterations = args.iterations or load_config(args.config).train.iterations
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.seeds))
+    unique = {s.key: s for e in args.experiments for s in EXPERIMENTS[e][1]}
+    # Costliest first (best-of samples twice as much), so parallel workers finish together.
+    tasks = sorted(((s, seed) for s in unique.values() for seed in seeds),
+                   key=lambda task: "grpo.best_of=8" not in task[0].overrides)
+    started = time.perf_counter()
+    logger.info("%d settings x %d seeds, %d iterations each, %d parallel jobs", len(unique), len(seeds),
+                iterations, args.jobs)
+    results: dict[str, list[dict]] = {key: [None] * len(seeds) for key in unique}
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        base = pool.submit(evaluate_base, args.config, output / "base_eval", args.eval_prompts, args.eval_seeds)
+        futures = {pool.submit(run_one, args.config, s.overrides, seed, str(output / "runs" / s.key / f"seed_{seed}"),
+                               iterations, args.eval_prompts, args.eval_seeds): (s, seed) for s, seed in tasks}
+        for done, (future, (setting, seed)) in enumerate(futures.items(), 1):
+            results[setting.key][seed] = future.result()
+            logger.info("%d/%d %s seed %d: ODE color held-out %+.3f (%.0f s)", done, len(futures), setting.key, seed,
+                        results[setting.key][seed]["eval"]["held_out"]["color"], results[setting.key][seed]["seconds"])
+        base_scores = base.result()
+    elapsed = time.perf_counter() - started
+    text = table(results, args.experiments, base_scores)
+    header = (f"{len(unique)} settings x {len(seeds)} seeds, {iterations} iterations, {args.jobs} jobs: "
+              f"{elapsed / 60:.1f} min wall-clock. Mean +- std over seeds [min, max].\n\n")
+    (output / "results.md").write_text(header + text + "\n")
+    (output / "results.json").write_text(json.dumps(
+        {"iterations": iterations, "seeds": seeds, "minutes": elapsed / 60, "base": base_scores,
+         "settings": {k: {"overrides": list(unique[k].overrides), "runs": v} for k, v in results.items()}}, indent=1))
+    plot_curves(output, args.experiments, seeds, args.window)
+    sys.stdout.write(header + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""CLI: ODE evaluation of a checkpoint, a diffusers folder or the base model on a prompt set.
+
+    python -m fastvideo_grpo.evaluate [--config RUN/config.yaml]
+        [--checkpoint RUN/checkpoints/step_N [--ema] | --diffusers FOLDER]
+        [--prompts EMBEDDINGS_DIR | PROMPT_FILE] [--num-prompts K] [--seeds 0 1 2]
+        [--name NAME] [--output-dir eval] [--grid 4] [section.key=value ...]
+    torchrun --nproc_per_node 8 -m fastvideo_grpo.evaluate ...   # prompts split over ranks
+    python -m fastvideo_grpo.evaluate --compare eval/base eval/tuned [eval/other ...]
+
+Every (prompt, seed) pair is sampled with the ODE sampler (eta = 0) from an initial noise
+seeded by (seed, prompt index) alone, so two models are compared on the same noise and
+the result does not depend on the number of ranks. Writes OUT/NAME/scores.jsonl (one row
+per prompt and seed), summary.json (mean, std and 95% CI per reward) and grid.mp4 /
+grid.png (the first K prompts, first seed). Without --checkpoint or --diffusers the base
+model of the config is evaluated. Overrides apply to the config, e.g.
+`reward.binary_thresholds={}` scores a binary-trained run with the raw reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from statistics import NormalDist
+
+import diffusers
+import imageio
+import torch
+import torch.distributed as dist
+
+from fastvideo_grpo.config import Config, load_config
+from fastvideo_grpo.models import Policy, build_policy
+from fastvideo_grpo.outputs import tile_videos, write_video
+from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
+from fastvideo_grpo.rollout import batch_slices, make_generator
+
+logger = logging.getLogger(__name__)
+
+# Two-sided 95% quantile of the standard normal (1.95996...).
+Z95 = NormalDist().inv_cdf(0.975)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def mean_ci(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (n-1) and the 95% CI of the mean, mean +- z_0.975 * std / sqrt(n).
+
+    A normal-approximation interval: with the hundreds of prompt x seed samples of an
+    evaluation it equals the Student-t one to a few percent; for n < 30 it is narrower.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": half, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def eval_items(num_prompts: int, seeds: list[int]) -> list[tuple[int, int]]:
+    """(prompt index, seed) pairs, prompt-major."""
+    return [(p, seed) for p in range(num_prompts) for seed in seeds]
+
+
+def rank_items(items: list[tuple[int, int]], rank: int, size: int) -> tuple[list[tuple[int, int]], int]:
+    """This rank's share (every size-th item) padded with its last item to ceil(len/size),
+    so every rank runs the same number of forward passes (FSDP needs that); returns the
+    items and how many of them are real."""
+    mine = items[rank::size]
+    per_rank = -(-len(items) // size)
+    real = len(mine)
+    return mine + [mine[-1] if mine else items[-1]] * (per_rank - real), real
+
+
+@torch.no_grad()
+def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float,
+               sde_type: str) -> torch.Tensor:
+    """Deterministic sampling: the policy's step with eta = 0 (the Euler ODE step)."""
+    schedule = policy.schedule(num_steps, shift)
+    x = initial
+    zeros = torch.zeros_like(x)
+    for k in range(num_steps):
+        output = policy.predict(x, float(schedule[k]), cond)
+        x = policy.step(output, x, schedule, k, 0.0, sde_type, noise=zeros).prev_sample
+    return x
+
+
+def _gather(obj, world: World) -> list:
+    if world.mesh is None or world.world_size == 1:
+        return [obj]
+    gathered = [None] * world.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: Config,
+                    latent_shape: tuple[int, ...], scorer, world: World,
+                    grid_prompts: int = 0) -> tuple[list[dict], torch.Tensor | None]:
+    """Sample and score `items` split over data-parallel ranks.
+
+    Every rank returns all rows, sorted by (prompt, seed), and the grid of the first
+    `grid_prompts` prompts' first-seed videos (uint8 [T, H', W', 3]; None if empty).
+    """
+    e, s = cfg.eval, cfg.sampling
+    num_steps = e.num_steps or s.num_steps
+    first_seed = min(seed for _, seed in items)
+    mine, real = rank_items(items, world.dp_rank, world.dp_size)
+    rows, grid = [], {}
+    for batch in batch_slices(len(mine), e.batch_size):
+        chunk = mine[batch]
+        prompts = [source.prompts[p] for p, _ in chunk]
+        cond = source.conditioning([p for p, _ in chunk]).to(world.device)
+        initial = torch.stack([torch.randn(latent_shape, generator=make_generator(seed, p)) for p, seed in chunk])
+        latents = sample_ode(policy, cond, initial.to(world.device), num_steps, s.shift, s.sde_type)
+        videos = torch.cat([policy.decode(latents[b]) for b in batch_slices(len(chunk), s.decode_batch_size)])
+        scores = scorer.result(scorer.submit(videos, prompts))
+        for i, (p, seed) in enumerate(chunk):
+            if batch.start + i >= real:
+                continue
+            rows.append({"prompt_index": p, "seed": seed, "prompt": prompts[i],
+                         **{name: float(r[i]) for name, r in scores.items()}})
+            if p < grid_prompts and seed == first_seed:
+                grid[p] = videos[i]
+    # Sequence-parallel ranks of a data-parallel rank hold the same rows: keep one copy.
+    merged_rows = {(r["prompt_index"], r["seed"]): r for part in _gather(rows, world) for r in part}
+    merged_grid = {p: v for part in _gather(grid, world) for p, v in part.items()}
+    videos = [merged_grid[p] for p in sorted(merged_grid)]
+    return [merged_rows[key] for key in sorted(merged_rows)], tile_videos(torch.stack(videos)) if videos else None
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per reward: mean, std and 95% CI over all prompt x seed rows."""
+    names = [k for k in rows[0] if k not in ("prompt_index", "seed", "prompt")]
+    return {name: mean_ci([r[name] for r in rows]) for name in names}
+
+
+def write_results(folder: Path, rows: list[dict], grid: torch.Tensor | None, meta: dict, fps: int) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"rewards": summarize(rows), **meta}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if grid is not None:
+        write_video(folder / "grid.mp4", grid, fps)
+        imageio.imwrite(folder / "grid.png", grid[grid.shape[0] // 2].numpy())
+    return summary
+
+
+def held_out_source(cfg: Config, path: str = ""):
+    """The prompt set to evaluate: `path` (an embeddings folder or a prompt file), else
+    eval.embeddings_dir / eval.prompts_file, else the training prompts."""
+    from fastvideo_grpo.trainer import build_prompt_source  # the trainer imports this module
+
+    path = path or cfg.eval.embeddings_dir or cfg.eval.prompts_file
+    data = cfg.data
+    if path:
+        is_dir = Path(path).is_dir()
+        if not is_dir and cfg.model.size != "tiny":
+            raise ValueError(f"prompts {path}: a full-size model needs a folder of precomputed embeddings")
+        data = dataclasses.replace(cfg.data, embeddings_dir=path if is_dir else "",
+                                   prompts_file="" if is_dir else path)
+    return build_prompt_source(dataclasses.replace(cfg, data=data))
+
+
+def load_transformer(checkpoint: str | None, diffusers_path: str | None, ema: bool) -> torch.nn.Module | None:
+    """The trained transformer to evaluate, on CPU; None for the base model."""
+    if checkpoint:
+        from fastvideo_grpo.export import load_trained_transformer
+
+        return load_trained_transformer(checkpoint, ema)
+    if diffusers_path:
+        root = Path(diffusers_path)
+        candidates = [root / "transformer", root / "unet", root]
+        folder = next((f for f in candidates if (f / "config.json").is_file()), None)
+        if folder is None:
+            raise FileNotFoundError(f"--diffusers {root}: no transformer/config.json, unet/config.json or "
+                                    "config.json; expected an exported diffusers folder")
+        class_name = json.loads((folder / "config.json").read_text())["_class_name"]
+        return getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32)
+    return None
+
+
+def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers_path: str | None = None,
+             ema: bool = False, prompts: str = "", num_prompts: int = 0, seeds: list[int] = (0,),
+             grid_prompts: int = 4) -> dict | None:
+    """Evaluate and write `output`/{scores.jsonl, summary.json, grid.*}; returns the summary
+    on the main rank. The model is replicated on every rank (no FSDP)."""
+    from fastvideo_grpo.rewards.service import build_reward_scorer
+
+    world = init_distributed(cfg.parallel.device)
+    source = held_out_source(cfg, prompts)
+    count = min(num_prompts or len(source), len(source))
+    policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
+    trained = load_transformer(checkpoint, diffusers_path, ema)
+    if trained is not None:
+        policy.transformer = trained
+    policy.transformer.to(world.device).requires_grad_(False).eval()
+    if cfg.model.dtype != "fp32":  # no optimizer state to keep in fp32: halve the memory
+        policy.transformer.to(DTYPES[cfg.model.dtype])
+    s = cfg.sampling
+    latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    scorer = build_reward_scorer(cfg.reward, world)
+    try:
+        rows, grid = evaluate_policy(policy, source, eval_items(count, list(seeds)), cfg, latent_shape, scorer,
+                                     world, grid_prompts)
+    finally:
+        scorer.close()
+    summary = None
+    if world.is_main:
+        meta = {"model": checkpoint or diffusers_path or "base", "ema": ema, "num_prompts": count,
+                "seeds": list(seeds), "num_steps": cfg.eval.num_steps or s.num_steps, "ci": "normal, 95%"}
+        summary = write_results(output, rows, grid, meta, s.fps)
+        logger.info("%s: %s", output, {k: f"{v['mean']:.4f} +- {v['ci95']:.4f}" for k, v in summary["rewards"].items()})
+    barrier(world)
+    shutdown()
+    return summary
+
+
+def read_scores(folder: Path) -> list[dict]:
+    path = Path(folder) / "scores.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `python -m fastvideo_grpo.evaluate` first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def delta_ci(base: list[dict], other: list[dict], name: str) -> tuple[dict[str, float], bool]:
+    """The 95% CI of mean(other) - mean(base) for one reward.
+
+    Paired (mean +- z * std / sqrt(n) of per-row differences) when both scored the same
+    prompt x seed rows, which they do from the same prompts and seeds; otherwise the
+    unpaired normal interval with se = sqrt(se_a^2 + se_b^2).
+    """
+    a = {(r["prompt_index"], r["seed"]): r[name] for r in base}
+    b = {(r["prompt_index"], r["seed"]): r[name] for r in other}
+    if a.keys() == b.keys():
+        return mean_ci([b[k] - a[k] for k in sorted(a)]), True
+    ca, cb = mean_ci(list(a.values())), mean_ci(list(b.values()))
+    delta = cb["mean"] - ca["mean"]
+    half = math.hypot(ca["ci95"], cb["ci95"])
+    return {"n": min(ca["n"], cb["n"]), "mean": delta, "ci95": half, "ci95_low": delta - half,
+            "ci95_high": delta + half}, False
+
+
+def compare(folders: list[Path]) -> str:
+    """Markdown table: every folder's rewards against the first's."""
+    base = read_scores(folders[0])
+    lines = ["| reward | run | mean +- 95% CI | delta vs " + Path(folders[0]).name + " | 95% CI of delta | paired |",
+             "|---|---|---|---|---|---|"]
+    names = [k for k in base[0] if k not in ("prompt_index", "seed", "prompt")]
+    for name in names:
+        ref = mean_ci([r[name] for r in base])
+        lines.append(f"| {name} | {Path(folders[0]).name} | {ref['mean']:.4f} +- {ref['ci95']:.4f} | | | |")
+        for folder in folders[1:]:
+            other = read_scores(folder)
+            if name not in other[0]:
+                raise KeyError(f"{folder}/scores.jsonl has no reward {name!r}; it has {sorted(other[0])}")
+            stats = mean_ci([r[name] for r in other])
+            delta, paired = delta_ci(base, other, name)
+            lines.append(f"| {name} | {Path(folder).name} | {stats['mean']:.4f} +- {stats['ci95']:.4f} "
+                         f"| {delta['mean']:+.4f} | [{delta['ci95_low']:+.4f}, {delta['ci95_high']:+.4f}] "
+                         f"| {'yes' if paired else 'no'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ODE evaluation of a trained or base model on a prompt set")
+    parser.add_argument("--config", help="YAML config (default: the checkpoint's RUN/config.yaml)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a RUN/checkpoints/step_N folder")
+    source.add_argument("--diffusers", help="an exported diffusers folder (with transformer/ or its contents)")
+    parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    parser.add_argument("--prompts", default="", help="embeddings folder or (tiny model) prompt file")
+    parser.add_argument("--num-prompts", type=int, default=0, help="the first K prompts (0: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--name", help="results go to OUTPUT_DIR/NAME (default: from the model)")
+    parser.add_argument("--output-dir", default="eval")
+    parser.add_argument("--grid", type=int, default=4, help="prompts in grid.mp4/grid.png")
+    parser.add_argument("--compare", nargs="+", metavar="EVAL_DIR", help="print deltas of runs vs the first")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.compare:
+        if len(args.compare) < 2:
+            parser.error("--compare needs at least two evaluation folders")
+        sys.stdout.write(compare([Path(f) for f in args.compare]) + "\n")
+        return 0
+    config = args.config
+    if config is None and args.checkpoint:
+        run_config = Path(args.checkpoint).parent.parent / "config.yaml"
+        config = run_config if run_config.is_file() else None
+    if config is None:
+        parser.error("--config is required unless --checkpoint sits in a run folder with config.yaml")
+    cfg = load_config(config, args.overrides)
+    name = args.name or Path(args.checkpoint or args.diffusers or "base").name
+    evaluate(cfg, Path(args.output_dir) / name, args.checkpoint, args.diffusers, args.ema, args.prompts,
+             args.num_prompts, args.seeds, args.grid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

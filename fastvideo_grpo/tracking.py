@@ -1,0 +1,113 @@
+"""What a run reports while it trains: TensorBoard always, W&B optionally, and the
+statistics beyond metrics.jsonl's (advantages, per-reward normalised scores, memory)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import resource
+from pathlib import Path
+
+import imageio
+import torch
+
+from fastvideo_grpo import grpo
+from fastvideo_grpo.config import Config, to_dict
+from fastvideo_grpo.outputs import tile_videos
+from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean
+
+logger = logging.getLogger(__name__)
+
+
+def tag(key: str) -> str:
+    """metrics.jsonl key -> TensorBoard tag: `time_rollout` -> `time/rollout`, keys that
+    already name a section (`reward/color`) stay, the rest go under `train/`."""
+    if "/" in key:
+        return key
+    if key.startswith("time_"):
+        return "time/" + key[len("time_"):]
+    return "train/" + key
+
+
+def score_stats(rewards: dict[str, torch.Tensor], advantages: torch.Tensor, cfg: Config,
+                world: World) -> dict[str, float]:
+    """Advantage mean, std (population) and max |A| over all ranks' samples, and per reward
+    the mean |group-normalised reward|: how much advantage each reward contributes (0 when
+    all its groups are flat). A collective: every rank calls it, with equal sample counts."""
+    local = {"advantage_mean": advantages.mean().item(), "advantage_sq_mean": advantages.pow(2).mean().item()}
+    for name, r in rewards.items():
+        normalised = grpo.normalize_rewards(r, cfg.sampling.group_size, cfg.grpo.advantage_mode)
+        local[f"reward_norm/{name}"] = normalised.abs().mean().item()
+    stats = all_reduce_mean(local, world)
+    square = stats.pop("advantage_sq_mean")
+    stats["advantage_std"] = math.sqrt(max(square - stats["advantage_mean"] ** 2, 0.0))
+    stats["advantage_abs_max"] = all_reduce_max(advantages.abs().max().item(), world)
+    return stats
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated GPU memory, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def memory_stats(world: World) -> dict[str, float]:
+    """Peak memory of the fullest rank and the mean over ranks (a collective: every rank calls it)."""
+    peak = peak_memory_gb(world.device)
+    return {"memory/peak_gb_max": all_reduce_max(peak, world),
+            "memory/peak_gb_mean": all_reduce_mean({"peak": peak}, world)["peak"]}
+
+
+def gif_bytes(video: torch.Tensor, fps: int) -> bytes:
+    """uint8 [T, H, W, 3] -> an endlessly looping GIF."""
+    buffer = io.BytesIO()
+    imageio.mimwrite(buffer, list(video.numpy()), format="GIF", duration=1000 / fps, loop=0)
+    return buffer.getvalue()
+
+
+class Tracker:
+    """Scalars and videos of the main rank to output_dir/tb and, with logging.wandb, to W&B."""
+
+    def __init__(self, cfg: Config, out: Path, start: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # A resumed run redoes the iterations from `start`: TensorBoard drops the old ones.
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=start or None)
+        self.wandb = None
+        if cfg.logging.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("logging.wandb=true needs the optional wandb package: pip install -e .[wandb]") from e
+
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.run_name or out.name,
+                                    dir=str(out), mode=cfg.logging.wandb_mode, config=to_dict(cfg))
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        values = {tag(k): float(v) for k, v in metrics.items() if k != "iteration" and isinstance(v, (int, float))}
+        for name, value in values.items():
+            self.tb.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def videos(self, name: str, videos: torch.Tensor, step: int, fps: int) -> None:
+        """uint8 [B, T, H, W, 3] (or one tiled [T, H, W, 3]) as one animated grid."""
+        grid = tile_videos(videos) if videos.ndim == 5 else videos
+        encoded = gif_bytes(grid, fps)
+        # SummaryWriter.add_video needs moviepy to encode; a GIF image summary is what it
+        # writes, so write that directly.
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(height=grid.shape[1], width=grid.shape[2], colorspace=3, encoded_image_string=encoded)
+        self.tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Video(io.BytesIO(encoded), format="gif")}, step=step)
+
+    def close(self) -> None:
+        self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,111 @@
+import json
+import math
+import statistics
+
+import pytest
+
+from fastvideo_grpo.config import load_config
+from fastvideo_grpo.evaluate import compare, delta_ci, evaluate, main, mean_ci
+from fastvideo_grpo.export import export
+from fastvideo_grpo.trainer import train
+
+from conftest import ROOT
+
+EVAL_PROMPTS = str(ROOT / "assets/prompts/tiny_eval.txt")
+
+
+def read_rows(folder):
+    return [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+
+
+def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path):
+    tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
+    for name in ("a", "b"):
+        evaluate(tiny_cfg, tmp_path / name, prompts=EVAL_PROMPTS, num_prompts=3, seeds=[0, 5], grid_prompts=2)
+    rows = read_rows(tmp_path / "a")
+    assert [(r["prompt_index"], r["seed"]) for r in rows] == [(p, s) for p in range(3) for s in (0, 5)]
+    assert rows == read_rows(tmp_path / "b")
+    assert len({r["color"] for r in rows}) == len(rows)  # seeds and prompts give different samples
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    color = summary["rewards"]["color"]
+    assert color["n"] == 6
+    assert color["mean"] == pytest.approx(sum(r["color"] for r in rows) / 6)
+    assert (tmp_path / "a" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "a" / "grid.mp4").stat().st_size > 0
+
+
+def test_mean_ci_is_the_normal_interval():
+    values = [0.3, -0.1, 0.25, 0.7, 0.05, 0.41, -0.2]
+    z = statistics.NormalDist().inv_cdf(0.975)
+    assert z == pytest.approx(1.959963984540054)
+    half = z * statistics.stdev(values) / math.sqrt(len(values))
+    stats = mean_ci(values)
+    assert stats["mean"] == pytest.approx(statistics.fmean(values))
+    assert stats["std"] == pytest.approx(statistics.stdev(values))
+    assert stats["ci95_low"] == pytest.approx(statistics.fmean(values) - half)
+    assert stats["ci95_high"] == pytest.approx(statistics.fmean(values) + half)
+    assert mean_ci([2.0])["ci95"] == 0.0
+
+
+def test_compare_pairs_rows_of_the_same_prompts_and_seeds(tmp_path):
+    base = [{"prompt_index": p, "seed": 0, "prompt": "x", "color": 0.1 * p} for p in range(4)]
+    tuned = [{**r, "color": r["color"] + d} for r, d in zip(base, (0.2, 0.3, 0.1, 0.2))]
+    for name, rows in (("base", base), ("tuned", tuned)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    delta, paired = delta_ci(base, tuned, "color")
+    assert paired
+    assert delta["mean"] == pytest.approx(0.2)
+    assert delta["ci95"] == pytest.approx(1.959963984540054 * statistics.stdev([0.2, 0.3, 0.1, 0.2]) / 2)
+    _, paired = delta_ci(base, tuned[:3], "color")
+    assert not paired
+    table = compare([tmp_path / "base", tmp_path / "tuned"])
+    assert "| color | tuned |" in table and "+0.2000" in table
+
+
+def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_path):
+    """The in-loop evaluation after the last iteration scores the weights the final
+    checkpoint holds: the CLI on that checkpoint, and on its diffusers export, gives the same numbers."""
+    tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
+    tiny_cfg.train.iterations = 2
+    tiny_cfg.train.sample_every = 0
+    tiny_cfg.eval.every = 1
+    tiny_cfg.eval.prompts_file = EVAL_PROMPTS
+    tiny_cfg.eval.num_prompts = 2
+    tiny_cfg.eval.num_seeds = 2
+    out = train(tiny_cfg)
+    logged = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in logged] == [1, 2]
+    assert logged[0]["eval/color_mean"] != logged[1]["eval/color_mean"]
+    main(["--checkpoint", str(out / "checkpoints" / "step_2"), "--prompts", EVAL_PROMPTS, "--num-prompts", "2",
+          "--seeds", "0", "1", "--output-dir", str(tmp_path / "eval"), "--name", "final"])
+    summary = json.loads((tmp_path / "eval" / "final" / "summary.json").read_text())
+    assert summary["rewards"]["color"]["mean"] == pytest.approx(logged[1]["eval/color_mean"], abs=1e-6)
+    assert summary["rewards"]["color"]["ci95"] == pytest.approx(logged[1]["eval/color_ci95"], abs=1e-6)
+    export(out / "checkpoints" / "step_2", tmp_path / "exported")
+    main(["--config", str(out / "config.yaml"), "--diffusers", str(tmp_path / "exported"), "--prompts", EVAL_PROMPTS,
+          "--num-prompts", "2", "--seeds", "0", "1", "--output-dir", str(tmp_path / "eval")])
+    assert read_rows(tmp_path / "eval" / "exported") == read_rows(tmp_path / "eval" / "final")
+
+
+def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
+    """In-loop evaluation under 2-rank FSDP (3 prompts: one rank pads) and the CLI on 2
+    ranks both give the 1-rank CLI's scores for the same checkpoint."""
+    from test_distributed import run
+
+    out = tmp_path / "run"
+    common = ["--config", ROOT / "assets/configs/tiny_t2v.yaml"]
+    run(["-m", "fastvideo_grpo.train", *common, f"train.output_dir={out}", "train.iterations=1",
+         "train.sample_every=0", "train.progress_bar=false", "sampling.height=16", "sampling.width=16",
+         "train.prompts_per_iteration=1", "eval.every=1", f"eval.prompts_file={EVAL_PROMPTS}", "eval.num_prompts=3"],
+        nproc=2)
+    in_loop = json.loads((out / "eval.jsonl").read_text())
+    args = ["-m", "fastvideo_grpo.evaluate", "--checkpoint", out / "checkpoints" / "step_1", "--prompts", EVAL_PROMPTS,
+            "--num-prompts", "3", "--output-dir", tmp_path / "eval"]
+    run([*args, "--name", "two"], nproc=2)
+    evaluate(load_config(out / "config.yaml"), tmp_path / "eval" / "one", checkpoint=str(out / "checkpoints" / "step_1"),
+             prompts=EVAL_PROMPTS, num_prompts=3)
+    one, two = read_rows(tmp_path / "eval" / "one"), read_rows(tmp_path / "eval" / "two")
+    assert [r["prompt_index"] for r in two] == [0, 1, 2]
+    assert two == one
+    assert in_loop["eval/color_mean"] == pytest.approx(sum(r["color"] for r in one) / 3, abs=1e-5)

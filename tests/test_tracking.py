@@ -1,0 +1,48 @@
+import importlib.util
+
+import pytest
+
+from fastvideo_grpo.trainer import train
+
+SCALARS = ["time/rollout", "time/decode", "time/reward", "time/train", "time/checkpoint", "time/eval",
+           "train/samples_per_s", "train/ratio_mean", "train/ratio_max_dev", "train/clip_frac",
+           "train/advantage_mean", "train/advantage_std", "train/advantage_abs_max", "train/zero_std_frac",
+           "train/grad_norm", "train/lr", "train/loss", "reward/color", "reward_norm/color",
+           "memory/peak_gb_max", "memory/peak_gb_mean", "eval/color_mean", "eval/color_ci95"]
+
+
+def short_run(cfg):
+    cfg.sampling.height = cfg.sampling.width = 16
+    cfg.train.iterations = 2
+    cfg.train.sample_every = 1
+    cfg.checkpoint.every = 1
+    cfg.eval.every = 2
+    cfg.eval.num_prompts = 1
+    return cfg
+
+
+def test_tensorboard_event_files_hold_the_scalars_and_videos(tiny_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train(short_run(tiny_cfg))
+    events = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    missing = set(SCALARS) - set(tags["scalars"])
+    assert not missing, missing
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+    assert [e.step for e in events.Scalars("eval/color_mean")] == [2]
+    assert {"samples", "eval/grid"} <= set(tags["images"])
+    assert events.Images("samples")[0].encoded_image_string[:3] == b"GIF"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="the optional wandb extra is not installed")
+def test_wandb_offline_run_is_written(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = short_run(tiny_cfg)
+    cfg.train.iterations = 1
+    cfg.logging.wandb = True
+    cfg.logging.wandb_mode = "offline"
+    out = train(cfg)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
