@@ -4,9 +4,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test bench ablations clean
 
-$(STAMP): setup.py requirements.txt
+$(STAMP): setup.py requirements.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,wandb]"
 	touch $(STAMP)
 
 install: $(STAMP)
