@@ -169,10 +169,11 @@ def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
 
     import preprocess_flux_embeddings as flux_cli
     import preprocess_sd_embeddings as sd_cli
-    from tiny_text_folders import tiny_flux_text_folder, tiny_sd_text_folder
+    from fastvideo_grpo.models.tiny_flux import write_tiny_flux_folder
+    from fastvideo_grpo.models.tiny_sd import write_tiny_sd_folder
 
     prompts = [p for p in PROMPTS if p]
-    flux = tiny_flux_text_folder(tmp_path / "flux")
+    flux = write_tiny_flux_folder(tmp_path / "flux")
     flux_cli.run(["--model-path", str(flux), "--prompts", str(prompt_file), "--output", str(tmp_path / "fe"),
                   "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
     data = EmbeddingDataset(tmp_path / "fe")
@@ -184,7 +185,7 @@ def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
     assert text_ids.shape == (16, 3) and not text_ids.any()  # FLUX's text ids: zeros, rebuilt from L
     assert data.rows[0]["tokens"] == len("a red ball bouncing on the floor".split()) + 1
 
-    sd = tiny_sd_text_folder(tmp_path / "sd")
+    sd = write_tiny_sd_folder(tmp_path / "sd")
     sd_cli.run(["--model-path", str(sd), "--prompts", str(prompt_file), "--output", str(tmp_path / "se"),
                 "--dtype", "fp32", "--device", "cpu"])
     data = EmbeddingDataset(tmp_path / "se")

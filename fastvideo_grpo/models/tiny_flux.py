@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.flux import tiny_transformer, tiny_vae
-from fastvideo_grpo.models.tiny_hunyuan import word_tokenizer
+from fastvideo_grpo.models.tiny_hunyuan import tiny_clip_text_encoder, word_tokenizer
 
 TEXT_DIM = 32
 POOLED_DIM = 32
@@ -36,13 +36,8 @@ def write_tiny_flux_folder(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tiny_transformer(model_cfg, TEXT_DIM, POOLED_DIM).save_pretrained(path / "transformer")
     tiny_vae(model_cfg).save_pretrained(path / "vae")
-    clip_tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>",
-                              "<|endoftext|>", 77)
     t5_tok = word_tokenizer(["<pad>", "<unk>", "</s>"], None, "</s>", 512)
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=POOLED_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        pad_token_id=clip_tok.pad_token_id, bos_token_id=clip_tok.bos_token_id,
-                                        eos_token_id=clip_tok.eos_token_id))
+    clip, clip_tok = tiny_clip_text_encoder(POOLED_DIM)
     t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=TEXT_DIM, d_ff=64, d_kv=8, num_layers=2,
                                  num_heads=4, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id))
     clip.save_pretrained(path / "text_encoder")

@@ -44,6 +44,18 @@ def word_tokenizer(special: list[str], bos: str | None, eos: str, max_length: in
                                    bos_token=bos, model_max_length=max_length, padding_side="right")
 
 
+def tiny_clip_text_encoder(hidden_size: int, initializer_factor: float = 1.0
+                           ) -> tuple[CLIPTextModel, PreTrainedTokenizerFast]:
+    """A 2-layer random CLIP text encoder (CLIP-L's role) with its word-level tokenizer."""
+    tokenizer = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>",
+                               "<|endoftext|>", 77)
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, initializer_factor=initializer_factor))
+    return model, tokenizer
+
+
 def tiny_prompt_template(tokenizer: PreTrainedTokenizerFast) -> dict:
     """The default template with crop_start = this tokenizer's token count before the prompt."""
     prefix = DEFAULT_PROMPT_TEMPLATE["template"].split("{}")[0]
@@ -59,15 +71,10 @@ def write_tiny_hunyuan_folder(path: str | Path, seed: int = 0) -> Path:
     tiny_vae(model_cfg).save_pretrained(path / "vae")
     llama_tok = word_tokenizer(["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"], "<|begin_of_text|>",
                                "<|eot_id|>", 1024)
-    clip_tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>",
-                              "<|endoftext|>", 77)
     llama = LlamaModel(LlamaConfig(vocab_size=len(llama_tok), hidden_size=TEXT_DIM, intermediate_size=64,
                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=1024, pad_token_id=llama_tok.pad_token_id))
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=POOLED_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        pad_token_id=clip_tok.pad_token_id, bos_token_id=clip_tok.bos_token_id,
-                                        eos_token_id=clip_tok.eos_token_id, initializer_factor=5.0))
+    clip, clip_tok = tiny_clip_text_encoder(POOLED_DIM, initializer_factor=5.0)
     # Real encoders' hidden states are O(1) and their pooled outputs tell prompts apart; with
     # the default init the Llama states the pipeline reads are ~0.01 and the random CLIP's
     # pooled outputs of different prompts have cosine ~0.54 (0.37 with initializer_factor 5),

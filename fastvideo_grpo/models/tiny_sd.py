@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.stable_diffusion import (BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET,
                                                     tiny_unet, tiny_vae)
-from fastvideo_grpo.models.tiny_hunyuan import word_tokenizer
+from fastvideo_grpo.models.tiny_hunyuan import tiny_clip_text_encoder
 
 TEXT_DIM = 32
 
@@ -37,12 +36,8 @@ def write_tiny_sd_folder(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tiny_unet(model_cfg, TEXT_DIM).save_pretrained(path / "unet")
     tiny_vae(model_cfg).save_pretrained(path / "vae")
-    tokenizer = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>",
-                               "<|endoftext|>", 77)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(path / "text_encoder")
+    text_encoder, tokenizer = tiny_clip_text_encoder(TEXT_DIM)
+    text_encoder.save_pretrained(path / "text_encoder")
     tokenizer.save_pretrained(path / "tokenizer")
     sd_scheduler().save_pretrained(path / "scheduler")
     (path / "model_index.json").write_text(json.dumps({
