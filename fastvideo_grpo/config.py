@@ -400,6 +400,13 @@ def validate(cfg: Config) -> None:
                         f"a local folder when the {name!r} reward is used")
 
 
+def run_config_path(checkpoint: Path) -> Path | None:
+    """The training config a run saved beside its checkpoints (RUN/config.yaml for
+    RUN/checkpoints/step_N), if it is there."""
+    path = Path(checkpoint).parent.parent / "config.yaml"
+    return path if path.is_file() else None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     cfg = Config()
     if path is not None:

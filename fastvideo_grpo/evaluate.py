@@ -32,17 +32,17 @@ import imageio
 import torch
 import torch.distributed as dist
 
-from fastvideo_grpo.config import Config, load_config
+from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.models import Policy, build_policy
+from fastvideo_grpo.models.base import DTYPES
 from fastvideo_grpo.outputs import tile_videos, write_video
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
-from fastvideo_grpo.rollout import batch_slices, make_generator
+from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator
 
 logger = logging.getLogger(__name__)
 
 # Two-sided 95% quantile of the standard normal (1.95996...).
 Z95 = NormalDist().inv_cdf(0.975)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def mean_ci(values: list[float]) -> dict[str, float]:
@@ -115,7 +115,7 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
         cond = source.conditioning([p for p, _ in chunk]).to(world.device)
         initial = torch.stack([torch.randn(latent_shape, generator=make_generator(seed, p)) for p, seed in chunk])
         latents = sample_ode(policy, cond, initial.to(world.device), num_steps, s.shift, s.sde_type)
-        videos = torch.cat([policy.decode(latents[b]) for b in batch_slices(len(chunk), s.decode_batch_size)])
+        videos = decode_videos(policy, latents, s.decode_batch_size)
         scores = scorer.result(scorer.submit(videos, prompts))
         for i, (p, seed) in enumerate(chunk):
             if batch.start + i >= real:
@@ -131,10 +131,14 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
     return [merged_rows[key] for key in sorted(merged_rows)], tile_videos(torch.stack(videos)) if videos else None
 
 
+def reward_names(row: dict) -> list[str]:
+    """The reward columns of a scores.jsonl row."""
+    return [k for k in row if k not in ("prompt_index", "seed", "prompt")]
+
+
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per reward: mean, std and 95% CI over all prompt x seed rows."""
-    names = [k for k in rows[0] if k not in ("prompt_index", "seed", "prompt")]
-    return {name: mean_ci([r[name] for r in rows]) for name in names}
+    return {name: mean_ci([r[name] for r in rows]) for name in reward_names(rows[0])}
 
 
 def write_results(folder: Path, rows: list[dict], grid: torch.Tensor | None, meta: dict, fps: int) -> dict:
@@ -248,8 +252,7 @@ def compare(folders: list[Path]) -> str:
     base = read_scores(folders[0])
     lines = ["| reward | run | mean +- 95% CI | delta vs " + Path(folders[0]).name + " | 95% CI of delta | paired |",
              "|---|---|---|---|---|---|"]
-    names = [k for k in base[0] if k not in ("prompt_index", "seed", "prompt")]
-    for name in names:
+    for name in reward_names(base[0]):
         ref = mean_ci([r[name] for r in base])
         lines.append(f"| {name} | {Path(folders[0]).name} | {ref['mean']:.4f} +- {ref['ci95']:.4f} | | | |")
         for folder in folders[1:]:
@@ -288,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = args.config
     if config is None and args.checkpoint:
-        run_config = Path(args.checkpoint).parent.parent / "config.yaml"
-        config = run_config if run_config.is_file() else None
+        config = run_config_path(Path(args.checkpoint))
     if config is None:
         parser.error("--config is required unless --checkpoint sits in a run folder with config.yaml")
     cfg = load_config(config, args.overrides)

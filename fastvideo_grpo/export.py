@@ -30,7 +30,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG
-from fastvideo_grpo.config import Config, load_config
+from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.models import build_policy
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
 
@@ -41,8 +41,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def run_config(checkpoint: Path) -> Config | None:
     """The training config saved beside the checkpoints (RUN/config.yaml), if any."""
-    path = checkpoint.parent.parent / "config.yaml"
-    return load_config(path) if path.is_file() else None
+    path = run_config_path(checkpoint)
+    return load_config(path) if path is not None else None
 
 
 def lora_base(cfg: Config) -> torch.nn.Module:

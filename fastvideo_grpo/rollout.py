@@ -33,6 +33,11 @@ def batch_slices(total: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
 
+def decode_videos(policy: Policy, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] on CPU."""
+    return torch.cat([policy.decode(latents[b]) for b in batch_slices(latents.shape[0], batch_size)])
+
+
 @torch.no_grad()
 def rollout(
     policy: Policy,

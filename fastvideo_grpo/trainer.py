@@ -29,7 +29,7 @@ from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barr
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
-from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rollout
+from fastvideo_grpo.rollout import Rollout, decode_videos, make_generator, rollout
 from fastvideo_grpo.tracking import Tracker, memory_stats, score_stats
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ class Scores:
 class MicroBatch:
     samples: torch.Tensor  # indices into the rollout's batch dim
     step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
-
-
-def decode_videos(policy: Policy, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] on CPU."""
-    return torch.cat([policy.decode(latents[b]) for b in batch_slices(latents.shape[0], batch_size)])
 
 
 def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config) -> Scores:
