@@ -43,17 +43,22 @@ def write_manifest(root: Path, rows: list[dict]) -> None:
     os.replace(tmp, root / MANIFEST)
 
 
+def read_manifest(root: Path, writer: str) -> list[dict]:
+    """The rows of root/manifest.jsonl, which `writer` produces."""
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} does not exist; run {writer} first")
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
 class EmbeddingDataset:
     """Prompts and their text conditioning, indexed like the manifest."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        manifest = self.root / MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/ on the prompts first")
-        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self.rows = read_manifest(self.root, "data_preprocess/ on the prompts")
         if not self.rows:
-            raise ValueError(f"{manifest} lists no prompts")
+            raise ValueError(f"{self.root / MANIFEST} lists no prompts")
         self.prompts = [row["prompt"] for row in self.rows]
         self._files: dict[str, object] = {}
         rows_per_shard: dict[str, int] = {}
@@ -141,15 +146,12 @@ class ImageLatents:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        manifest = self.root / MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} does not exist; run data_preprocess/preprocess_latents.py first")
-        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self.rows = read_manifest(self.root, "data_preprocess/preprocess_latents.py")
         self._files = {}
         for name in sorted({row["shard"] for row in self.rows}):
             path = self.root / name
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; {manifest} lists rows in it")
+                raise FileNotFoundError(f"{path} is missing; {self.root / MANIFEST} lists rows in it")
             self._files[name] = safe_open(path, framework="pt")
             if "latents" not in self._files[name].keys():
                 raise ValueError(f"{path} has no `latents`; expected the output of preprocess_latents.py")
