@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import shutil
 import sys
@@ -30,6 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from fastvideo_grpo.config import load_config
+from fastvideo_grpo.evaluate import evaluate, mean_ci
 from fastvideo_grpo.outputs import draw_reward_curves, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,13 @@ EVAL_REWARDS = ("reward.weights={color: 1.0, motion: 1.0}", "reward.binary_thres
 
 def spread(values: list[float]) -> dict[str, float]:
     """Mean, sample std, min and max over seeds."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+    stats = mean_ci(values)
+    return {"mean": stats["mean"], "std": stats["std"], "min": min(values), "max": max(values), "n": len(values)}
 
 
 def final_scores(cfg_path: Path, folder: Path, checkpoint: str | None, prompts: str, eval_prompts: int,
                  eval_seeds: int) -> dict[str, float]:
     """Mean raw color and motion rewards of ODE samples of `prompts`."""
-    from fastvideo_grpo.evaluate import evaluate
-
     cfg = load_config(cfg_path, list(EVAL_REWARDS))
     summary = evaluate(cfg, folder, checkpoint=checkpoint, prompts=prompts, num_prompts=eval_prompts,
                        seeds=list(range(eval_seeds)), grid_prompts=0)
