@@ -109,6 +109,15 @@ class RectifiedFlowSampling:
         return sde_step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)
 
 
+def to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """VAE output [B, 3, T, H, W] or, for images, [B, 3, H, W] in [-1, 1] -> uint8 frames
+    [B, T, H, W, 3] on CPU (T = 1 for images)."""
+    frames = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if frames.ndim == 4:
+        frames = frames[:, :, None]
+    return frames.permute(0, 2, 3, 4, 1).cpu()
+
+
 def load_pretrained(cfg: ModelConfig, network_cls: type, network_folder: str, vae_cls: type,
                     what: str) -> tuple[nn.Module, nn.Module]:
     """The trained network (fp32: FSDP's mixed precision casts it per block) and the VAE

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
-                                        load_pretrained, place_on_device)
+                                        load_pretrained, place_on_device, to_frames)
 
 # FLUX.1's VAE: 16 latent channels, and the affine map its latents are trained under.
 LATENT_CHANNELS = 16
@@ -136,9 +136,7 @@ class FluxPolicy(RectifiedFlowSampling):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
         z = latents.to(self.device, self.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
-        image = self.vae.decode(z, return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
-        image = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return image.permute(0, 2, 3, 1)[:, None].cpu()
+        return to_frames(self.vae.decode(z, return_dict=False)[0])
 
 
 def build_flux(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> FluxPolicy:

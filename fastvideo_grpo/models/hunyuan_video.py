@@ -7,7 +7,7 @@ from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
-                                        load_pretrained, place_on_device)
+                                        load_pretrained, place_on_device, to_frames)
 
 
 
@@ -98,9 +98,7 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-        video = self.vae.decode(z, return_dict=False)[0]  # [B, 3, T, H, W] in [-1, 1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu()
+        return to_frames(self.vae.decode(z, return_dict=False)[0])
 
 
 def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int,

@@ -12,7 +12,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import DTYPES, TextConditioning, guided_prediction, load_pretrained, place_on_device
+from fastvideo_grpo.models.base import (DTYPES, TextConditioning, guided_prediction, load_pretrained, place_on_device,
+                                        to_frames)
 from fastvideo_grpo.sde import StepResult, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
@@ -104,9 +105,7 @@ class StableDiffusionPolicy:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-        image = self.vae.decode(z, return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
-        image = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return image.permute(0, 2, 3, 1)[:, None].cpu()
+        return to_frames(self.vae.decode(z, return_dict=False)[0])
 
 
 def build_stable_diffusion(cfg: ModelConfig, device: torch.device, text_dim: int,
