@@ -81,7 +81,10 @@ class SamplingConfig:
     height: int = 480
     width: int = 480
     num_frames: int = 53
-    fps: int = 16
+    # Frame rate of the written videos, and (through reward.video_fps) the rate the video
+    # rewards assume: VideoAlign samples 2 frames per second of video, so 53 frames at 8 fps
+    # (6.6 s, DanceGRPO's --fps 8) give it 13 frames, at 16 fps only 6.
+    fps: int = 8
     # Samples per prompt (G); all share one initial noise unless shared_noise is false
     # (an ablation: the paper finds independent noise destabilises training).
     group_size: int = 24
@@ -163,10 +166,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Linear warmup of the learning rate over this many optimizer steps (0: constant).
     lr_warmup_steps: int = 0
-    # Micro-batches (rollout batch x trained timestep) per optimizer step. The last,
-    # partial window of an iteration is stepped too. Ignored with model.cfg_scale > 1: then
-    # the whole iteration is one optimizer step.
-    gradient_accumulation_steps: int = 12
+    # Kept samples per optimizer step, each with all its trained timesteps, as the released
+    # scripts count it: an iteration takes ceil(kept samples per rank / this) optimizer steps
+    # (the last one takes the rest), whatever the number of ranks. HunyuanVideo T2V: best-of
+    # 8 kept / 4 = 2 steps; FLUX: 12 / 4 = 3. Set it to the kept samples per rank for one
+    # step per iteration (the paper's choice where CFG is trained).
+    gradient_accumulation_steps: int = 4
     seed: int = 42
     output_dir: str = "outputs/run"
     sample_every: int = 10
@@ -177,6 +182,9 @@ class TrainConfig:
     resume: str = "auto"
     # EMA of the trained weights (0 disables it).
     ema_decay: float = 0.0
+    # When the EMA is updated: once per iteration, after its optimizer steps, as DanceGRPO's
+    # FLUX trainer does (the default), or after every optimizer step.
+    ema_update: Literal["iteration", "optimizer_step"] = "iteration"
 
 
 @dataclass

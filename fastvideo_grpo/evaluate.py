@@ -76,15 +76,12 @@ def rank_items(items: list[tuple[int, int]], rank: int, size: int) -> tuple[list
 
 
 @torch.no_grad()
-def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float,
-               sde_type: str) -> torch.Tensor:
-    """Deterministic sampling: the policy's step with eta = 0 (the Euler ODE step)."""
+def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """Deterministic sampling with the policy's ODE step (Euler for rectified flow, DDIM eta 0)."""
     schedule = policy.schedule(num_steps, shift)
     x = initial
-    zeros = torch.zeros_like(x)
     for k in range(num_steps):
-        output = policy.predict(x, float(schedule[k]), cond)
-        x = policy.step(output, x, schedule, k, 0.0, sde_type, noise=zeros).prev_sample
+        x = policy.ode_step(policy.predict(x, float(schedule[k]), cond), x, schedule, k)
     return x
 
 
@@ -114,7 +111,7 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
         prompts = [source.prompts[p] for p, _ in chunk]
         cond = source.conditioning([p for p, _ in chunk]).to(world.device)
         initial = torch.stack([torch.randn(latent_shape, generator=make_generator(seed, p)) for p, seed in chunk])
-        latents = sample_ode(policy, cond, initial.to(world.device), num_steps, s.shift, s.sde_type)
+        latents = sample_ode(policy, cond, initial.to(world.device), num_steps, s.shift)
         videos = decode_videos(policy, latents, s.decode_batch_size)
         scores = scorer.result(scorer.submit(videos, prompts))
         for i, (p, seed) in enumerate(chunk):

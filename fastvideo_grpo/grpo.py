@@ -36,7 +36,14 @@ def compute_advantages(
     mode: str = "group",
 ) -> torch.Tensor:
     """A = clamp(sum_k w_k * normalize(r_k), +-adv_clip_max). [B]."""
-    total = sum(weights[name] * normalize_rewards(rewards[name], group_size, mode) for name in weights)
+    normalized = {name: normalize_rewards(rewards[name], group_size, mode) for name in weights}
+    return aggregate_advantages(normalized, weights, adv_clip_max)
+
+
+def aggregate_advantages(normalized: dict[str, torch.Tensor], weights: dict[str, float],
+                         adv_clip_max: float) -> torch.Tensor:
+    """clamp(sum_k w_k * A_k, +-adv_clip_max) of already normalised rewards A_k. [B]."""
+    total = sum(weights[name] * normalized[name] for name in weights)
     return total.clamp(-adv_clip_max, adv_clip_max)
 
 

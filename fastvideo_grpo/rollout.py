@@ -17,6 +17,9 @@ class Rollout:
     log_probs: torch.Tensor  # [B, N], fp32: log pi(x_{k+1} | x_k)
     schedule: torch.Tensor  # [N+1]: the noise levels visited, policy.schedule(N, shift)
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
+    # [B, *latent]: what is decoded and scored, `policy.scored_latents` of the last step
+    # (rectified flow: its clean prediction x0_hat, not the still noisy x_N).
+    scored_latents: torch.Tensor
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -61,7 +64,7 @@ def rollout(
     (`first_sample` + row): one per group for the initial noise (one per sample when not
     `shared_noise`), one per sample for the SDE noise. So results depend neither on `batch_size` nor on how the global batch is split
     over data-parallel ranks, and sequence-parallel ranks draw the same noise.
-    `on_batch(batch, final_latents)` is called as soon as a rollout batch is done.
+    `on_batch(batch, scored_latents)` is called as soon as a rollout batch is done.
     """
     total = cond.prompt_embeds.shape[0]
     num_groups = total // group_size
@@ -78,6 +81,7 @@ def rollout(
 
     latents = torch.empty(total, num_steps + 1, *latent_shape, device=device)
     log_probs = torch.empty(total, num_steps, device=device)
+    scored = torch.empty(total, *latent_shape, device=device)
     batches = batch_slices(total, batch_size)
     for batch in batches:
         x = initial[batch].to(device)
@@ -90,6 +94,7 @@ def rollout(
             x = step.prev_sample
             latents[batch, k + 1] = x
             log_probs[batch, k] = step.log_prob
+        scored[batch] = policy.scored_latents(step)
         if on_batch is not None:
-            on_batch(batch, x)
-    return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches)
+            on_batch(batch, scored[batch])
+    return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored)

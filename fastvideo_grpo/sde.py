@@ -32,6 +32,8 @@ class StepResult:
     log_prob: torch.Tensor  # [B], fp32
     mean: torch.Tensor
     std: torch.Tensor  # scalar or broadcastable to mean
+    # The step's clean prediction x0_hat (data the network points at from x_k).
+    pred_original: torch.Tensor | None = None
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
@@ -53,13 +55,15 @@ def dance_mean_std(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: f
 
 
 def flow_grpo_mean_std(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float,
-                       eta: float, sigma_max: float):
+                       eta: float, sigma_max: float, first_step: bool):
     """Flow-GRPO marginal-preserving SDE with std_t = eta*sqrt(sigma/(1-sigma)).
 
-    At sigma = 1 the ratio is evaluated at sigma_max (the first sigma below 1), as in Flow-GRPO.
+    The first step starts at sigma = 1, where the ratio is infinite; there it is evaluated at
+    sigma_max (the second sigma), as in Flow-GRPO. Decided by position, not by `sigma == 1`:
+    time_shift rounds the first sigma to 1 - 1e-16 for some shifts.
     """
     dt = sigma_next - sigma
-    std_t = eta * math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma)))
+    std_t = eta * math.sqrt(sigma / (1 - (sigma_max if first_step else sigma)))
     mean = x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
     std = std_t * math.sqrt(-dt)
     return mean, torch.tensor(std, dtype=torch.float32)
@@ -84,21 +88,21 @@ def sde_step(
     if sde_type == "dance":
         mean, std = dance_mean_std(v, x, sigma, sigma_next, eta)
     elif sde_type == "flow_grpo":
-        mean, std = flow_grpo_mean_std(v, x, sigma, sigma_next, eta, float(sigmas[1]))
+        mean, std = flow_grpo_mean_std(v, x, sigma, sigma_next, eta, float(sigmas[1]), first_step=k == 0)
     else:
         raise ValueError(f"sde_type {sde_type!r} is not one of ['dance', 'flow_grpo']")
-    return sample_or_replay(mean, std, prev_sample, noise)
+    return sample_or_replay(mean, std, prev_sample, noise, pred_original=x - sigma * v)
 
 
 def sample_or_replay(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
-                     noise: torch.Tensor | None) -> StepResult:
+                     noise: torch.Tensor | None, pred_original: torch.Tensor | None = None) -> StepResult:
     """x_{k+1} = mean + std * noise (rollout) or the stored `prev_sample` (training), and its log-prob."""
     if prev_sample is None:
         if noise is None:
             raise ValueError("a stochastic step needs either prev_sample or noise")
         prev_sample = mean + std.to(mean.dtype) * noise.to(mean.dtype)
     log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
-    return StepResult(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
+    return StepResult(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std, pred_original=pred_original)
 
 
 def ode_step(v: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor, k: int) -> torch.Tensor:
@@ -122,11 +126,20 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset
 
 def ddim_mean_std(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, alpha_bar_prev: float, eta: float):
     """DDIM: std = eta*sqrt((1-ab_prev)/(1-ab)*(1-ab/ab_prev)),
-    mean = sqrt(ab_prev)*x0_hat + sqrt(1-ab_prev-std^2)*eps, x0_hat = (x - sqrt(1-ab)*eps)/sqrt(ab)."""
+    mean = sqrt(ab_prev)*x0_hat + sqrt(1-ab_prev-std^2)*eps, x0_hat = (x - sqrt(1-ab)*eps)/sqrt(ab).
+    Returns (mean, std, x0_hat)."""
     std = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
     x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
     mean = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev - std**2) * eps
-    return mean, torch.tensor(std, dtype=torch.float32)
+    return mean, torch.tensor(std, dtype=torch.float32), x0_hat
+
+
+def ddim_alphas(timesteps: torch.Tensor, k: int, alphas_cumprod: torch.Tensor,
+                final_alpha_cumprod: float) -> tuple[float, float]:
+    """alpha_bar at timesteps[k] and timesteps[k+1]; a negative timesteps[k+1] (past the
+    last) uses `final_alpha_cumprod`, as diffusers' DDIMScheduler."""
+    t, t_prev = int(timesteps[k]), int(timesteps[k + 1])
+    return float(alphas_cumprod[t]), float(alphas_cumprod[t_prev]) if t_prev >= 0 else final_alpha_cumprod
 
 
 def ddim_step(
@@ -140,10 +153,15 @@ def ddim_step(
     prev_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> StepResult:
-    """DDIM step k (timesteps[k] -> timesteps[k+1]) and the log-prob of its result; a
-    negative timesteps[k+1] (past the last) uses `final_alpha_cumprod`, as diffusers' DDIMScheduler."""
-    t, t_prev = int(timesteps[k]), int(timesteps[k + 1])
-    alpha_bar = float(alphas_cumprod[t])
-    alpha_bar_prev = float(alphas_cumprod[t_prev]) if t_prev >= 0 else final_alpha_cumprod
-    mean, std = ddim_mean_std(eps, x, alpha_bar, alpha_bar_prev, eta)
-    return sample_or_replay(mean, std, prev_sample, noise)
+    """DDIM step k (timesteps[k] -> timesteps[k+1]) and the log-prob of its result."""
+    alpha_bar, alpha_bar_prev = ddim_alphas(timesteps, k, alphas_cumprod, final_alpha_cumprod)
+    mean, std, x0_hat = ddim_mean_std(eps, x, alpha_bar, alpha_bar_prev, eta)
+    return sample_or_replay(mean, std, prev_sample, noise, pred_original=x0_hat)
+
+
+def ddim_ode_step(eps: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, k: int,
+                  alphas_cumprod: torch.Tensor, final_alpha_cumprod: float) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0): sqrt(ab_prev)*x0_hat + sqrt(1-ab_prev)*eps."""
+    alpha_bar, alpha_bar_prev = ddim_alphas(timesteps, k, alphas_cumprod, final_alpha_cumprod)
+    x0_hat = (x - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    return math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev) * eps

@@ -30,15 +30,13 @@ def tag(key: str) -> str:
     return "train/" + key
 
 
-def score_stats(rewards: dict[str, torch.Tensor], advantages: torch.Tensor, cfg: Config,
-                world: World) -> dict[str, float]:
+def score_stats(normalized: dict[str, torch.Tensor], advantages: torch.Tensor, world: World) -> dict[str, float]:
     """Advantage mean, std (population) and max |A| over all ranks' samples, and per reward
-    the mean |group-normalised reward|: how much advantage each reward contributes (0 when
+    the mean |normalised reward|: how much advantage each reward contributes (0 when
     all its groups are flat). A collective: every rank calls it, with equal sample counts."""
     local = {"advantage_mean": advantages.mean().item(), "advantage_sq_mean": advantages.pow(2).mean().item()}
-    for name, r in rewards.items():
-        normalised = grpo.normalize_rewards(r, cfg.sampling.group_size, cfg.grpo.advantage_mode)
-        local[f"reward_norm/{name}"] = normalised.abs().mean().item()
+    for name, a in normalized.items():
+        local[f"reward_norm/{name}"] = a.abs().mean().item()
     stats = all_reduce_mean(local, world)
     square = stats.pop("advantage_sq_mean")
     stats["advantage_std"] = math.sqrt(max(square - stats["advantage_mean"] ** 2, 0.0))

@@ -25,7 +25,8 @@ from fastvideo_grpo.models import Policy, TextConditioning, build_policy
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, write_video
-from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel import (World, all_gather_dp, all_reduce_max, all_reduce_mean, barrier, init_distributed,
+                                     shutdown)
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Scores:
     rewards: dict[str, torch.Tensor]  # name -> [B] raw (or thresholded) reward
+    normalized: dict[str, torch.Tensor]  # name -> [B] the reward normalised per group (or batch)
     advantages: torch.Tensor  # [B], aggregated over rewards and clipped
     zero_std_frac: float
 
@@ -48,49 +50,68 @@ class MicroBatch:
     step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
 
 
-def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config) -> Scores:
-    advantages = grpo.compute_advantages(rewards, cfg.reward.weights, cfg.sampling.group_size,
-                                         cfg.grpo.adv_clip_max, cfg.grpo.advantage_mode)
+def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config, world: World) -> Scores:
+    """Group advantages; with grpo.advantage_mode=batch (the DDPO ablation) the statistics are
+    those of the global batch, all data-parallel ranks' samples, as DDPO normalises. A collective."""
+    group_size, mode = cfg.sampling.group_size, cfg.grpo.advantage_mode
+    if mode == "batch":
+        count = len(next(iter(rewards.values())))
+        mine = slice(world.dp_rank * count, (world.dp_rank + 1) * count)
+        normalized = {name: grpo.normalize_rewards(all_gather_dp(r, world), group_size, mode)[mine]
+                      for name, r in rewards.items()}
+    else:
+        normalized = {name: grpo.normalize_rewards(r, group_size, mode) for name, r in rewards.items()}
+    advantages = grpo.aggregate_advantages(normalized, cfg.reward.weights, cfg.grpo.adv_clip_max)
     total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
-    return Scores(rewards, advantages, grpo.zero_std_fraction(total, cfg.sampling.group_size))
+    return Scores(rewards, normalized, advantages, grpo.zero_std_fraction(total, group_size))
 
 
 def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
-                       first_sample: int = 0) -> list[MicroBatch]:
-    """Each rollout batch's kept samples, at each of its trained transitions.
+                       first_sample: int = 0) -> list[list[MicroBatch]]:
+    """The optimizer steps of an iteration, each a list of micro-batches.
 
-    Mirroring the rollout batches keeps the forward pass bit-identical to the rollout's,
-    so the stored log-probs are the old policy's and no forward is spent recomputing them.
-    A batch's timesteps are drawn from a generator seeded by its first global sample index.
+    As in the released scripts, `train.gradient_accumulation_steps` counts samples: each
+    optimizer step takes that many kept samples (in order; the last step takes the rest),
+    each with all its trained transitions, so a sample never straddles two steps and the
+    step count, ceil(kept / gradient_accumulation_steps), is the same on every rank.
+    Within a step, a micro-batch is the step's samples of one rollout batch at one trained
+    transition: when it is the whole rollout batch, its forward is bit-identical to the
+    rollout's, so the stored log-probs are the old policy's and none is recomputed.
+    A rollout batch's timesteps are drawn from a generator seeded by its first global sample index.
     """
-    plan = []
+    steps_of_batch = {}
     for batch in ro.batches:
-        samples = torch.arange(batch.start, batch.stop)[kept[batch]]
-        if len(samples) == 0:
-            continue
         generator = make_generator(*seed_parts, 2, first_sample + batch.start)
-        steps = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
-                                      cfg.grpo.timestep_selection, generator)
-        plan += [MicroBatch(samples, k) for k in steps.tolist()]
+        steps_of_batch[batch.start] = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
+                                                            cfg.grpo.timestep_selection, generator).tolist()
+    kept_samples = torch.nonzero(kept).flatten()
+    per_step = cfg.train.gradient_accumulation_steps
+    plan = []
+    for start in range(0, len(kept_samples), per_step):
+        window = kept_samples[start:start + per_step]
+        micro_batches = []
+        for batch in ro.batches:
+            samples = window[(window >= batch.start) & (window < batch.stop)]
+            if len(samples):
+                micro_batches += [MicroBatch(samples, k) for k in steps_of_batch[batch.start]]
+        plan.append(micro_batches)
     return plan
 
 
 def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
-                  advantages: torch.Tensor, plan: list[MicroBatch], cfg: Config,
+                  advantages: torch.Tensor, plan: list[list[MicroBatch]], cfg: Config,
                   ema: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """Gradient steps over the plan, accumulating `gradient_accumulation_steps` micro-batches
-    per optimizer step; a last partial window is stepped too. With classifier-free guidance
-    the whole plan is one window: one optimizer step per iteration."""
+    """One optimizer step per entry of the plan; its loss is the mean over its (sample,
+    trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
+    `ema`, when given, is updated after every optimizer step (train.ema_update=optimizer_step)."""
     s, g = cfg.sampling, cfg.grpo
     device = ro.latents.device
     advantages = advantages.to(device)
-    window = len(plan) if cfg.model.cfg_scale > 1 else cfg.train.gradient_accumulation_steps
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
                                      "grad_norm": [], "kl": []}
     ratio_dev_first_update = 0.0
-    for start in range(0, len(plan), window):
-        chunk = plan[start:start + window]
+    for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
         for position, mb in enumerate(chunk):
             set_gradient_sync(policy.transformer, position == len(chunk) - 1)
@@ -110,7 +131,7 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
                 stats["kl"].append(kl.item())
             (loss * len(mb.samples) / window_samples).backward()
             deviation = (ratio.detach() - 1).abs()
-            if start == 0:
+            if step_index == 0:
                 ratio_dev_first_update = max(ratio_dev_first_update, deviation.max().item())
             stats["loss"].append(loss.item())
             stats["ratio_mean"].append(ratio.mean().item())
@@ -371,15 +392,18 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]
         rewards = {name: torch.cat([r[name] for r in results]) for name in results[0]}
-        scores = advantages_of(rewards, cfg)
+        scores = advantages_of(rewards, cfg, world)
     kept = torch.ones(len(batch_prompts), dtype=torch.bool)
     if cfg.grpo.best_of:
         kept = torch.zeros_like(kept)
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
         plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
+        per_step = t.ema_update == "optimizer_step"
         update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg,
-                               c.ema)
+                               c.ema if per_step else None)
+        if c.ema is not None and not per_step:
+            update_ema(c.ema, policy.transformer, t.ema_decay)
 
     if saving:
         videos = torch.cat(saved_videos)[:t.num_saved_samples]
@@ -395,7 +419,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         **timer.seconds,
     }
     metrics = {"iteration": iteration, **all_reduce_mean(local, world),
-               **score_stats(scores.rewards, scores.advantages, cfg, world)}
+               **score_stats(scores.normalized, scores.advantages, world)}
     metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
     metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]

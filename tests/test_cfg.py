@@ -71,22 +71,24 @@ def test_ratio_is_exactly_one_before_the_first_update(tmp_path, family, cfg_scal
     assert stats["ratio_dev_first_update"] == 0.0
 
 
-@pytest.mark.parametrize("cfg_scale, expected_steps", [(5.0, 1), (1.0, None)])
-def test_cfg_accumulates_the_whole_iteration_into_one_optimizer_step(tmp_path, cfg_scale, expected_steps):
-    cfg = config(tmp_path, "stable_diffusion", cfg_scale, "train.gradient_accumulation_steps=2")
+@pytest.mark.parametrize("cfg_scale", [5.0, 1.0])
+@pytest.mark.parametrize("per_step", [2, 1000])
+def test_optimizer_steps_follow_gradient_accumulation_with_and_without_cfg(tmp_path, cfg_scale, per_step):
+    """CFG is no special case: gradient_accumulation_steps = the kept samples per rank gives
+    the paper's one step per iteration, a smaller value more steps."""
+    cfg = config(tmp_path, "stable_diffusion", cfg_scale, f"train.gradient_accumulation_steps={per_step}")
     policy = tiny_policy(cfg)
     cond = conditioning(cfg, cfg.sampling.group_size)
     ro = tiny_rollout(cfg, policy, cond, batch_size=cfg.sampling.rollout_batch_size)
-    plan = plan_micro_batches(ro, torch.ones(len(ro.latents), dtype=torch.bool), cfg, (0, 0))
+    samples = len(ro.latents)
+    plan = plan_micro_batches(ro, torch.ones(samples, dtype=torch.bool), cfg, (0, 0))
     optimizer, scheduler = build_optimizer(policy, cfg)
     steps = []
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
-    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(len(ro.latents)), plan, cfg)
-    expected = expected_steps or -(-len(plan) // 2)
-    assert len(plan) > 2
+    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(samples), plan, cfg)
+    expected = -(-samples // per_step)
     assert len(steps) == stats["optimizer_steps"] == expected
-    # With CFG every micro-batch is trained against the old policy: no ratio moves.
-    if cfg_scale > 1:
+    if expected == 1:  # every micro-batch is trained against the old policy: no ratio moves
         assert stats["ratio_max_dev"] == 0.0
 
 

@@ -23,7 +23,24 @@ def test_defaults_are_the_papers_hunyuan_video_settings():
     s, g, t = cfg.sampling, cfg.grpo, cfg.train
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
     assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
-    assert cfg.reward.weights == {"videoalign_vq": 1.0} and cfg.reward.video_fps == s.fps == 16
+    assert cfg.reward.weights == {"videoalign_vq": 1.0} and cfg.reward.video_fps == s.fps == 8
+
+
+# Optimizer steps per iteration of the released DanceGRPO scripts: kept samples per rank /
+# samples per step (finetune_hunyuan_grpo.sh: best-of 8 / 4; finetune_flux_grpo.sh: 12 / 4;
+# finetune_skyreels_i2v.sh: 8 / 8; config_sd/dgx.py:hpsv2: 4 x 16 / (4 x 8)).
+RELEASED_STEPS = {"hunyuan_t2v": 2, "flux_t2i": 3, "hunyuan_t2i": 3, "hunyuan_i2v": 1, "sd_t2i": 2}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_STEPS))
+def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
+    import math
+
+    cfg = load_config(ROOT / f"assets/configs/{name}.yaml", [
+        "model.path=/m", "data.embeddings_dir=/e", "data.image_latents_dir=/i", "reward.hps_path=/h.pt",
+        "reward.clip_path=/c", "reward.videoalign_path=/v", "reward.videoalign_base=/b"])
+    kept = cfg.train.prompts_per_iteration * (cfg.grpo.best_of or cfg.sampling.group_size)
+    assert math.ceil(kept / cfg.train.gradient_accumulation_steps) == RELEASED_STEPS[name]
 
 
 @pytest.mark.parametrize("override,message", [

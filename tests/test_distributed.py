@@ -46,9 +46,11 @@ def assert_same_training(one, many):
     diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
     norm = sum((a[k] ** 2).sum() for k in a).sqrt()
     assert diff / norm < 1e-5
-    # Per tensor, reduction order differences of ~1e-7 pass through three Adam steps.
+    # Per tensor, reduction order differences of ~1e-7 pass through three Adam steps; the
+    # sharded forward differs from the unsharded one by ~5e-7 in the latents, which can flip
+    # a decoded pixel's rounding and so move a reward by ~1e-6.
     for k in a:
-        assert (a[k] - b[k]).abs().max() <= 5e-5 * a[k].abs().max() + 1e-7, k
+        assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
     for r1, r2 in zip(metrics(one), metrics(many), strict=True):
         for key in ("reward_mean", "grad_norm", "ratio_mean"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
@@ -115,3 +117,23 @@ def test_heads_not_divisible_by_sp_is_a_config_error(tmp_path):
          f"train.output_dir={tmp_path}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode != 0
     assert "parallel.sp_size=2 must divide the model's 3 attention heads" in result.stderr
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_optimizer_steps_per_iteration_do_not_depend_on_the_rank_count(tmp_path, nproc):
+    """Fixed per-rank batch (1 prompt x G=4), 3 samples per optimizer step: ceil(4 / 3) steps
+    on one rank and on two. Batch-mode advantages use the statistics of all ranks' samples."""
+    import math
+
+    import numpy as np
+
+    path = tmp_path / "plan.pt"
+    run([DIST / "update_plan.py", path, *COMMON, "train.prompts_per_iteration=1",
+         "train.gradient_accumulation_steps=3", f"train.output_dir={tmp_path / 'run'}"], nproc=nproc)
+    report = torch.load(path)
+    assert report["optimizer_steps"] == math.ceil(4 / 3)
+    ranks = nproc or 1
+    rewards = np.concatenate([np.arange(4) * (rank + 1) ** 2 for rank in range(ranks)]).astype(np.float64)
+    expected = np.clip((rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-8), -5, 5)
+    got = torch.cat(report["advantages"]).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -90,9 +90,15 @@ def test_decoded_first_frame_is_the_conditioning_image(tmp_path, image_latents):
     policy = policy_of(cfg)
     cond = build_prompt_source(cfg).conditioning([0, 1, 2]).repeat_interleave(2)
     ro = tiny_rollout(cfg, policy, cond, batch_size=6)
-    final = ro.final_latents
-    torch.testing.assert_close(final[:, :, :1], cond.image_latents, rtol=0, atol=1e-6)
-    assert not torch.allclose(final[0, :, 1:], final[1, :, 1:])  # the other frames are sampled
+    for final in (ro.final_latents, ro.scored_latents):  # the trajectory's x_N and what is decoded
+        torch.testing.assert_close(final[:, :, :1], cond.image_latents, rtol=0, atol=1e-6)
+        assert not torch.allclose(final[0, :, 1:], final[1, :, 1:])  # the other frames are sampled
+    # What is decoded is the last step's clean prediction, not the noisy x_N.
+    n = cfg.sampling.num_steps
+    x = ro.latents[:, n - 1]
+    with torch.no_grad():
+        v = policy.predict(x, float(ro.schedule[n - 1]), cond)
+    torch.testing.assert_close(ro.scored_latents, x - float(ro.schedule[n - 1]) * v, rtol=1e-5, atol=1e-5)
 
 
 def test_decoded_first_frame_follows_the_conditioning_image(tmp_path, image_latents):
@@ -108,7 +114,7 @@ def test_decoded_first_frame_follows_the_conditioning_image(tmp_path, image_late
 
     def first_frames(c, seed):
         ro = tiny_rollout(cfg, policy, c, batch_size=8, seed_parts=(seed, 0, 0))
-        return policy.decode(ro.final_latents)[:, 0].float()
+        return policy.decode(ro.scored_latents)[:, 0].float()
 
     sample = first_frames(cond, 0)
     other_seed = (sample - first_frames(cond, 1)).abs().mean()

@@ -120,6 +120,26 @@ def test_hps_pads_a_wide_image_instead_of_cropping(tiny_hps):
     torch.testing.assert_close(x[0, :, 24:].mean(dim=(1, 2)), black)
 
 
+def test_hps_preprocessing_keeps_the_bicubic_overshoot_as_hpsv2():
+    """torchvision's antialiased bicubic resize of the [0, 1] image, centred zero padding,
+    OpenAI normalisation; no clamp, so sharp edges overshoot [0, 1] as in hpsv2 1.2.0."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from fastvideo_grpo.rewards.hps import OPENAI_MEAN, OPENAI_STD, pad_to_square
+
+    frame = torch.zeros(1, 15, 30, 3, dtype=torch.uint8)  # upscaled to 20x40
+    frame[:, :, 15:] = 255  # a hard edge: bicubic rings on both sides of it
+    ours = pad_to_square(frame, 40)
+    image = frame.permute(0, 3, 1, 2).float() / 255
+    resized = TF.resize(image, [20, 40], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert resized.min() < -0.01 and resized.max() > 1.01  # the overshoot the clamp used to remove
+    padded = torch.zeros(1, 3, 40, 40)
+    padded[:, :, 10:30] = resized
+    expected = TF.normalize(padded, OPENAI_MEAN, OPENAI_STD)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
 def test_hps_score_is_the_cosine_of_normalised_features(tiny_hps):
     import numpy as np
     import open_clip

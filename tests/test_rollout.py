@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -65,8 +67,9 @@ def test_ratio_is_exactly_one_before_first_update(tiny_cfg, batch_size):
     assert again["ratio_dev_first_update"] > 0
 
 
-def test_micro_batch_plan_mirrors_rollout_batches(tiny_cfg):
+def test_micro_batch_plan_counts_samples_and_mirrors_rollout_batches(tiny_cfg):
     tiny_cfg.sampling.group_size = g = 4
+    tiny_cfg.train.gradient_accumulation_steps = 4
     policy = tiny_policy(tiny_cfg)
     cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], g)
     ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=3)  # 8 samples: batches of 3, 3, 2
@@ -74,23 +77,79 @@ def test_micro_batch_plan_mirrors_rollout_batches(tiny_cfg):
     kept[[0, 7]] = False
     plan = plan_micro_batches(ro, kept, tiny_cfg, (0, 0))
     trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
-    assert len(plan) == 3 * trained
-    assert [mb.samples.tolist() for mb in plan[::trained]] == [[1, 2], [3, 4, 5], [6]]
-    for start in range(0, len(plan), trained):
-        steps = [mb.step for mb in plan[start:start + trained]]
-        assert len(set(steps)) == trained and max(steps) < tiny_cfg.sampling.num_steps - 1
+    # 6 kept samples, 4 per optimizer step: [1, 2, 3, 4] then [5, 6]; within a step, one
+    # micro-batch per (rollout batch part, trained timestep).
+    assert len(plan) == 2
+    assert [[mb.samples.tolist() for mb in step[::trained]] for step in plan] == [[[1, 2], [3, 4]], [[5], [6]]]
+    for step in plan:
+        for start in range(0, len(step), trained):
+            steps = [mb.step for mb in step[start:start + trained]]
+            assert len(set(steps)) == trained and max(steps) < tiny_cfg.sampling.num_steps - 1
+    # Rollout batch 1 ([3, 4, 5]) is split over both steps, at the same timesteps.
+    assert [mb.step for mb in plan[0][trained:]] == [mb.step for mb in plan[1][:trained]]
 
 
-def test_accumulation_steps_every_leftover_window(tiny_cfg):
+@pytest.mark.parametrize("kept_count, per_step", [(8, 3), (8, 4), (8, 8), (6, 4), (2, 5)])
+def test_optimizer_steps_per_iteration_count_samples(tiny_cfg, kept_count, per_step):
+    """Every sample is trained at all its timesteps within one optimizer step, and an
+    iteration takes ceil(kept / gradient_accumulation_steps) steps, leftovers included."""
     g = tiny_cfg.sampling.group_size
-    tiny_cfg.train.gradient_accumulation_steps = 3
+    tiny_cfg.train.gradient_accumulation_steps = per_step
     policy = tiny_policy(tiny_cfg)
     cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], g)
-    ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=g)
-    plan = plan_micro_batches(ro, torch.ones(2 * g, dtype=torch.bool), tiny_cfg, (0, 0))
+    ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=2)
+    kept = torch.zeros(2 * g, dtype=torch.bool)
+    kept[torch.randperm(2 * g, generator=torch.Generator().manual_seed(kept_count))[:kept_count]] = True
+    plan = plan_micro_batches(ro, kept, tiny_cfg, (0, 0))
+    trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
+    assert len(plan) == math.ceil(kept_count / per_step)
+    seen = []
+    for step in plan:
+        samples = [i for mb in step for i in mb.samples.tolist()]
+        distinct = sorted(set(samples))
+        assert len(distinct) <= per_step
+        assert all(samples.count(i) == trained for i in distinct)
+        seen += distinct
+    assert seen == torch.nonzero(kept).flatten().tolist()
     optimizer, scheduler = build_optimizer(policy, tiny_cfg)
     before = [p.detach().clone() for p in policy.transformer.parameters()]
     stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(2 * g), plan, tiny_cfg)
-    assert stats["optimizer_steps"] == -(-len(plan) // 3)
+    assert stats["optimizer_steps"] == math.ceil(kept_count / per_step)
     assert all(p.grad is None for p in policy.transformer.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.transformer.parameters()))
+
+
+def test_a_step_loss_is_the_mean_over_its_samples_and_timesteps(tiny_cfg):
+    """The gradient of one optimizer step equals that of the mean clipped loss over its
+    (sample, timestep) pairs computed one pair at a time (the reference's 1 / (GA * T))."""
+    g = tiny_cfg.sampling.group_size
+    tiny_cfg.train.gradient_accumulation_steps = 1000
+    tiny_cfg.train.grad_clip = 1e9
+    policy = tiny_policy(tiny_cfg)
+    cond = tiny_conditioning(tiny_cfg, PROMPTS[:1], g)
+    ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=2)
+    plan = plan_micro_batches(ro, torch.ones(g, dtype=torch.bool), tiny_cfg, (0, 0))
+    advantages = torch.randn(g)
+    s = tiny_cfg.sampling
+    pairs = [(i, mb.step) for mb in plan[0] for i in mb.samples.tolist()]
+    for p in policy.transformer.parameters():
+        p.grad = None
+    for i, k in pairs:
+        x, x_next = ro.latents[i:i + 1, k], ro.latents[i:i + 1, k + 1]
+        step = policy.step(policy.predict(x, float(ro.schedule[k]), cond.select([i])), x, ro.schedule, k, s.eta,
+                           s.sde_type, prev_sample=x_next)
+        ratio = torch.exp(step.log_prob - ro.log_probs[i, k])
+        clip = tiny_cfg.grpo.clip_range
+        a = advantages[i]
+        loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)).sum() / len(pairs)
+        loss.backward()
+    expected = [p.grad.clone() for p in policy.transformer.parameters()]
+    grads = []
+    optimizer, scheduler = build_optimizer(policy, tiny_cfg)
+    optimizer.register_step_pre_hook(
+        lambda *args: grads.extend(p.grad.clone() for p in policy.transformer.parameters()))
+    for p in policy.transformer.parameters():
+        p.grad = None
+    update_policy(policy, None, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)

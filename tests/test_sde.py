@@ -39,14 +39,41 @@ def test_flow_grpo_mean_std_matches_marginal_preserving_sde():
     rng = np.random.default_rng(1)
     x, v = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
     a = 0.7
-    for sigma, sigma_next, sigma_max in [(0.6, 0.45, 0.9), (1.0, 0.9, 0.9)]:
-        t_eff = sigma_max if sigma == 1.0 else sigma
+    for sigma, sigma_next, sigma_max, first in [(0.6, 0.45, 0.9, False), (1.0, 0.9, 0.9, True)]:
+        t_eff = sigma_max if first else sigma
         s_t = a * math.sqrt(sigma / (1 - t_eff))
         dt = sigma_next - sigma
         expected_mean = x + (v + s_t**2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
-        mean, std = flow_grpo_mean_std(torch.tensor(v), torch.tensor(x), sigma, sigma_next, a, sigma_max)
+        mean, std = flow_grpo_mean_std(torch.tensor(v), torch.tensor(x), sigma, sigma_next, a, sigma_max, first)
         np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-12)
         assert std.item() == pytest.approx(s_t * math.sqrt(-dt), rel=1e-6)
+
+
+@pytest.mark.parametrize("shift", [0.3, 0.45, 1.0, 3.0])
+def test_flow_grpo_first_step_std_is_finite_for_any_shift(shift):
+    # time_shift rounds the first sigma to 0.9999999999999991 for shift < 0.5; the first
+    # step must still use sigma_max = sigmas[1] in the ratio, not 1 - sigma ~ 1e-16.
+    sigmas = sigma_schedule(8, shift)
+    a = 0.7
+    x, v = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    step = sde_step(v, x, sigmas, 0, a, "flow_grpo", noise=torch.zeros_like(x))
+    s0, s1 = float(sigmas[0]), float(sigmas[1])
+    expected_std = a * math.sqrt(s0 / (1 - s1)) * math.sqrt(s0 - s1)
+    assert step.std.item() == pytest.approx(expected_std, rel=1e-6)
+    assert step.std.item() < 10
+
+
+def test_step_pred_original_is_the_clean_prediction():
+    sigmas = sigma_schedule(6, 3.0)
+    x, v = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    for k in (0, 5):
+        step = sde_step(v, x, sigmas, k, 0.3, "dance", noise=torch.randn_like(x))
+        # x_k = (1 - sigma) x0 + sigma * eps with v = eps - x0  =>  x0 = x_k - sigma * v
+        torch.testing.assert_close(step.pred_original, x - float(sigmas[k]) * v)
+    # At the last step sigma_N = 0: the ODE lands on x0_hat, the SDE does not.
+    last = sde_step(v, x, sigmas, 5, 0.3, "dance", noise=torch.randn_like(x))
+    torch.testing.assert_close(ode_step(v, x, sigmas, 5), last.pred_original)
+    assert not torch.allclose(last.prev_sample, last.pred_original)
 
 
 def test_log_prob_is_mean_normal_log_density():

@@ -172,6 +172,8 @@ def hand_scores(root: Path, reference, rm_head, video, prompt) -> torch.Tensor:
                                                 position_ids=torch.arange(len(ids))[None]).last_hidden_state[0]
     positions = [ids.tolist().index(tok.convert_tokens_to_ids(t)) for t in REWARD_TOKENS]
     assert positions == sorted(positions)
+    if rm_head.shape[0] == 3:  # output_dim 3: dimension i is head output i at reward token i
+        return (hidden[positions] * rm_head).sum(dim=-1)
     return hidden[positions] @ rm_head[0]
 
 
@@ -210,6 +212,68 @@ def test_scores_equal_a_hand_built_forward(released, layout):
     expected = torch.stack([hand_scores(root, reference, rm_head, clips[i], prompts[i]) for i in range(2)])
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-4)
     assert raw.std() > 0.1  # the three tokens read different states
+
+
+def with_model_config(root: Path, target: Path, **changes) -> Path:
+    """A copy of the model.pth folder with model_config entries changed."""
+    target.mkdir()
+    (target / "checkpoint-100").mkdir()
+    (target / "checkpoint-100" / "model.pth").symlink_to(root / "model.pth" / "checkpoint-100" / "model.pth")
+    config = json.loads((root / "model.pth" / "model_config.json").read_text())
+    config["model_config"].update(changes)
+    (target / "model_config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_three_output_head_reads_the_diagonal(released, tmp_path):
+    root, reference, _ = released
+    folder = with_model_config(root, tmp_path / "dim3", output_dim=3)
+    state = torch.load(root / "model.pth" / "checkpoint-100" / "model.pth", weights_only=True)
+    head = torch.randn(3, 32, generator=torch.Generator().manual_seed(3))
+    state["base_model.model.rm_head.weight"] = head
+    (folder / "checkpoint-100" / "model.pth").unlink()
+    torch.save(state, folder / "checkpoint-100" / "model.pth")
+    model = VideoAlign(str(folder), str(root / "base"), video_fps=8, use_norm=False, dtype=torch.float32)
+    clips, prompts = videos(), ["a red ball rolling", "a dog"]
+    scores = model.scores(clips, prompts)
+    raw = torch.stack([scores[d] for d in ("VQ", "MQ", "TA")], dim=1)
+    expected = torch.stack([hand_scores(root, reference, head, clips[i], prompts[i]) for i in range(2)])
+    torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="model_config.output_dim=2 is not supported"):
+        VideoAlign(str(with_model_config(root, tmp_path / "dim2", output_dim=2)), str(root / "base"))
+
+
+def test_bf16_rounds_rotary_frequencies_as_the_reference_model_to(released):
+    """The reference casts the loaded model with .to(bfloat16): every buffer, the rotary
+    inv_freq of the decoder and the vision tower included, is bf16-rounded."""
+    root, reference, _ = released
+    model = VideoAlign(str(root / "model.pth"), str(root / "base"), video_fps=8, dtype=torch.bfloat16).model
+    fresh = Qwen2VLForConditionalGeneration(reference.config)  # fp32 buffers, computed from the config
+    buffers = dict(model.named_buffers())
+    rotary = {name.rsplit(".", 2)[0] for name in buffers if name.endswith("inv_freq")}
+    assert rotary == {"model.visual", "model.language_model"}  # the decoder's and the vision tower's
+    for name, expected in fresh.named_buffers():
+        if name.endswith("inv_freq"):
+            assert buffers[name].dtype == torch.bfloat16
+            assert torch.equal(buffers[name], expected.to(torch.bfloat16)), name
+            assert not torch.equal(buffers[name].float(), expected)  # the rounding is real
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_model_config_torch_dtype_is_the_load_dtype(released, tmp_path):
+    """model_config.torch_dtype=bfloat16: weights are loaded (rounded) in bf16 before the
+    cast to the scoring dtype, as the reference's from_pretrained(torch_dtype=...) does."""
+    root, _, _ = released
+    folder = with_model_config(root, tmp_path / "bf16", torch_dtype="bfloat16")
+    model = VideoAlign(str(folder), str(root / "base"), video_fps=8, dtype=torch.float32).model
+    weight = model.model.language_model.layers[0].mlp.down_proj.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, weight.to(torch.bfloat16).float())
+    plain = VideoAlign(str(root / "model.pth"), str(root / "base"), video_fps=8, dtype=torch.float32).model
+    other = plain.model.language_model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(other, other.to(torch.bfloat16).float())
+    with pytest.raises(ValueError, match="model_config.torch_dtype='float99'"):
+        VideoAlign(str(with_model_config(root, tmp_path / "bad", torch_dtype="float99")), str(root / "base"))
 
 
 def test_registry_rewards_are_normalised_dimensions_of_one_forward(released):

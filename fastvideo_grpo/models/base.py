@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.sde import StepResult, sde_step, sigma_schedule
+from fastvideo_grpo.sde import StepResult, ode_step, sde_step, sigma_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,20 @@ class Policy(Protocol):
         """Stochastic step k (schedule[k] -> schedule[k+1]) from the network output and the
         Gaussian log-prob of its result; see `sde.sde_step` for `noise` and `prev_sample`."""
 
+    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        """Deterministic step k (evaluation): no noise, no log-prob."""
+
+    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
+        """What the reward scores after the last SDE step: the latent the reference
+        implementation decodes (the clean prediction x0_hat for rectified flow)."""
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents [B, *latent_shape] -> uint8 video frames [B, T, H, W, 3] on CPU."""
 
 
 class RectifiedFlowSampling:
-    """`schedule` and `step` for a network that predicts the velocity (noise - data)."""
+    """`schedule`, `step`, `ode_step` and `scored_latents` for a network that predicts the
+    velocity (noise - data)."""
 
     def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
         return sigma_schedule(num_steps, shift)
@@ -107,6 +115,14 @@ class RectifiedFlowSampling:
              sde_type: str, prev_sample: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> StepResult:
         return sde_step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)
+
+    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        return ode_step(output, x, schedule, k)
+
+    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
+        """x0_hat = x_{N-1} - sigma_{N-1} * v, as DanceGRPO decodes: the SDE's x_N still carries
+        the last step's noise (std eta * sqrt(sigma_{N-1})), which no trained step produced."""
+        return last_step.pred_original
 
 
 def to_frames(pixels: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,9 @@ class FluxPolicy(RectifiedFlowSampling):
 
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch, _, height, width = latents.shape
-        # FluxPipeline calls the transformer with timestep = sigma (its t / 1000).
+        # FluxPipeline calls the transformer with timestep = sigma (its t / 1000). The transformer
+        # casts it to the dtype of its embedded hidden states (bf16 under autocast), in the
+        # pipeline and in DanceGRPO alike, so its dtype here changes nothing.
         timestep = torch.full((batch,), t, device=self.device, dtype=self.dtype)
         guidance = torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
         # T5 was run with padding and FLUX attends to it, so the text mask is not used; text

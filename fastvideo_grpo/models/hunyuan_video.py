@@ -77,7 +77,8 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
 
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
-        timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=self.dtype)
+        # fp32, as HunyuanVideoPipeline passes it: in bf16, t*1000 rounds by up to 2 (750 -> 752).
+        timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=torch.float32)
         # Guidance-distilled checkpoints embed the guidance scale; others (I2V) have no such input.
         guidance = (torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
                     if self.transformer.config.guidance_embeds else None)

@@ -77,7 +77,10 @@ class HunyuanVideoI2VPolicy(HunyuanVideoPolicy):
                             prev_sample=None if prev_sample is None else prev_sample[:, :, 1:],
                             noise=None if noise is None else noise[:, :, 1:])
         first = ode_step(output[:, :, :1], x[:, :, :1], schedule, k)
-        return StepResult(torch.cat([first, rest.prev_sample], dim=2), rest.log_prob, rest.mean, rest.std)
+        # The first frame's x0_hat is the image latent (its velocity is the straight path to it).
+        pred_original = torch.cat([x[:, :, :1] - float(schedule[k]) * output[:, :, :1], rest.pred_original], dim=2)
+        return StepResult(torch.cat([first, rest.prev_sample], dim=2), rest.log_prob, rest.mean, rest.std,
+                          pred_original)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.base import (DTYPES, TextConditioning, guided_prediction, load_pretrained, place_on_device,
                                         to_frames)
-from fastvideo_grpo.sde import StepResult, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
+from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
 NUM_TRAIN_TIMESTEPS = 1000
@@ -101,6 +101,14 @@ class StableDiffusionPolicy:
                              "with the DDIM SDE: use 'dance'")
         return ddim_step(output, x, schedule, k, eta, self.alphas_cumprod, self.final_alpha_cumprod,
                          prev_sample=prev_sample, noise=noise)
+
+    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        return ddim_ode_step(output, x, schedule, k, self.alphas_cumprod, self.final_alpha_cumprod)
+
+    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
+        """x_N, the DDIM step's sample into alpha_bar_0: what DanceGRPO's SD pipeline (and
+        diffusers' StableDiffusionPipeline) decodes."""
+        return last_step.prev_sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

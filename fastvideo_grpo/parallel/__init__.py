@@ -1,3 +1,4 @@
-from fastvideo_grpo.parallel.distributed import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel.distributed import (World, all_gather_dp, all_reduce_max, all_reduce_mean, barrier,
+                                                 init_distributed, shutdown)
 
-__all__ = ["World", "all_reduce_max", "all_reduce_mean", "barrier", "init_distributed", "shutdown"]
+__all__ = ["World", "all_gather_dp", "all_reduce_max", "all_reduce_mean", "barrier", "init_distributed", "shutdown"]

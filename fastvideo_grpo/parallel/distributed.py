@@ -110,6 +110,17 @@ def all_reduce_max(value: float, world: World) -> float:
     return tensor.item()
 
 
+def all_gather_dp(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The data-parallel ranks' tensors (equal shapes) concatenated in dp-rank order; sp ranks
+    hold equal copies, so one per dp rank is kept."""
+    if world.mesh is None or world.world_size == 1:
+        return tensor
+    local = tensor.to(world.device).contiguous()
+    gathered = [torch.empty_like(local) for _ in range(world.world_size)]
+    dist.all_gather(gathered, local)
+    return torch.cat(gathered[::world.sp_size]).to(tensor.device)
+
+
 def barrier(world: World) -> None:
     if world.mesh is not None:
         dist.barrier()

@@ -18,15 +18,17 @@ logger = logging.getLogger(__name__)
 
 def apply_fsdp(model: nn.Module, blocks: list[nn.Module], world: World, param_dtype: torch.dtype,
                cpu_offload: bool) -> None:
-    """fully_shard each block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
-    mp_policy = MixedPrecisionPolicy(
-        param_dtype=param_dtype if param_dtype != torch.float32 else None, reduce_dtype=torch.float32)
-    kwargs = {"mesh": world.dp_mesh, "mp_policy": mp_policy}
-    if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=world.device.type == "cuda")
+    """fully_shard each block, then the root; bf16 compute with fp32 gradient reduction on GPU.
+
+    The root does not cast its inputs: the adapters pass latents and embeddings in the compute
+    dtype themselves, and the timestep in fp32, which a bf16 cast would round (981 -> 980)."""
+    param_dtype = param_dtype if param_dtype != torch.float32 else None
+    offload = {"offload_policy": CPUOffloadPolicy(pin_memory=world.device.type == "cuda")} if cpu_offload else {}
+    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    root_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in blocks:
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(block, mesh=world.dp_mesh, mp_policy=block_policy, **offload)
+    fully_shard(model, mesh=world.dp_mesh, mp_policy=root_policy, **offload)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

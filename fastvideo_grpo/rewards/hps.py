@@ -23,7 +23,8 @@ def pad_to_square(frames: torch.Tensor, size: int) -> torch.Tensor:
     height, width = x.shape[-2:]
     scale = size / max(height, width)
     new_h, new_w = round(height * scale), round(width * scale)
-    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    # No clamp after the bicubic overshoot: hpsv2 1.2.0 feeds the model the unclamped pixels.
+    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=0.0)
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)

@@ -150,10 +150,16 @@ def read_model_config(path: Path) -> dict:
             raise ValueError(f"{file}: missing section {section!r}")
     expected = {("data_config", "prompt_template_type"): "detailed_special",
                 ("data_config", "sample_type"): "uniform", ("data_config", "num_frames"): None,
-                ("model_config", "use_special_tokens"): True, ("model_config", "output_dim"): 1}
+                ("model_config", "use_special_tokens"): True}
     for (section, key), value in expected.items():
         if config[section].get(key, value) != value:
             raise ValueError(f"{file}: {section}.{key}={config[section][key]!r} is not supported; expected {value!r}")
+    if config["model_config"].get("output_dim", 1) not in (1, len(DIMENSIONS)):
+        raise ValueError(f"{file}: model_config.output_dim={config['model_config']['output_dim']!r} is not "
+                         f"supported; expected 1 or {len(DIMENSIONS)}")
+    torch_dtype = config["model_config"].get("torch_dtype")
+    if torch_dtype not in (None, "auto") and not isinstance(getattr(torch, str(torch_dtype), None), torch.dtype):
+        raise ValueError(f"{file}: model_config.torch_dtype={torch_dtype!r} is not a torch dtype")
     if "max_frame_pixels" not in config["data_config"]:
         raise ValueError(f"{file}: data_config.max_frame_pixels is missing")
     return config
@@ -256,9 +262,17 @@ class VideoAlign:
         tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
         self.special_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
 
-        model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=dtype, attn_implementation="sdpa")
+        # As the reference builds it: loaded in model_config's torch_dtype, then the whole model
+        # cast with .to() (below), which also rounds the rotary inv_freq buffers (kept fp32 by
+        # from_pretrained) to bf16, the numbers the checkpoint was trained and evaluated with.
+        torch_dtype = config["model_config"].get("torch_dtype") or "auto"
+        load_dtype = torch_dtype if torch_dtype == "auto" else getattr(torch, torch_dtype)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=load_dtype, attn_implementation="sdpa")
         model.resize_token_embeddings(len(tokenizer))
-        model.rm_head = nn.Linear(model.config.text_config.hidden_size, 1, bias=False, dtype=dtype)
+        # output_dim 3: the head rates all dimensions at every reward token, and the score of
+        # dimension i is output i at reward token i (the diagonal, as the reference trains it).
+        self.output_dim = int(config["model_config"].get("output_dim", 1))
+        model.rm_head = nn.Linear(model.config.text_config.hidden_size, self.output_dim, bias=False)
         if lora.get("lora_enable", False):
             targets = lora_targets(model, lora.get("lora_namespan_exclude") or [], lora.get("num_lora_modules", -1))
             wrapped = get_peft_model(model, LoraConfig(
@@ -268,7 +282,9 @@ class VideoAlign:
         else:
             wrapped = model
         load_into(wrapped, *load_checkpoint_state(latest_checkpoint(folder)))
-        self.model = model.to(self.device).eval()  # LoRA layers live inside it, wrapped or not
+        # LoRA layers live inside `model`, wrapped or not; the reference's PEFT (0.10) kept them
+        # in the base weights' dtype, as this cast does.
+        self.model = model.to(self.device, dtype).eval()
 
         stats = config.get("inference_config") or {}
         if use_norm and not all(f"{d}_{s}" in stats for d in DIMENSIONS for s in ("mean", "std")):
@@ -306,7 +322,8 @@ class VideoAlign:
         # (same on the three M-RoPE axes), not Qwen2-VL's video-aware positions.
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         hidden = self.model.model(**inputs, position_ids=positions).last_hidden_state  # [B, L, D]
-        raw = self.model.rm_head(hidden[at_reward]).float().view(len(prompts), 3).cpu()  # [B, 3]: VQ, MQ, TA
+        heads = self.model.rm_head(hidden[at_reward]).float().view(len(prompts), 3, self.output_dim)
+        raw = (heads[..., 0] if self.output_dim == 1 else heads.diagonal(dim1=1, dim2=2)).cpu()  # [B, 3]: VQ, MQ, TA
         scores = (raw - self.mean) / self.std
         result = {d: scores[:, i] for i, d in enumerate(DIMENSIONS)}
         self._last = (videos, list(prompts), result)
