@@ -7,6 +7,8 @@ naming the dotted key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +153,10 @@ class RewardConfig:
     # Times a dead reward process is restarted (its pending requests resent) before the
     # trainer gives up.
     max_restarts: int = 1
+    # A NaN or inf reward: "error" stops the run naming the reward, the sample and its
+    # prompt; "drop_group" leaves that sample's group out of the update (advantage 0, not
+    # trained) and counts it in the metric dropped_groups.
+    on_nonfinite: Literal["error", "drop_group"] = "error"
 
 
 @dataclass
@@ -182,6 +188,10 @@ class TrainConfig:
     resume: str = "auto"
     # EMA of the trained weights (0 disables it).
     ema_decay: float = 0.0
+    # An optimizer step whose gradient norm is NaN or inf is skipped (weights, optimizer and
+    # LR schedule untouched) and counted in nonfinite_steps; this many skipped in a row stop
+    # the run with a checkpoint of the last finite weights and an error.
+    max_nonfinite_steps: int = 3
     # When the EMA is updated: once per iteration, after its optimizer steps, as DanceGRPO's
     # FLUX trainer does (the default), or after every optimizer step.
     ema_update: Literal["iteration", "optimizer_step"] = "iteration"
@@ -280,14 +290,19 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -361,6 +376,14 @@ def validate(cfg: Config) -> None:
     require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
     require(t.lr > 0, "train.lr", t.lr, "> 0")
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
+    require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", t.max_nonfinite_steps, ">= 1")
+    require(cfg.reward.max_restarts >= 0, "reward.max_restarts", cfg.reward.max_restarts, ">= 0")
+    require(cfg.reward.on_nonfinite != "drop_group" or g.advantage_mode == "group", "reward.on_nonfinite",
+            cfg.reward.on_nonfinite, "'error' with grpo.advantage_mode=batch (a dropped group has no batch statistics)")
+    m = cfg.model
+    for key in ("tiny_layers", "tiny_heads", "tiny_head_dim", "tiny_text_dim", "tiny_pooled_dim", "tiny_vae_channels"):
+        require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+    require(m.tiny_single_layers >= 0, "model.tiny_single_layers", m.tiny_single_layers, ">= 0")
     require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
             t.gradient_accumulation_steps, ">= 1")
     require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
@@ -393,6 +416,10 @@ def validate(cfg: Config) -> None:
     require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
             cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "
             f"{sorted(SEQUENCE_PARALLEL_FAMILIES)} only")
+    if cfg.parallel.sp_size > 1:
+        heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
+        require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
+                f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
             cfg.data.image_latents_dir,
@@ -406,6 +433,16 @@ def validate(cfg: Config) -> None:
             for key in ("videoalign_path", "videoalign_base"):
                 require(bool(getattr(cfg.reward, key)), f"reward.{key}", getattr(cfg.reward, key),
                         f"a local folder when the {name!r} reward is used")
+
+
+def attention_heads(model_path: str) -> int | None:
+    """num_attention_heads of model.path's transformer/config.json, read before any model is
+    built; None when the folder has none (the model builder then names what is missing)."""
+    file = Path(model_path) / "transformer" / "config.json"
+    try:
+        return int(json.loads(file.read_text())["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_config_path(checkpoint: Path) -> Path | None:

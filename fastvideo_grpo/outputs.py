@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -10,14 +11,44 @@ import imageio
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
+
+def finite_or_none(value):
+    """JSON has no NaN or inf: a non-finite number is written as null (strict parsers reject
+    the bare NaN that json.dumps writes by default)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
 
 def append_metrics(path: Path, record: dict) -> None:
     with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a JSONL log. A last line cut short by a crash mid-write is dropped
+    with a warning; any other bad line is an error naming the file and the line."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                logger.warning("%s: dropping its last line, cut short (%s): %.80r", path, e, line)
+                continue
+            raise ValueError(f"{path}, line {number}: not valid JSON ({e}): {line[:80]!r}") from e
+    return records
 
 
 def write_video(path: Path, frames: torch.Tensor, fps: int) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from fastvideo_grpo.parallel import (World, all_gather_dp, all_reduce_max, all_r
                                      shutdown)
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
+from fastvideo_grpo.rewards import RewardError
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
+from fastvideo_grpo.run_folder import run_folder_lock, trim_logs
 from fastvideo_grpo.rollout import Rollout, decode_videos, make_generator, rollout
 from fastvideo_grpo.tracking import Tracker, memory_stats, score_stats
 
@@ -64,6 +67,28 @@ def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config, world: World) -
     advantages = grpo.aggregate_advantages(normalized, cfg.reward.weights, cfg.grpo.adv_clip_max)
     total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
     return Scores(rewards, normalized, advantages, grpo.zero_std_fraction(total, group_size))
+
+
+class NonFiniteTraining(RuntimeError):
+    """Too many optimizer steps in a row had a NaN or inf gradient."""
+
+
+def nonfinite_groups(rewards: dict[str, torch.Tensor], prompts: list[str], cfg: Config,
+                     first_sample: int) -> torch.Tensor:
+    """[B] bool: the samples of every group in which some reward is NaN or inf. With
+    reward.on_nonfinite=error the first such reward is an error naming the reward, the
+    sample (its global index) and the prompt."""
+    group_size = cfg.sampling.group_size
+    bad = torch.zeros(len(prompts), dtype=torch.bool)
+    for name, r in rewards.items():
+        nonfinite = ~torch.isfinite(r)
+        if nonfinite.any() and cfg.reward.on_nonfinite == "error":
+            i = int(nonfinite.nonzero()[0])
+            raise RewardError(f"reward {name!r} returned {float(r[i])} for sample {first_sample + i} "
+                              f"(prompt {prompts[i]!r}); set reward.on_nonfinite=drop_group to leave such "
+                              "groups out of the update instead")
+        bad |= nonfinite
+    return bad.view(-1, group_size).any(dim=1).repeat_interleave(group_size)
 
 
 def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
@@ -101,16 +126,23 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
 def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
                   advantages: torch.Tensor, plan: list[list[MicroBatch]], cfg: Config,
-                  ema: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                  ema: dict[str, torch.Tensor] | None = None, nonfinite_streak: int = 0) -> dict[str, float]:
     """One optimizer step per entry of the plan; its loss is the mean over its (sample,
     trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
-    `ema`, when given, is updated after every optimizer step (train.ema_update=optimizer_step)."""
+    `ema`, when given, is updated after every optimizer step (train.ema_update=optimizer_step).
+
+    A step whose gradient norm (global over ranks, so every rank decides alike) is NaN or inf
+    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. The summary
+    counts skipped steps (`nonfinite_steps`) and the run of them ending this update,
+    continuing `nonfinite_streak` from the previous one; the update stops when that run
+    reaches train.max_nonfinite_steps."""
     s, g = cfg.sampling, cfg.grpo
     device = ro.latents.device
     advantages = advantages.to(device)
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
                                      "grad_norm": [], "kl": []}
     ratio_dev_first_update = 0.0
+    skipped = 0
     for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
         for position, mb in enumerate(chunk):
@@ -137,16 +169,28 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
             stats["ratio_mean"].append(ratio.mean().item())
             stats["ratio_max_dev"].append(deviation.max().item())
             stats["clip_frac"].append((deviation > g.clip_range).float().mean().item())
-        stats["grad_norm"].append(clip_grad_norm(policy.transformer, cfg.train.grad_clip))
-        optimizer.step()
-        scheduler.step()
+        grad_norm = clip_grad_norm(policy.transformer, cfg.train.grad_clip)
+        if math.isfinite(grad_norm):
+            stats["grad_norm"].append(grad_norm)
+            optimizer.step()
+            scheduler.step()
+            nonfinite_streak = 0
+        else:
+            skipped += 1
+            nonfinite_streak += 1
+            logger.warning("optimizer step %d: gradient norm %s, step skipped (%d in a row)", step_index, grad_norm,
+                           nonfinite_streak)
         optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
+        if nonfinite_streak >= cfg.train.max_nonfinite_steps:
+            break  # every rank sees the same global norm, so all stop here together
+        if ema is not None and math.isfinite(grad_norm):
             update_ema(ema, policy.transformer, cfg.train.ema_decay)
     summary = {key: sum(v) / len(v) for key, v in stats.items() if v}
     summary["ratio_max_dev"] = max(stats["ratio_max_dev"])
     summary["ratio_dev_first_update"] = ratio_dev_first_update
     summary["optimizer_steps"] = len(stats["grad_norm"])
+    summary["nonfinite_steps"] = skipped
+    summary["nonfinite_streak"] = nonfinite_streak
     return summary
 
 
@@ -217,6 +261,8 @@ class Components:
     ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
     tracker: Tracker | None = None  # main rank only
+    # Optimizer steps skipped in a row for a non-finite gradient, across iterations.
+    nonfinite_streak: int = 0
 
 
 def setup(cfg: Config) -> Components:
@@ -259,11 +305,22 @@ def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | W
 
 
 def resume(c: Components, cfg: Config) -> int:
-    """Load the checkpoint `train.resume` asks for; returns the first iteration to run."""
-    if cfg.train.resume == "never":
-        return 0
-    path = latest_checkpoint(cfg.train.output_dir) if cfg.train.resume == "auto" else Path(cfg.train.resume)
+    """Load the checkpoint `train.resume` asks for; returns the first iteration to run.
+
+    A run never starts from scratch over an earlier run's checkpoints (it would overwrite
+    them and its metrics): that is an error saying how to start fresh."""
+    folder = Path(cfg.train.output_dir) / "checkpoints"
+    earlier = sorted(p.name for p in folder.glob("step_*") if p.is_dir()) if folder.is_dir() else []
+    path = None
+    if cfg.train.resume == "auto":
+        path = latest_checkpoint(cfg.train.output_dir)
+    elif cfg.train.resume != "never":
+        path = Path(cfg.train.resume)
     if path is None:
+        if earlier:
+            raise ValueError(f"{folder} holds checkpoints of an earlier run ({', '.join(earlier)}) but train.resume="
+                             f"{cfg.train.resume!r} found none to resume from; to start fresh, delete {folder.parent} "
+                             "or give this run another train.output_dir")
         return 0
     state = load_checkpoint(path, c.policy.transformer, c.optimizer, c.world, c.ema)
     c.scheduler.load_state_dict(state["scheduler"])
@@ -271,40 +328,66 @@ def resume(c: Components, cfg: Config) -> int:
     return state["iteration"]
 
 
+def all_finite(model: torch.nn.Module, world: World) -> bool:
+    """Every rank's parameter shards are finite (one host sync, one all-reduce)."""
+    bad = sum((~torch.isfinite(p.detach())).sum() for p in model.parameters())
+    return all_reduce_max(float(bad), world) == 0
+
+
 def checkpoint(c: Components, cfg: Config, iteration: int) -> None:
-    """Save after `iteration` iterations."""
+    """Save after `iteration` iterations; a non-finite weight is never written."""
+    if not all_finite(c.policy.transformer, c.world):
+        raise NonFiniteTraining(f"after iteration {iteration - 1} the weights hold NaN or inf; not checkpointing "
+                                f"them over {cfg.train.output_dir}/checkpoints (the last checkpoint is intact)")
     trainer_state = {"scheduler": c.scheduler.state_dict(), "sampler": c.sampler.state_dict()}
     save_checkpoint(cfg.train.output_dir, iteration, c.policy.transformer, c.optimizer, trainer_state, c.world,
                     cfg.checkpoint.keep_last, c.ema, c.transformer_config)
 
 
-def keep_metrics_before(path: Path, iteration: int) -> None:
-    """On resume, drop the lines of iterations the resumed run will redo."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip()
-                and json.loads(line)["iteration"] < iteration]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
 def train(cfg: Config) -> Path:
     """Run (or resume) the configured iterations; returns the output folder.
 
-    Raises `Preempted` after checkpointing when SIGTERM or SIGUSR1 arrived.
+    Raises `Preempted` after checkpointing when SIGTERM or SIGUSR1 arrived before the last
+    iteration finished. The reward process, the tracker and the process group are closed
+    on every path out.
     """
-    t = cfg.train
-    c = setup(cfg)
-    out = Path(t.output_dir)
+    out = Path(cfg.train.output_dir)
+    with run_folder_lock(out, held=int(os.environ.get("RANK", "0")) == 0):
+        c = setup(cfg)
+        try:
+            run_loop(c, cfg, out)
+        finally:
+            if c.tracker is not None:
+                c.tracker.close()
+            c.scorer.close()
+            shutdown()
+    return out
+
+
+def start_run(c: Components, cfg: Config, out: Path) -> int:
+    """Resume, then on rank 0 write the run config and trim the logs to the resumed
+    iteration; returns the first iteration to run."""
     start = resume(c, cfg)
     if c.world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        keep_metrics_before(out / "metrics.jsonl", start)
+        saved = out / "config.yaml"
+        if start > 0 and saved.is_file():
+            before = (yaml.safe_load(saved.read_text()) or {}).get("sampling", {}).get("group_size")
+            if before is not None and before != cfg.sampling.group_size:
+                logger.warning("resuming %s with sampling.group_size=%d; it ran with %d until iteration %d",
+                               out, cfg.sampling.group_size, before, start)
+        saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        trim_logs(out, start)
         c.tracker = Tracker(cfg, out, start)
-    held_out = held_out_source(cfg) if cfg.eval.every else None
     barrier(c.world)
+    return start
+
+
+def run_loop(c: Components, cfg: Config, out: Path) -> None:
+    t = cfg.train
+    start = start_run(c, cfg, out)
+    held_out = held_out_source(cfg) if cfg.eval.every else None
     preemption = PreemptionFlag()
     preemption.install()
-
     bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations,
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
@@ -316,29 +399,29 @@ def train(cfg: Config) -> Path:
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
         done = iteration + 1
-        preempted = preemption.requested(c.world)
+        if c.nonfinite_streak >= t.max_nonfinite_steps:
+            checkpoint(c, cfg, done)
+            raise NonFiniteTraining(
+                f"{c.nonfinite_streak} optimizer steps in a row had a NaN or inf gradient (train.max_nonfinite_steps="
+                f"{t.max_nonfinite_steps}), the last in iteration {iteration}; the weights are the last finite ones, "
+                f"checkpointed after iteration {iteration}. Look for the cause in metrics.jsonl (loss, grad_norm, "
+                "rewards) before resuming, e.g. with a lower train.lr")
+        # A signal during the last iteration changes nothing: the run is complete.
+        preempted = preemption.requested(c.world) and done < t.iterations
         every = cfg.checkpoint.every
         if preempted or done == t.iterations or (every and done % every == 0):
             started = time.perf_counter()
             checkpoint(c, cfg, done)
             if c.world.is_main:
                 c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
-        if not preempted and cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
-            evaluate_in_loop(c, cfg, held_out, done)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
-            if c.world.is_main:
-                c.tracker.close()
-            c.scorer.close()
-            shutdown()
             raise Preempted(out)
+        if cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
+            evaluate_in_loop(c, cfg, held_out, done)
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
-        c.tracker.close()
-    c.scorer.close()
     barrier(c.world)
-    shutdown()
-    return out
 
 
 def evaluate_in_loop(c: Components, cfg: Config, source, iteration: int) -> None:
@@ -358,6 +441,11 @@ def evaluate_in_loop(c: Components, cfg: Config, source, iteration: int) -> None
         c.tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
         if grid is not None:
             c.tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over the masked samples; NaN (null in metrics.jsonl) when there are none."""
+    return values[mask].mean().item() if mask.any() else float("nan")
 
 
 def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
@@ -392,6 +480,10 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]
         rewards = {name: torch.cat([r[name] for r in results]) for name in results[0]}
+        dropped = nonfinite_groups(rewards, batch_prompts, cfg, first_sample)
+        # A dropped group keeps its place in the plan (every rank takes the same number of
+        # optimizer steps) with reward 0 throughout, hence advantage 0: it adds no gradient.
+        rewards = {name: torch.where(dropped, torch.zeros_like(r), r) for name, r in rewards.items()}
         scores = advantages_of(rewards, cfg, world)
     kept = torch.ones(len(batch_prompts), dtype=torch.bool)
     if cfg.grpo.best_of:
@@ -401,8 +493,9 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
         per_step = t.ema_update == "optimizer_step"
         update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg,
-                               c.ema if per_step else None)
-        if c.ema is not None and not per_step:
+                               c.ema if per_step else None, c.nonfinite_streak)
+        c.nonfinite_streak = update.pop("nonfinite_streak")
+        if c.ema is not None and not per_step and update["optimizer_steps"] > 0:
             update_ema(c.ema, policy.transformer, t.ema_decay)
 
     if saving:
@@ -410,9 +503,11 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
         c.tracker.videos("samples", videos, iteration, s.fps)
 
+    scored = ~dropped
     local = {
-        "reward_mean": sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()).mean().item(),
-        **{f"reward/{name}": r.mean().item() for name, r in scores.rewards.items()},
+        "reward_mean": masked_mean(sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()), scored),
+        **{f"reward/{name}": masked_mean(r, scored) for name, r in scores.rewards.items()},
+        "dropped_groups": float(dropped.sum()) / s.group_size,
         "advantage_abs_mean": scores.advantages.abs().mean().item(),
         "zero_std_frac": scores.zero_std_frac,
         **{k: v for k, v in update.items() if k not in ("ratio_max_dev", "ratio_dev_first_update")},
@@ -420,6 +515,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     }
     metrics = {"iteration": iteration, **all_reduce_mean(local, world),
                **score_stats(scores.normalized, scores.advantages, world)}
+    metrics["dropped_groups"] = round(metrics["dropped_groups"] * world.world_size / world.sp_size)  # a count
     metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
     metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]

@@ -26,6 +26,14 @@ NEGATIVE = "negative.safetensors"
 KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds", "token_count")
 
 
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Precomputed inputs are checked as they are read: a NaN or inf byte in a shard would
+    otherwise reach the loss and every weight."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} holds {bad} non-finite values (NaN or inf); re-run data_preprocess/ for it")
+
+
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
@@ -79,7 +87,10 @@ class EmbeddingDataset:
             raise ValueError(f"{self.root / NEGATIVE}: (tokens, dim, pooled dim) {found[1:]} differ from the "
                              f"shards' {shape}")
         f = self._open(NEGATIVE)
-        return TextConditioning(*(f.get_tensor(key) for key in KEYS[:3]))
+        tensors = [f.get_tensor(key) for key in KEYS[:3]]
+        for key, tensor in zip(KEYS[:3], tensors):
+            check_finite(tensor, f"{self.root / NEGATIVE}: {key} of the empty prompt")
+        return TextConditioning(*tensors)
 
     def _open(self, name: str):
         if name not in self._files:
@@ -114,7 +125,10 @@ class EmbeddingDataset:
             row = self.rows[i]
             f = self._open(row["shard"])
             for key in parts:
-                parts[key].append(f.get_slice(key)[row["row"]: row["row"] + 1])
+                tensor = f.get_slice(key)[row["row"]: row["row"] + 1]
+                check_finite(tensor, f"{self.root / row['shard']}: {key} of row {row['row']} "
+                                     f"(prompt {i}: {row['prompt']!r})")
+                parts[key].append(tensor)
         negative = self.negative.repeat_interleave(len(indices)) if self.negative is not None else None
         return TextConditioning(torch.cat(parts["prompt_embeds"]), torch.cat(parts["prompt_attention_mask"]),
                                 torch.cat(parts["pooled_prompt_embeds"]), negative)
@@ -161,8 +175,13 @@ class ImageLatents:
 
     def latents(self, indices: list[int]) -> torch.Tensor:
         """[len(indices), C, 1, h, w]"""
-        rows = [self.rows[i] for i in indices]
-        return torch.cat([self._files[r["shard"]].get_slice("latents")[r["row"]: r["row"] + 1] for r in rows])
+        parts = []
+        for i in indices:
+            row = self.rows[i]
+            tensor = self._files[row["shard"]].get_slice("latents")[row["row"]: row["row"] + 1]
+            check_finite(tensor, f"{self.root / row['shard']}: latents of row {row['row']} (prompt {i})")
+            parts.append(tensor)
+        return torch.cat(parts)
 
 
 class WithImageLatents:

@@ -1,0 +1,71 @@
+"""The run folder (train.output_dir): one run at a time, and its JSONL logs kept consistent
+with the checkpoint a run resumes from."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+from fastvideo_grpo.outputs import read_metrics
+
+logger = logging.getLogger(__name__)
+
+LOCK = ".lock"
+
+
+class RunFolderBusy(RuntimeError):
+    pass
+
+
+@contextmanager
+def run_folder_lock(folder: Path, held: bool = True):
+    """An exclusive lock on `folder` for the run's lifetime (taken where `held`: rank 0).
+
+    flock is released by the kernel when its holder dies, so a lock left by a crashed or
+    killed run is never stale; the file only records who held it, for the message."""
+    if not held:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderBusy(f"train.output_dir={folder} is in use by a running job ({holder}); wait for it, or "
+                            "give this run another train.output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def keep_records(path: Path, keep) -> None:
+    """Rewrite a JSONL log with the records `keep(record)` accepts (atomically: a crash
+    while rewriting leaves the old file)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if keep(r)]
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(temp, path)
+
+
+def trim_logs(folder: Path, start: int) -> None:
+    """On resume at iteration `start`, drop what the resumed run will write again: metrics and
+    sample rows of iterations >= start, evaluations after `start` iterations."""
+    keep_records(folder / "metrics.jsonl", lambda r: r["iteration"] < start)
+    keep_records(folder / "samples" / "index.jsonl", lambda r: r["iteration"] < start)
+    keep_records(folder / "eval.jsonl", lambda r: r["iteration"] <= start)
