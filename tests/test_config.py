@@ -54,6 +54,10 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
     ("reward.binary_thresholds={pickscore: 0.3}", "reward.binary_thresholds.pickscore"),
     ("reward.weights={videoalign_mq: 1.0}", "reward.videoalign_path"),
     ("train.lr", "section.key=value"),
+    ("model.tiny_heads=0", "model.tiny_heads: 0 is invalid; expected >= 1"),
+    ("reward.max_restarts=-1", "reward.max_restarts: -1 is invalid; expected >= 0"),
+    ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps"),
+    ("parallel.sp_size=3", "parallel.sp_size: 3 is invalid; expected a divisor of the model's 4 attention heads"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as info:
@@ -68,6 +72,15 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
         load_config(path)
     assert str(path) in str(info.value) and "train.learning_rate" in str(info.value)
     assert "'lr'" in str(info.value)  # the allowed keys are listed
+
+
+def test_sp_size_must_divide_the_heads_of_the_folder_before_any_model_is_built(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text('{"num_attention_heads": 24}')
+    common = ["model.size=full", f"model.path={tmp_path}", "data.embeddings_dir=/e", "reward.weights={color: 1.0}"]
+    assert load_config(None, [*common, "parallel.sp_size=8"]).parallel.sp_size == 8
+    with pytest.raises(ConfigError, match="parallel.sp_size: 5 is invalid; expected a divisor of the model's 24"):
+        load_config(None, [*common, "parallel.sp_size=5"])
 
 
 def test_full_model_requires_a_path():
