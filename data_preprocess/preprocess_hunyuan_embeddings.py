@@ -57,8 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-template", help="JSON file with 'template' and 'crop_start'")
 
 
+def template_fingerprint(args: argparse.Namespace) -> dict:
+    """The template decides every embedding: a shard encoded with another one is stale."""
+    return {"prompt_template": load_template(args.model_path, args.prompt_template)}
+
+
 def run(argv: list[str] | None = None) -> int:
-    return main(__doc__.split("\n\n")[0], hunyuan_encoder, 256, argv, add_arguments)
+    return main(__doc__.split("\n\n")[0], hunyuan_encoder, 256, argv, add_arguments, template_fingerprint)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvideo_grpo.data.preprocess import DTYPES, preprocess
+from fastvideo_grpo.data.preprocess import DTYPES, RERUN_HELP, preprocess, read_lines, report_blank_lines
 from fastvideo_grpo.parallel import init_distributed, shutdown
 
 logger = logging.getLogger("preprocess_latents")
@@ -34,9 +34,13 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"}
 
 
 def read_input_list(path: Path) -> list[Path]:
+    """The listed files, read as prompt files are (UTF-8, lines end at \\n or \\r\\n, a
+    control character is an error naming the line); blank lines are skipped and counted."""
     if not path.is_file():
         raise FileNotFoundError(f"--inputs {path} does not exist")
-    files = [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+    lines = read_lines(path)
+    report_blank_lines(path, [number for number, line in lines if not line.strip()])
+    files = [Path(line.strip()) for _, line in lines if line.strip()]
     files = [f if f.is_absolute() else path.parent / f for f in files]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -60,6 +64,13 @@ def load_frame(path: Path, height: int, width: int) -> torch.Tensor:
     return x[:, top:top + height, left:left + width].clamp(-1, 1)
 
 
+def file_stamp(path: str) -> list[int]:
+    """Size and modification time: a file replaced under the same path makes its shard stale
+    (cheap to check on every re-run, unlike hashing every image or video)."""
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def load_vae(model_path: Path, dtype: torch.dtype, device: torch.device):
     config = model_path / "vae" / "config.json"
     if not config.is_file():
@@ -69,7 +80,8 @@ def load_vae(model_path: Path, dtype: torch.dtype, device: torch.device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=RERUN_HELP.format(
+        items="files (path, size and modification time)", settings="resolved --model-path, --height, --width"))
     parser.add_argument("--model-path", required=True, type=Path)
     parser.add_argument("--inputs", required=True, type=Path, help="a file listing image/video paths")
     parser.add_argument("--output", required=True)
@@ -79,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="re-encode every shard, even unchanged ones")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -98,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             latents = vae.encode(x.to(world.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
         return {"latents": latents.float().cpu()}, 0
 
+    settings = {"encoder": "vae_latents", "model_path": str(args.model_path.resolve()), "height": args.height,
+                "width": args.width}
     counts = preprocess([str(f) for f in files], encode, args.output, world, args.shard_size, args.batch_size,
-                        args.dtype, args.overwrite, item_key="path")
+                        args.dtype, args.overwrite, item_key="path", settings=settings, identify=file_stamp)
     logger.info("%d inputs; rank %d: %s", len(files), world.rank, counts)
     shutdown()
     return 0

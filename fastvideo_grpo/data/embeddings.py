@@ -38,10 +38,11 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Written under a temporary name and renamed: a shard that exists is complete."""
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Written under a temporary name and renamed: a shard that exists is complete.
+    `metadata` goes into the safetensors header."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
