@@ -202,6 +202,9 @@ class CheckpointConfig:
     # Save every this many iterations (0: only at the end and on preemption).
     every: int = 50
     keep_last: int = 3
+    # At load, check every file's CRC32 against the one recorded at save (reads the whole
+    # checkpoint once more); false for huge runs, which then check only the files' sizes.
+    verify: bool = True
 
 
 @dataclass

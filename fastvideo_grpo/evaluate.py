@@ -32,6 +32,7 @@ import imageio
 import torch
 import torch.distributed as dist
 
+from fastvideo_grpo.checkpoint import resolve_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.models.base import DTYPES
@@ -268,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ODE evaluation of a trained or base model on a prompt set")
     parser.add_argument("--config", help="YAML config (default: the checkpoint's RUN/config.yaml)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a RUN/checkpoints/step_N folder")
+    source.add_argument("--checkpoint", help="a RUN/checkpoints/step_N folder, RUN/checkpoints/latest or RUN "
+                        "(its latest checkpoint)")
     source.add_argument("--diffusers", help="an exported diffusers folder (with transformer/ or its contents)")
     parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     parser.add_argument("--prompts", default="", help="embeddings folder or (tiny model) prompt file")
@@ -286,15 +288,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--compare needs at least two evaluation folders")
         sys.stdout.write(compare([Path(f) for f in args.compare]) + "\n")
         return 0
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     config = args.config
-    if config is None and args.checkpoint:
-        config = run_config_path(Path(args.checkpoint))
+    if config is None and checkpoint is not None:
+        config = run_config_path(checkpoint)
+        if config is None:
+            looked_for = checkpoint.parent.parent / "config.yaml"  # where run_config_path looks
+            parser.error(f"--checkpoint {args.checkpoint}: found no run config; looked for {looked_for} (the "
+                         "config.yaml a run folder keeps beside checkpoints/); pass --config")
     if config is None:
-        parser.error("--config is required unless --checkpoint sits in a run folder with config.yaml")
+        parser.error("--config is required without --checkpoint (with it, the run's config.yaml is used)")
     cfg = load_config(config, args.overrides)
-    name = args.name or Path(args.checkpoint or args.diffusers or "base").name
-    evaluate(cfg, Path(args.output_dir) / name, args.checkpoint, args.diffusers, args.ema, args.prompts,
-             args.num_prompts, args.seeds, args.grid)
+    name = args.name or (checkpoint or Path(args.diffusers or "base")).name
+    evaluate(cfg, Path(args.output_dir) / name, str(checkpoint) if checkpoint else None, args.diffusers, args.ema,
+             args.prompts, args.num_prompts, args.seeds, args.grid)
     return 0
 
 

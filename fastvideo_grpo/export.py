@@ -8,7 +8,9 @@ OUT/transformer/ for a transformer, OUT/unet/ for a UNet (Stable Diffusion), hol
 config.json + diffusion_pytorch_model*.safetensors (sharded over the size threshold) that
 `<Class>.from_pretrained(OUT, subfolder=...)` loads. With --base-model, the other
 components (vae, text encoders, tokenizers, scheduler, model_index.json) are copied next to
-it so that the whole pipeline loads from OUT.
+it so that the whole pipeline loads from OUT. --checkpoint may also be RUN/checkpoints/latest,
+RUN/checkpoints or RUN: the run's latest checkpoint. Its files are first checked against the
+checkpoint's manifest (CRC32s unless the run had checkpoint.verify=false).
 
 A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
 config (model.path, or the seeded tiny model). Its export merges the adapters into the
@@ -27,9 +29,8 @@ from pathlib import Path
 
 import diffusers
 import torch
-import torch.distributed.checkpoint as dcp
 
-from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG
+from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG, load_shards, resolve_checkpoint, saved_keys, verify_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.models import build_policy
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
@@ -54,12 +55,16 @@ def lora_base(cfg: Config) -> torch.nn.Module:
 
 
 def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch.nn.Module:
-    """The checkpoint's transformer on CPU (with LoRA adapters still separate)."""
-    checkpoint = Path(checkpoint)
+    """The checkpoint's transformer on CPU (with LoRA adapters still separate). `checkpoint`
+    is a step_N folder, or what `resolve_checkpoint` takes for one."""
+    checkpoint = resolve_checkpoint(checkpoint)
     config_path = checkpoint / TRANSFORMER_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
     cfg = run_config(checkpoint)
+    verify_checkpoint(checkpoint, checksums=cfg is None or cfg.checkpoint.verify)  # the run's checkpoint.verify
+    if ema and not any(key.startswith("ema.") for key in saved_keys(checkpoint)):
+        raise ValueError(f"{checkpoint} holds no EMA weights: its run had train.ema_decay = 0")
     if cfg is not None and cfg.model.lora_rank > 0:
         model = lora_base(cfg)
     else:
@@ -70,11 +75,7 @@ def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch
     state = {"model": trainable_state(model.state_dict(), model)}
     if ema:
         state["ema"] = {name: torch.empty_like(p) for name, p in model.named_parameters() if p.requires_grad}
-    try:
-        dcp.load(state, checkpoint_id=checkpoint)
-    except Exception as e:  # DCP names only the missing key
-        what = "an EMA (train.ema_decay > 0)" if ema else "model weights"
-        raise RuntimeError(f"{checkpoint}: could not load {what}: {e}") from e
+    load_shards(state, checkpoint)
     model.load_state_dict(state["model"], strict=False)
     if ema:
         model.load_state_dict(state["ema"], strict=False)
@@ -120,6 +121,7 @@ def copy_base_components(base: Path, output: Path, trained: str) -> None:
 def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype: str = "fp32",
            base_model: str | Path | None = None, max_shard_size: str = "5GB", adapter_only: bool = False) -> Path:
     output = Path(output)
+    checkpoint = resolve_checkpoint(checkpoint)
     model = load_trained_transformer(checkpoint, ema)
     if adapter_only and not is_lora(model):
         raise ValueError(f"--adapter-only: {checkpoint} is not from a LoRA run (model.lora_rank = 0)")
@@ -145,7 +147,8 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a training checkpoint as a diffusers folder")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_N folder")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a RUN/checkpoints/step_N folder, RUN/checkpoints/latest or RUN (its latest checkpoint)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--ema", action="store_true", help="export the EMA weights")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

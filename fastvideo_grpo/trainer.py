@@ -322,7 +322,7 @@ def resume(c: Components, cfg: Config) -> int:
                              f"{cfg.train.resume!r} found none to resume from; to start fresh, delete {folder.parent} "
                              "or give this run another train.output_dir")
         return 0
-    state = load_checkpoint(path, c.policy.transformer, c.optimizer, c.world, c.ema)
+    state = load_checkpoint(path, c.policy.transformer, c.optimizer, c.world, c.ema, verify=cfg.checkpoint.verify)
     c.scheduler.load_state_dict(state["scheduler"])
     c.sampler.load_state_dict(state["sampler"])
     return state["iteration"]

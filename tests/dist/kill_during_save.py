@@ -19,8 +19,8 @@ def main():
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", sys.argv[2:])
     original = checkpoint.dcp.save
 
-    def save_then_die(state, checkpoint_id):
-        original(state, checkpoint_id=checkpoint_id)
+    def save_then_die(state, checkpoint_id, **kwargs):
+        original(state, checkpoint_id=checkpoint_id, **kwargs)
         if Path(checkpoint_id).name == f".tmp-step_{kill_at}":
             os.kill(os.getpid(), signal.SIGKILL)
 
