@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=0, help="the first K prompts (0: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", help="results go to OUTPUT_DIR/NAME (default: from the model)")
-    parser.add_argument("--output-dir", default="eval")
+    parser.add_argument("--output-dir", help="default: RUN/eval for a checkpoint of run folder RUN, else ./eval")
     parser.add_argument("--grid", type=int, default=4, help="prompts in grid.mp4/grid.png")
     parser.add_argument("--compare", nargs="+", metavar="EVAL_DIR", help="print deltas of runs vs the first")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config is required without --checkpoint (with it, the run's config.yaml is used)")
     cfg = load_config(config, args.overrides)
     name = args.name or (checkpoint or Path(args.diffusers or "base")).name
-    evaluate(cfg, Path(args.output_dir) / name, str(checkpoint) if checkpoint else None, args.diffusers, args.ema,
+    # A checkpoint's evaluation belongs with its run, not wherever the command was typed.
+    output_dir = Path(args.output_dir) if args.output_dir else (
+        checkpoint.parent.parent / "eval" if checkpoint is not None else Path("eval"))
+    evaluate(cfg, output_dir / name, str(checkpoint) if checkpoint else None, args.diffusers, args.ema,
              args.prompts, args.num_prompts, args.seeds, args.grid)
     return 0
 

@@ -78,14 +78,14 @@ def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_
     assert [r["iteration"] for r in logged] == [1, 2]
     assert logged[0]["eval/color_mean"] != logged[1]["eval/color_mean"]
     main(["--checkpoint", str(out / "checkpoints" / "step_2"), "--prompts", EVAL_PROMPTS, "--num-prompts", "2",
-          "--seeds", "0", "1", "--output-dir", str(tmp_path / "eval"), "--name", "final"])
-    summary = json.loads((tmp_path / "eval" / "final" / "summary.json").read_text())
+          "--seeds", "0", "1", "--name", "final"])
+    summary = json.loads((out / "eval" / "final" / "summary.json").read_text())  # in the run folder by default
     assert summary["rewards"]["color"]["mean"] == pytest.approx(logged[1]["eval/color_mean"], abs=1e-6)
     assert summary["rewards"]["color"]["ci95"] == pytest.approx(logged[1]["eval/color_ci95"], abs=1e-6)
     export(out / "checkpoints" / "step_2", tmp_path / "exported")
     main(["--config", str(out / "config.yaml"), "--diffusers", str(tmp_path / "exported"), "--prompts", EVAL_PROMPTS,
           "--num-prompts", "2", "--seeds", "0", "1", "--output-dir", str(tmp_path / "eval")])
-    assert read_rows(tmp_path / "eval" / "exported") == read_rows(tmp_path / "eval" / "final")
+    assert read_rows(tmp_path / "eval" / "exported") == read_rows(out / "eval" / "final")
 
 
 def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
