@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from fastvideo_grpo.checkpoint import resolve_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
+from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.models.base import DTYPES
 from fastvideo_grpo.outputs import tile_videos, write_video
@@ -153,7 +154,6 @@ def write_results(folder: Path, rows: list[dict], grid: torch.Tensor | None, met
 def held_out_source(cfg: Config, path: str = ""):
     """The prompt set to evaluate: `path` (an embeddings folder or a prompt file), else
     eval.embeddings_dir / eval.prompts_file, else the training prompts."""
-    from fastvideo_grpo.trainer import build_prompt_source  # the trainer imports this module
 
     path = path or cfg.eval.embeddings_dir or cfg.eval.prompts_file
     data = cfg.data

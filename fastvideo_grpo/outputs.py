@@ -11,6 +11,8 @@ import imageio
 import numpy as np
 import torch
 
+from fastvideo_grpo.config import Config
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,3 +108,14 @@ def plot_reward_curve(runs: dict[str, list[dict]], path: Path, key: str = "rewar
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_samples(out: Path, iteration: int, videos: torch.Tensor, prompts: list[str],
+                 rewards: dict[str, torch.Tensor], cfg: Config) -> None:
+    folder = out / "samples"
+    folder.mkdir(exist_ok=True)
+    for i in range(min(cfg.train.num_saved_samples, videos.shape[0])):
+        write_video(folder / f"iter_{iteration:06d}_{i}.mp4", videos[i], cfg.sampling.fps)
+        scores = {name: round(float(r[i]), 6) for name, r in rewards.items()}
+        append_metrics(folder / "index.jsonl", {"iteration": iteration, "file": f"iter_{iteration:06d}_{i}.mp4",
+                                                "prompt": prompts[i], **scores})

@@ -7,12 +7,12 @@ import io
 import logging
 import math
 import resource
+import time
 from pathlib import Path
 
 import imageio
 import torch
 
-from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.outputs import tile_videos
 from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean
@@ -109,3 +109,25 @@ class Tracker:
         self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase; waits for the GPU so phases are not blurred."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.device.type == "cuda":
+                    torch.cuda.synchronize(timer.device)
+                timer.seconds[f"time_{name}"] = time.perf_counter() - self.start
+
+        return _Phase()

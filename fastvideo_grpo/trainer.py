@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -15,234 +13,27 @@ import yaml
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
+from fastvideo_grpo.advantages import advantages_of, nonfinite_groups
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, to_dict
-from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
-from fastvideo_grpo.evaluate import eval_items, evaluate_policy, held_out_source, summarize
-from fastvideo_grpo.data.preprocess import read_prompt_file
+from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
-from fastvideo_grpo.models import Policy, TextConditioning, build_policy
+from fastvideo_grpo.data.sources import build_prompt_source
+from fastvideo_grpo.ema import init_ema, update_ema
+from fastvideo_grpo.evaluate import eval_items, evaluate_policy, held_out_source, summarize
+from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.models.lora import apply_lora
-from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
-from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, write_video
-from fastvideo_grpo.parallel import (World, all_gather_dp, all_reduce_max, all_reduce_mean, barrier, init_distributed,
-                                     shutdown)
-from fastvideo_grpo.parallel.fsdp import clip_grad_norm, parallelize, set_gradient_sync
+from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
+from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
-from fastvideo_grpo.rewards import RewardError
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
+from fastvideo_grpo.rollout import decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs
-from fastvideo_grpo.rollout import Rollout, decode_videos, make_generator, rollout
-from fastvideo_grpo.tracking import Tracker, memory_stats, score_stats
+from fastvideo_grpo.tracking import PhaseTimer, Tracker, memory_stats, score_stats
+from fastvideo_grpo.update import NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches, update_policy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Scores:
-    rewards: dict[str, torch.Tensor]  # name -> [B] raw (or thresholded) reward
-    normalized: dict[str, torch.Tensor]  # name -> [B] the reward normalised per group (or batch)
-    advantages: torch.Tensor  # [B], aggregated over rewards and clipped
-    zero_std_frac: float
-
-
-@dataclass
-class MicroBatch:
-    samples: torch.Tensor  # indices into the rollout's batch dim
-    step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
-
-
-def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config, world: World) -> Scores:
-    """Group advantages; with grpo.advantage_mode=batch (the DDPO ablation) the statistics are
-    those of the global batch, all data-parallel ranks' samples, as DDPO normalises. A collective."""
-    group_size, mode = cfg.sampling.group_size, cfg.grpo.advantage_mode
-    if mode == "batch":
-        count = len(next(iter(rewards.values())))
-        mine = slice(world.dp_rank * count, (world.dp_rank + 1) * count)
-        normalized = {name: grpo.normalize_rewards(all_gather_dp(r, world), group_size, mode)[mine]
-                      for name, r in rewards.items()}
-    else:
-        normalized = {name: grpo.normalize_rewards(r, group_size, mode) for name, r in rewards.items()}
-    advantages = grpo.aggregate_advantages(normalized, cfg.reward.weights, cfg.grpo.adv_clip_max)
-    total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
-    return Scores(rewards, normalized, advantages, grpo.zero_std_fraction(total, group_size))
-
-
-class NonFiniteTraining(RuntimeError):
-    """Too many optimizer steps in a row had a NaN or inf gradient."""
-
-
-def nonfinite_groups(rewards: dict[str, torch.Tensor], prompts: list[str], cfg: Config,
-                     first_sample: int) -> torch.Tensor:
-    """[B] bool: the samples of every group in which some reward is NaN or inf. With
-    reward.on_nonfinite=error the first such reward is an error naming the reward, the
-    sample (its global index) and the prompt."""
-    group_size = cfg.sampling.group_size
-    bad = torch.zeros(len(prompts), dtype=torch.bool)
-    for name, r in rewards.items():
-        nonfinite = ~torch.isfinite(r)
-        if nonfinite.any() and cfg.reward.on_nonfinite == "error":
-            i = int(nonfinite.nonzero()[0])
-            raise RewardError(f"reward {name!r} returned {float(r[i])} for sample {first_sample + i} "
-                              f"(prompt {prompts[i]!r}); set reward.on_nonfinite=drop_group to leave such "
-                              "groups out of the update instead")
-        bad |= nonfinite
-    return bad.view(-1, group_size).any(dim=1).repeat_interleave(group_size)
-
-
-def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
-                       first_sample: int = 0) -> list[list[MicroBatch]]:
-    """The optimizer steps of an iteration, each a list of micro-batches.
-
-    As in the released scripts, `train.gradient_accumulation_steps` counts samples: each
-    optimizer step takes that many kept samples (in order; the last step takes the rest),
-    each with all its trained transitions, so a sample never straddles two steps and the
-    step count, ceil(kept / gradient_accumulation_steps), is the same on every rank.
-    Within a step, a micro-batch is the step's samples of one rollout batch at one trained
-    transition: when it is the whole rollout batch, its forward is bit-identical to the
-    rollout's, so the stored log-probs are the old policy's and none is recomputed.
-    A rollout batch's timesteps are drawn from a generator seeded by its first global sample index.
-    """
-    steps_of_batch = {}
-    for batch in ro.batches:
-        generator = make_generator(*seed_parts, 2, first_sample + batch.start)
-        steps_of_batch[batch.start] = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
-                                                            cfg.grpo.timestep_selection, generator).tolist()
-    kept_samples = torch.nonzero(kept).flatten()
-    per_step = cfg.train.gradient_accumulation_steps
-    plan = []
-    for start in range(0, len(kept_samples), per_step):
-        window = kept_samples[start:start + per_step]
-        micro_batches = []
-        for batch in ro.batches:
-            samples = window[(window >= batch.start) & (window < batch.stop)]
-            if len(samples):
-                micro_batches += [MicroBatch(samples, k) for k in steps_of_batch[batch.start]]
-        plan.append(micro_batches)
-    return plan
-
-
-def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
-                  advantages: torch.Tensor, plan: list[list[MicroBatch]], cfg: Config,
-                  ema: dict[str, torch.Tensor] | None = None, nonfinite_streak: int = 0) -> dict[str, float]:
-    """One optimizer step per entry of the plan; its loss is the mean over its (sample,
-    trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
-    `ema`, when given, is updated after every optimizer step (train.ema_update=optimizer_step).
-
-    A step whose gradient norm (global over ranks, so every rank decides alike) is NaN or inf
-    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. The summary
-    counts skipped steps (`nonfinite_steps`) and the run of them ending this update,
-    continuing `nonfinite_streak` from the previous one; the update stops when that run
-    reaches train.max_nonfinite_steps."""
-    s, g = cfg.sampling, cfg.grpo
-    device = ro.latents.device
-    advantages = advantages.to(device)
-    stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
-                                     "grad_norm": [], "kl": []}
-    ratio_dev_first_update = 0.0
-    skipped = 0
-    for step_index, chunk in enumerate(plan):
-        window_samples = sum(len(mb.samples) for mb in chunk)
-        for position, mb in enumerate(chunk):
-            set_gradient_sync(policy.transformer, position == len(chunk) - 1)
-            idx = mb.samples.to(device)
-            x, x_next = ro.latents[idx, mb.step], ro.latents[idx, mb.step + 1]
-            mb_cond = cond.select(mb.samples)
-            t_k = float(ro.schedule[mb.step])
-            step = policy.step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta, s.sde_type,
-                               prev_sample=x_next)
-            loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
-            if reference is not None:
-                with torch.no_grad():
-                    ref = reference.step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta,
-                                         s.sde_type, prev_sample=x_next)
-                kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
-                loss = loss + g.kl_weight * kl
-                stats["kl"].append(kl.item())
-            (loss * len(mb.samples) / window_samples).backward()
-            deviation = (ratio.detach() - 1).abs()
-            if step_index == 0:
-                ratio_dev_first_update = max(ratio_dev_first_update, deviation.max().item())
-            stats["loss"].append(loss.item())
-            stats["ratio_mean"].append(ratio.mean().item())
-            stats["ratio_max_dev"].append(deviation.max().item())
-            stats["clip_frac"].append((deviation > g.clip_range).float().mean().item())
-        grad_norm = clip_grad_norm(policy.transformer, cfg.train.grad_clip)
-        if math.isfinite(grad_norm):
-            stats["grad_norm"].append(grad_norm)
-            optimizer.step()
-            scheduler.step()
-            nonfinite_streak = 0
-        else:
-            skipped += 1
-            nonfinite_streak += 1
-            logger.warning("optimizer step %d: gradient norm %s, step skipped (%d in a row)", step_index, grad_norm,
-                           nonfinite_streak)
-        optimizer.zero_grad(set_to_none=True)
-        if nonfinite_streak >= cfg.train.max_nonfinite_steps:
-            break  # every rank sees the same global norm, so all stop here together
-        if ema is not None and math.isfinite(grad_norm):
-            update_ema(ema, policy.transformer, cfg.train.ema_decay)
-    summary = {key: sum(v) / len(v) for key, v in stats.items() if v}
-    summary["ratio_max_dev"] = max(stats["ratio_max_dev"])
-    summary["ratio_dev_first_update"] = ratio_dev_first_update
-    summary["optimizer_steps"] = len(stats["grad_norm"])
-    summary["nonfinite_steps"] = skipped
-    summary["nonfinite_streak"] = nonfinite_streak
-    return summary
-
-
-class PhaseTimer:
-    """Wall-clock seconds per named phase; waits for the GPU so phases are not blurred."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if timer.device.type == "cuda":
-                    torch.cuda.synchronize(timer.device)
-                timer.seconds[f"time_{name}"] = time.perf_counter() - self.start
-
-        return _Phase()
-
-
-def build_optimizer(policy: Policy, cfg: Config):
-    t = cfg.train
-    params = [p for p in policy.transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                                  weight_decay=t.weight_decay)
-    warmup = t.lr_warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
-    return optimizer, scheduler
-
-
-def build_reference(policy: Policy) -> Policy:
-    """A frozen copy of the initial policy for the KL penalty; shares everything but the network."""
-    reference = copy.copy(policy)
-    reference.transformer = copy.deepcopy(policy.transformer).requires_grad_(False).eval()
-    return reference
-
-
-def save_samples(out: Path, iteration: int, videos: torch.Tensor, prompts: list[str],
-                 rewards: dict[str, torch.Tensor], cfg: Config) -> None:
-    folder = out / "samples"
-    folder.mkdir(exist_ok=True)
-    for i in range(min(cfg.train.num_saved_samples, videos.shape[0])):
-        write_video(folder / f"iter_{iteration:06d}_{i}.mp4", videos[i], cfg.sampling.fps)
-        scores = {name: round(float(r[i]), 6) for name, r in rewards.items()}
-        append_metrics(folder / "index.jsonl", {"iteration": iteration, "file": f"iter_{iteration:06d}_{i}.mp4",
-                                                "prompt": prompts[i], **scores})
 
 
 @dataclass
@@ -287,21 +78,6 @@ def setup(cfg: Config) -> Components:
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(world, policy, reference, optimizer, scheduler, build_reward_scorer(cfg.reward, world), sampler, source,
                       latent_shape, ema, transformer_config)
-
-
-def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | WithImageLatents:
-    """Precomputed embeddings (data.embeddings_dir), or for the tiny model a prompt file
-    encoded by a seeded random text encoder; with data.image_latents_dir, each prompt's
-    first-frame latent too."""
-    if cfg.data.embeddings_dir:
-        source = EmbeddingDataset(cfg.data.embeddings_dir)
-    else:
-        encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
-                                  seed=cfg.model.init_seed)
-        source = TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)
-    if cfg.data.image_latents_dir:
-        return WithImageLatents(source, ImageLatents(cfg.data.image_latents_dir))
-    return source
 
 
 def resume(c: Components, cfg: Config) -> int:

@@ -10,7 +10,7 @@ from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import NEGATIVE, EmbeddingDataset, TinyRandomPrompts
 from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
-from fastvideo_grpo.trainer import build_optimizer, plan_micro_batches, update_policy
+from fastvideo_grpo.update import build_optimizer, plan_micro_batches, update_policy
 from helpers import tiny_policy, tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))

@@ -14,7 +14,8 @@ from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import ImageLatents
 from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
 from fastvideo_grpo.models.hunyuan_video import tiny_transformer, tiny_vae
-from fastvideo_grpo.trainer import build_prompt_source, train
+from fastvideo_grpo.data.sources import build_prompt_source
+from fastvideo_grpo.trainer import train
 from helpers import tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))

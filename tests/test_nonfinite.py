@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from fastvideo_grpo import rewards as reward_registry
-from fastvideo_grpo import trainer
+from fastvideo_grpo import grpo, trainer
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.rewards import RewardError
@@ -77,13 +76,13 @@ def test_drop_group_leaves_the_group_out_and_counts_it(tmp_path, monkeypatch):
 def test_nonfinite_gradients_skip_steps_then_stop_with_the_last_finite_weights(tmp_path, monkeypatch):
     """A NaN loss on every step: each step is skipped and counted; 3 in a row stop the run with
     a checkpoint of the (unchanged, finite) weights, metrics stay strict JSON."""
-    original = trainer.grpo.clipped_loss
+    original = grpo.clipped_loss
 
     def nan_loss(*args):
         loss, ratio = original(*args)
         return loss * float("nan"), ratio
 
-    monkeypatch.setattr(trainer.grpo, "clipped_loss", nan_loss)
+    monkeypatch.setattr(grpo, "clipped_loss", nan_loss)
     cfg = small_cfg(tmp_path, "train.iterations=10", "train.max_nonfinite_steps=3",
                     "train.gradient_accumulation_steps=4")  # 8 samples: 2 optimizer steps per iteration
     initial = {k: v.clone() for k, v in trainer.setup(cfg).policy.transformer.state_dict().items()}
@@ -106,7 +105,7 @@ def test_nonfinite_gradients_skip_steps_then_stop_with_the_last_finite_weights(t
 
 
 def test_one_nonfinite_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
-    original = trainer.grpo.clipped_loss
+    original = grpo.clipped_loss
     calls = []
 
     def nan_once(*args):
@@ -114,7 +113,7 @@ def test_one_nonfinite_step_is_skipped_and_training_goes_on(tmp_path, monkeypatc
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), ratio
 
-    monkeypatch.setattr(trainer.grpo, "clipped_loss", nan_once)
+    monkeypatch.setattr(grpo, "clipped_loss", nan_once)
     out = trainer.train(small_cfg(tmp_path, "train.iterations=2", "train.gradient_accumulation_steps=4"))
     rows = strict_rows(out / "metrics.jsonl")
     assert [r["nonfinite_steps"] for r in rows] == [1, 0]

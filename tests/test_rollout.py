@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fastvideo_grpo.trainer import build_optimizer, plan_micro_batches, update_policy
+from fastvideo_grpo.update import build_optimizer, plan_micro_batches, update_policy
 from helpers import tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue sky", "a green field"]

@@ -1,6 +1,5 @@
 """One run per folder, and logs that agree with the checkpoint a run resumes from."""
 
-import json
 import logging
 import os
 import signal

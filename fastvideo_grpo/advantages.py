@@ -1,0 +1,55 @@
+"""Scores of a rollout -> advantages: non-finite rewards caught, rewards normalised per group
+(or over the global batch) and aggregated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastvideo_grpo import grpo
+from fastvideo_grpo.config import Config
+from fastvideo_grpo.parallel import World, all_gather_dp
+from fastvideo_grpo.rewards import RewardError
+
+
+@dataclass
+class Scores:
+    rewards: dict[str, torch.Tensor]  # name -> [B] raw (or thresholded) reward
+    normalized: dict[str, torch.Tensor]  # name -> [B] the reward normalised per group (or batch)
+    advantages: torch.Tensor  # [B], aggregated over rewards and clipped
+    zero_std_frac: float
+
+
+def advantages_of(rewards: dict[str, torch.Tensor], cfg: Config, world: World) -> Scores:
+    """Group advantages; with grpo.advantage_mode=batch (the DDPO ablation) the statistics are
+    those of the global batch, all data-parallel ranks' samples, as DDPO normalises. A collective."""
+    group_size, mode = cfg.sampling.group_size, cfg.grpo.advantage_mode
+    if mode == "batch":
+        count = len(next(iter(rewards.values())))
+        mine = slice(world.dp_rank * count, (world.dp_rank + 1) * count)
+        normalized = {name: grpo.normalize_rewards(all_gather_dp(r, world), group_size, mode)[mine]
+                      for name, r in rewards.items()}
+    else:
+        normalized = {name: grpo.normalize_rewards(r, group_size, mode) for name, r in rewards.items()}
+    advantages = grpo.aggregate_advantages(normalized, cfg.reward.weights, cfg.grpo.adv_clip_max)
+    total = sum(cfg.reward.weights[name] * r for name, r in rewards.items())
+    return Scores(rewards, normalized, advantages, grpo.zero_std_fraction(total, group_size))
+
+
+def nonfinite_groups(rewards: dict[str, torch.Tensor], prompts: list[str], cfg: Config,
+                     first_sample: int) -> torch.Tensor:
+    """[B] bool: the samples of every group in which some reward is NaN or inf. With
+    reward.on_nonfinite=error the first such reward is an error naming the reward, the
+    sample (its global index) and the prompt."""
+    group_size = cfg.sampling.group_size
+    bad = torch.zeros(len(prompts), dtype=torch.bool)
+    for name, r in rewards.items():
+        nonfinite = ~torch.isfinite(r)
+        if nonfinite.any() and cfg.reward.on_nonfinite == "error":
+            i = int(nonfinite.nonzero()[0])
+            raise RewardError(f"reward {name!r} returned {float(r[i])} for sample {first_sample + i} "
+                              f"(prompt {prompts[i]!r}); set reward.on_nonfinite=drop_group to leave such "
+                              "groups out of the update instead")
+        bad |= nonfinite
+    return bad.view(-1, group_size).any(dim=1).repeat_interleave(group_size)
