@@ -27,6 +27,7 @@ from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metri
 from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
+from fastvideo_grpo.rewards import check_reward_names
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs
@@ -58,6 +59,7 @@ class Components:
 
 def setup(cfg: Config) -> Components:
     p, s, t = cfg.parallel, cfg.sampling, cfg.train
+    check_reward_names(cfg.reward)  # before any model is built or process started
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)

@@ -1,4 +1,3 @@
-import os
 import threading
 import time
 
@@ -51,8 +50,8 @@ def test_two_ranks_get_every_score_back_for_the_right_sample(echo_server):
             assert scores == [float(v) for v in values]
 
 
-def test_killed_reward_process_is_a_clear_error_within_the_timeout():
-    os.environ["FVGRPO_TEST_SLEEP"] = "5"
+def test_killed_reward_process_is_a_clear_error_within_the_timeout(monkeypatch):
+    monkeypatch.setenv("FVGRPO_TEST_SLEEP", "5")
     cfg = RewardConfig(weights={"test_sleep": 1.0}, timeout_s=20, max_restarts=0)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)

@@ -55,11 +55,19 @@ class RewardError(RuntimeError):
     """A reward could not score: names the reward and the requests."""
 
 
+def check_reward_names(cfg: RewardConfig) -> None:
+    """Raise ValueError if `reward.weights` names a reward that is not registered; builds
+    nothing, so a typo fails before any model is loaded, here or in the reward process."""
+    unknown = [name for name in cfg.weights if name not in REGISTRY]
+    if unknown:
+        keys = ", ".join(f"reward.weights.{name}" for name in unknown)
+        raise ValueError(f"{keys}: unknown reward; available: {sorted(REGISTRY)}")
+
+
 def build_rewards(cfg: RewardConfig) -> dict[str, RewardFn]:
+    check_reward_names(cfg)
     rewards: dict[str, RewardFn] = {}
     for name in cfg.weights:
-        if name not in REGISTRY:
-            raise ValueError(f"reward.weights.{name}: unknown reward; available: {sorted(REGISTRY)}")
         reward = REGISTRY[name](cfg)
         if name in cfg.binary_thresholds:
             reward = binary(reward, cfg.binary_thresholds[name])
@@ -85,4 +93,5 @@ def build_scorer(cfg: RewardConfig) -> Scorer:
     return lambda videos, prompts: score_with(rewards, videos, prompts)
 
 
-__all__ = ["REGISTRY", "RewardError", "RewardFn", "Scorer", "binary", "build_rewards", "build_scorer", "score_with"]
+__all__ = ["REGISTRY", "RewardError", "RewardFn", "Scorer", "binary", "build_rewards", "build_scorer",
+           "check_reward_names", "score_with"]

@@ -13,6 +13,7 @@ import socket
 import sys
 
 from fastvideo_grpo.config import load_config
+from fastvideo_grpo.rewards import check_reward_names
 from fastvideo_grpo.rewards.service import serve
 
 
@@ -24,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_reward_names(cfg.reward)
+    except ValueError as e:  # ConfigError is one too
+        logging.getLogger("fastvideo_grpo.rewards").error("config error: %s", e)
+        return 2
     listener = socket.create_server((args.host, args.port))
     logging.getLogger("fastvideo_grpo.rewards").info("serving %s on %s:%d", sorted(cfg.reward.weights),
                                                      args.host, args.port)

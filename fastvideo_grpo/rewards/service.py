@@ -7,29 +7,49 @@ shape up to `max_batch` or `max_latency_ms` and replies with named float scores,
 an error naming the reward that failed. Clients match replies by id, so replies may come
 in any order; a request that times out, a dead server, or a failing reward raises
 `RewardError` in the trainer, never a made-up score.
+
+The per-node reward process lives and dies with its trainer: it ignores the preemption
+signals (SIGTERM, SIGUSR1) that reach its whole process group, because the trainer still
+needs its scores to finish the iteration it checkpoints after; the trainer kills it on
+close, and it exits by itself if the trainer dies without closing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import queue
+import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.rewards import RewardError, build_rewards, score_with
+from fastvideo_grpo.rewards import RewardError, RewardFn, build_rewards, score_with
 from fastvideo_grpo.rewards.protocol import recv_message, send_message
 
 logger = logging.getLogger(__name__)
+
+# What schedulers send before preemption; the trainer defers them (fastvideo_grpo.preemption).
+PREEMPTION_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+# A SIGKILLed process is gone within milliseconds unless it is stuck in the kernel (a hung
+# GPU driver call); past this the trainer stops waiting for it rather than hang on exit.
+KILL_WAIT_S = 10.0
+
+
+class RewardTimeout(RewardError):
+    """No reply within reward.timeout_s: the server is hung, not merely failing."""
 
 
 @dataclass
@@ -50,9 +70,10 @@ class _Connection:
             send_message(self.sock, header)
 
 
-def serve(cfg: RewardConfig, listener: socket.socket, ready=None) -> None:
-    """Accept clients on `listener` and score their requests until the process is killed."""
-    rewards = build_rewards(cfg)
+def serve(cfg: RewardConfig, listener: socket.socket, rewards: dict[str, RewardFn] | None = None) -> None:
+    """Accept clients on `listener` and score their requests with `rewards` (built from `cfg`
+    unless given) until the process is killed."""
+    rewards = build_rewards(cfg) if rewards is None else rewards
     pending: queue.Queue[_Request] = queue.Queue()
 
     def read_requests(conn: _Connection) -> None:
@@ -71,8 +92,6 @@ def serve(cfg: RewardConfig, listener: socket.socket, ready=None) -> None:
             threading.Thread(target=read_requests, args=(_Connection(sock),), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    if ready is not None:
-        ready.set()
     while True:
         batch = [pending.get()]
         deadline = time.monotonic() + cfg.max_latency_ms / 1000
@@ -108,24 +127,107 @@ def _send_quietly(conn: _Connection, header: dict) -> None:
         logger.warning("client of request %s is gone", header["id"])
 
 
-def _process_main(cfg: RewardConfig, listener: socket.socket, ready) -> None:
+def _process_main(cfg: RewardConfig, listener: socket.socket, status: mp.connection.Connection) -> None:
     logging.basicConfig(level=logging.WARNING)
-    serve(cfg, listener, ready)
+    _ignore_preemption_signals()
+    _exit_with_parent()
+    try:
+        rewards = build_rewards(cfg)
+    except Exception as e:
+        # The trainer is waiting on `status`: tell it why, so it need not wait out the timeout.
+        status.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+        raise
+    status.send_bytes(json.dumps({"ready": True}).encode())
+    status.close()
+    serve(cfg, listener, rewards)
+
+
+def _ignore_preemption_signals() -> None:
+    """A scheduler signals the whole process group; the trainer answers by finishing the
+    iteration, which needs this process's scores, and kills this process when it closes."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)  # blocked by the parent
+
+
+def _exit_with_parent() -> None:
+    """Exit when the trainer is gone (e.g. SIGKILLed): ignoring SIGTERM, this process would
+    otherwise hold its device until someone SIGKILLs it too."""
+    parent = mp.parent_process()
+
+    def watch() -> None:
+        mp.connection.wait([parent.sentinel])
+        logger.warning("the trainer (pid %d) is gone; the reward process exits", parent.pid)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-trainer").start()
+
+
+@contextlib.contextmanager
+def _preemption_signals_blocked():
+    """Block SIGTERM/SIGUSR1 in this thread while it spawns the reward process: the child
+    inherits the mask through fork and exec, so a preemption signal that arrives while it
+    imports (seconds) waits until it ignores them instead of killing it. This process loses
+    none meanwhile: another of its threads takes them, or they wait for the unblock."""
+    resource_tracker.ensure_running()  # starting the tracker unblocks SIGTERM: do it first
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def start_reward_process(cfg: RewardConfig) -> tuple[mp.Process, str]:
-    """Spawn a reward process listening on a free loopback port; returns it and its address."""
+    """Spawn a reward process listening on a free loopback port; returns it and its address
+    once its rewards are built. Raises RewardError with the child's own error as soon as it
+    fails or dies, or after reward.timeout_s."""
     listener = socket.create_server(("127.0.0.1", 0))
     ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    process = ctx.Process(target=_process_main, args=(cfg, listener, ready), daemon=True, name="reward-process")
-    process.start()
+    status, child_status = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_process_main, args=(cfg, listener, child_status), daemon=True,
+                          name="reward-process")
+    with _preemption_signals_blocked():
+        process.start()
     address = f"127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()  # the child holds its own copy
-    if not ready.wait(timeout=cfg.timeout_s):
-        process.kill()
-        raise RewardError(f"the reward process did not start within reward.timeout_s={cfg.timeout_s}s")
+    listener.close()  # the child holds its own copies of both
+    child_status.close()
+    try:
+        _wait_until_ready(process, status, cfg.timeout_s)
+    except RewardError:
+        stop_process(process)
+        raise
+    finally:
+        status.close()
     return process, address
+
+
+def _wait_until_ready(process: mp.Process, status: mp.connection.Connection, timeout_s: float) -> None:
+    # Waiting on the process as well as on its message: a child that dies before it can
+    # send one (killed, out of memory, a crash in native code) is reported at once too.
+    if not mp.connection.wait([status, process.sentinel], timeout=timeout_s):
+        raise RewardError(f"the reward process (pid {process.pid}) did not start within "
+                          f"reward.timeout_s={timeout_s}s")
+    try:
+        message = json.loads(status.recv_bytes()) if status.poll() else {}
+    except EOFError:
+        message = {}
+    if message.get("ready"):
+        return
+    if "error" in message:
+        raise RewardError(f"the reward process (pid {process.pid}) could not start: {message['error']}")
+    process.join(KILL_WAIT_S)
+    raise RewardError(f"the reward process (pid {process.pid}) exited with code {process.exitcode} before it "
+                      "was ready")
+
+
+def stop_process(process: mp.Process) -> None:
+    """SIGKILL `process` and wait for it, at most KILL_WAIT_S: a stopped or hung process
+    must not hang the trainer's exit."""
+    process.kill()
+    process.join(KILL_WAIT_S)
+    if process.is_alive():
+        logger.warning("the reward process (pid %d) did not exit within %gs of SIGKILL; leaving it",
+                       process.pid, KILL_WAIT_S)
 
 
 class RewardClient:
@@ -190,12 +292,15 @@ class RewardClient:
                 if not missing:
                     break
                 if self._broken is not None:
-                    self._recover(missing)
+                    self._recover()
+                    # The resent requests get the full timeout on the new process: its start
+                    # may itself have taken most of the old deadline.
+                    deadline = time.monotonic() + self.timeout_s
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RewardError(f"reward requests {missing} got no reply within reward.timeout_s="
-                                      f"{self.timeout_s}s from {self.address}")
+                    raise RewardTimeout(f"reward requests {missing} got no reply within reward.timeout_s="
+                                        f"{self.timeout_s}s from {self.address}")
                 self._cond.wait(timeout=remaining)
             replies = [self._replies.pop(i) for i in ids]
         for i in ids:
@@ -206,17 +311,21 @@ class RewardClient:
         names = list(replies[0]["scores"])
         return {name: torch.tensor([r["scores"][name] for r in replies]) for name in names}
 
-    def _recover(self, missing: list[int]) -> None:
-        """Called with the lock held after the connection broke: restart or raise."""
+    def _recover(self) -> None:
+        """Called with the lock held after the connection broke: restart the server and
+        resend every pending request, or raise. Every one, not only those awaited: the
+        other rollout batches in flight were lost with the connection too."""
         reason = self._broken
+        pending = [i for i in self._sent if i not in self._replies]
         if self.restart is None or self.restarts >= self.max_restarts:
-            raise RewardError(f"{reason}; requests {missing} are lost (restarts used: {self.restarts})")
+            raise RewardError(f"{reason}; requests {pending} are lost (restarts used: {self.restarts})")
         self.restarts += 1
-        logger.warning("%s; restarting the reward process (%d/%d) and resending %d requests", reason,
-                       self.restarts, self.max_restarts, len(missing))
+        logger.warning("%s; restarting the reward process (%d/%d) and resending requests %s", reason,
+                       self.restarts, self.max_restarts, pending)
+        self.sock.close()
         self.address = self.restart()
         self._connect()
-        for request_id in missing:
+        for request_id in pending:
             self._send(*self._sent[request_id])
 
     def close(self) -> None:
@@ -253,9 +362,7 @@ class ServiceScorer:
         self.client = RewardClient(address, cfg.timeout_s, restart, cfg.max_restarts)
 
     def _restart(self) -> str:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join()
+        stop_process(self.process)
         self.process, address = start_reward_process(self.cfg)
         return address
 
@@ -263,13 +370,19 @@ class ServiceScorer:
         return self.client.submit(videos, prompts)
 
     def result(self, handle: list[int]) -> dict[str, torch.Tensor]:
-        return self.client.result(handle)
+        try:
+            return self.client.result(handle)
+        except RewardTimeout:
+            # A hung process (stopped, or stuck in a GPU call) is killed now, so that the
+            # error ends the run instead of leaving whoever joins it waiting.
+            if self.process is not None:
+                stop_process(self.process)
+            raise
 
     def close(self) -> None:
         self.client.close()
         if self.process is not None:
-            self.process.kill()
-            self.process.join()
+            stop_process(self.process)
 
 
 def build_reward_scorer(cfg: RewardConfig, world) -> InlineScorer | ServiceScorer:
