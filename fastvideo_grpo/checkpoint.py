@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from fastvideo_grpo.models.lora import trainable_state
-from fastvideo_grpo.parallel import World, barrier
+from fastvideo_grpo.parallel import World, all_gather_objects, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +101,6 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write or flush names no file
     os.replace(tmp, path)
-
-
-def _gather(obj, world: World | None) -> list:
-    """Every rank's `obj`, in rank order."""
-    if world is None or world.mesh is None or world.world_size == 1:
-        return [obj]
-    gathered = [None] * world.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -283,7 +274,7 @@ def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Modu
                 _write_file(tmp / TRANSFORMER_CONFIG, written, lambda f: f.write(_json_bytes(model_config, 2)))
 
     _fail_together(_caught(write_this_ranks_files), written, tmp, world)
-    files = {file: entry for part in _gather(written.files, world) for file, entry in part.items()}
+    files = {file: entry for part in all_gather_objects(written.files, world) for file, entry in part.items()}
     error = _caught(lambda: _complete(tmp, final, files)) if world.is_main else None
     _fail_together(error, written, tmp, world)
     if world.is_main:
@@ -331,7 +322,7 @@ def _fail_together(error: BaseException | None, written: _Checksums, tmp: Path, 
     partial = tmp.is_dir()  # gone after a failure past the rename; read before main removes it
     reason = _describe_write_error(error, written) if error is not None else None
     failures = [f"rank {rank}: {r}" if world.world_size > 1 else r
-                for rank, r in enumerate(_gather(reason, world)) if r is not None]
+                for rank, r in enumerate(all_gather_objects(reason, world)) if r is not None]
     if not failures:
         return
     if world.is_main:
@@ -445,7 +436,7 @@ def verify_checkpoint(path: str | Path, world: World | None = None, checksums: b
     rank, size = (world.rank, world.world_size) if world is not None else (0, 1)
     names = sorted(name for name in files if not _is_rng_file(name))[rank::size]
     problems = [p for name in names if (p := _check_file(path / name, files[name], checksums)) is not None]
-    problems = [p for part in _gather(problems, world) for p in part]
+    problems = [p for part in all_gather_objects(problems, world) for p in part]
     if problems:
         raise CheckpointError(f"checkpoint {path}: {'; '.join(problems)}")
     return files

@@ -30,7 +30,6 @@ from statistics import NormalDist
 import diffusers
 import imageio
 import torch
-import torch.distributed as dist
 
 from fastvideo_grpo.checkpoint import resolve_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
@@ -38,7 +37,7 @@ from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.models.base import DTYPES
 from fastvideo_grpo.outputs import tile_videos, write_video
-from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel import World, all_gather_objects, barrier, init_distributed, shutdown
 from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator
 
 logger = logging.getLogger(__name__)
@@ -87,14 +86,6 @@ def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shif
     return x
 
 
-def _gather(obj, world: World) -> list:
-    if world.mesh is None or world.world_size == 1:
-        return [obj]
-    gathered = [None] * world.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
 def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: Config,
                     latent_shape: tuple[int, ...], scorer, world: World,
                     grid_prompts: int = 0) -> tuple[list[dict], torch.Tensor | None]:
@@ -124,8 +115,8 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
             if p < grid_prompts and seed == first_seed:
                 grid[p] = videos[i]
     # Sequence-parallel ranks of a data-parallel rank hold the same rows: keep one copy.
-    merged_rows = {(r["prompt_index"], r["seed"]): r for part in _gather(rows, world) for r in part}
-    merged_grid = {p: v for part in _gather(grid, world) for p, v in part.items()}
+    merged_rows = {(r["prompt_index"], r["seed"]): r for part in all_gather_objects(rows, world) for r in part}
+    merged_grid = {p: v for part in all_gather_objects(grid, world) for p, v in part.items()}
     videos = [merged_grid[p] for p in sorted(merged_grid)]
     return [merged_rows[key] for key in sorted(merged_rows)], tile_videos(torch.stack(videos)) if videos else None
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
@@ -107,8 +108,10 @@ def resume(c: Components, cfg: Config) -> int:
 
 
 def all_finite(model: torch.nn.Module, world: World) -> bool:
-    """Every rank's parameter shards are finite (one host sync, one all-reduce)."""
-    bad = sum((~torch.isfinite(p.detach())).sum() for p in model.parameters())
+    """Every rank's parameter shards are finite (one host sync, one all-reduce). Each rank
+    counts its local shard: a sum over a sharded DTensor would be a collective per parameter."""
+    local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
+    bad = sum((~torch.isfinite(p.detach())).sum() for p in local)
     return all_reduce_max(float(bad), world) == 0
 
 

@@ -3,12 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import ROOT
+from helpers import wait_for_lines
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import World
@@ -85,9 +85,7 @@ def test_sigusr1_checkpoints_and_exits_with_the_preemption_code(tmp_path):
                              f"train.output_dir={tmp_path}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.2)
+    wait_for_lines(metrics, 2, timeout_s=120, poll_s=0.2)
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]

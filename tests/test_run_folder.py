@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import ROOT
+from helpers import wait_for_lines
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.outputs import read_metrics
 from fastvideo_grpo.run_folder import RunFolderBusy, run_folder_lock
@@ -106,9 +106,7 @@ def test_sigterm_during_the_last_iteration_ends_the_completed_run_with_0(tmp_pat
                              f"train.output_dir={tmp_path}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        time.sleep(0.1)
+    wait_for_lines(metrics, 1, timeout_s=120, poll_s=0.1)
     proc.send_signal(signal.SIGTERM)  # iteration 1, the last, is scoring (3 s per reward call)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]

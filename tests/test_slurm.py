@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from helpers import wait_for_lines
 from slurm_cluster import Cluster, Unavailable, ensure_installed
 
 
@@ -60,9 +61,7 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
         cwd=ROOT, env=env, timeout=60)
     job = submitted.stdout.strip().split(";")[0]
     metrics = out / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.5)
+    wait_for_lines(metrics, 2, timeout_s=300, poll_s=0.5)
     cluster.run("scancel", "--signal=USR1", job)
     # SLURM holds a requeued job back for about two minutes (starting it sooner on the same
     # node fails with "Job credential revoked"), so this test waits for the real restart.

@@ -121,6 +121,15 @@ def all_gather_dp(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat(gathered[::world.sp_size]).to(tensor.device)
 
 
+def all_gather_objects(obj, world: World | None) -> list:
+    """Every rank's picklable `obj`, in rank order ([obj] in a single process)."""
+    if world is None or world.mesh is None or world.world_size == 1:
+        return [obj]
+    gathered = [None] * world.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier(world: World) -> None:
     if world.mesh is not None:
         dist.barrier()
