@@ -14,8 +14,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash train_scripts/train_tiny_cpu.sh
 
+# Two workers: the tests are single-threaded (conftest), the machine has two cores.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py

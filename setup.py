@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.10",
     install_requires=requirements,
     extras_require={
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
         "gpu": ["flash-attn"],
         # Imported only when logging.wandb is true.
         "wandb": ["wandb==0.31.0"],

@@ -55,7 +55,7 @@ def saved_activation_bytes(fn, parameters) -> int:
 def measure(sp_size: int) -> dict:
     from fastvideo_grpo.config import load_config
     from fastvideo_grpo.models import build_policy
-    from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+    from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
     from fastvideo_grpo.parallel import init_distributed
     from fastvideo_grpo.parallel.fsdp import apply_fsdp
     from fastvideo_grpo.update import build_optimizer

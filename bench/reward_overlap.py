@@ -2,8 +2,8 @@
 
     python bench/reward_overlap.py
 
-A reward that sleeps (test_sleep) as long per rollout batch as sampling and decoding that
-batch take:
+A reward that sleeps (test_sleep, from the plugin tests/reward_plugins.py) as long per
+rollout batch as sampling and decoding that batch take:
 in-line, rollout and reward add up; with reward.mode=process each batch is scored while the
 next is sampled. Prints (rollout + decode + reward wait) for both and the ratio to
 max(rollout, reward) (goal: async <= 1.10 x max).
@@ -34,7 +34,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         base = ["sampling.group_size=4", "sampling.rollout_batch_size=4", f"train.prompts_per_iteration={BATCHES}",
                 "train.sample_every=0", "train.progress_bar=false", f"train.output_dir={out}",
-                "reward.weights={test_sleep: 1.0}", "reward.max_batch=4"]
+                "reward.weights={test_sleep: 1.0}", f"reward.plugins=[{ROOT / 'tests/reward_plugins.py'}]",
+                "reward.max_batch=4"]
         cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", base + ["reward.mode=inline"])
         os.environ["FVGRPO_TEST_SLEEP"] = "0"
         c = setup(cfg)

@@ -29,7 +29,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import evaluate, mean_ci
+from fastvideo_grpo.evaluate import evaluate
+from fastvideo_grpo.stats import mean_ci
 from fastvideo_grpo.outputs import draw_reward_curves, read_metrics
 
 logger = logging.getLogger(__name__)

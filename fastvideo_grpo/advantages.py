@@ -9,6 +9,7 @@ import torch
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config
+from fastvideo_grpo.metrics import IterationStats, masked_mean, population_std
 from fastvideo_grpo.parallel import World, all_gather_dp
 from fastvideo_grpo.rewards import RewardError
 
@@ -53,3 +54,30 @@ def nonfinite_groups(rewards: dict[str, torch.Tensor], prompts: list[str], cfg: 
                               "groups out of the update instead")
         bad |= nonfinite
     return bad.view(-1, group_size).any(dim=1).repeat_interleave(group_size)
+
+
+def record_scores(stats: IterationStats, scores: Scores, dropped: torch.Tensor, cfg: Config) -> None:
+    """Rewards of the scored samples, dropped groups, and the advantages: their mean, std
+    (population), max |A|, and per reward the mean |normalised reward| (how much advantage
+    each reward contributes; 0 when all its groups are flat)."""
+    scored = ~dropped
+    total = sum(cfg.reward.weights[name] * r for name, r in scores.rewards.items())
+    stats.mean("reward_mean", masked_mean(total, scored))
+    for name, r in scores.rewards.items():
+        stats.mean(f"reward/{name}", masked_mean(r, scored))
+    stats.total("dropped_groups", dropped.sum() / cfg.sampling.group_size)
+    a = scores.advantages
+    stats.mean("advantage_abs_mean", a.abs().mean())
+    stats.mean("zero_std_frac", scores.zero_std_frac)
+    stats.mean("advantage_mean", a.mean())
+    stats.mean("advantage_sq_mean", a.pow(2).mean())
+    stats.max("advantage_abs_max", a.abs().max())
+    for name, n in scores.normalized.items():
+        stats.mean(f"reward_norm/{name}", n.abs().mean())
+
+
+def finish_score_stats(metrics: dict[str, float], world: World) -> None:
+    """After the reduction: the advantage std from its moments, and dropped groups as a count
+    (sequence-parallel ranks share their samples, so each group was counted sp_size times)."""
+    metrics["advantage_std"] = population_std(metrics["advantage_mean"], metrics.pop("advantage_sq_mean"))
+    metrics["dropped_groups"] = round(metrics["dropped_groups"] / world.sp_size)

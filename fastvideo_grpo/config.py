@@ -21,13 +21,11 @@ class ConfigError(ValueError):
     pass
 
 
-# Model families whose attention parallel/sequence_parallel.py splits over sp ranks.
-SEQUENCE_PARALLEL_FAMILIES = {"hunyuan_video"}
-
-
 @dataclass
 class ModelConfig:
-    family: Literal["hunyuan_video", "hunyuan_video_i2v", "flux", "stable_diffusion"] = "hunyuan_video"
+    # A name in models.registry.FAMILIES; models.check_model_config checks it (and whether the
+    # family supports parallel.sp_size > 1), as config cannot import the models it configures.
+    family: str = "hunyuan_video"
     # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
@@ -116,7 +114,8 @@ class GRPOConfig:
 
 @dataclass
 class RewardConfig:
-    # Reward name -> advantage weight. Names are looked up in rewards.registry.
+    # Reward name -> advantage weight. Names are the scores the registered reward models
+    # provide (fastvideo_grpo.rewards.REGISTRY), e.g. videoalign_vq of model videoalign.
     weights: dict[str, float] = field(default_factory=lambda: {"videoalign_vq": 1.0})
     # Reward name -> threshold: the reward becomes 1.0 above it, 0.0 otherwise.
     binary_thresholds: dict[str, float] = field(default_factory=dict)
@@ -126,19 +125,14 @@ class RewardConfig:
     address: str = ""
     # Where the reward models run, e.g. "cuda:7" (a GPU the policy does not use) or "cpu".
     device: str = "cpu"
-    # Local CLIP folder (transformers format) for the "clip" reward.
-    clip_path: str = ""
-    # HPS_v2.1_compressed.pt and its open_clip architecture for the "hps" reward.
-    hps_path: str = ""
-    hps_model: str = "ViT-H-14"
-    # VideoAlign (rewards videoalign_vq, videoalign_mq, videoalign_ta; one model serves all
-    # three): the VideoReward folder (model_config.json, checkpoint-N/) and the local
-    # Qwen2-VL-2B-Instruct folder it was trained from.
-    videoalign_path: str = ""
-    videoalign_base: str = ""
-    # Standardise each dimension with the checkpoint's inference_config mean/std.
-    videoalign_use_norm: bool = True
-    videoalign_dtype: Literal["bf16", "fp32"] = "bf16"
+    # Reward model -> its own settings, e.g. models.videoalign.path. Kept raw here: each
+    # reward declares and checks its section (fastvideo_grpo.rewards.check_reward_config),
+    # so this file need not know every reward.
+    models: dict[str, dict] = field(default_factory=dict)
+    # Modules, or paths of .py files, imported before reward names are checked (trainer,
+    # reward process, reward server); each registers rewards with
+    # fastvideo_grpo.rewards.register_reward.
+    plugins: list[str] = field(default_factory=list)
     # Frame rate of the scored videos (VideoAlign samples 2 frames per second of video);
     # 0 takes sampling.fps.
     video_fps: float = 0.0
@@ -284,6 +278,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             _coerce(f"{key}.{k}", k, key_type): _coerce(f"{key}.{k}", v, value_type)
             for k, v in value.items()
         }
+    if annotation is dict:  # a raw section, checked by whoever owns it
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, e.g. [a, b], got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -313,11 +316,25 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
 
 
+# Keys of earlier versions -> where they live now: an old config fails naming the new key.
+MOVED_KEYS = {
+    "reward.clip_path": "reward.models.clip.path",
+    "reward.hps_path": "reward.models.hps.path",
+    "reward.hps_model": "reward.models.hps.model",
+    "reward.videoalign_path": "reward.models.videoalign.path",
+    "reward.videoalign_base": "reward.models.videoalign.base",
+    "reward.videoalign_use_norm": "reward.models.videoalign.use_norm",
+    "reward.videoalign_dtype": "reward.models.videoalign.dtype",
+}
+
+
 def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     known = _fields(type(obj))
     for name, value in updates.items():
         key = f"{prefix}{name}"
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{key} moved to {MOVED_KEYS[key]}")
         if name not in known:
             raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(known)}")
         annotation = hints[name]
@@ -325,8 +342,28 @@ def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             _merge(getattr(obj, name), value, prefix=f"{key}.")
+        elif annotation == dict[str, dict]:
+            # Raw sections merge key by key, as dataclass sections do: an override of
+            # reward.models.hps.path keeps the file's reward.models.hps.model.
+            old = getattr(obj, name)
+            new = _coerce(key, value, annotation)
+            setattr(obj, name, {**old, **{k: {**old.get(k, {}), **v} for k, v in new.items()}})
         else:
             setattr(obj, name, _coerce(key, value, annotation))
+
+
+def coerce_section(cls: type, raw: dict, key: str) -> dict[str, Any]:
+    """The values of the raw section at dotted `key`, checked against dataclass `cls` as
+    every section is: an unknown key is named with the allowed ones, each value is
+    coerced to its field's type. For sections their owners declare (reward.models.*)."""
+    hints = typing.get_type_hints(cls)
+    known = _fields(cls)
+    values = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"unknown config key {f'{key}.{name}'!r}; allowed: {sorted(known)}")
+        values[name] = _coerce(f"{key}.{name}", value, hints[name])
+    return values
 
 
 def parse_override(text: str) -> dict:
@@ -392,10 +429,6 @@ def validate(cfg: Config) -> None:
     require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
             "host:port of a running reward server when reward.mode is 'remote'")
     require(cfg.reward.frame_stride >= 1, "reward.frame_stride", cfg.reward.frame_stride, ">= 1")
-    require("hps" not in cfg.reward.weights or bool(cfg.reward.hps_path), "reward.hps_path",
-            cfg.reward.hps_path, "the HPS_v2.1_compressed.pt file when the 'hps' reward is used")
-    require("clip" not in cfg.reward.weights or bool(cfg.reward.clip_path), "reward.clip_path",
-            cfg.reward.clip_path, "a local CLIP folder when the 'clip' reward is used")
     require(cfg.reward.video_fps > 0, "reward.video_fps", cfg.reward.video_fps, "> 0 (0 takes sampling.fps)")
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
@@ -416,9 +449,6 @@ def validate(cfg: Config) -> None:
     require(cfg.model.size == "tiny" or not e.prompts_file, "eval.prompts_file", e.prompts_file,
             "empty for a full-size model (use eval.embeddings_dir)")
     require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
-    require(cfg.parallel.sp_size == 1 or cfg.model.family in SEQUENCE_PARALLEL_FAMILIES, "parallel.sp_size",
-            cfg.parallel.sp_size, f"1 for model.family {cfg.model.family!r}; sequence parallelism is implemented for "
-            f"{sorted(SEQUENCE_PARALLEL_FAMILIES)} only")
     if cfg.parallel.sp_size > 1:
         heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
         require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
@@ -431,11 +461,6 @@ def validate(cfg: Config) -> None:
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
-    for name in cfg.reward.weights:
-        if name.startswith("videoalign"):
-            for key in ("videoalign_path", "videoalign_base"):
-                require(bool(getattr(cfg.reward, key)), f"reward.{key}", getattr(cfg.reward, key),
-                        f"a local folder when the {name!r} reward is used")
 
 
 def attention_heads(model_path: str) -> int | None:

@@ -22,10 +22,9 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
+import time
 from pathlib import Path
-from statistics import NormalDist
 
 import diffusers
 import imageio
@@ -34,32 +33,14 @@ import torch
 from fastvideo_grpo.checkpoint import resolve_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.data.sources import build_prompt_source
+from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import Policy, build_policy
-from fastvideo_grpo.models.base import DTYPES
-from fastvideo_grpo.outputs import tile_videos, write_video
+from fastvideo_grpo.outputs import append_metrics, tile_videos, write_video
 from fastvideo_grpo.parallel import World, all_gather_objects, barrier, init_distributed, shutdown
-from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator
+from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator, sample_ode
+from fastvideo_grpo.stats import delta_ci, mean_ci
 
 logger = logging.getLogger(__name__)
-
-# Two-sided 95% quantile of the standard normal (1.95996...).
-Z95 = NormalDist().inv_cdf(0.975)
-
-
-def mean_ci(values: list[float]) -> dict[str, float]:
-    """Mean, sample std (n-1) and the 95% CI of the mean, mean +- z_0.975 * std / sqrt(n).
-
-    A normal-approximation interval: with the hundreds of prompt x seed samples of an
-    evaluation it equals the Student-t one to a few percent; for n < 30 it is narrower.
-    """
-    n = len(values)
-    if n == 0:
-        raise ValueError("mean_ci needs at least one value")
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = Z95 * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci95": half, "ci95_low": mean - half, "ci95_high": mean + half}
-
 
 def eval_items(num_prompts: int, seeds: list[int]) -> list[tuple[int, int]]:
     """(prompt index, seed) pairs, prompt-major."""
@@ -74,16 +55,6 @@ def rank_items(items: list[tuple[int, int]], rank: int, size: int) -> tuple[list
     per_rank = -(-len(items) // size)
     real = len(mine)
     return mine + [mine[-1] if mine else items[-1]] * (per_rank - real), real
-
-
-@torch.no_grad()
-def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
-    """Deterministic sampling with the policy's ODE step (Euler for rectified flow, DDIM eta 0)."""
-    schedule = policy.schedule(num_steps, shift)
-    x = initial
-    for k in range(num_steps):
-        x = policy.ode_step(policy.predict(x, float(schedule[k]), cond), x, schedule, k)
-    return x
 
 
 def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: Config,
@@ -119,6 +90,26 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
     merged_grid = {p: v for part in all_gather_objects(grid, world) for p, v in part.items()}
     videos = [merged_grid[p] for p in sorted(merged_grid)]
     return [merged_rows[key] for key in sorted(merged_rows)], tile_videos(torch.stack(videos)) if videos else None
+
+
+def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[int, ...], scorer, world: World,
+                     tracker, iteration: int) -> None:
+    """ODE evaluation of held-out prompts after `iteration` training iterations: a line in
+    output_dir/eval.jsonl, scalars and a video grid in the logs. Every rank takes part."""
+    e = cfg.eval
+    started = time.perf_counter()
+    count = min(e.num_prompts or len(source), len(source))
+    items = eval_items(count, list(range(e.seed, e.seed + e.num_seeds)))
+    rows, grid = evaluate_policy(policy, source, items, cfg, latent_shape, scorer, world, e.grid_prompts)
+    record = {"iteration": iteration}
+    for name, stats in summarize(rows).items():
+        record[f"eval/{name}_mean"] = stats["mean"]
+        record[f"eval/{name}_ci95"] = stats["ci95"]
+    if world.is_main:
+        append_metrics(Path(cfg.train.output_dir) / "eval.jsonl", record)
+    tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
+    if grid is not None:
+        tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
 
 
 def reward_names(row: dict) -> list[str]:
@@ -180,8 +171,10 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
              grid_prompts: int = 4) -> dict | None:
     """Evaluate and write `output`/{scores.jsonl, summary.json, grid.*}; returns the summary
     on the main rank. The model is replicated on every rank (no FSDP)."""
+    from fastvideo_grpo.rewards import check_reward_config
     from fastvideo_grpo.rewards.service import build_reward_scorer
 
+    check_reward_config(cfg.reward)  # before the policy is built
     world = init_distributed(cfg.parallel.device)
     source = held_out_source(cfg, prompts)
     count = min(num_prompts or len(source), len(source))
@@ -216,24 +209,6 @@ def read_scores(folder: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `python -m fastvideo_grpo.evaluate` first")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def delta_ci(base: list[dict], other: list[dict], name: str) -> tuple[dict[str, float], bool]:
-    """The 95% CI of mean(other) - mean(base) for one reward.
-
-    Paired (mean +- z * std / sqrt(n) of per-row differences) when both scored the same
-    prompt x seed rows, which they do from the same prompts and seeds; otherwise the
-    unpaired normal interval with se = sqrt(se_a^2 + se_b^2).
-    """
-    a = {(r["prompt_index"], r["seed"]): r[name] for r in base}
-    b = {(r["prompt_index"], r["seed"]): r[name] for r in other}
-    if a.keys() == b.keys():
-        return mean_ci([b[k] - a[k] for k in sorted(a)]), True
-    ca, cb = mean_ci(list(a.values())), mean_ci(list(b.values()))
-    delta = cb["mean"] - ca["mean"]
-    half = math.hypot(ca["ci95"], cb["ci95"])
-    return {"n": min(ca["n"], cb["n"]), "mean": delta, "ci95": half, "ci95_low": delta - half,
-            "ci95_high": delta + half}, False
 
 
 def compare(folders: list[Path]) -> str:

@@ -32,12 +32,11 @@ import torch
 
 from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG, load_shards, resolve_checkpoint, saved_keys, verify_checkpoint
 from fastvideo_grpo.config import Config, load_config, run_config_path
-from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models import build_policy, model_family
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_config(checkpoint: Path) -> Config | None:
@@ -92,14 +91,13 @@ def is_lora(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "peft_config", None))
 
 
-def save_adapter(model: torch.nn.Module, folder: Path) -> None:
+def save_adapter(model: torch.nn.Module, folder: Path, pipeline: str) -> None:
     """diffusers' LoRA file: peft weights prefixed with the component name (`transformer.`,
-    `unet.`) with the adapter config, as the pipelines of that component write it."""
-    from diffusers import HunyuanVideoPipeline, StableDiffusionPipeline
+    `unet.`) with the adapter config, as the family's pipeline class (`pipeline`) writes it."""
     from peft.utils import get_peft_model_state_dict
 
     component = component_name(model)
-    writer = StableDiffusionPipeline if component == "unet" else HunyuanVideoPipeline
+    writer = getattr(diffusers, pipeline)
     writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
                                         f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
 
@@ -129,7 +127,9 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if adapter_only:
-        save_adapter(model.to(DTYPES[dtype]), tmp)
+        # A LoRA model comes only from a run whose config is beside its checkpoints.
+        pipeline = model_family(run_config(checkpoint).model.family).pipeline
+        save_adapter(model.to(DTYPES[dtype]), tmp, pipeline)
     else:
         if is_lora(model):
             model.fuse_lora()

@@ -28,18 +28,6 @@ def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
     return (rewards.double().view(-1, group_size).std(dim=1) < ZERO_STD).float().mean().item()
 
 
-def compute_advantages(
-    rewards: dict[str, torch.Tensor],
-    weights: dict[str, float],
-    group_size: int,
-    adv_clip_max: float,
-    mode: str = "group",
-) -> torch.Tensor:
-    """A = clamp(sum_k w_k * normalize(r_k), +-adv_clip_max). [B]."""
-    normalized = {name: normalize_rewards(rewards[name], group_size, mode) for name in weights}
-    return aggregate_advantages(normalized, weights, adv_clip_max)
-
-
 def aggregate_advantages(normalized: dict[str, torch.Tensor], weights: dict[str, float],
                          adv_clip_max: float) -> torch.Tensor:
     """clamp(sum_k w_k * A_k, +-adv_clip_max) of already normalised rewards A_k. [B]."""

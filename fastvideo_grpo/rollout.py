@@ -98,3 +98,13 @@ def rollout(
         if on_batch is not None:
             on_batch(batch, scored[batch])
     return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored)
+
+
+@torch.no_grad()
+def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """Deterministic sampling with the policy's ODE step (Euler for rectified flow, DDIM eta 0)."""
+    schedule = policy.schedule(num_steps, shift)
+    x = initial
+    for k in range(num_steps):
+        x = policy.ode_step(policy.predict(x, float(schedule[k]), cond), x, schedule, k)
+    return x

@@ -11,6 +11,9 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
+from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.outputs import read_metrics
 
 logger = logging.getLogger(__name__)
@@ -69,3 +72,15 @@ def trim_logs(folder: Path, start: int) -> None:
     keep_records(folder / "metrics.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "samples" / "index.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "eval.jsonl", lambda r: r["iteration"] <= start)
+
+
+def write_run_config(out: Path, cfg: Config, start: int) -> None:
+    """output_dir/config.yaml, the config this run trains with (evaluate and export read it);
+    a resumed run with another group size is allowed but said."""
+    saved = out / "config.yaml"
+    if start > 0 and saved.is_file():
+        before = (yaml.safe_load(saved.read_text()) or {}).get("sampling", {}).get("group_size")
+        if before is not None and before != cfg.sampling.group_size:
+            logger.warning("resuming %s with sampling.group_size=%d; it ran with %d until iteration %d",
+                           out, cfg.sampling.group_size, before, start)
+    saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

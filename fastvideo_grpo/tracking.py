@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import resource
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio
@@ -15,7 +15,7 @@ import torch
 
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.outputs import tile_videos
-from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean
+from fastvideo_grpo.metrics import IterationStats
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +30,6 @@ def tag(key: str) -> str:
     return "train/" + key
 
 
-def score_stats(normalized: dict[str, torch.Tensor], advantages: torch.Tensor, world: World) -> dict[str, float]:
-    """Advantage mean, std (population) and max |A| over all ranks' samples, and per reward
-    the mean |normalised reward|: how much advantage each reward contributes (0 when
-    all its groups are flat). A collective: every rank calls it, with equal sample counts."""
-    local = {"advantage_mean": advantages.mean().item(), "advantage_sq_mean": advantages.pow(2).mean().item()}
-    for name, a in normalized.items():
-        local[f"reward_norm/{name}"] = a.abs().mean().item()
-    stats = all_reduce_mean(local, world)
-    square = stats.pop("advantage_sq_mean")
-    stats["advantage_std"] = math.sqrt(max(square - stats["advantage_mean"] ** 2, 0.0))
-    stats["advantage_abs_max"] = all_reduce_max(advantages.abs().max().item(), world)
-    return stats
-
-
 def peak_memory_gb(device: torch.device) -> float:
     """Peak allocated GPU memory, or on CPU the process's peak resident set size."""
     if device.type == "cuda":
@@ -51,11 +37,12 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def memory_stats(world: World) -> dict[str, float]:
-    """Peak memory of the fullest rank and the mean over ranks (a collective: every rank calls it)."""
-    peak = peak_memory_gb(world.device)
-    return {"memory/peak_gb_max": all_reduce_max(peak, world),
-            "memory/peak_gb_mean": all_reduce_mean({"peak": peak}, world)["peak"]}
+def record_memory(stats: IterationStats, device: torch.device) -> None:
+    """Peak memory of the fullest rank and the mean over ranks. Logged, not written to
+    metrics.jsonl: it differs between runs of the same config."""
+    peak = peak_memory_gb(device)
+    stats.max("memory/peak_gb_max", peak)
+    stats.mean("memory/peak_gb_mean", peak)
 
 
 def gif_bytes(video: torch.Tensor, fps: int) -> bytes:
@@ -66,14 +53,18 @@ def gif_bytes(video: torch.Tensor, fps: int) -> bytes:
 
 
 class Tracker:
-    """Scalars and videos of the main rank to output_dir/tb and, with logging.wandb, to W&B."""
+    """Scalars and videos of the main rank to output_dir/tb and, with logging.wandb, to W&B.
+    Off the main rank (`enabled=False`) every call does nothing, so callers need no guard."""
 
-    def __init__(self, cfg: Config, out: Path, start: int = 0):
+    def __init__(self, cfg: Config, out: Path, start: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.tb = self.wandb = None
+        if not enabled:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         # A resumed run redoes the iterations from `start`: TensorBoard drops the old ones.
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start or None)
-        self.wandb = None
         if cfg.logging.wandb:
             try:
                 import wandb
@@ -84,6 +75,8 @@ class Tracker:
                                     dir=str(out), mode=cfg.logging.wandb_mode, config=to_dict(cfg))
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
         values = {tag(k): float(v) for k, v in metrics.items() if k != "iteration" and isinstance(v, (int, float))}
         for name, value in values.items():
             self.tb.add_scalar(name, value, step)
@@ -92,6 +85,8 @@ class Tracker:
 
     def videos(self, name: str, videos: torch.Tensor, step: int, fps: int) -> None:
         """uint8 [B, T, H, W, 3] (or one tiled [T, H, W, 3]) as one animated grid."""
+        if not self.enabled:
+            return
         grid = tile_videos(videos) if videos.ndim == 5 else videos
         encoded = gif_bytes(grid, fps)
         # SummaryWriter.add_video needs moviepy to encode; a GIF image summary is what it
@@ -106,28 +101,25 @@ class Tracker:
             self.wandb.log({name: wandb.Video(io.BytesIO(encoded), format="gif")}, step=step)
 
     def close(self) -> None:
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
 
 
 class PhaseTimer:
-    """Wall-clock seconds per named phase; waits for the GPU so phases are not blurred."""
+    """Wall-clock seconds per named phase (`time_<name>`); waits for the GPU so phases are not
+    blurred. With `accumulate`, repeated phases add up."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if timer.device.type == "cuda":
-                    torch.cuda.synchronize(timer.device)
-                timer.seconds[f"time_{name}"] = time.perf_counter() - self.start
-
-        return _Phase()
+    @contextmanager
+    def __call__(self, name: str, accumulate: bool = False):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        key = f"time_{name}"
+        self.seconds[key] = (self.seconds.get(key, 0.0) if accumulate else 0.0) + time.perf_counter() - start

@@ -9,7 +9,9 @@ import sys
 import warnings
 
 from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.models import check_model_config
 from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE, Preempted, mark_preempted
+from fastvideo_grpo.rewards import check_reward_config
 from fastvideo_grpo.trainer import train
 
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        check_reward_config(cfg.reward)  # a reward section's typo exits 2 too, before anything is built
+        check_model_config(cfg)  # model.family, and whether it supports parallel.sp_size
     except ConfigError as e:
         logging.getLogger("fastvideo_grpo").error("config error: %s", e)
         return 2

@@ -9,58 +9,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
-from fastvideo_grpo.advantages import advantages_of, nonfinite_groups
+from fastvideo_grpo.advantages import advantages_of, finish_score_stats, nonfinite_groups, record_scores
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
-from fastvideo_grpo.config import Config, to_dict
+from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
-from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.evaluate import eval_items, evaluate_policy, held_out_source, summarize
-from fastvideo_grpo.models import Policy, build_policy
+from fastvideo_grpo.ema import init_ema
+from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
+from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
-from fastvideo_grpo.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel import World, all_finite, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
-from fastvideo_grpo.rewards import check_reward_names
+from fastvideo_grpo.rewards import check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import decode_videos, rollout
-from fastvideo_grpo.run_folder import run_folder_lock, trim_logs
-from fastvideo_grpo.tracking import PhaseTimer, Tracker, memory_stats, score_stats
-from fastvideo_grpo.update import NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches, update_policy
+from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
+from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
+from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches,
+                                   update_policy)
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Components:
-    """Everything an iteration needs, built once by `setup`."""
+@dataclass(kw_only=True)
+class Components(Learner):
+    """Everything an iteration needs, built once by `setup`: the learner and what feeds it."""
 
     world: World
-    policy: Policy
-    reference: Policy | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     scorer: InlineScorer | ServiceScorer
     sampler: PromptSampler
     source: EmbeddingDataset | TinyRandomPrompts | WithImageLatents
     latent_shape: tuple[int, ...]
-    ema: dict[str, torch.Tensor] | None = None
     transformer_config: dict | None = None
-    tracker: Tracker | None = None  # main rank only
-    # Optimizer steps skipped in a row for a non-finite gradient, across iterations.
-    nonfinite_streak: int = 0
+    tracker: Tracker | None = None  # a no-op off the main rank
 
 
 def setup(cfg: Config) -> Components:
     p, s, t = cfg.parallel, cfg.sampling, cfg.train
-    check_reward_names(cfg.reward)  # before any model is built or process started
+    check_model_config(cfg)  # before any model is built or process started
+    check_reward_config(cfg.reward)
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
@@ -79,8 +73,9 @@ def setup(cfg: Config) -> Components:
     logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(source),
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
-    return Components(world, policy, reference, optimizer, scheduler, build_reward_scorer(cfg.reward, world), sampler, source,
-                      latent_shape, ema, transformer_config)
+    return Components(policy=policy, reference=reference, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                      world=world, scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
+                      latent_shape=latent_shape, transformer_config=transformer_config)
 
 
 def resume(c: Components, cfg: Config) -> int:
@@ -107,14 +102,6 @@ def resume(c: Components, cfg: Config) -> int:
     return state["iteration"]
 
 
-def all_finite(model: torch.nn.Module, world: World) -> bool:
-    """Every rank's parameter shards are finite (one host sync, one all-reduce). Each rank
-    counts its local shard: a sum over a sharded DTensor would be a collective per parameter."""
-    local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
-    bad = sum((~torch.isfinite(p.detach())).sum() for p in local)
-    return all_reduce_max(float(bad), world) == 0
-
-
 def checkpoint(c: Components, cfg: Config, iteration: int) -> None:
     """Save after `iteration` iterations; a non-finite weight is never written."""
     if not all_finite(c.policy.transformer, c.world):
@@ -134,13 +121,15 @@ def train(cfg: Config) -> Path:
     """
     out = Path(cfg.train.output_dir)
     with run_folder_lock(out, held=int(os.environ.get("RANK", "0")) == 0):
-        c = setup(cfg)
+        c = None
         try:
+            c = setup(cfg)
             run_loop(c, cfg, out)
         finally:
-            if c.tracker is not None:
-                c.tracker.close()
-            c.scorer.close()
+            if c is not None:
+                if c.tracker is not None:
+                    c.tracker.close()
+                c.scorer.close()
             shutdown()
     return out
 
@@ -150,15 +139,9 @@ def start_run(c: Components, cfg: Config, out: Path) -> int:
     iteration; returns the first iteration to run."""
     start = resume(c, cfg)
     if c.world.is_main:
-        saved = out / "config.yaml"
-        if start > 0 and saved.is_file():
-            before = (yaml.safe_load(saved.read_text()) or {}).get("sampling", {}).get("group_size")
-            if before is not None and before != cfg.sampling.group_size:
-                logger.warning("resuming %s with sampling.group_size=%d; it ran with %d until iteration %d",
-                               out, cfg.sampling.group_size, before, start)
-        saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_run_config(out, cfg, start)
         trim_logs(out, start)
-        c.tracker = Tracker(cfg, out, start)
+    c.tracker = Tracker(cfg, out, start, enabled=c.world.is_main)
     barrier(c.world)
     return start
 
@@ -173,12 +156,13 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
-        memory = memory_stats(c.world)  # logged, not in metrics.jsonl: it differs between runs
+        # Memory goes to the logs, not to metrics.jsonl: it differs between runs.
+        logged = {k: metrics.pop(k) for k in list(metrics) if k.startswith("memory/")}
         if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
-            c.tracker.scalars({**metrics, **memory}, iteration)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
+        c.tracker.scalars({**metrics, **logged}, iteration)
         done = iteration + 1
         if c.nonfinite_streak >= t.max_nonfinite_steps:
             checkpoint(c, cfg, done)
@@ -193,46 +177,23 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         if preempted or done == t.iterations or (every and done % every == 0):
             started = time.perf_counter()
             checkpoint(c, cfg, done)
-            if c.world.is_main:
-                c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
+            c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
             raise Preempted(out)
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
-            evaluate_in_loop(c, cfg, held_out, done)
+            evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
     barrier(c.world)
 
 
-def evaluate_in_loop(c: Components, cfg: Config, source, iteration: int) -> None:
-    """ODE evaluation of held-out prompts after `iteration` iterations: a line in
-    output_dir/eval.jsonl, scalars and a video grid in the logs. Every rank takes part."""
-    e = cfg.eval
-    started = time.perf_counter()
-    count = min(e.num_prompts or len(source), len(source))
-    items = eval_items(count, list(range(e.seed, e.seed + e.num_seeds)))
-    rows, grid = evaluate_policy(c.policy, source, items, cfg, c.latent_shape, c.scorer, c.world, e.grid_prompts)
-    if c.world.is_main:
-        record = {"iteration": iteration}
-        for name, stats in summarize(rows).items():
-            record[f"eval/{name}_mean"] = stats["mean"]
-            record[f"eval/{name}_ci95"] = stats["ci95"]
-        append_metrics(Path(cfg.train.output_dir) / "eval.jsonl", record)
-        c.tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
-        if grid is not None:
-            c.tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean over the masked samples; NaN (null in metrics.jsonl) when there are none."""
-    return values[mask].mean().item() if mask.any() else float("nan")
-
-
 def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
+    """Sample groups, score them, update the policy; returns the iteration's metrics, reduced
+    over ranks (every rank returns the same)."""
     s, t = cfg.sampling, cfg.train
     world, policy = c.world, c.policy
-    timer = PhaseTimer(world.device)
+    timer, stats = PhaseTimer(world.device), IterationStats(world.device)
     start = time.perf_counter()
     indices = c.sampler.next_indices()
     batch_prompts = [c.source.prompts[i] for i in indices for _ in range(s.group_size)]
@@ -246,9 +207,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     def decode_and_submit(batch: slice, final_latents: torch.Tensor) -> None:
         """Each rollout batch is decoded and sent for scoring at once; the reward process
         scores it while the next batch is sampled."""
-        start = time.perf_counter()
-        videos = decode_videos(policy, final_latents, s.decode_batch_size)
-        timer.seconds["time_decode"] = timer.seconds.get("time_decode", 0.0) + time.perf_counter() - start
+        with timer("decode", accumulate=True):
+            videos = decode_videos(policy, final_latents, s.decode_batch_size)
         submitted.append(c.scorer.submit(videos, batch_prompts[batch]))
         if saving and sum(len(v) for v in saved_videos) < t.num_saved_samples:
             saved_videos.append(videos)
@@ -272,33 +232,19 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
         plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
-        per_step = t.ema_update == "optimizer_step"
-        update = update_policy(policy, c.reference, c.optimizer, c.scheduler, ro, cond, scores.advantages, plan, cfg,
-                               c.ema if per_step else None, c.nonfinite_streak)
-        c.nonfinite_streak = update.pop("nonfinite_streak")
-        if c.ema is not None and not per_step and update["optimizer_steps"] > 0:
-            update_ema(c.ema, policy.transformer, t.ema_decay)
+        update_policy(c, ro, cond, scores.advantages, plan, cfg, stats)
 
     if saving:
         videos = torch.cat(saved_videos)[:t.num_saved_samples]
         save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
         c.tracker.videos("samples", videos, iteration, s.fps)
 
-    scored = ~dropped
-    local = {
-        "reward_mean": masked_mean(sum(cfg.reward.weights[n] * r for n, r in scores.rewards.items()), scored),
-        **{f"reward/{name}": masked_mean(r, scored) for name, r in scores.rewards.items()},
-        "dropped_groups": float(dropped.sum()) / s.group_size,
-        "advantage_abs_mean": scores.advantages.abs().mean().item(),
-        "zero_std_frac": scores.zero_std_frac,
-        **{k: v for k, v in update.items() if k not in ("ratio_max_dev", "ratio_dev_first_update")},
-        **timer.seconds,
-    }
-    metrics = {"iteration": iteration, **all_reduce_mean(local, world),
-               **score_stats(scores.normalized, scores.advantages, world)}
-    metrics["dropped_groups"] = round(metrics["dropped_groups"] * world.world_size / world.sp_size)  # a count
-    metrics["ratio_max_dev"] = all_reduce_max(update["ratio_max_dev"], world)
-    metrics["ratio_dev_first_update"] = all_reduce_max(update["ratio_dev_first_update"], world)
+    record_scores(stats, scores, dropped, cfg)
+    for name, seconds in timer.seconds.items():
+        stats.mean(name, seconds)
+    record_memory(stats, world.device)
+    metrics = {"iteration": iteration, **stats.reduce(world)}
+    finish_score_stats(metrics, world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]

@@ -13,6 +13,7 @@ import torch
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.ema import update_ema
+from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, make_generator
@@ -62,26 +63,35 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
     return plan
 
 
-def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.optim.Optimizer,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler, ro: Rollout, cond: TextConditioning,
-                  advantages: torch.Tensor, plan: list[list[MicroBatch]], cfg: Config,
-                  ema: dict[str, torch.Tensor] | None = None, nonfinite_streak: int = 0) -> dict[str, float]:
+@dataclass(kw_only=True)
+class Learner:
+    """What an update changes: the policy, its optimizer and LR schedule, the EMA, and the
+    count of non-finite optimizer steps in a row (it runs on across iterations)."""
+
+    policy: Policy
+    reference: Policy | None  # frozen initial policy of the KL penalty
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: dict[str, torch.Tensor] | None = None
+    nonfinite_streak: int = 0
+
+
+def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
+                  plan: list[list[MicroBatch]], cfg: Config, stats: IterationStats) -> None:
     """One optimizer step per entry of the plan; its loss is the mean over its (sample,
     trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
-    `ema`, when given, is updated after every optimizer step (train.ema_update=optimizer_step).
+    The EMA follows every optimizer step (train.ema_update=optimizer_step) or the update.
 
     A step whose gradient norm (global over ranks, so every rank decides alike) is NaN or inf
-    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. The summary
-    counts skipped steps (`nonfinite_steps`) and the run of them ending this update,
-    continuing `nonfinite_streak` from the previous one; the update stops when that run
-    reaches train.max_nonfinite_steps."""
-    s, g = cfg.sampling, cfg.grpo
+    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. `stats`
+    counts skipped steps (`nonfinite_steps`); `learner.nonfinite_streak` counts the run of
+    them, and the update stops when it reaches train.max_nonfinite_steps."""
+    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    policy, reference = learner.policy, learner.reference
     device = ro.latents.device
     advantages = advantages.to(device)
-    stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "ratio_max_dev": [], "clip_frac": [],
-                                     "grad_norm": [], "kl": []}
-    ratio_dev_first_update = 0.0
-    skipped = 0
+    stats.max("ratio_dev_first_update", 0.0)
+    steps = skipped = 0
     for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
         for position, mb in enumerate(chunk):
@@ -99,38 +109,36 @@ def update_policy(policy: Policy, reference: Policy | None, optimizer: torch.opt
                                          s.sde_type, prev_sample=x_next)
                 kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
                 loss = loss + g.kl_weight * kl
-                stats["kl"].append(kl.item())
+                stats.mean("kl", kl)
             (loss * len(mb.samples) / window_samples).backward()
             deviation = (ratio.detach() - 1).abs()
+            stats.mean("loss", loss)
+            stats.mean("ratio_mean", ratio.mean())
+            stats.max("ratio_max_dev", deviation.max())
             if step_index == 0:
-                ratio_dev_first_update = max(ratio_dev_first_update, deviation.max().item())
-            stats["loss"].append(loss.item())
-            stats["ratio_mean"].append(ratio.mean().item())
-            stats["ratio_max_dev"].append(deviation.max().item())
-            stats["clip_frac"].append((deviation > g.clip_range).float().mean().item())
-        grad_norm = clip_grad_norm(policy.transformer, cfg.train.grad_clip)
+                stats.max("ratio_dev_first_update", deviation.max())
+            stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
+        grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)
         if math.isfinite(grad_norm):
-            stats["grad_norm"].append(grad_norm)
-            optimizer.step()
-            scheduler.step()
-            nonfinite_streak = 0
+            stats.mean("grad_norm", grad_norm)
+            learner.optimizer.step()
+            learner.scheduler.step()
+            learner.nonfinite_streak = 0
+            steps += 1
         else:
             skipped += 1
-            nonfinite_streak += 1
+            learner.nonfinite_streak += 1
             logger.warning("optimizer step %d: gradient norm %s, step skipped (%d in a row)", step_index, grad_norm,
-                           nonfinite_streak)
-        optimizer.zero_grad(set_to_none=True)
-        if nonfinite_streak >= cfg.train.max_nonfinite_steps:
+                           learner.nonfinite_streak)
+        learner.optimizer.zero_grad(set_to_none=True)
+        if learner.nonfinite_streak >= t.max_nonfinite_steps:
             break  # every rank sees the same global norm, so all stop here together
-        if ema is not None and math.isfinite(grad_norm):
-            update_ema(ema, policy.transformer, cfg.train.ema_decay)
-    summary = {key: sum(v) / len(v) for key, v in stats.items() if v}
-    summary["ratio_max_dev"] = max(stats["ratio_max_dev"])
-    summary["ratio_dev_first_update"] = ratio_dev_first_update
-    summary["optimizer_steps"] = len(stats["grad_norm"])
-    summary["nonfinite_steps"] = skipped
-    summary["nonfinite_streak"] = nonfinite_streak
-    return summary
+        if learner.ema is not None and t.ema_update == "optimizer_step" and math.isfinite(grad_norm):
+            update_ema(learner.ema, policy.transformer, t.ema_decay)
+    if learner.ema is not None and t.ema_update == "iteration" and steps > 0:
+        update_ema(learner.ema, policy.transformer, t.ema_decay)
+    stats.mean("optimizer_steps", steps)
+    stats.mean("nonfinite_steps", skipped)
 
 
 def build_optimizer(policy: Policy, cfg: Config):

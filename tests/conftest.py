@@ -12,6 +12,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The test rewards (test_echo, test_fail, test_sleep), for reward.plugins.
+REWARD_PLUGINS = str(ROOT / "tests" / "reward_plugins.py")
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +30,9 @@ def tiny_cfg(tmp_path):
     return load_config(ROOT / "assets/configs/tiny_t2v.yaml", [
         f"train.output_dir={tmp_path / 'run'}", "train.progress_bar=false", f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}",
     ])
+
+
+def pytest_collection_modifyitems(items):
+    # The real-SLURM tests (an xdist group) spend minutes waiting on SLURM itself: run first,
+    # that wait overlaps the other worker's tests instead of trailing the suite.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("xdist_group") else 1)

@@ -1,11 +1,13 @@
-"""Shared builders for tests: the tiny policy and its conditioning; waiting on a run."""
+"""Shared builders for tests: the tiny policy and its conditioning; waiting on a run; mp4 bytes."""
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
 from fastvideo_grpo.models import build_policy
-from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 
 
 def tiny_policy(cfg):
@@ -32,3 +34,39 @@ def wait_for_lines(path, count: int, timeout_s: float = 120, poll_s: float = 0.2
     deadline = time.time() + timeout_s
     while time.time() < deadline and not (path.exists() and path.read_text().count("\n") >= count):
         time.sleep(poll_s)
+
+
+def run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, cfg) -> dict:
+    """One update_policy call in this process; its statistics, reduced."""
+    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.parallel import World
+    from fastvideo_grpo.update import Learner, update_policy
+
+    stats = IterationStats()
+    learner = Learner(policy=policy, reference=None, optimizer=optimizer, scheduler=scheduler)
+    update_policy(learner, ro, cond, advantages, plan, cfg, stats)
+    return stats.reduce(World(0, 1, torch.device("cpu"), None))
+
+
+# mp4 in memory with imageio-ffmpeg, for a reward that needs an encoded file (a VLM
+# processor, an external tool). Not decord (the reference's reader): decord 0.6.0 fails on
+# frames whose width is not a multiple of 32 (a 48-pixel-wide video: "The size must exactly match").
+def encode_mp4(frames, fps: int) -> bytes:
+    """uint8 [T, H, W, 3] -> H.264 mp4 bytes, without touching the disk."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
+
+
+def decode_mp4(data: bytes):
+    """mp4 bytes -> (uint8 [T, H, W, 3], frames per second)."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    fps = float(iio.immeta(data, extension=".mp4").get("fps", 0.0))
+    return torch.from_numpy(np.ascontiguousarray(iio.imread(data, extension=".mp4", index=None))), fps
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSONL file (metrics.jsonl, eval.jsonl, manifests), in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -9,9 +9,9 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import NEGATIVE, EmbeddingDataset, TinyRandomPrompts
-from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches, update_policy
-from helpers import tiny_policy, tiny_rollout
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
+from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from helpers import run_update, tiny_policy, tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 CONFIGS = {"stable_diffusion": "tiny_sd_t2i.yaml", "hunyuan_video": "tiny_t2v.yaml", "flux": "tiny_flux_t2i.yaml"}
@@ -67,7 +67,7 @@ def test_ratio_is_exactly_one_before_the_first_update(tmp_path, family, cfg_scal
     assert torch.isfinite(ro.log_probs).all()
     plan = plan_micro_batches(ro, torch.ones(len(ro.latents), dtype=torch.bool), cfg, (0, 0))
     optimizer, scheduler = build_optimizer(policy, cfg)
-    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(len(ro.latents)), plan, cfg)
+    stats = run_update(policy, optimizer, scheduler, ro, cond, torch.randn(len(ro.latents)), plan, cfg)
     assert stats["ratio_dev_first_update"] == 0.0
 
 
@@ -85,7 +85,7 @@ def test_optimizer_steps_follow_gradient_accumulation_with_and_without_cfg(tmp_p
     optimizer, scheduler = build_optimizer(policy, cfg)
     steps = []
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
-    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(samples), plan, cfg)
+    stats = run_update(policy, optimizer, scheduler, ro, cond, torch.randn(samples), plan, cfg)
     expected = -(-samples // per_step)
     assert len(steps) == stats["optimizer_steps"] == expected
     if expected == 1:  # every micro-batch is trained against the old policy: no ratio moves
@@ -119,7 +119,7 @@ def test_preprocessing_writes_the_pipelines_unconditional_embedding(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     import preprocess_sd_embeddings as sd_cli
-    from fastvideo_grpo.models.tiny_sd import write_tiny_sd_folder
+    from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_sd_folder
 
     folder = write_tiny_sd_folder(tmp_path / "sd")
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

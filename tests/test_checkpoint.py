@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import wait_for_lines
+from helpers import read_jsonl, wait_for_lines
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import World
@@ -27,7 +26,7 @@ def small_cfg(out, *overrides):
 
 
 def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 def assert_metrics_equal(a, b, rel=0.0):

@@ -22,6 +22,7 @@ from fastvideo_grpo.export import export
 from fastvideo_grpo.export import main as export_main
 from fastvideo_grpo.parallel import World
 from fastvideo_grpo.trainer import setup, train
+from helpers import read_jsonl
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "train.prompts_per_iteration=1",
@@ -152,7 +153,7 @@ def test_a_deleted_latest_resumes_from_the_newest_complete_checkpoint(run, tmp_p
         assert f"{root / 'latest'} is missing" in caplog.text
         train(small_cfg(out, "train.iterations=3"))
     assert f"resumed from {root / 'step_2'} (iteration 2)" in caplog.text
-    assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [r["iteration"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
 
 
 def test_export_takes_the_latest_file_and_the_run_folder(run, tmp_path):

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from fastvideo_grpo.config import ConfigError, load_config, parse_override
+from fastvideo_grpo.rewards import check_reward_config
 from conftest import ROOT
 
 TINY = ROOT / "assets/configs/tiny_t2v.yaml"
@@ -19,11 +20,14 @@ def test_yaml_and_overrides_apply():
 
 def test_defaults_are_the_papers_hunyuan_video_settings():
     cfg = load_config(None, ["model.path=/models/hunyuan", "data.embeddings_dir=/data/embeddings",
-                             "reward.videoalign_path=/models/VideoReward", "reward.videoalign_base=/models/Qwen2-VL"])
+                             "reward.models.videoalign.path=/models/VideoReward",
+                             "reward.models.videoalign.base=/models/Qwen2-VL"])
     s, g, t = cfg.sampling, cfg.grpo, cfg.train
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
     assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
     assert cfg.reward.weights == {"videoalign_vq": 1.0} and cfg.reward.video_fps == s.fps == 8
+    # Two overrides of one reward section merge, as they do in any section.
+    assert cfg.reward.models == {"videoalign": {"path": "/models/VideoReward", "base": "/models/Qwen2-VL"}}
 
 
 # Optimizer steps per iteration of the released DanceGRPO scripts: kept samples per rank /
@@ -37,8 +41,9 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
     import math
 
     cfg = load_config(ROOT / f"assets/configs/{name}.yaml", [
-        "model.path=/m", "data.embeddings_dir=/e", "data.image_latents_dir=/i", "reward.hps_path=/h.pt",
-        "reward.clip_path=/c", "reward.videoalign_path=/v", "reward.videoalign_base=/b"])
+        "model.path=/m", "data.embeddings_dir=/e", "data.image_latents_dir=/i", "reward.models.hps.path=/h.pt",
+        "reward.models.clip.path=/c", "reward.models.videoalign.path=/v", "reward.models.videoalign.base=/b"])
+    check_reward_config(cfg.reward)  # the file's reward sections, with the paths set
     kept = cfg.train.prompts_per_iteration * (cfg.grpo.best_of or cfg.sampling.group_size)
     assert math.ceil(kept / cfg.train.gradient_accumulation_steps) == RELEASED_STEPS[name]
 
@@ -52,7 +57,8 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
     ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),
     ("sampling.num_frames=6", "sampling.num_frames"),
     ("reward.binary_thresholds={pickscore: 0.3}", "reward.binary_thresholds.pickscore"),
-    ("reward.weights={videoalign_mq: 1.0}", "reward.videoalign_path"),
+    ("reward.plugins=my_rewards.py", "reward.plugins: expected a list, e.g. [a, b], got 'my_rewards.py'"),
+    ("reward.models.hps=/h.pt", "reward.models.hps: expected a mapping, got '/h.pt'"),
     ("train.lr", "section.key=value"),
     ("model.tiny_heads=0", "model.tiny_heads: 0 is invalid; expected >= 1"),
     ("reward.max_restarts=-1", "reward.max_restarts: -1 is invalid; expected >= 0"),
@@ -63,6 +69,21 @@ def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as info:
         load_config(TINY, [override])
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("old,new", [
+    ("clip_path", "clip.path"), ("hps_path", "hps.path"), ("hps_model", "hps.model"),
+    ("videoalign_path", "videoalign.path"), ("videoalign_base", "videoalign.base"),
+    ("videoalign_use_norm", "videoalign.use_norm"), ("videoalign_dtype", "videoalign.dtype")])
+def test_a_flat_reward_key_of_old_configs_names_its_new_key(old, new, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, [f"reward.{old}=x"])
+    assert str(info.value) == f"reward.{old} moved to reward.models.{new}"
+    path = tmp_path / "old.yaml"
+    path.write_text(f"reward:\n  {old}: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: reward.{old} moved to reward.models.{new}"
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.data.prompts import PromptSampler
-from fastvideo_grpo.models.tiny_hunyuan import write_tiny_hunyuan_folder
+from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder
+from helpers import read_jsonl
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 import preprocess_hunyuan_embeddings as cli  # noqa: E402
@@ -169,8 +170,8 @@ def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
 
     import preprocess_flux_embeddings as flux_cli
     import preprocess_sd_embeddings as sd_cli
-    from fastvideo_grpo.models.tiny_flux import write_tiny_flux_folder
-    from fastvideo_grpo.models.tiny_sd import write_tiny_sd_folder
+    from fastvideo_grpo.models.tiny.flux import write_folder as write_tiny_flux_folder
+    from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_sd_folder
 
     prompts = [p for p in PROMPTS if p]
     flux = write_tiny_flux_folder(tmp_path / "flux")
@@ -212,7 +213,7 @@ def test_latents_of_images_and_first_frames(tiny_folder, tmp_path):
     preprocess_latents.main(["--model-path", str(tiny_folder), "--inputs", str(tmp_path / "inputs.txt"),
                              "--output", str(tmp_path / "lat"), "--height", "32", "--width", "32",
                              "--dtype", "fp32", "--device", "cpu"])
-    rows = [json.loads(line) for line in (tmp_path / "lat/manifest.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "lat/manifest.jsonl")
     assert [Path(r["path"]).name for r in rows] == ["a.png", "b.mp4"]
     latents = load_file(tmp_path / "lat" / rows[0]["shard"])["latents"]
     assert latents.shape == (2, 16, 1, 4, 4)

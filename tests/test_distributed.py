@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from helpers import read_jsonl
 
 DIST = ROOT / "tests" / "dist"
 # adam_eps: weights whose true gradient is 0 (a key bias under softmax) get rounding-level
@@ -30,7 +31,7 @@ def run(args, nproc=None, timeout=300):
 
 
 def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,19 @@ import statistics
 import pytest
 
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import compare, delta_ci, evaluate, main, mean_ci
+from fastvideo_grpo.evaluate import compare, evaluate, main
+from fastvideo_grpo.stats import delta_ci, mean_ci
 from fastvideo_grpo.export import export
 from fastvideo_grpo.trainer import train
 
 from conftest import ROOT
+from helpers import read_jsonl
 
 EVAL_PROMPTS = str(ROOT / "assets/prompts/tiny_eval.txt")
 
 
 def read_rows(folder):
-    return [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / "scores.jsonl")
 
 
 def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path):
@@ -74,7 +76,7 @@ def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_
     tiny_cfg.eval.num_prompts = 2
     tiny_cfg.eval.num_seeds = 2
     out = train(tiny_cfg)
-    logged = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    logged = read_jsonl(out / "eval.jsonl")
     assert [r["iteration"] for r in logged] == [1, 2]
     assert logged[0]["eval/color_mean"] != logged[1]["eval/color_mean"]
     main(["--checkpoint", str(out / "checkpoints" / "step_2"), "--prompts", EVAL_PROMPTS, "--num-prompts", "2",

@@ -39,7 +39,7 @@ def test_ddim_rollout_scores_the_last_sample_as_the_sd_pipeline(tmp_path):
     cfg = load_config(ROOT / "assets/configs/tiny_sd_t2i.yaml", [f"train.output_dir={tmp_path}"])
     policy = tiny_policy(cfg)
     from fastvideo_grpo.data.embeddings import TinyRandomPrompts
-    from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+    from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 
     encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens)
     cond = TinyRandomPrompts(PROMPTS, encoder).conditioning([0, 1]).repeat_interleave(cfg.sampling.group_size)
@@ -70,7 +70,7 @@ def tiny_sd_ode(eps, x, timesteps, alphas):
 def test_ode_evaluation_computes_no_log_prob(tmp_path, monkeypatch):
     """Evaluation samples with the ODE step only: the SDE step (and its log-prob, NaN at
     eta = 0) is never called."""
-    from fastvideo_grpo import evaluate
+    from fastvideo_grpo import rollout
 
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [f"train.output_dir={tmp_path}"])
     policy = tiny_policy(cfg)
@@ -78,7 +78,7 @@ def test_ode_evaluation_computes_no_log_prob(tmp_path, monkeypatch):
     cond = tiny_conditioning(cfg, PROMPTS[:1], 1)
     shape = policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width)
     initial = torch.randn(1, *shape)
-    x = evaluate.sample_ode(policy, cond, initial, 4, cfg.sampling.shift)
+    x = rollout.sample_ode(policy, cond, initial, 4, cfg.sampling.shift)
     sigmas = sigma_schedule(4, cfg.sampling.shift)
     expected = initial
     with torch.no_grad():

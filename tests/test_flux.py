@@ -11,12 +11,13 @@ from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.export import export, load_trained_transformer
-from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.flux import image_ids, pack_latents, unpack_latents
-from fastvideo_grpo.models.tiny_flux import tiny_model_config, write_tiny_flux_folder
-from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+from fastvideo_grpo.models.tiny.flux import tiny_model_config, write_folder as write_tiny_flux_folder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 from fastvideo_grpo.rollout import rollout
 from fastvideo_grpo.trainer import train
+from helpers import read_jsonl
 from test_distributed import COMMON, DIST, assert_same_training, run
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
@@ -91,7 +92,7 @@ def test_recomputed_log_probs_equal_the_rollouts_for_any_batch_size(batch_size):
 
 def test_two_iterations_train_with_ratio_one_at_the_first_update(trained):
     out = trained
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1]
     for row in rows:
         assert row["ratio_dev_first_update"] == 0.0  # lp recomputed == rollout lp, bit for bit
@@ -132,13 +133,13 @@ def test_decode_gives_one_frame_images():
 
 def test_sequence_parallel_is_refused_for_flux():
     with pytest.raises(ConfigError, match="parallel.sp_size.*'flux'"):
-        load_config(TINY, ["parallel.sp_size=2"])
+        check_model_config(load_config(TINY, ["parallel.sp_size=2"]))
 
 
 def test_paper_config_loads_with_its_paths():
     cfg = load_config(ROOT / "assets/configs/flux_t2i.yaml", [
-        "model.path=/models/flux", "data.embeddings_dir=/data/emb", "reward.hps_path=/hps.pt",
-        "reward.clip_path=/clip"])
+        "model.path=/models/flux", "data.embeddings_dir=/data/emb", "reward.models.hps.path=/hps.pt",
+        "reward.models.clip.path=/clip"])
     s = cfg.sampling
     assert (s.height, s.width, s.num_frames, s.num_steps) == (720, 720, 1, 16)
     assert (s.eta, s.shift, s.group_size) == (0.3, 3.0, 12)

@@ -4,13 +4,24 @@ import pytest
 import torch
 
 from fastvideo_grpo import grpo
+from fastvideo_grpo.advantages import advantages_of
+from fastvideo_grpo.config import Config
+from fastvideo_grpo.parallel import World
+
+
+def compute_advantages(rewards, weights, group_size, adv_clip_max, mode="group"):
+    """The trainer's advantages (advantages.advantages_of) on one rank."""
+    cfg = Config()
+    cfg.reward.weights, cfg.sampling.group_size = weights, group_size
+    cfg.grpo.adv_clip_max, cfg.grpo.advantage_mode = adv_clip_max, mode
+    return advantages_of(rewards, cfg, World(0, 1, torch.device("cpu"), None)).advantages
 
 
 def test_group_advantages_against_statistics_module():
     rewards = {"a": torch.tensor([1.0, 2.0, 4.0, 7.0, 0.5, 0.5, 0.5, 0.5]),
                "b": torch.tensor([0.0, 1.0, 0.0, 1.0, 3.0, 1.0, 2.0, 0.0])}
     weights = {"a": 1.0, "b": 0.5}
-    got = grpo.compute_advantages(rewards, weights, group_size=4, adv_clip_max=100.0)
+    got = compute_advantages(rewards, weights, group_size=4, adv_clip_max=100.0)
     expected = []
     for g in range(2):
         total = [0.0] * 4
@@ -34,9 +45,9 @@ def test_zero_std_group_gives_zero_not_nan():
 
 def test_advantage_clip_and_batch_mode():
     rewards = {"r": torch.tensor([0.0, 0.0, 0.0, 10.0, 1.0, 1.0, 1.0, 1.0])}
-    clipped = grpo.compute_advantages(rewards, {"r": 1.0}, 4, adv_clip_max=1.0)
+    clipped = compute_advantages(rewards, {"r": 1.0}, 4, adv_clip_max=1.0)
     assert clipped.max().item() == 1.0 and clipped.min().item() >= -1.0
-    batch = grpo.compute_advantages(rewards, {"r": 1.0}, 4, adv_clip_max=100.0, mode="batch")
+    batch = compute_advantages(rewards, {"r": 1.0}, 4, adv_clip_max=100.0, mode="batch")
     values = rewards["r"].tolist()
     mean, std = statistics.mean(values), statistics.stdev(values)
     torch.testing.assert_close(batch, torch.tensor([(r - mean) / (std + 1e-8) for r in values]))

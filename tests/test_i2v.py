@@ -13,10 +13,10 @@ from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import ImageLatents
 from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
-from fastvideo_grpo.models.hunyuan_video import tiny_transformer, tiny_vae
+from fastvideo_grpo.models.tiny.hunyuan_video import tiny_transformer, tiny_vae
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.trainer import train
-from helpers import tiny_rollout
+from helpers import read_jsonl, tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 TINY_I2V = ROOT / "assets/configs/tiny_i2v.yaml"
@@ -36,7 +36,7 @@ def smooth_image(rng) -> np.ndarray:
 def image_latents(tmp_path_factory):
     """One image per tiny prompt, encoded by preprocess_latents.py with the tiny HunyuanVideo VAE."""
     import preprocess_latents
-    from fastvideo_grpo.models.tiny_hunyuan import write_tiny_hunyuan_folder
+    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder
 
     tmp = tmp_path_factory.mktemp("i2v")
     folder = write_tiny_hunyuan_folder(tmp / "hunyuan")
@@ -125,7 +125,7 @@ def test_decoded_first_frame_follows_the_conditioning_image(tmp_path, image_late
 
 def test_two_iterations_train_with_cfg_one_step_each(tmp_path, image_latents):
     out = train(i2v_config(tmp_path / "run", image_latents, *SMALL))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1]
     for row in rows:
         assert row["ratio_dev_first_update"] == 0.0

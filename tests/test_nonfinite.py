@@ -45,7 +45,7 @@ def nan_at(batch: int, row: int):
 
 
 def test_a_nan_reward_is_an_error_naming_reward_sample_and_prompt(tmp_path, monkeypatch):
-    monkeypatch.setitem(reward_registry.REGISTRY, "color", lambda cfg: nan_at(0, 1))
+    monkeypatch.setitem(reward_registry.REGISTRY, "color", reward_registry.rule_reward("color", nan_at(0, 1)))
     cfg = small_cfg(tmp_path, "train.iterations=2")
     with pytest.raises(RewardError, match=r"reward 'color' returned nan for sample 1 \(prompt '.+'\)"):
         trainer.train(cfg)
@@ -53,15 +53,16 @@ def test_a_nan_reward_is_an_error_naming_reward_sample_and_prompt(tmp_path, monk
 
 
 def test_drop_group_leaves_the_group_out_and_counts_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(reward_registry.REGISTRY, "color", lambda cfg: nan_at(1, 1))  # sample 5: the second group of 4
+    # Sample 5: the second group of 4.
+    monkeypatch.setitem(reward_registry.REGISTRY, "color", reward_registry.rule_reward("color", nan_at(1, 1)))
     cfg = small_cfg(tmp_path, "train.iterations=2", "reward.on_nonfinite=drop_group")
     c = trainer.setup(cfg)
     captured = {}
     original = trainer.update_policy
 
-    def capture(policy, reference, optimizer, scheduler, ro, cond, advantages, plan, cfg, *args):
+    def capture(learner, ro, cond, advantages, *args):
         captured["advantages"] = advantages.clone()
-        return original(policy, reference, optimizer, scheduler, ro, cond, advantages, plan, cfg, *args)
+        return original(learner, ro, cond, advantages, *args)
 
     monkeypatch.setattr(trainer, "update_policy", capture)
     metrics = trainer.train_iteration(0, c, cfg)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE
-from fastvideo_grpo.rewards import REGISTRY, RewardError, check_reward_names
+from fastvideo_grpo.rewards import REGISTRY, RewardError, RewardModel, check_reward_config
 from fastvideo_grpo.rewards import service
 from fastvideo_grpo.rewards.serve import main as serve_main
 from fastvideo_grpo.rewards.service import RewardClient, RewardTimeout, ServiceScorer, start_reward_process
@@ -57,7 +57,7 @@ def reward_children() -> list[int]:
 
 def test_a_restart_resends_every_batch_in_flight_not_only_the_awaited_one(monkeypatch, caplog):
     monkeypatch.setenv("FVGRPO_TEST_SLEEP", "0.3")
-    cfg = RewardConfig(weights={"test_sleep": 1.0}, timeout_s=5.0, max_restarts=1)
+    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=5.0, max_restarts=1)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)
     batches = [[10 * b + i for i in range(2)] for b in range(3)]
@@ -72,8 +72,9 @@ def test_a_restart_resends_every_batch_in_flight_not_only_the_awaited_one(monkey
 
 
 def test_a_stopped_reward_process_times_out_and_is_killed():
-    process, address = start_reward_process(RewardConfig(weights={"test_echo": 1.0}, timeout_s=30))
-    cfg = RewardConfig(weights={"test_echo": 1.0}, timeout_s=1.0)
+    process, address = start_reward_process(RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS],
+                                                         timeout_s=30))
+    cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=1.0)
     scorer = ServiceScorer(cfg, address, process)
     os.kill(process.pid, signal.SIGSTOP)  # a hung reward model
     start = time.monotonic()
@@ -112,7 +113,7 @@ def test_close_does_not_hang_on_a_process_that_survives_sigkill(monkeypatch, cap
 
 
 def test_the_reward_process_outlives_preemption_signals_while_starting_and_serving():
-    cfg = RewardConfig(weights={"test_echo": 1.0}, timeout_s=30)
+    cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=30)
     signalled, started, earlier = set(), threading.Event(), set(reward_children())
 
     def signal_as_soon_as_spawned():  # while the child imports, before it can install anything
@@ -140,11 +141,11 @@ def test_the_reward_process_outlives_preemption_signals_while_starting_and_servi
     service.stop_process(process)
 
 
-START_AND_WAIT = """
+START_AND_WAIT = f"""
 import sys, time
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.rewards.service import start_reward_process
-process, _ = start_reward_process(RewardConfig(weights={"test_echo": 1.0}, timeout_s=30))
+process, _ = start_reward_process(RewardConfig(weights={{"test_echo": 1.0}}, plugins=[{REWARD_PLUGINS!r}], timeout_s=30))
 print(process.pid, flush=True)
 time.sleep(120)
 """
@@ -162,20 +163,22 @@ def test_the_reward_process_exits_when_its_trainer_is_sigkilled():
 
 
 def test_an_unknown_reward_fails_the_start_at_once_with_the_childs_error():
-    cfg = RewardConfig(weights={"test_echo": 1.0, "tyop": 1.0}, timeout_s=60)
+    cfg = RewardConfig(weights={"test_echo": 1.0, "tyop": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=60)
     start = time.monotonic()
-    with pytest.raises(RewardError, match=r"could not start: ValueError: reward.weights.tyop: unknown reward; "
+    # The child imported the plugin: its rewards are among the available ones.
+    with pytest.raises(RewardError, match=r"could not start: ConfigError: reward.weights.tyop: unknown reward; "
                                           r"available: \[.*'test_echo'"):
         start_reward_process(cfg)
     assert time.monotonic() - start < 30  # the child's import time, not reward.timeout_s
 
 
-def test_check_reward_names_names_the_unknown_key_without_building_anything(monkeypatch):
-    monkeypatch.setitem(REGISTRY, "test_echo", lambda cfg: pytest.fail("check_reward_names built a reward"))
-    check_reward_names(RewardConfig(weights={"test_echo": 1.0}))
+def test_check_reward_config_names_the_unknown_key_without_building_anything(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "color", RewardModel("color", ("color",),
+                                                       lambda cfg, section: pytest.fail("check_reward_config built it")))
+    check_reward_config(RewardConfig(weights={"color": 1.0}))
     with pytest.raises(ValueError, match=r"^reward.weights.hsp: unknown reward; available: \['clip', 'color', "
                                          r".*'videoalign_vq'\]$"):
-        check_reward_names(RewardConfig(weights={"test_echo": 1.0, "hsp": 1.0}))
+        check_reward_config(RewardConfig(weights={"color": 1.0, "hsp": 1.0}))
 
 
 def test_the_standalone_server_refuses_an_unknown_reward_with_exit_code_2(caplog):

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.config import RewardConfig, load_config
 from fastvideo_grpo.rewards import RewardError
 from fastvideo_grpo.rewards.service import RewardClient, ServiceScorer, start_reward_process
@@ -17,7 +17,8 @@ def videos_with_means(values):
 
 @pytest.fixture
 def echo_server():
-    cfg = RewardConfig(weights={"test_echo": 1.0}, max_batch=4, max_latency_ms=5, timeout_s=30)
+    cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS], max_batch=4, max_latency_ms=5,
+                       timeout_s=30)
     process, address = start_reward_process(cfg)
     yield cfg, process, address
     process.kill()
@@ -52,7 +53,7 @@ def test_two_ranks_get_every_score_back_for_the_right_sample(echo_server):
 
 def test_killed_reward_process_is_a_clear_error_within_the_timeout(monkeypatch):
     monkeypatch.setenv("FVGRPO_TEST_SLEEP", "5")
-    cfg = RewardConfig(weights={"test_sleep": 1.0}, timeout_s=20, max_restarts=0)
+    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=20, max_restarts=0)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)
     ids = scorer.submit(videos_with_means([1, 2]), ["a", "b"])
@@ -67,7 +68,7 @@ def test_killed_reward_process_is_a_clear_error_within_the_timeout(monkeypatch):
 
 def test_a_restart_resends_the_pending_requests(monkeypatch):
     monkeypatch.setenv("FVGRPO_TEST_SLEEP", "0.5")
-    cfg = RewardConfig(weights={"test_sleep": 1.0}, timeout_s=60, max_restarts=1)
+    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=60, max_restarts=1)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)
     ids = scorer.submit(videos_with_means([7, 9]), ["a", "b"])
@@ -79,8 +80,9 @@ def test_a_restart_resends_the_pending_requests(monkeypatch):
 
 def test_timeout_names_the_requests(monkeypatch):
     monkeypatch.setenv("FVGRPO_TEST_SLEEP", "3")
-    cfg = RewardConfig(weights={"test_sleep": 1.0}, timeout_s=0.5)
-    process, address = start_reward_process(RewardConfig(weights={"test_sleep": 1.0}, timeout_s=60))
+    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=0.5)
+    process, address = start_reward_process(RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS],
+                                                         timeout_s=60))
     scorer = ServiceScorer(cfg, address, process)
     with pytest.raises(RewardError, match=r"requests \[0\] got no reply within reward.timeout_s=0.5s"):
         scorer.result(scorer.submit(videos_with_means([1]), ["a"]))
@@ -88,7 +90,7 @@ def test_timeout_names_the_requests(monkeypatch):
 
 
 def test_a_failing_reward_is_named():
-    cfg = RewardConfig(weights={"test_echo": 1.0, "test_fail": 1.0}, timeout_s=30)
+    cfg = RewardConfig(weights={"test_echo": 1.0, "test_fail": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=30)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)
     with pytest.raises(RewardError, match=r"request 0: reward 'test_fail' failed on requests \[0\].*always fails"):
@@ -114,7 +116,8 @@ def test_process_mode_scores_equal_inline_and_overlap_with_rollout(tmp_path, mon
     timings = {}
     for mode in ("inline", "process"):
         cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml",
-                          base + [f"reward.mode={mode}", "reward.weights={test_sleep: 1.0}", "reward.max_batch=2"])
+                          base + [f"reward.mode={mode}", "reward.weights={test_sleep: 1.0}", "reward.max_batch=2",
+                                  f"reward.plugins=[{REWARD_PLUGINS}]"])
         c = setup(cfg)
         train_iteration(0, c, cfg)  # warm-up
         rollout_only = train_iteration(1, c, cfg)["time_rollout"]

@@ -1,8 +1,12 @@
+import sys
+
 import pytest
 import torch
 
-from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.rewards import build_scorer
+from conftest import ROOT
+from fastvideo_grpo.config import ConfigError, RewardConfig, load_config
+from fastvideo_grpo.rewards import (REGISTRY, RewardError, RewardModel, build_scorer, check_reward_config,
+                                    register_reward, rule_reward)
 from fastvideo_grpo.rewards.rules import color_reward, motion_reward
 
 
@@ -47,15 +51,119 @@ def test_scorer_applies_binary_threshold_and_checks_input():
 
 
 def test_unknown_reward_is_named():
-    with pytest.raises(ValueError, match="reward.weights.pickscore: unknown reward"):
+    with pytest.raises(ConfigError, match=r"reward.weights.pickscore: unknown reward; available: \[.*'hps'.*"
+                                          r"'videoalign_vq'"):
         build_scorer(RewardConfig(weights={"pickscore": 1.0}))
+
+
+def reward_cfg(*overrides) -> RewardConfig:
+    return load_config(ROOT / "assets/configs/tiny_t2v.yaml", list(overrides)).reward
+
+
+def test_a_reward_section_names_its_unknown_keys_and_bad_values():
+    cfg = reward_cfg("reward.weights={videoalign_vq: 1.0}", "reward.models.videoalign={path: /v, base: /b, foo: 1}")
+    with pytest.raises(ConfigError, match=r"^unknown config key 'reward.models.videoalign.foo'; "
+                                          r"allowed: \['base', 'dtype', 'path', 'use_norm'\]$"):
+        check_reward_config(cfg)
+    with pytest.raises(ConfigError, match=r"reward.models.videoalign.dtype: 'fp16' is not one of \['bf16', 'fp32'\]"):
+        check_reward_config(reward_cfg("reward.models.videoalign.dtype=fp16"))
+    with pytest.raises(ConfigError, match=r"^reward.models.colour: no reward model of that name takes a section; "
+                                          r"those that do: \['clip', 'hps', 'videoalign'\]$"):
+        check_reward_config(reward_cfg("reward.models.colour.path=/x"))
+
+
+def test_a_required_path_is_named_when_its_reward_is_used():
+    with pytest.raises(ConfigError, match=r"^reward.models.hps.path: '' is invalid; expected a value, required when "
+                                          r"reward.weights uses \['hps'\]$"):
+        check_reward_config(reward_cfg("reward.weights={hps: 1.0}"))
+    with pytest.raises(ConfigError, match=r"^reward.models.videoalign.base: .*uses \['videoalign_mq'\]$"):
+        check_reward_config(reward_cfg("reward.weights={videoalign_mq: 1.0}", "reward.models.videoalign.path=/v"))
+    # The tiny config scores colour: a placeholder section of an unused model is fine, its keys still checked.
+    check_reward_config(reward_cfg("reward.models.hps.path=''"))
+    with pytest.raises(ConfigError, match="'reward.models.hps.modle'"):
+        check_reward_config(reward_cfg("reward.models.hps.modle=ViT-H-14"))
+
+
+def test_a_name_or_score_is_registered_once():
+    with pytest.raises(ValueError, match="reward model 'color' is already registered"):
+        register_reward(rule_reward("color", color_reward))
+    with pytest.raises(ValueError, match=r"'my_videoalign': scores \['videoalign_mq'\] are already provided by "
+                                         r"\['videoalign'\]"):
+        register_reward(RewardModel("my_videoalign", ("videoalign_mq",), lambda cfg, section: None))
+    assert "my_videoalign" not in REGISTRY
+
+
+def test_a_score_of_the_wrong_shape_names_the_reward(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "bad", rule_reward("bad", lambda videos, prompts: torch.zeros(3)))
+    scorer = build_scorer(RewardConfig(weights={"bad": 1.0}))
+    with pytest.raises(RewardError, match=r"reward 'bad' returned no score 'bad' of shape \[2\] on a batch; "
+                                          r"got torch.Size\(\[3\]\)"):
+        scorer(torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8), ["a", "b"])
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+from fastvideo_grpo.rewards import RewardModel, register_reward
+
+
+@dataclass
+class BrightnessConfig:
+    scale: float
+    offset: float = 0.0
+
+
+def build(cfg, section):
+    def score(videos, prompts):
+        mean = videos.float().mean(dim=(1, 2, 3, 4)) / 255
+        return {"bright": section.scale * mean + section.offset, "dark": 1 - mean}
+    return score
+
+
+register_reward(RewardModel("brightness", ("bright", "dark"), build, BrightnessConfig))
+"""
+
+
+@pytest.fixture
+def registry_restored():
+    """The registry as it was, and plugin files forgotten: a test's plugin leaves nothing behind."""
+    saved = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+    for name in [n for n in sys.modules if n.startswith("reward_plugin:")]:
+        del sys.modules[name]
+
+
+def test_a_plugin_file_registers_a_reward_the_scorer_uses(tmp_path, registry_restored):
+    plugin = tmp_path / "brightness.py"
+    plugin.write_text(PLUGIN)
+    cfg = reward_cfg(f"reward.plugins=[{plugin}]", "reward.weights={bright: 1.0, color: 1.0}",
+                     "reward.models.brightness={scale: 2, offset: 0.5}")
+    check_reward_config(cfg)  # imports the plugin; the scorer finds it imported
+    videos = torch.cat([solid_video([0, 0, 0]), solid_video([255, 255, 255])])
+    scores = build_scorer(cfg)(videos, ["a red car", "a red car"])
+    assert list(scores) == ["bright", "color"]  # 'dark' is not in reward.weights
+    assert scores["bright"].tolist() == [0.5, 2.5]
+    with pytest.raises(ConfigError, match=r"^reward.models.brightness.scale: '' is invalid; .*\['dark'\]$"):
+        check_reward_config(RewardConfig(weights={"dark": 1.0}, plugins=[str(plugin)]))
+
+
+def test_a_missing_plugin_is_named(tmp_path):
+    missing = tmp_path / "nowhere.py"
+    with pytest.raises(ConfigError, match=rf"^reward.plugins\[1\]: importing '{missing}' failed: FileNotFoundError: "
+                                          r".*does not exist"):
+        check_reward_config(RewardConfig(weights={"color": 1.0}, plugins=["fastvideo_grpo.rewards.rules", str(missing)]))
+    with pytest.raises(ConfigError, match=r"^reward.plugins\[0\]: importing 'no_such_rewards' failed: "
+                                          r"ModuleNotFoundError: No module named 'no_such_rewards'$"):
+        check_reward_config(RewardConfig(weights={"color": 1.0}, plugins=["no_such_rewards"]))
 
 
 def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
     import numpy as np
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from fastvideo_grpo.models.tiny_hunyuan import word_tokenizer
+    from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
 
     tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>", 77)
     torch.manual_seed(0)
@@ -71,7 +179,7 @@ def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=mean,
                        image_std=std).save_pretrained(tmp_path)
 
-    scorer = build_scorer(RewardConfig(weights={"clip": 1.0}, clip_path=str(tmp_path), frame_stride=2))
+    scorer = build_scorer(RewardConfig(weights={"clip": 1.0}, models={"clip": {"path": str(tmp_path)}}, frame_stride=2))
     videos = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8))
     prompts = ["a red ball", "a blue wave"]
     scores = scorer(videos, prompts)["clip"]
@@ -147,8 +255,8 @@ def test_hps_score_is_the_cosine_of_normalised_features(tiny_hps):
     from fastvideo_grpo.rewards.hps import pad_to_square
 
     model, path = tiny_hps
-    scorer = build_scorer(RewardConfig(weights={"hps": 1.0}, hps_path=str(path), hps_model="tiny-hps-test",
-                                       frame_stride=3))
+    scorer = build_scorer(RewardConfig(weights={"hps": 1.0}, frame_stride=3,
+                                       models={"hps": {"path": str(path), "model": "tiny-hps-test"}}))
     videos = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 6, 32, 32, 3), dtype=np.uint8))
     prompts = ["a red ball", "a cat"]
     scores = scorer(videos, prompts)["hps"]
@@ -161,7 +269,7 @@ def test_hps_score_is_the_cosine_of_normalised_features(tiny_hps):
 
 
 def test_mp4_round_trip_in_memory():
-    from fastvideo_grpo.rewards.video_io import decode_mp4, encode_mp4
+    from helpers import decode_mp4, encode_mp4
 
     frames = torch.zeros(6, 32, 48, 3, dtype=torch.uint8)
     frames[:, :, :24, 0] = 200  # left half red, right half black

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches, update_policy
-from helpers import tiny_conditioning, tiny_policy, tiny_rollout
+from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue sky", "a green field"]
 
@@ -59,11 +59,11 @@ def test_ratio_is_exactly_one_before_first_update(tiny_cfg, batch_size):
     plan = plan_micro_batches(ro, torch.ones(2 * g, dtype=torch.bool), tiny_cfg, (0, 0))
     optimizer, scheduler = build_optimizer(policy, tiny_cfg)
     advantages = torch.randn(2 * g)
-    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
+    stats = run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
     assert stats["ratio_dev_first_update"] == 0.0
     assert stats["optimizer_steps"] == 1
     # After that step the policy moved: the same plan no longer gives ratio 1.
-    again = update_policy(policy, None, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
+    again = run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
     assert again["ratio_dev_first_update"] > 0
 
 
@@ -113,7 +113,7 @@ def test_optimizer_steps_per_iteration_count_samples(tiny_cfg, kept_count, per_s
     assert seen == torch.nonzero(kept).flatten().tolist()
     optimizer, scheduler = build_optimizer(policy, tiny_cfg)
     before = [p.detach().clone() for p in policy.transformer.parameters()]
-    stats = update_policy(policy, None, optimizer, scheduler, ro, cond, torch.randn(2 * g), plan, tiny_cfg)
+    stats = run_update(policy, optimizer, scheduler, ro, cond, torch.randn(2 * g), plan, tiny_cfg)
     assert stats["optimizer_steps"] == math.ceil(kept_count / per_step)
     assert all(p.grad is None for p in policy.transformer.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.transformer.parameters()))
@@ -150,6 +150,6 @@ def test_a_step_loss_is_the_mean_over_its_samples_and_timesteps(tiny_cfg):
         lambda *args: grads.extend(p.grad.clone() for p in policy.transformer.parameters()))
     for p in policy.transformer.parameters():
         p.grad = None
-    update_policy(policy, None, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
+    run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)

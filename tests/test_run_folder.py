@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import REWARD_PLUGINS, ROOT
 from helpers import wait_for_lines
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.outputs import read_metrics
@@ -102,7 +102,8 @@ def test_sigterm_during_the_last_iteration_ends_the_completed_run_with_0(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FVGRPO_TEST_SLEEP": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "fastvideo_grpo.train", "--config",
                              str(ROOT / "assets/configs/tiny_t2v.yaml"), *SMALL, "train.iterations=2",
-                             "reward.weights={test_sleep: 1.0}", "sampling.rollout_batch_size=1",
+                             "reward.weights={test_sleep: 1.0}", f"reward.plugins=[{REWARD_PLUGINS}]",
+                             "sampling.rollout_batch_size=1",
                              f"train.output_dir={tmp_path}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"

@@ -10,10 +10,10 @@ from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.export import export
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
-from fastvideo_grpo.models.tiny_sd import sd_scheduler, write_tiny_sd_folder
+from fastvideo_grpo.models.tiny.stable_diffusion import sd_scheduler, write_folder as write_tiny_sd_folder
 from fastvideo_grpo.sde import ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 from fastvideo_grpo.trainer import setup, train
-from helpers import tiny_conditioning, tiny_policy
+from helpers import read_jsonl, tiny_conditioning, tiny_policy
 
 TINY_SD = ROOT / "assets/configs/tiny_sd_t2i.yaml"
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
@@ -90,7 +90,7 @@ def test_ddim_sampling_equals_diffusers_ddim_scheduler(sd_cfg, eta):
 
 def test_two_iterations_train_with_cfg_one_step_each(tmp_path):
     out = train(sd_config(tmp_path / "run", SMALL))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1]
     for row in rows:
         assert row["ratio_dev_first_update"] == 0.0

@@ -1,6 +1,5 @@
 """The flagship launch script under a real SLURM: sbatch --wait on a single-node cluster."""
 
-import json
 import os
 import sys
 import time
@@ -9,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from helpers import wait_for_lines
+from helpers import read_jsonl, wait_for_lines
 from slurm_cluster import Cluster, Unavailable, ensure_installed
 
+# One cluster for the file: under pytest-xdist its tests run on one worker.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -46,7 +47,7 @@ def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
     logs = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert result.returncode == 0, result.stderr + logs + cluster.logs()
     assert "rendezvous" in logs and "1 node(s) x 2" in logs
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1]
 
 
@@ -56,7 +57,7 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     submitted = cluster.run(
         "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
         "--time=10", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",
-        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=40", "sampling.group_size=4",
+        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=20", "sampling.group_size=4",
         "sampling.rollout_batch_size=4", "train.progress_bar=false", "checkpoint.every=0",
         cwd=ROOT, env=env, timeout=60)
     job = submitted.stdout.strip().split(";")[0]
@@ -75,5 +76,5 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     log = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert "preempted after a checkpoint: requeueing" in log, log + cluster.logs()
     assert "resumed from" in log, log
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["iteration"] for r in rows] == list(range(40))
+    rows = read_jsonl(metrics)
+    assert [r["iteration"] for r in rows] == list(range(20))

@@ -1,6 +1,7 @@
 import importlib.util
 
 import pytest
+import torch
 
 from fastvideo_grpo.trainer import train
 
@@ -46,3 +47,27 @@ def test_wandb_offline_run_is_written(tiny_cfg, monkeypatch):
     out = train(cfg)
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_iteration_stats_reduce_as_declared_on_one_rank():
+    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.parallel import World
+
+    values = torch.rand(7, dtype=torch.float32)
+    stats = IterationStats()
+    for v in values:
+        stats.mean("loss", v)
+        stats.max("dev", v)
+        stats.total("count", 1)
+    stats.mean("grad_norm", 2.5)
+    reduced = stats.reduce(World(0, 1, torch.device("cpu"), None))
+    # Python's float sum in order, as the per-micro-batch .item() lists summed.
+    expected = 0.0
+    for v in values.tolist():
+        expected += v
+    assert reduced["loss"] == expected / 7
+    assert reduced["dev"] == values.max().item()
+    assert reduced["count"] == 7.0
+    assert reduced["grad_norm"] == 2.5
+    assert list(reduced) == ["loss", "grad_norm", "count", "dev"]
+    assert stats.count("loss") == 7 and stats.count("missing") == 0

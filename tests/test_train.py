@@ -1,8 +1,6 @@
-import json
-
-
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.trainer import train
+from helpers import read_jsonl
 
 REQUIRED = ["iteration", "reward_mean", "reward/color", "loss", "ratio_mean", "clip_frac", "grad_norm",
             "zero_std_frac", "time_rollout", "time_reward", "time_train", "ratio_dev_first_update"]
@@ -12,7 +10,7 @@ def test_three_iterations_write_every_output(tiny_cfg):
     tiny_cfg.train.iterations = 3
     tiny_cfg.train.sample_every = 2
     out = train(tiny_cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for row in rows:
         assert all(key in row for key in REQUIRED), set(REQUIRED) - set(row)
@@ -66,7 +64,7 @@ def test_demo_script_encodes_prompts_offline_then_trains(tmp_path):
                              "train.progress_bar=false"], cwd=root, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = [json.loads(line) for line in (tmp_path / "embeddings" / "manifest.jsonl").read_text().splitlines()]
+    manifest = read_jsonl(tmp_path / "embeddings" / "manifest.jsonl")
     prompts = [line.strip() for line in (root / "assets/prompts/tiny.txt").read_text().splitlines() if line.strip()]
     assert [row["prompt"] for row in manifest] == prompts
     run = load_config(tmp_path / "run" / "config.yaml")

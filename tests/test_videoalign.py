@@ -13,7 +13,7 @@ from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForCond
                           Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.models.tiny_hunyuan import WORDS
+from fastvideo_grpo.models.tiny.text_encoders import WORDS
 from fastvideo_grpo.rewards import build_scorer
 from fastvideo_grpo.rewards.videoalign import (PROMPT_TEMPLATE, VideoAlign, frame_count, frame_indices,
                                                smart_resize)
@@ -276,16 +276,37 @@ def test_model_config_torch_dtype_is_the_load_dtype(released, tmp_path):
         VideoAlign(str(with_model_config(root, tmp_path / "bad", torch_dtype="float99")), str(root / "base"))
 
 
-def test_registry_rewards_are_normalised_dimensions_of_one_forward(released):
+def test_one_forward_per_batch_serves_the_normalised_dimensions(released):
     root, _, _ = released
+    prompts = ["a red ball", "a dog"]
     raw = VideoAlign(str(root / "model.pth"), str(root / "base"), video_fps=8, use_norm=False,
-                     dtype=torch.float32).scores(videos(), ["a red ball", "a dog"])
-    cfg = RewardConfig(weights={"videoalign_vq": 1.0, "videoalign_mq": 0.5, "videoalign_ta": 0.5},
-                       videoalign_path=str(root / "model.pth"), videoalign_base=str(root / "base"),
-                       videoalign_dtype="fp32", video_fps=8)
-    scores = build_scorer(cfg)(videos(), ["a red ball", "a dog"])
-    for name, dim in (("videoalign_vq", "VQ"), ("videoalign_mq", "MQ"), ("videoalign_ta", "TA")):
-        torch.testing.assert_close(scores[name], (raw[dim] - STATS[f"{dim}_mean"]) / STATS[f"{dim}_std"])
+                     dtype=torch.float32).scores(videos(), prompts)
+    normalised = {f"videoalign_{d.lower()}": (raw[d] - STATS[f"{d}_mean"]) / STATS[f"{d}_std"] for d in raw}
+    models = {"videoalign": {"path": str(root / "model.pth"), "base": str(root / "base"), "dtype": "fp32"}}
+    forwards = []
+
+    def count(module, args):
+        if type(module).__name__ == "Qwen2VLModel":
+            forwards.append(1)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        all_three = build_scorer(RewardConfig(weights={"videoalign_vq": 1.0, "videoalign_mq": 0.5,
+                                                       "videoalign_ta": 0.5}, models=models, video_fps=8))
+        scores = all_three(videos(), prompts)
+        assert len(forwards) == 1
+        assert list(scores) == ["videoalign_vq", "videoalign_mq", "videoalign_ta"]
+        for name, expected in normalised.items():
+            torch.testing.assert_close(scores[name], expected)
+        two = build_scorer(RewardConfig(weights={"videoalign_ta": 1.0, "videoalign_vq": 1.0}, models=models,
+                                        binary_thresholds={"videoalign_ta": 0.0}, video_fps=8))
+        scores = two(videos(), prompts)
+        assert len(forwards) == 2
+    finally:
+        hook.remove()
+    assert list(scores) == ["videoalign_ta", "videoalign_vq"]  # only the configured ones
+    torch.testing.assert_close(scores["videoalign_vq"], normalised["videoalign_vq"])
+    assert scores["videoalign_ta"].tolist() == (normalised["videoalign_ta"] > 0).float().tolist()
 
 
 def test_bad_checkpoint_folders_name_the_file(released, tmp_path):
@@ -310,7 +331,7 @@ def test_bad_checkpoint_folders_name_the_file(released, tmp_path):
     (tmp_path / "model_config.json").write_text("{")
     with pytest.raises(ValueError, match="model_config.json: not valid JSON"):
         VideoAlign(str(tmp_path), base, dtype=torch.float32)
-    with pytest.raises(FileNotFoundError, match="reward.videoalign_base"):
+    with pytest.raises(FileNotFoundError, match="reward.models.videoalign.base"):
         VideoAlign(str(root / "adapter"), str(tmp_path), dtype=torch.float32)
 
 

@@ -14,8 +14,8 @@
 # The launch (srun torchrun with c10d rendezvous, preemption and requeue) is the flagship's:
 # this sets the config and reward paths and runs train_hunyuan_t2v.sh. Environment as there
 # (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
-#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.hps_path)
-#   CLIP_PATH       local CLIP folder for the clip reward (sets reward.clip_path)
+#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.models.hps.path)
+#   CLIP_PATH       local CLIP folder for the clip reward (sets reward.models.clip.path)
 # Arguments are config overrides: bash train_flux_t2i.sh train.lr=2e-5
 set -euo pipefail
 
@@ -27,6 +27,6 @@ fi
 
 export CONFIG=${CONFIG:-assets/configs/flux_t2i.yaml}
 OVERRIDES=("$@")
-[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.hps_path=$HPS_PATH" "${OVERRIDES[@]}")
-[ -n "${CLIP_PATH:-}" ] && OVERRIDES=("reward.clip_path=$CLIP_PATH" "${OVERRIDES[@]}")
+[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.models.hps.path=$HPS_PATH" "${OVERRIDES[@]}")
+[ -n "${CLIP_PATH:-}" ] && OVERRIDES=("reward.models.clip.path=$CLIP_PATH" "${OVERRIDES[@]}")
 exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"

@@ -14,8 +14,8 @@
 #   CONFIG          YAML config (default: the paper's HunyuanVideo settings)
 #   MODEL_PATH      local diffusers-format HunyuanVideo folder (sets model.path)
 #   EMBEDDINGS_DIR  precomputed prompt embeddings (sets data.embeddings_dir)
-#   VIDEOALIGN_PATH VideoReward checkpoint folder (sets reward.videoalign_path)
-#   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.videoalign_base)
+#   VIDEOALIGN_PATH VideoReward checkpoint folder (sets reward.models.videoalign.path)
+#   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.models.videoalign.base)
 #   OUTPUT_DIR      run folder (sets train.output_dir)
 #   NPROC_PER_NODE  processes per node (default: GPUs on the node, else 1)
 #   MASTER_PORT     rendezvous port under SLURM (default 29500)
@@ -38,8 +38,8 @@ TORCHRUN=${TORCHRUN:-torchrun}
 OVERRIDES=("$@")
 [ -n "${MODEL_PATH:-}" ] && OVERRIDES=("model.path=$MODEL_PATH" "${OVERRIDES[@]}")
 [ -n "${EMBEDDINGS_DIR:-}" ] && OVERRIDES=("data.embeddings_dir=$EMBEDDINGS_DIR" "${OVERRIDES[@]}")
-[ -n "${VIDEOALIGN_PATH:-}" ] && OVERRIDES=("reward.videoalign_path=$VIDEOALIGN_PATH" "${OVERRIDES[@]}")
-[ -n "${VIDEOALIGN_BASE:-}" ] && OVERRIDES=("reward.videoalign_base=$VIDEOALIGN_BASE" "${OVERRIDES[@]}")
+[ -n "${VIDEOALIGN_PATH:-}" ] && OVERRIDES=("reward.models.videoalign.path=$VIDEOALIGN_PATH" "${OVERRIDES[@]}")
+[ -n "${VIDEOALIGN_BASE:-}" ] && OVERRIDES=("reward.models.videoalign.base=$VIDEOALIGN_BASE" "${OVERRIDES[@]}")
 [ -n "${OUTPUT_DIR:-}" ] && OVERRIDES=("train.output_dir=$OUTPUT_DIR" "${OVERRIDES[@]}")
 
 gpus_on_node() {

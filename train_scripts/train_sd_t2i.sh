@@ -16,7 +16,7 @@
 # Environment as there (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE,
 # MASTER_PORT, TORCHRUN; the embeddings folder must hold negative.safetensors, which
 # data_preprocess/preprocess_sd_embeddings.py writes), plus
-#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.hps_path)
+#   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.models.hps.path)
 # Arguments are config overrides: bash train_sd_t2i.sh train.lr=2e-5 model.cfg_scale=7.5
 set -euo pipefail
 
@@ -28,5 +28,5 @@ fi
 
 export CONFIG=${CONFIG:-assets/configs/sd_t2i.yaml}
 OVERRIDES=("$@")
-[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.hps_path=$HPS_PATH" "${OVERRIDES[@]}")
+[ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.models.hps.path=$HPS_PATH" "${OVERRIDES[@]}")
 exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"

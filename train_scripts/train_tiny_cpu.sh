@@ -15,7 +15,7 @@ EMBEDDINGS_DIR=${EMBEDDINGS_DIR:-outputs/tiny_embeddings}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/tiny_demo}
 
 if [ ! -f "$MODEL_DIR/model_index.json" ]; then
-    python -m fastvideo_grpo.models.tiny_hunyuan "$MODEL_DIR"
+    python -m fastvideo_grpo.models.tiny hunyuan_video "$MODEL_DIR"
 fi
 # Finished shards are skipped, so re-running the demo encodes nothing twice.
 python data_preprocess/preprocess_hunyuan_embeddings.py --model-path "$MODEL_DIR" --prompts "$PROMPTS" \

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from fastvideo_grpo.data.embeddings import MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
+from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 # A batch of items -> the shard tensors of that batch (first dim: the batch) and how many
 # items were truncated.
 EncodeFn = Callable[[list[str]], tuple[dict[str, torch.Tensor], int]]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 JSON_SUFFIXES = (".jsonl", ".json")
 BOM = b"\xef\xbb\xbf"
 # Characters refused in a prompt: those str.splitlines splits at (one line would be one prompt

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.preprocess import read_prompt_file
-from fastvideo_grpo.models.tiny_text_encoder import TinyTextEncoder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 
 
 def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | WithImageLatents:

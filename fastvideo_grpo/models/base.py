@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.sde import StepResult, ode_step, sde_step, sigma_schedule
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass

@@ -12,13 +12,10 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
-                                        load_pretrained, place_on_device, to_frames)
-
-# FLUX.1's VAE: 16 latent channels, and the affine map its latents are trained under.
-LATENT_CHANNELS = 16
-SCALING_FACTOR = 0.3611
-SHIFT_FACTOR = 0.1159
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
+                                        place_on_device, to_frames)
+from fastvideo_grpo.models.tiny.flux import tiny_networks
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -41,47 +38,6 @@ def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
     ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1)
     return ids.reshape(-1, 3).to(device, torch.float32)
-
-
-def rope_axes(head_dim: int) -> tuple[int, int, int]:
-    """Split a head's rotation pairs over (index, row, col) as FLUX's (16, 56, 56) does for 128."""
-    pairs = head_dim // 2
-    pairs_index = max(1, pairs // 8)
-    pairs_row = (pairs - pairs_index) // 2
-    return 2 * pairs_index, 2 * pairs_row, 2 * (pairs - pairs_index - pairs_row)
-
-
-def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int) -> FluxTransformer2DModel:
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * LATENT_CHANNELS,
-        num_layers=cfg.tiny_layers,
-        num_single_layers=cfg.tiny_single_layers,
-        attention_head_dim=cfg.tiny_head_dim,
-        num_attention_heads=cfg.tiny_heads,
-        joint_attention_dim=text_dim,
-        pooled_projection_dim=pooled_dim,
-        guidance_embeds=True,
-        axes_dims_rope=rope_axes(cfg.tiny_head_dim),
-    )
-
-
-def tiny_vae(cfg: ModelConfig) -> AutoencoderKL:
-    channels = cfg.tiny_vae_channels
-    # Four blocks: 8x spatial compression, as FLUX's VAE.
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(channels,) * 4,
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=1,
-        scaling_factor=SCALING_FACTOR,
-        shift_factor=SHIFT_FACTOR,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=False,
-    )
 
 
 class FluxPolicy(RectifiedFlowSampling):
@@ -143,9 +99,7 @@ class FluxPolicy(RectifiedFlowSampling):
 
 def build_flux(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> FluxPolicy:
     if cfg.size == "tiny":
-        torch.manual_seed(cfg.init_seed)
-        transformer = tiny_transformer(cfg, text_dim, pooled_dim)
-        vae = tiny_vae(cfg)
+        transformer, vae = tiny_networks(cfg, text_dim, pooled_dim)
     else:
         transformer, vae = load_pretrained(cfg, FluxTransformer2DModel, "transformer", AutoencoderKL, "FLUX")
     if not transformer.config.guidance_embeds:

@@ -6,46 +6,10 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import (DTYPES, RectifiedFlowSampling, TextConditioning, guided_prediction,
-                                        load_pretrained, place_on_device, to_frames)
-
-
-
-def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int, **config) -> HunyuanVideoTransformer3DModel:
-    """`config` overrides the architecture's defaults (the I2V variants' input channels,
-    image_condition_type, guidance_embeds)."""
-    head_dim = cfg.tiny_head_dim
-    # RoPE splits each head's rotation pairs over (t, h, w).
-    pairs = head_dim // 2
-    pairs_t = max(1, pairs // 4)
-    pairs_h = (pairs - pairs_t) // 2
-    return HunyuanVideoTransformer3DModel(
-        in_channels=config.pop("in_channels", 16),
-        out_channels=16,
-        num_attention_heads=cfg.tiny_heads,
-        attention_head_dim=head_dim,
-        num_layers=cfg.tiny_layers,
-        num_single_layers=cfg.tiny_single_layers,
-        num_refiner_layers=1,
-        mlp_ratio=2.0,
-        patch_size=2,
-        patch_size_t=1,
-        text_embed_dim=text_dim,
-        pooled_projection_dim=pooled_dim,
-        rope_axes_dim=(2 * pairs_t, 2 * pairs_h, 2 * (pairs - pairs_t - pairs_h)),
-        **config,
-    )
-
-
-def tiny_vae(cfg: ModelConfig) -> AutoencoderKLHunyuanVideo:
-    channels = cfg.tiny_vae_channels
-    return AutoencoderKLHunyuanVideo(
-        latent_channels=16,
-        block_out_channels=(channels,) * 4,
-        layers_per_block=1,
-        norm_num_groups=1,
-        mid_block_add_attention=False,
-    )
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
+                                        place_on_device, to_frames)
+from fastvideo_grpo.models.tiny.hunyuan_video import tiny_networks
 
 
 class HunyuanVideoPolicy(RectifiedFlowSampling):
@@ -107,9 +71,7 @@ def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, p
                         **tiny_config) -> HunyuanVideoPolicy:
     """`policy_cls` and `tiny_config` (overrides of the tiny transformer) serve the variants (I2V)."""
     if cfg.size == "tiny":
-        torch.manual_seed(cfg.init_seed)
-        transformer = tiny_transformer(cfg, text_dim, pooled_dim, **tiny_config)
-        vae = tiny_vae(cfg)
+        transformer, vae = tiny_networks(cfg, text_dim, pooled_dim, **tiny_config)
     else:
         transformer, vae = load_pretrained(cfg, HunyuanVideoTransformer3DModel, "transformer",
                                            AutoencoderKLHunyuanVideo, "HunyuanVideo")

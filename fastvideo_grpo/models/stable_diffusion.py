@@ -12,42 +12,15 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from fastvideo_grpo.config import ModelConfig
-from fastvideo_grpo.models.base import (DTYPES, TextConditioning, guided_prediction, load_pretrained, place_on_device,
-                                        to_frames)
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.base import TextConditioning, guided_prediction, load_pretrained, place_on_device, to_frames
+from fastvideo_grpo.models.tiny.stable_diffusion import tiny_networks
 from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
 NUM_TRAIN_TIMESTEPS = 1000
 STEPS_OFFSET = 1
 BETA_START, BETA_END = 0.00085, 0.012
-
-
-def tiny_unet(cfg: ModelConfig, text_dim: int) -> UNet2DConditionModel:
-    channels = cfg.tiny_heads * cfg.tiny_head_dim
-    return UNet2DConditionModel(
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(channels, channels),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=cfg.tiny_heads,
-        cross_attention_dim=text_dim,
-        attention_head_dim=cfg.tiny_head_dim,
-    )
-
-
-def tiny_vae(cfg: ModelConfig) -> AutoencoderKL:
-    """Four blocks: the 8x spatial compression of SD's VAE."""
-    channels = cfg.tiny_vae_channels
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(channels,) * 4,
-        latent_channels=4,
-        norm_num_groups=1,
-        mid_block_add_attention=False,
-    )
 
 
 class StableDiffusionPolicy:
@@ -119,9 +92,7 @@ class StableDiffusionPolicy:
 def build_stable_diffusion(cfg: ModelConfig, device: torch.device, text_dim: int,
                            pooled_dim: int) -> StableDiffusionPolicy:
     if cfg.size == "tiny":
-        torch.manual_seed(cfg.init_seed)
-        unet = tiny_unet(cfg, text_dim)
-        vae = tiny_vae(cfg)
+        unet, vae = tiny_networks(cfg, text_dim)
     else:
         unet, vae = load_pretrained(cfg, UNet2DConditionModel, "unet", AutoencoderKL, "Stable Diffusion")
     place_on_device(unet, vae, cfg, device)

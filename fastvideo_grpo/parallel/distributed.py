@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,14 @@ def all_gather_objects(obj, world: World | None) -> list:
     gathered = [None] * world.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def all_finite(model: torch.nn.Module, world: World) -> bool:
+    """Every rank's parameter shards are finite (one host sync, one all-reduce). Each rank
+    counts its local shard: a sum over a sharded DTensor would be a collective per parameter."""
+    local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
+    bad = sum((~torch.isfinite(p.detach())).sum() for p in local)
+    return all_reduce_max(float(bad), world) == 0
 
 
 def barrier(world: World) -> None:

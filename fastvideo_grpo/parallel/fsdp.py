@@ -10,6 +10,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 
 from fastvideo_grpo.config import Config
+from fastvideo_grpo.models import check_model_config
 from fastvideo_grpo.models.base import Policy
 from fastvideo_grpo.parallel.distributed import World
 
@@ -40,6 +41,7 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     if world.sp_size > 1:
         from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
 
+        check_model_config(cfg)  # whether the family declares sequence parallelism
         apply_sequence_parallel(policy.transformer, world)
     if cfg.parallel.activation_checkpointing and any(p.requires_grad for p in policy.transformer.parameters()):
         apply_activation_checkpointing(policy.transformer)

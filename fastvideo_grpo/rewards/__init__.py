@@ -1,97 +1,112 @@
-"""Reward registry: a reward is looked up by the name used in `reward.weights`."""
+"""Rewards: the registry of reward models, the check of the reward config, and the scorer
+that builds the models reward.weights uses and scores a batch with them.
+
+A score name in reward.weights (videoalign_vq) belongs to one registered model
+(videoalign), which reads its section reward.models.<model> and returns all its scores
+from one call. A new reward is a file declaring its section's dataclass and calling
+`register_reward`: in this package (imported below), or anywhere, named in reward.plugins.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import importlib
+from typing import Any
 
 import torch
 
-from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.rewards.base import RewardFn, binary, check_videos
-from fastvideo_grpo.rewards.rules import color_reward, motion_reward
-from fastvideo_grpo.rewards.testing import echo_reward, failing_reward, sleep_reward
+from fastvideo_grpo.config import ConfigError, RewardConfig, coerce_section
+from fastvideo_grpo.rewards.base import RewardFn, check_videos
+from fastvideo_grpo.rewards.registry import (REGISTRY, RewardModel, ScoreFn, load_plugins, register_reward,
+                                             rule_reward)
 
-def _clip_score(cfg: RewardConfig) -> RewardFn:
-    from fastvideo_grpo.rewards.clip_score import ClipScore
-
-    return ClipScore(cfg.clip_path, cfg.device, cfg.frame_stride)
-
-
-def _hps(cfg: RewardConfig) -> RewardFn:
-    from fastvideo_grpo.rewards.hps import HPSv21
-
-    return HPSv21(cfg.hps_path, cfg.hps_model, cfg.device, cfg.frame_stride)
-
-
-def _videoalign(dimension: str) -> Callable[[RewardConfig], RewardFn]:
-    def build(cfg: RewardConfig) -> RewardFn:
-        from fastvideo_grpo.rewards.videoalign import shared_videoalign
-
-        model = shared_videoalign(cfg.videoalign_path, cfg.videoalign_base, cfg.device, cfg.video_fps,
-                                  cfg.videoalign_use_norm, cfg.videoalign_dtype)
-        return model.dimension(dimension)
-
-    return build
-
-
-# Name -> factory building the reward from the reward config (paths, device).
-REGISTRY: dict[str, Callable[[RewardConfig], RewardFn]] = {
-    "color": lambda cfg: color_reward,
-    "motion": lambda cfg: motion_reward,
-    "clip": _clip_score,
-    "hps": _hps,
-    "videoalign_vq": _videoalign("VQ"),
-    "videoalign_mq": _videoalign("MQ"),
-    "videoalign_ta": _videoalign("TA"),
-    "test_echo": lambda cfg: echo_reward,
-    "test_fail": lambda cfg: failing_reward,
-    "test_sleep": lambda cfg: sleep_reward,
-}
-
-Scorer = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
+# The built-in reward models: each module registers its own when imported.
+for _module in ("clip_score", "hps", "rules", "videoalign"):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 class RewardError(RuntimeError):
     """A reward could not score: names the reward and the requests."""
 
 
-def check_reward_names(cfg: RewardConfig) -> None:
-    """Raise ValueError if `reward.weights` names a reward that is not registered; builds
-    nothing, so a typo fails before any model is loaded, here or in the reward process."""
-    unknown = [name for name in cfg.weights if name not in REGISTRY]
+def check_reward_config(cfg: RewardConfig) -> None:
+    """Import reward.plugins, then check reward.weights' names and the reward.models
+    sections; raises ConfigError. Builds nothing, so a typo fails before any model is
+    loaded, here or in the reward process."""
+    _sections(cfg)
+
+
+def _sections(cfg: RewardConfig) -> dict[str, Any]:
+    """Each model reward.weights uses -> its section (a config instance, or None)."""
+    load_plugins(cfg.plugins)
+    owners = {score: model for model in REGISTRY.values() for score in model.scores}
+    unknown = [name for name in cfg.weights if name not in owners]
     if unknown:
         keys = ", ".join(f"reward.weights.{name}" for name in unknown)
-        raise ValueError(f"{keys}: unknown reward; available: {sorted(REGISTRY)}")
+        raise ConfigError(f"{keys}: unknown reward; available: {sorted(owners)}")
+    used = {owners[name].name: owners[name] for name in cfg.weights}
+    with_sections = sorted(name for name, model in REGISTRY.items() if model.config is not None)
+    for name, raw in cfg.models.items():
+        if name not in with_sections:
+            raise ConfigError(f"reward.models.{name}: no reward model of that name takes a section; "
+                              f"those that do: {with_sections}")
+        if name not in used:
+            # Kept, so that switching rewards need not delete it: its keys are checked,
+            # its required ones are not.
+            coerce_section(REGISTRY[name].config, raw, f"reward.models.{name}")
+    return {name: _section(model, cfg) for name, model in used.items()}
 
 
-def build_rewards(cfg: RewardConfig) -> dict[str, RewardFn]:
-    check_reward_names(cfg)
-    rewards: dict[str, RewardFn] = {}
-    for name in cfg.weights:
-        reward = REGISTRY[name](cfg)
-        if name in cfg.binary_thresholds:
-            reward = binary(reward, cfg.binary_thresholds[name])
-        rewards[name] = reward
-    return rewards
+def _section(model: RewardModel, cfg: RewardConfig) -> Any:
+    if model.config is None:
+        return None
+    key = f"reward.models.{model.name}"
+    values = coerce_section(model.config, cfg.models.get(model.name, {}), key)
+    for f in dataclasses.fields(model.config):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and values.get(f.name, "") == "":
+            used = sorted(set(model.scores) & set(cfg.weights))
+            raise ConfigError(f"{key}.{f.name}: {values.get(f.name, '')!r} is invalid; expected a value, "
+                              f"required when reward.weights uses {used}")
+    return model.config(**values)
 
 
-def score_with(rewards: dict[str, RewardFn], videos: torch.Tensor, prompts: list[str],
-               what: str = "a batch") -> dict[str, torch.Tensor]:
-    check_videos(videos, prompts)
-    scores = {}
-    for name, reward in rewards.items():
-        try:
-            scores[name] = reward(videos, prompts).float()
-        except Exception as e:
-            raise RewardError(f"reward {name!r} failed on {what}: {type(e).__name__}: {e}") from e
-    return scores
+class Scorer:
+    """Every model reward.weights uses, built once in this process. A call scores a batch
+    with each model once and keeps the configured scores (binary where
+    reward.binary_thresholds says): {score name: float [B]}."""
+
+    def __init__(self, cfg: RewardConfig):
+        sections = _sections(cfg)
+        self.models: dict[str, ScoreFn] = {name: REGISTRY[name].build(cfg, section)
+                                           for name, section in sections.items()}
+        # Model -> the scores of it reward.weights uses; the others it returns are dropped.
+        self.keep = {name: [s for s in REGISTRY[name].scores if s in cfg.weights] for name in sections}
+        self.order = list(cfg.weights)
+        self.thresholds = dict(cfg.binary_thresholds)
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str], what: str = "a batch") -> dict[str, torch.Tensor]:
+        check_videos(videos, prompts)
+        scores = {}
+        for name, model in self.models.items():
+            try:
+                returned = model(videos, prompts)
+            except Exception as e:
+                raise RewardError(f"reward {name!r} failed on {what}: {type(e).__name__}: {e}") from e
+            for score in self.keep[name]:
+                value = returned.get(score) if isinstance(returned, dict) else None
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(prompts),):
+                    raise RewardError(f"reward {name!r} returned no score {score!r} of shape [{len(prompts)}] on "
+                                      f"{what}; got {getattr(value, 'shape', value)!r}")
+                value = value.float()
+                scores[score] = (value > self.thresholds[score]).float() if score in self.thresholds else value
+        return {score: scores[score] for score in self.order}
 
 
 def build_scorer(cfg: RewardConfig) -> Scorer:
     """One callable that scores a batch with every configured reward, in this process."""
-    rewards = build_rewards(cfg)
-    return lambda videos, prompts: score_with(rewards, videos, prompts)
+    return Scorer(cfg)
 
 
-__all__ = ["REGISTRY", "RewardError", "RewardFn", "Scorer", "binary", "build_rewards", "build_scorer",
-           "check_reward_names", "score_with"]
+__all__ = ["REGISTRY", "RewardError", "RewardFn", "RewardModel", "ScoreFn", "Scorer", "build_scorer",
+           "check_reward_config", "register_reward", "rule_reward"]

@@ -1,4 +1,4 @@
-"""The reward interface: uint8 videos [B, T, H, W, 3] + prompts -> named float scores [B]."""
+"""The reward interface: uint8 videos [B, T, H, W, 3] + prompts -> float scores [B]."""
 
 from __future__ import annotations
 
@@ -6,16 +6,8 @@ from typing import Callable
 
 import torch
 
+# One score: what a rule reward, or a plugin's simple reward, computes.
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
-
-
-def binary(reward: RewardFn, threshold: float) -> RewardFn:
-    """1.0 where the wrapped reward exceeds `threshold`, else 0.0."""
-
-    def thresholded(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return (reward(videos, prompts) > threshold).float()
-
-    return thresholded
 
 
 def check_videos(videos: torch.Tensor, prompts: list[str]) -> None:

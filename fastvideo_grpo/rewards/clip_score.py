@@ -4,16 +4,30 @@ mean over its frames taken every `frame_stride` frames."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+from fastvideo_grpo.config import RewardConfig
+from fastvideo_grpo.rewards.registry import RewardModel, ScoreFn, register_reward
+
+
+@dataclass
+class ClipConfig:
+    """reward.models.clip"""
+
+    # Local CLIP folder (transformers format: model, tokenizer, image processor).
+    path: str
 
 
 class ClipScore:
     def __init__(self, path: str, device: str = "cpu", frame_stride: int = 4):
+        # Imported here, not above: the trainer reads every reward's config, not its libraries.
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
         if not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"reward.clip_path={path!r}: no config.json; expected a local CLIP folder")
+            raise FileNotFoundError(f"reward.models.clip.path={path!r}: no config.json; expected a local CLIP folder")
         self.device = torch.device(device)
         self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -31,3 +45,11 @@ class ClipScore:
         image = torch.nn.functional.normalize(image.float(), dim=-1).view(batch, count, -1)
         text = torch.nn.functional.normalize(text.float(), dim=-1)
         return (image * text[:, None]).sum(-1).mean(dim=1).cpu()
+
+
+def build(cfg: RewardConfig, section: ClipConfig) -> ScoreFn:
+    model = ClipScore(section.path, cfg.device, cfg.frame_stride)
+    return lambda videos, prompts: {"clip": model(videos, prompts)}
+
+
+register_reward(RewardModel("clip", ("clip",), build, ClipConfig))

@@ -6,11 +6,14 @@ image size, zero-padded centred to a square, OpenAI mean/std."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
+
+from fastvideo_grpo.config import RewardConfig
+from fastvideo_grpo.rewards.registry import RewardModel, ScoreFn, register_reward
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -32,11 +35,25 @@ def pad_to_square(frames: torch.Tensor, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
+@dataclass
+class HPSConfig:
+    """reward.models.hps"""
+
+    # HPS_v2.1_compressed.pt.
+    path: str
+    # Its open_clip architecture.
+    model: str = "ViT-H-14"
+
+
 class HPSv21:
     def __init__(self, checkpoint: str, model_name: str = "ViT-H-14", device: str = "cpu", frame_stride: int = 4):
+        # Imported here, not above: the trainer reads every reward's config, not its libraries.
+        import open_clip
+
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"reward.hps_path={checkpoint!r} does not exist; expected HPS_v2.1_compressed.pt")
+            raise FileNotFoundError(f"reward.models.hps.path={checkpoint!r} does not exist; expected "
+                                    "HPS_v2.1_compressed.pt")
         self.device = torch.device(device)
         model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -55,3 +72,11 @@ class HPSv21:
         image = F.normalize(self.model.encode_image(pixels).float(), dim=-1).view(batch, count, -1)
         text = F.normalize(self.model.encode_text(self.tokenizer(prompts).to(self.device)).float(), dim=-1)
         return (image * text[:, None]).sum(-1).mean(dim=1).cpu()
+
+
+def build(cfg: RewardConfig, section: HPSConfig) -> ScoreFn:
+    model = HPSv21(section.path, section.model, cfg.device, cfg.frame_stride)
+    return lambda videos, prompts: {"hps": model(videos, prompts)}
+
+
+register_reward(RewardModel("hps", ("hps",), build, HPSConfig))

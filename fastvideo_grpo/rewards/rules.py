@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fastvideo_grpo.rewards.registry import register_reward, rule_reward
+
 COLORS = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 1.0, 0.0),
@@ -53,3 +55,7 @@ def motion_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     motion = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
     sign = torch.tensor([-1.0 if STILL_WORDS & set(_words(p)) else 1.0 for p in prompts])
     return sign * motion
+
+
+register_reward(rule_reward("color", color_reward))
+register_reward(rule_reward("motion", motion_reward))

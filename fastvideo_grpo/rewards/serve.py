@@ -13,7 +13,7 @@ import socket
 import sys
 
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.rewards import check_reward_names
+from fastvideo_grpo.rewards import check_reward_config
 from fastvideo_grpo.rewards.service import serve
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        check_reward_names(cfg.reward)
+        check_reward_config(cfg.reward)  # imports reward.plugins
     except ValueError as e:  # ConfigError is one too
         logging.getLogger("fastvideo_grpo.rewards").error("config error: %s", e)
         return 2

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.rewards import RewardError, RewardFn, build_rewards, score_with
+from fastvideo_grpo.rewards import RewardError, Scorer, build_scorer
 from fastvideo_grpo.rewards.protocol import recv_message, send_message
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ class _Connection:
             send_message(self.sock, header)
 
 
-def serve(cfg: RewardConfig, listener: socket.socket, rewards: dict[str, RewardFn] | None = None) -> None:
-    """Accept clients on `listener` and score their requests with `rewards` (built from `cfg`
+def serve(cfg: RewardConfig, listener: socket.socket, scorer: Scorer | None = None) -> None:
+    """Accept clients on `listener` and score their requests with `scorer` (built from `cfg`
     unless given) until the process is killed."""
-    rewards = build_rewards(cfg) if rewards is None else rewards
+    scorer = build_scorer(cfg) if scorer is None else scorer
     pending: queue.Queue[_Request] = queue.Queue()
 
     def read_requests(conn: _Connection) -> None:
@@ -104,14 +104,14 @@ def serve(cfg: RewardConfig, listener: socket.socket, rewards: dict[str, RewardF
         for request in batch:
             by_shape.setdefault(tuple(request.video.shape), []).append(request)
         for requests in by_shape.values():
-            _score_and_reply(rewards, requests)
+            _score_and_reply(scorer, requests)
 
 
-def _score_and_reply(rewards, requests: list[_Request]) -> None:
+def _score_and_reply(scorer: Scorer, requests: list[_Request]) -> None:
     ids = [r.id for r in requests]
     try:
-        scores = score_with(rewards, torch.stack([r.video for r in requests]), [r.prompt for r in requests],
-                            what=f"requests {ids}")
+        scores = scorer(torch.stack([r.video for r in requests]), [r.prompt for r in requests],
+                        what=f"requests {ids}")
     except Exception as e:
         for r in requests:
             _send_quietly(r.reply, {"id": r.id, "error": str(e)})
@@ -132,14 +132,14 @@ def _process_main(cfg: RewardConfig, listener: socket.socket, status: mp.connect
     _ignore_preemption_signals()
     _exit_with_parent()
     try:
-        rewards = build_rewards(cfg)
+        scorer = build_scorer(cfg)  # imports reward.plugins in this process too
     except Exception as e:
         # The trainer is waiting on `status`: tell it why, so it need not wait out the timeout.
         status.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
         raise
     status.send_bytes(json.dumps({"ready": True}).encode())
     status.close()
-    serve(cfg, listener, rewards)
+    serve(cfg, listener, scorer)
 
 
 def _ignore_preemption_signals() -> None:
@@ -336,13 +336,13 @@ class InlineScorer:
     """reward.mode=inline: scores in this process when submitted."""
 
     def __init__(self, cfg: RewardConfig):
-        self.rewards = build_rewards(cfg)
+        self.score = build_scorer(cfg)
         self._results: dict[int, dict[str, torch.Tensor]] = {}
         self._ids = itertools.count()
 
     def submit(self, videos: torch.Tensor, prompts: list[str]) -> int:
         handle = next(self._ids)
-        self._results[handle] = score_with(self.rewards, videos, prompts)
+        self._results[handle] = self.score(videos, prompts)
         return handle
 
     def result(self, handle: int) -> dict[str, torch.Tensor]:

@@ -16,20 +16,20 @@ checkpoint's inference_config mean/std.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-from fastvideo_grpo.rewards.base import RewardFn
+from fastvideo_grpo.config import RewardConfig
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.rewards.registry import RewardModel, ScoreFn, register_reward
 
 DIMENSIONS = ("VQ", "MQ", "TA")
 SPECIAL_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
@@ -139,7 +139,7 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
 def read_model_config(path: Path) -> dict:
     file = path / "model_config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"reward.videoalign_path={str(path)!r}: no model_config.json; expected a "
+        raise FileNotFoundError(f"reward.models.videoalign.path={str(path)!r}: no model_config.json; expected a "
                                 "VideoReward folder (model_config.json and checkpoint-N/)")
     try:
         config = json.loads(file.read_text())
@@ -169,7 +169,7 @@ def latest_checkpoint(path: Path) -> Path:
     steps = {int(d.name.split("-", 1)[1]): d for d in path.glob("checkpoint-*")
              if d.is_dir() and d.name.split("-", 1)[1].isdigit()}
     if not steps:
-        raise FileNotFoundError(f"reward.videoalign_path={str(path)!r}: no checkpoint-N folder")
+        raise FileNotFoundError(f"reward.models.videoalign.path={str(path)!r}: no checkpoint-N folder")
     return steps[max(steps)]
 
 
@@ -191,6 +191,8 @@ def current_name(key: str) -> str:
 
 
 def read_state(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
         if file.suffix == ".safetensors":
             return load_file(file)
@@ -237,15 +239,32 @@ def lora_targets(model: nn.Module, exclude: list[str], count: int) -> list[str]:
     return names[-count:] if count > 0 else names
 
 
+@dataclass
+class VideoAlignConfig:
+    """reward.models.videoalign"""
+
+    # The VideoReward folder as released (model_config.json, checkpoint-N/).
+    path: str
+    # The local Qwen2-VL-2B-Instruct folder it was trained from.
+    base: str
+    # Standardise each dimension with the checkpoint's inference_config mean/std.
+    use_norm: bool = True
+    dtype: Literal["bf16", "fp32"] = "bf16"
+
+
 class VideoAlign:
     def __init__(self, path: str, base: str, device: str = "cpu", video_fps: float = 16.0,
                  use_norm: bool = True, dtype: torch.dtype = torch.bfloat16):
+        # Imported here, not above: the trainer reads every reward's config, not its libraries.
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
         folder = Path(path)
         if not path or not folder.is_dir():
-            raise FileNotFoundError(f"reward.videoalign_path={path!r} is not a folder; expected a VideoReward "
-                                    "checkpoint (model_config.json and checkpoint-N/)")
+            raise FileNotFoundError(f"reward.models.videoalign.path={path!r} is not a folder; expected a "
+                                    "VideoReward checkpoint (model_config.json and checkpoint-N/)")
         if not base or not (Path(base) / "config.json").is_file():
-            raise FileNotFoundError(f"reward.videoalign_base={base!r}: no config.json; expected a local "
+            raise FileNotFoundError(f"reward.models.videoalign.base={base!r}: no config.json; expected a local "
                                     "Qwen2-VL-2B-Instruct folder")
         if video_fps <= 0:
             raise ValueError(f"reward.video_fps={video_fps!r}: the frame rate of the scored videos must be > 0")
@@ -288,11 +307,10 @@ class VideoAlign:
 
         stats = config.get("inference_config") or {}
         if use_norm and not all(f"{d}_{s}" in stats for d in DIMENSIONS for s in ("mean", "std")):
-            raise ValueError(f"{folder / 'model_config.json'}: reward.videoalign_use_norm needs inference_config "
-                             f"with {', '.join(f'{d}_mean/{d}_std' for d in DIMENSIONS)}")
+            raise ValueError(f"{folder / 'model_config.json'}: reward.models.videoalign.use_norm needs "
+                             f"inference_config with {', '.join(f'{d}_mean/{d}_std' for d in DIMENSIONS)}")
         self.mean = torch.tensor([stats[f"{d}_mean"] for d in DIMENSIONS]) if use_norm else torch.zeros(3)
         self.std = torch.tensor([stats[f"{d}_std"] for d in DIMENSIONS]) if use_norm else torch.ones(3)
-        self._last: tuple[torch.Tensor, list[str], dict[str, torch.Tensor]] | None = None
 
     def prepare(self, videos: torch.Tensor) -> list[torch.Tensor]:
         """uint8 [B, T, H, W, 3] -> B float clips [N, 3, h, w] of sampled, resized frames."""
@@ -304,9 +322,6 @@ class VideoAlign:
     @torch.no_grad()
     def scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Named scores [B] for the three dimensions, normalised unless use_norm is off."""
-        # The dimension rewards are called in turn on one batch; a single forward serves them all.
-        if self._last is not None and self._last[0] is videos and self._last[1] == prompts:
-            return self._last[2]
         chats = [[{"role": "user", "content": [
             {"type": "video"}, {"type": "text", "text": PROMPT_TEMPLATE.format(text_prompt=p)}]}] for p in prompts]
         text = self.processor.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
@@ -325,17 +340,14 @@ class VideoAlign:
         heads = self.model.rm_head(hidden[at_reward]).float().view(len(prompts), 3, self.output_dim)
         raw = (heads[..., 0] if self.output_dim == 1 else heads.diagonal(dim1=1, dim2=2)).cpu()  # [B, 3]: VQ, MQ, TA
         scores = (raw - self.mean) / self.std
-        result = {d: scores[:, i] for i, d in enumerate(DIMENSIONS)}
-        self._last = (videos, list(prompts), result)
-        return result
-
-    def dimension(self, name: str) -> RewardFn:
-        if name not in DIMENSIONS:
-            raise ValueError(f"VideoAlign dimension {name!r} is not one of {DIMENSIONS}")
-        return lambda videos, prompts: self.scores(videos, prompts)[name]
+        return {d: scores[:, i] for i, d in enumerate(DIMENSIONS)}
 
 
-@functools.lru_cache(maxsize=1)
-def shared_videoalign(path: str, base: str, device: str, video_fps: float, use_norm: bool, dtype: str) -> VideoAlign:
-    """One model per process for all the videoalign_* rewards, which read one forward."""
-    return VideoAlign(path, base, device, video_fps, use_norm, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+def build(cfg: RewardConfig, section: VideoAlignConfig) -> ScoreFn:
+    """One model, one forward per batch for all three scores."""
+    model = VideoAlign(section.path, section.base, cfg.device, cfg.video_fps, section.use_norm, DTYPES[section.dtype])
+    return lambda videos, prompts: {f"videoalign_{d.lower()}": s for d, s in model.scores(videos, prompts).items()}
+
+
+register_reward(RewardModel("videoalign", ("videoalign_vq", "videoalign_mq", "videoalign_ta"), build,
+                            VideoAlignConfig))

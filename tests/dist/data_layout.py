@@ -1,6 +1,5 @@
 """torchrun --nproc_per_node=2 (dp=2): which prompts and initial noise each rank draws."""
 
-import json
 import sys
 from pathlib import Path
 

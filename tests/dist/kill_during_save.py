@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import ROOT  # noqa: E402
-from fastvideo_grpo import checkpoint  # noqa: E402
+from fastvideo_grpo.checkpoint import sharded  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
 from fastvideo_grpo.trainer import train  # noqa: E402
 
@@ -17,14 +17,14 @@ from fastvideo_grpo.trainer import train  # noqa: E402
 def main():
     kill_at = int(sys.argv[1])
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", sys.argv[2:])
-    original = checkpoint.dcp.save
+    original = sharded.dcp.save
 
     def save_then_die(state, checkpoint_id, **kwargs):
         original(state, checkpoint_id=checkpoint_id, **kwargs)
         if Path(checkpoint_id).name == f".tmp-step_{kill_at}":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    checkpoint.dcp.save = save_then_die
+    sharded.dcp.save = save_then_die
     train(cfg)
 
 

@@ -1,7 +1,8 @@
-"""A seeded random-embedding text encoder for the tiny model only.
+"""A seeded random-embedding text encoder: the tiny model's in-process prompts.
 
 Real models read precomputed embeddings; this stands in so that the tiny demo needs no
-weights while its conditioning still depends on the prompt's words.
+weights while its conditioning still depends on the prompt's words (each word's crc32
+picks its row of a seeded random table).
 """
 
 from __future__ import annotations

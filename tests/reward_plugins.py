@@ -1,4 +1,8 @@
-"""Rewards that exercise the reward process in tests: delays, failures, slow scoring."""
+"""Rewards that exercise the reward process in tests: delays, failures, slow scoring.
+
+A reward plugin, as a user's would be: tests name this file in reward.plugins
+(conftest.REWARD_PLUGINS), so that the reward process imports it too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import random
 import time
 
 import torch
+
+from fastvideo_grpo.rewards import register_reward, rule_reward
 
 
 def echo_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -23,3 +29,8 @@ def sleep_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """Sleeps FVGRPO_TEST_SLEEP seconds per call, then scores like echo."""
     time.sleep(float(os.environ.get("FVGRPO_TEST_SLEEP", "0.1")))
     return videos.float().mean(dim=(1, 2, 3, 4))
+
+
+register_reward(rule_reward("test_echo", echo_reward))
+register_reward(rule_reward("test_fail", failing_reward))
+register_reward(rule_reward("test_sleep", sleep_reward))

@@ -1,0 +1,82 @@
+"""Where checkpoints live: output_dir/checkpoints/step_<N>/ and the `latest` pointer; which
+one a run resumes from, and which old ones are pruned."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from fastvideo_grpo.checkpoint.integrity import MANIFEST
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write or flush names no file
+    os.replace(tmp, path)
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
+def prune(root: Path, keep_last: int) -> None:
+    complete = sorted((p for p in root.glob("step_*") if p.is_dir()), key=step_of)
+    for old in complete[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The newest step_N folder that holds a manifest (written last: the folder is complete)."""
+    complete = [p for p in root.glob("step_*") if (p / MANIFEST).is_file()]
+    return max(complete, key=step_of, default=None)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint `latest` names; without `latest` (deleted or lost), the newest complete
+    step_N folder; None when there is neither. A `latest` naming a missing or incomplete
+    folder is an error rather than a silent fresh start."""
+    root = checkpoint_root(output_dir)
+    pointer = root / LATEST
+    if not pointer.exists():
+        newest = newest_complete(root)
+        if newest is not None:
+            logger.warning("%s is missing: using %s, the newest complete checkpoint", pointer, newest)
+        return newest
+    path = root / pointer.read_text().strip()
+    for required in (".metadata", "trainer_state.json"):
+        if not (path / required).exists():
+            raise FileNotFoundError(f"{pointer} names {path}, which has no {required}: the checkpoint is incomplete")
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder meant by what a user may pass for one: the folder itself, the
+    `latest` file, the checkpoints folder or the run folder (for the last two, its latest)."""
+    path = Path(path)
+    if path.is_file() and path.name == LATEST:
+        return path.parent / path.read_text().strip()
+    run = path.parent if path.name == CHECKPOINTS else path
+    if not checkpoint_root(run).is_dir():
+        return path
+    found = latest_checkpoint(run)
+    if found is None:
+        raise FileNotFoundError(f"{path}: {checkpoint_root(run)} holds no complete checkpoint")
+    return found

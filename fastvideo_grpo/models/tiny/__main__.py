@@ -1,0 +1,26 @@
+"""CLI: python -m fastvideo_grpo.models.tiny FAMILY OUT_DIR [--seed N]
+
+Writes a complete diffusers-format folder of FAMILY's tiny model and prints its path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastvideo_grpo.models.registry import FAMILIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    families = [name for name, family in FAMILIES.items() if family.write_tiny_folder is not None]
+    parser = argparse.ArgumentParser(prog="python -m fastvideo_grpo.models.tiny",
+                                     description="Write a diffusers-format folder with tiny random weights")
+    parser.add_argument("family", choices=families)
+    parser.add_argument("output", help="the folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="the weights' seed (model.init_seed of the tiny model)")
+    args = parser.parse_args(argv)
+    print(FAMILIES[args.family].write_tiny_folder(args.output, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The model-family registry is the single source of families; models/tiny/ writes their folders."""
+
+import json
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from fastvideo_grpo.config import Config, ConfigError, ModelConfig
+from fastvideo_grpo.models import FAMILIES, build_policy, check_model_config
+from fastvideo_grpo.models.tiny.__main__ import main as tiny_main
+from fastvideo_grpo.models.tiny.text_encoders import COLOR_WORDS
+from fastvideo_grpo.rewards.rules import COLORS
+
+WITH_FOLDER = [name for name, family in FAMILIES.items() if family.write_tiny_folder is not None]
+
+
+@pytest.mark.parametrize("name", WITH_FOLDER)
+def test_every_tiny_folder_loads_as_its_family(tmp_path, capsys, name):
+    assert tiny_main([name, str(tmp_path / name)]) == 0
+    folder = capsys.readouterr().out.strip()
+    assert json.loads((tmp_path / name / "model_index.json").read_text())["_class_name"] == FAMILIES[name].pipeline
+    policy = build_policy(ModelConfig(family=name, path=folder, dtype="fp32"), torch.device("cpu"), 0, 0)
+    assert len(policy.blocks) > 0 and all(p.dtype == torch.float32 for p in policy.transformer.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_builds_its_tiny_model(name):
+    policy = build_policy(ModelConfig(family=name, size="tiny", tiny_heads=4, tiny_head_dim=16),
+                          torch.device("cpu"), 16, 8)
+    assert len(policy.blocks) > 0
+
+
+def test_the_tiny_cli_offers_the_families_with_a_folder():
+    with pytest.raises(SystemExit) as info:
+        tiny_main(["no_such_family", "/unused"])
+    assert info.value.code == 2
+    assert set(WITH_FOLDER) == {"hunyuan_video", "flux", "stable_diffusion"}
+
+
+def test_an_unknown_family_names_model_family_before_anything_is_built():
+    cfg = Config()
+    cfg.model.family = "sdxl"
+    expected = f"model.family: 'sdxl' is not one of {list(FAMILIES)}"
+    with pytest.raises(ConfigError) as info:
+        check_model_config(cfg)
+    assert str(info.value) == expected
+    with pytest.raises(ConfigError, match="model.family: 'sdxl'"):
+        build_policy(cfg.model, torch.device("cpu"), 16, 8)
+
+
+def test_the_train_cli_refuses_an_unknown_family_as_a_config_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastvideo_grpo.train", "--config", str(ROOT / "assets/configs/tiny_t2v.yaml"),
+         "model.family=sdxl", f"train.output_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "model.family: 'sdxl' is not one of" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_sequence_parallel_needs_a_family_that_declares_it():
+    cfg = Config()
+    cfg.parallel.sp_size = 2
+    check_model_config(cfg)  # hunyuan_video
+    for name in (n for n, family in FAMILIES.items() if not family.sequence_parallel):
+        cfg.model.family = name
+        with pytest.raises(ConfigError, match=f"parallel.sp_size: 2 is invalid; expected 1 for model.family '{name}'"):
+            check_model_config(cfg)
+
+
+def test_the_tiny_vocabulary_holds_the_color_rewards_words():
+    assert set(COLOR_WORDS) == set(COLORS)
+
+
+def test_models_do_not_import_rewards():
+    code = "import sys, fastvideo_grpo.models; print([m for m in sys.modules if m.startswith('fastvideo_grpo.rewards')])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("old,family", [("tiny_hunyuan", "hunyuan_video"), ("tiny_flux", "flux"),
+                                        ("tiny_sd", "stable_diffusion")])
+def test_the_old_tiny_commands_exit_2_naming_the_new_one(capsys, old, family):
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module(f"fastvideo_grpo.models.{old}", run_name="__main__")
+    assert info.value.code == 2
+    assert f"python -m fastvideo_grpo.models.tiny {family} OUT_DIR" in capsys.readouterr().err
+    with pytest.raises(ImportError, match="has moved"):
+        __import__(f"fastvideo_grpo.models.{old}")
