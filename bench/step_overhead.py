@@ -82,7 +82,7 @@ def main() -> None:
         train_iteration(0, c, cfg)  # warm-up, and the call count of one iteration
         calls_per_iteration = sum(calls)
         samples = cfg.train.prompts_per_iteration * s.group_size
-        trained = num_trained_timesteps(s.num_steps, cfg.grpo.timestep_fraction)
+        trained = num_trained_timesteps(s.num_steps - 1, cfg.grpo.timestep_fraction)
         branches = 2 if cfg.model.cfg_scale > 1 else 1
         expected_calls = branches * (samples * s.num_steps + samples * trained)
         assert calls_per_iteration == expected_calls, \

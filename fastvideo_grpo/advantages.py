@@ -9,7 +9,7 @@ import torch
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config
-from fastvideo_grpo.metrics import IterationStats, masked_mean, population_std
+from fastvideo_grpo.metrics import IterationStats, masked_mean
 from fastvideo_grpo.parallel import World, all_gather_dp
 from fastvideo_grpo.rewards import RewardError
 
@@ -74,10 +74,3 @@ def record_scores(stats: IterationStats, scores: Scores, dropped: torch.Tensor, 
     stats.max("advantage_abs_max", a.abs().max())
     for name, n in scores.normalized.items():
         stats.mean(f"reward_norm/{name}", n.abs().mean())
-
-
-def finish_score_stats(metrics: dict[str, float], world: World) -> None:
-    """After the reduction: the advantage std from its moments, and dropped groups as a count
-    (sequence-parallel ranks share their samples, so each group was counted sp_size times)."""
-    metrics["advantage_std"] = population_std(metrics["advantage_mean"], metrics.pop("advantage_sq_mean"))
-    metrics["dropped_groups"] = round(metrics["dropped_groups"] / world.sp_size)

@@ -77,7 +77,7 @@ class SamplingConfig:
     num_steps: int = 16
     eta: float = 0.25
     shift: float = 5.0
-    sde_type: Literal["dance", "flow_grpo"] = "dance"
+    sde_type: Literal["dance", "flow_grpo", "cps"] = "dance"
     height: int = 480
     width: int = 480
     num_frames: int = 53
@@ -93,6 +93,23 @@ class SamplingConfig:
     rollout_batch_size: int = 1
     # Decoded videos per VAE call.
     decode_batch_size: int = 1
+    # SDE steps per iteration, a window of the schedule (step_plan.py); 0: every step is an
+    # SDE step (DanceGRPO). Only the window is trained; outside it ode_solver runs.
+    sde_window_size: int = 0
+    # Where the window is: "progressive" (MixGRPO) starts at step 0 and moves by
+    # sde_window_stride every sde_window_every iterations, wrapping; "random"
+    # (Flow-GRPO-Fast) draws a start per iteration from the seeded generator; "fixed"
+    # starts at sde_window_start.
+    sde_window_schedule: Literal["progressive", "random", "fixed"] = "progressive"
+    sde_window_stride: int = 1
+    sde_window_every: int = 1
+    sde_window_start: int = 0
+    # The deterministic solver outside the window: the family's first-order step ("euler";
+    # DDIM for Stable Diffusion) or DPM-Solver++(2M) in the data-prediction form.
+    ode_solver: Literal["euler", "dpmpp_2m"] = "euler"
+    # Solver steps covering the span after the window (MixGRPO-Flash); 0: every level of
+    # the schedule.
+    post_window_steps: int = 0
 
 
 @dataclass
@@ -400,6 +417,16 @@ def validate(cfg: Config) -> None:
         value = getattr(s, key)
         require(value >= 16 and value % 16 == 0, f"sampling.{key}", value, "a multiple of 16")
     require(0 < g.timestep_fraction <= 1, "grpo.timestep_fraction", g.timestep_fraction, "in (0, 1]")
+    require(0 <= s.sde_window_size <= s.num_steps - 1, "sampling.sde_window_size", s.sde_window_size,
+            f"0 (every step) or a window of at most sampling.num_steps - 1 = {s.num_steps - 1} steps "
+            "(the last step, into the clean sample, is never trained)")
+    require(s.sde_window_stride >= 1, "sampling.sde_window_stride", s.sde_window_stride, ">= 1")
+    require(s.sde_window_every >= 1, "sampling.sde_window_every", s.sde_window_every, ">= 1")
+    require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
+            s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
+    require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+    require(s.sde_type != "cps" or s.eta <= 1, "sampling.eta", s.eta,
+            "in (0, 1] for sampling.sde_type=cps (its noise is sigma_next * sin(eta * pi / 2))")
     require(int((s.num_steps - 1) * g.timestep_fraction) >= 1, "grpo.timestep_fraction",
             g.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
     require(g.clip_range > 0, "grpo.clip_range", g.clip_range, "> 0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 # A group whose rewards differ by less than this carries no preference signal.
@@ -48,22 +50,23 @@ def best_of_indices(advantages: torch.Tensor, group_size: int, keep: int) -> tor
     return (picked + offsets).reshape(-1).sort().values
 
 
-def num_trained_timesteps(num_steps: int, fraction: float) -> int:
-    """The last transition is never trained: int((N-1) * fraction) of N-1."""
-    return int((num_steps - 1) * fraction)
+def num_trained_timesteps(trainable: int, fraction: float) -> int:
+    """int(trainable * fraction) of the trainable transitions, at least one."""
+    return max(1, int(trainable * fraction))
 
 
-def select_timesteps(num_steps: int, fraction: float, selection: str,
+def select_timesteps(trainable: Sequence[int], fraction: float, selection: str,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Step indices k in [0, N-1) to train, in the order they are trained."""
-    count = num_trained_timesteps(num_steps, fraction)
-    trainable = num_steps - 1
+    """The transitions to train, from `trainable` (DanceGRPO: 0..N-2, the last transition
+    never; a windowed plan: the window), in the order they are trained."""
+    count = num_trained_timesteps(len(trainable), fraction)
+    trainable = torch.as_tensor(list(trainable), dtype=torch.long)
     if selection == "random":
-        return torch.randperm(trainable, generator=generator)[:count]
+        return trainable[torch.randperm(len(trainable), generator=generator)[:count]]
     if selection == "first":
-        return torch.arange(count)
+        return trainable[:count]
     if selection == "last":
-        return torch.arange(trainable - count, trainable)
+        return trainable[len(trainable) - count:]
     raise ValueError(f"timestep selection {selection!r} is not one of ['random', 'first', 'last']")
 
 

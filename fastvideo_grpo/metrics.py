@@ -81,3 +81,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 def population_std(mean: float, square_mean: float) -> float:
     return math.sqrt(max(square_mean - mean ** 2, 0.0))
+
+
+def finish_iteration_stats(metrics: dict[str, float], world: World) -> None:
+    """After the reduction: the advantage std from its moments, and dropped groups and
+    transformer rows as counts (sequence-parallel ranks share their samples, so each was
+    counted sp_size times)."""
+    metrics["advantage_std"] = population_std(metrics["advantage_mean"], metrics.pop("advantage_sq_mean"))
+    metrics["dropped_groups"] = round(metrics["dropped_groups"] / world.sp_size)
+    for key in ("transformer_forwards_rollout", "transformer_forwards_train"):
+        if key in metrics:
+            metrics[key] = round(metrics[key] / world.sp_size)

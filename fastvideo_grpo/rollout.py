@@ -8,18 +8,25 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fastvideo_grpo.config import SamplingConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
+from fastvideo_grpo.solvers import make_solver
+from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 
 
 @dataclass
 class Rollout:
-    latents: torch.Tensor  # [B, N+1, *latent]: x_0 (noise) ... x_N (clean), fp32
-    log_probs: torch.Tensor  # [B, N], fp32: log pi(x_{k+1} | x_k)
-    schedule: torch.Tensor  # [N+1]: the noise levels visited, policy.schedule(N, shift)
+    latents: torch.Tensor  # [B, S+1, *latent]: x at every visited level, noise first, fp32
+    log_probs: torch.Tensor  # [B, S], fp32: log pi(x_{j+1} | x_j) at SDE steps, NaN at ODE steps
+    schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(policy.schedule(N, shift))
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
-    # [B, *latent]: what is decoded and scored, `policy.scored_latents` of the last step
-    # (rectified flow: its clean prediction x0_hat, not the still noisy x_N).
+    # [B, *latent]: what is decoded and scored: `policy.scored_latents` of the last step when
+    # it is an SDE step (rectified flow: its clean prediction x0_hat, not the still noisy
+    # x_N), else the ODE trajectory's end.
     scored_latents: torch.Tensor
+    plan: StepPlan
+    # Rows through the transformer (CFG's doubled batch counted), for transformer_forwards_rollout.
+    forward_rows: int = 0
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -41,63 +48,116 @@ def decode_videos(policy: Policy, latents: torch.Tensor, batch_size: int) -> tor
     return torch.cat([policy.decode(latents[b]) for b in batch_slices(latents.shape[0], batch_size)])
 
 
+def initial_noise(s: SamplingConfig, total: int, latent_shape: tuple[int, ...], seed_parts: tuple[int, ...],
+                  first_sample: int) -> torch.Tensor:
+    """x_0 of every sample: one draw per group (shared_noise), else one per sample, each from a
+    generator seeded by its global index, so no split over batches or ranks changes it."""
+    g = s.group_size
+    if s.shared_noise:
+        return torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // g + group))
+                            for group in range(total // g)]).repeat_interleave(g, dim=0)
+    return torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 3, first_sample + sample))
+                        for sample in range(total)])
+
+
+class Deterministic:
+    """The ODE steps of a trajectory with `sampling.ode_solver`: the family's first-order
+    step, or DPM-Solver++(2M), which keeps its history until `reset`."""
+
+    def __init__(self, policy: Policy, solver: str):
+        self.policy, self.solver = policy, make_solver(solver) if solver != "euler" else None
+
+    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, j: int) -> torch.Tensor:
+        if self.solver is None:
+            return self.policy.ode_step(output, x, schedule, j)
+        x0 = self.policy.pred_original(output, x, schedule, j)
+        return self.solver.step(x, x0, self.policy.noise_level(schedule, j), self.policy.noise_level(schedule, j + 1))
+
+    def reset(self) -> None:
+        if self.solver is not None:
+            self.solver.reset()
+
+
+class _RowCounter:
+    def __init__(self, cfg_doubled: bool):
+        self.rows, self.factor = 0, 2 if cfg_doubled else 1
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.rows += x.shape[0] * self.factor
+
+
 @torch.no_grad()
 def rollout(
     policy: Policy,
     cond: TextConditioning,
-    group_size: int,
+    s: SamplingConfig,
     latent_shape: tuple[int, ...],
-    num_steps: int,
-    shift: float,
-    eta: float,
-    sde_type: str,
-    batch_size: int,
     seed_parts: tuple[int, ...],
     device: torch.device,
     first_sample: int = 0,
-    shared_noise: bool = True,
+    plan: StepPlan | None = None,
     on_batch: Callable[[slice, torch.Tensor], None] | None = None,
 ) -> Rollout:
-    """Sample len(cond) // group_size groups; `cond` holds one row per sample, grouped.
+    """Sample len(cond) // group_size groups along `plan` (default: the plan of iteration 0);
+    `cond` holds one row per sample, grouped; rollout batches of s.rollout_batch_size rows.
 
     Noise comes from CPU generators seeded by `seed_parts` and the sample's global index
-    (`first_sample` + row): one per group for the initial noise (one per sample when not
-    `shared_noise`), one per sample for the SDE noise. So results depend neither on `batch_size` nor on how the global batch is split
-    over data-parallel ranks, and sequence-parallel ranks draw the same noise.
+    (`first_sample` + row): the initial noise (`initial_noise`), then one draw per SDE step
+    and sample. So results depend neither on the batch size nor on how the global batch is
+    split over data-parallel ranks, and sequence-parallel ranks draw the same noise. With
+    shared noise the plan's deterministic prefix runs once per group, not per sample.
     `on_batch(batch, scored_latents)` is called as soon as a rollout batch is done.
     """
-    total = cond.prompt_embeds.shape[0]
-    num_groups = total // group_size
-    schedule = policy.schedule(num_steps, shift)
-    if shared_noise:
-        initial = torch.stack([
-            torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // group_size + group))
-            for group in range(num_groups)
-        ]).repeat_interleave(group_size, dim=0)
-    else:
-        initial = torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 3, first_sample + sample))
-                               for sample in range(total)])
+    plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
+    total, g = cond.prompt_embeds.shape[0], s.group_size
+    schedule = plan.schedule(policy.schedule(s.num_steps, s.shift))
+    steps, sde = plan.num_transitions, set(plan.sde_steps)
+    initial = initial_noise(s, total, latent_shape, seed_parts, first_sample)
     step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
+    counter = _RowCounter(getattr(policy, "cfg_scale", 1.0) > 1)
 
-    latents = torch.empty(total, num_steps + 1, *latent_shape, device=device)
-    log_probs = torch.empty(total, num_steps, device=device)
+    def predict(x, j, c):
+        counter(x)
+        return policy.predict(x, float(schedule[j]), c)
+
+    latents = torch.empty(total, steps + 1, *latent_shape, device=device)
+    log_probs = torch.full((total, steps), float("nan"), device=device)
     scored = torch.empty(total, *latent_shape, device=device)
-    batches = batch_slices(total, batch_size)
+    prefix = plan.prefix_steps if s.shared_noise else 0
+    if prefix:
+        # One row per group: its samples share x_0 and the prompt, so the deterministic steps
+        # before the window are the same for all of them.
+        firsts = torch.arange(0, total, g)
+        x, group_cond, solver = initial[firsts].to(device), cond.select(firsts), Deterministic(policy, s.ode_solver)
+        path = [x]
+        for j in range(prefix):
+            x = solver.step(predict(x, j, group_cond), x, schedule, j)
+            path.append(x)
+        latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0)
+    batches = batch_slices(total, s.rollout_batch_size)
     for batch in batches:
-        x = initial[batch].to(device)
-        batch_cond = cond.select(batch)
-        latents[batch, 0] = x
-        for k in range(num_steps):
-            output = policy.predict(x, float(schedule[k]), batch_cond)
-            noise = torch.stack([torch.randn(latent_shape, generator=g) for g in step_noise[batch]])
-            step = policy.step(output, x, schedule, k, eta, sde_type, noise=noise.to(device))
-            x = step.prev_sample
-            latents[batch, k + 1] = x
-            log_probs[batch, k] = step.log_prob
-        scored[batch] = policy.scored_latents(step)
+        batch_cond, solver, last = cond.select(batch), Deterministic(policy, s.ode_solver), None
+        if prefix:
+            x = latents[batch, prefix]
+        else:
+            x = latents[batch, 0] = initial[batch].to(device)
+        for j in range(prefix, steps):
+            output = predict(x, j, batch_cond)
+            if j in sde:
+                noise = torch.stack([torch.randn(latent_shape, generator=gen) for gen in step_noise[batch]])
+                last = policy.step(output, x, schedule, j, s.eta, s.sde_type, noise=noise.to(device))
+                x = last.prev_sample
+                log_probs[batch, j] = last.log_prob
+                solver.reset()  # the solver's history ends where the SDE takes over
+            else:
+                x = solver.step(output, x, schedule, j)
+                last = None
+            latents[batch, j + 1] = x
+        scored[batch] = policy.scored_latents(last) if last is not None else x
         if on_batch is not None:
             on_batch(batch, scored[batch])
-    return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored)
+    return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored,
+                   plan=plan, forward_rows=counter.rows)
 
 
 @torch.no_grad()

@@ -69,6 +69,23 @@ def flow_grpo_mean_std(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_nex
     return mean, torch.tensor(std, dtype=torch.float32)
 
 
+def cps_mean_std(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float, eta: float):
+    """CPS (arXiv 2509.05952): mean = (1-sigma_next)*x0_hat + sqrt(sigma_next^2 - std^2)*eps_hat,
+    std = sigma_next*sin(eta*pi/2), with x0_hat = x - sigma*v and eps_hat = x + (1-sigma)*v.
+
+    x_next = mean + std * noise keeps the coefficients of x_t = (1-t)*x0 + t*eps: data
+    (1-sigma_next), noise sigma_next in total (deterministic part and fresh noise in quadrature).
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"sampling.eta={eta} is outside [0, 1], the range of sde_type='cps' "
+                         "(std = sigma_next * sin(eta * pi / 2))")
+    std = sigma_next * math.sin(eta * math.pi / 2)
+    x0_hat = x - sigma * v
+    eps_hat = x + (1 - sigma) * v
+    mean = (1 - sigma_next) * x0_hat + math.sqrt(sigma_next**2 - std**2) * eps_hat
+    return mean, torch.tensor(std, dtype=torch.float32)
+
+
 def sde_step(
     v: torch.Tensor,
     x: torch.Tensor,
@@ -83,14 +100,25 @@ def sde_step(
 
     Rollout passes `noise` and gets x_{k+1} = mean + std * noise; training passes the
     stored `prev_sample` to re-evaluate its log-prob under the current policy.
+
+    The log-prob is the full Gaussian log-density for every sde_type. (Flow-GRPO's and the
+    CPS authors' code use -(x - mean)^2 for CPS, which also drops the 1 / (2 std^2) factor
+    and so scales log-ratios by 2 std^2.) CPS's last step (sigma_next = 0) has std = 0: it
+    lands on x0_hat, and its log-prob is set to 0; that step is never trained.
     """
     sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
     if sde_type == "dance":
         mean, std = dance_mean_std(v, x, sigma, sigma_next, eta)
     elif sde_type == "flow_grpo":
         mean, std = flow_grpo_mean_std(v, x, sigma, sigma_next, eta, float(sigmas[1]), first_step=k == 0)
+    elif sde_type == "cps":
+        mean, std = cps_mean_std(v, x, sigma, sigma_next, eta)
+        if sigma_next == 0:
+            return StepResult(prev_sample=mean if prev_sample is None else prev_sample,
+                              log_prob=torch.zeros(x.shape[0], dtype=torch.float32, device=x.device),
+                              mean=mean, std=std, pred_original=x - sigma * v)
     else:
-        raise ValueError(f"sde_type {sde_type!r} is not one of ['dance', 'flow_grpo']")
+        raise ValueError(f"sde_type {sde_type!r} is not one of ['dance', 'flow_grpo', 'cps']")
     return sample_or_replay(mean, std, prev_sample, noise, pred_original=x - sigma * v)
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from fastvideo_grpo import grpo
-from fastvideo_grpo.advantages import advantages_of, finish_score_stats, nonfinite_groups, record_scores
+from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
 from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
@@ -20,7 +20,7 @@ from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.ema import init_ema
 from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
-from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
@@ -29,8 +29,9 @@ from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
-from fastvideo_grpo.rollout import decode_videos, rollout
+from fastvideo_grpo.rollout import decode_videos, make_generator, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
+from fastvideo_grpo.step_plan import build_step_plan
 from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
 from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches,
                                    update_policy)
@@ -214,9 +215,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
             saved_videos.append(videos)
 
     with timer("rollout"):
-        ro = rollout(policy, cond, s.group_size, c.latent_shape, s.num_steps, s.shift, s.eta, s.sde_type,
-                     s.rollout_batch_size, seed_parts, world.device, first_sample, s.shared_noise,
-                     on_batch=decode_and_submit)
+        plan = build_step_plan(s, iteration, make_generator(*seed_parts, 4))
+        ro = rollout(policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan, decode_and_submit)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]
@@ -231,8 +231,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         kept = torch.zeros_like(kept)
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
-        plan = plan_micro_batches(ro, kept, cfg, seed_parts, first_sample)
-        update_policy(c, ro, cond, scores.advantages, plan, cfg, stats)
+        update_policy(c, ro, cond, scores.advantages, plan_micro_batches(ro, kept, cfg, seed_parts, first_sample),
+                      cfg, stats)
 
     if saving:
         videos = torch.cat(saved_videos)[:t.num_saved_samples]
@@ -240,11 +240,12 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         c.tracker.videos("samples", videos, iteration, s.fps)
 
     record_scores(stats, scores, dropped, cfg)
+    stats.total("transformer_forwards_rollout", ro.forward_rows)
     for name, seconds in timer.seconds.items():
         stats.mean(name, seconds)
     record_memory(stats, world.device)
     metrics = {"iteration": iteration, **stats.reduce(world)}
-    finish_score_stats(metrics, world)
+    finish_iteration_stats(metrics, world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]

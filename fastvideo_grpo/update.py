@@ -47,7 +47,7 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
     steps_of_batch = {}
     for batch in ro.batches:
         generator = make_generator(*seed_parts, 2, first_sample + batch.start)
-        steps_of_batch[batch.start] = grpo.select_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction,
+        steps_of_batch[batch.start] = grpo.select_timesteps(ro.plan.trainable, cfg.grpo.timestep_fraction,
                                                             cfg.grpo.timestep_selection, generator).tolist()
     kept_samples = torch.nonzero(kept).flatten()
     per_step = cfg.train.gradient_accumulation_steps
@@ -92,6 +92,9 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     advantages = advantages.to(device)
     stats.max("ratio_dev_first_update", 0.0)
     steps = skipped = 0
+    # Rows through the transformer per forward call: CFG doubles the batch.
+    rows_per_sample = 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
+    forward_rows = 0
     for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
         for position, mb in enumerate(chunk):
@@ -102,6 +105,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             t_k = float(ro.schedule[mb.step])
             step = policy.step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta, s.sde_type,
                                prev_sample=x_next)
+            forward_rows += len(idx) * rows_per_sample * (1 if reference is None else 2)
             loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
             if reference is not None:
                 with torch.no_grad():
@@ -137,6 +141,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             update_ema(learner.ema, policy.transformer, t.ema_decay)
     if learner.ema is not None and t.ema_update == "iteration" and steps > 0:
         update_ema(learner.ema, policy.transformer, t.ema_decay)
+    stats.total("transformer_forwards_train", forward_rows)
     stats.mean("optimizer_steps", steps)
     stats.mean("nonfinite_steps", skipped)
 

@@ -19,13 +19,14 @@ def tiny_conditioning(cfg, prompts, group_size):
     return encoder(prompts).repeat_interleave(group_size)
 
 
-def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noise=True):
+def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noise=True, plan=None):
+    import dataclasses
+
     from fastvideo_grpo.rollout import rollout
 
-    s = cfg.sampling
+    s = dataclasses.replace(cfg.sampling, rollout_batch_size=batch_size, shared_noise=shared_noise)
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
-    return rollout(policy, cond, s.group_size, shape, s.num_steps, s.shift, s.eta, s.sde_type, batch_size,
-                   seed_parts, torch.device("cpu"), shared_noise=shared_noise)
+    return rollout(policy, cond, s, shape, seed_parts, torch.device("cpu"), plan=plan)
 
 
 def wait_for_lines(path, count: int, timeout_s: float = 120, poll_s: float = 0.2) -> None:

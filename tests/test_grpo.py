@@ -79,16 +79,26 @@ def test_clipped_loss_gradient_zero_outside_trust_region():
 def test_timestep_subset_sizes(num_steps, fraction):
     expected = int((num_steps - 1) * fraction)
     generator = torch.Generator().manual_seed(0)
-    random = grpo.select_timesteps(num_steps, fraction, "random", generator)
+    trainable = range(num_steps - 1)
+    random = grpo.select_timesteps(trainable, fraction, "random", generator)
     assert len(random) == expected and len(set(random.tolist())) == expected
     assert random.min() >= 0 and random.max() < num_steps - 1
-    assert grpo.select_timesteps(num_steps, fraction, "first").tolist() == list(range(expected))
-    assert grpo.select_timesteps(num_steps, fraction, "last").tolist() == list(range(num_steps - 1 - expected, num_steps - 1))
+    assert grpo.select_timesteps(trainable, fraction, "first").tolist() == list(range(expected))
+    assert grpo.select_timesteps(trainable, fraction, "last").tolist() == list(range(num_steps - 1 - expected, num_steps - 1))
+
+
+def test_timesteps_of_a_window_are_drawn_from_the_window():
+    window = range(5, 9)
+    generator = torch.Generator().manual_seed(0)
+    assert sorted(grpo.select_timesteps(window, 1.0, "random", generator).tolist()) == [5, 6, 7, 8]
+    assert grpo.select_timesteps(window, 0.6, "first").tolist() == [5, 6]  # int(4 * 0.6)
+    assert grpo.select_timesteps(window, 0.6, "last").tolist() == [7, 8]
+    assert grpo.select_timesteps(range(3, 4), 0.3, "first").tolist() == [3]  # at least one
 
 
 def test_random_timesteps_differ_between_draws():
     generator = torch.Generator().manual_seed(0)
-    draws = {tuple(grpo.select_timesteps(16, 0.6, "random", generator).tolist()) for _ in range(5)}
+    draws = {tuple(grpo.select_timesteps(range(15), 0.6, "random", generator).tolist()) for _ in range(5)}
     assert len(draws) > 1
 
 

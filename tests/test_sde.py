@@ -83,7 +83,7 @@ def test_log_prob_is_mean_normal_log_density():
     torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected.float(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo"])
+@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo", "cps"])
 def test_sde_step_noise_and_replay(sde_type):
     sigmas = sigma_schedule(8, 3.0)
     x, v, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3), torch.randn(2, 4, 3)
@@ -93,7 +93,7 @@ def test_sde_step_noise_and_replay(sde_type):
     assert torch.equal(replay.log_prob, out.log_prob)
 
 
-@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo"])
+@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo", "cps"])
 def test_empirical_moments_match_claimed_mean_and_std(sde_type):
     generator = torch.Generator().manual_seed(0)
     sigmas = sigma_schedule(10, 3.0)
@@ -107,6 +107,79 @@ def test_empirical_moments_match_claimed_mean_and_std(sde_type):
     # Standard errors: std/sqrt(n) for the mean, std/sqrt(2n) for the std; allow 4 of them.
     assert (samples.mean(0) - claimed.mean[0]).abs().max().item() < 4 * std / math.sqrt(n)
     assert (samples.std(0) - std).abs().max().item() < 4 * std / math.sqrt(2 * n)
+
+
+@pytest.mark.parametrize("k, eta", [(0, 0.3), (4, 0.7), (6, 1.0)])
+def test_cps_step_matches_paper_formulas(k, eta):
+    # CPS (arXiv 2509.05952; FlowCPS / Flow-GRPO sde_type="cps"): with x0 = x - t v and
+    # x1 = x + (1 - t) v, x_next = (1 - t') x0 + sqrt(t'^2 - s^2) x1 + s z, s = t' sin(eta pi / 2).
+    rng = np.random.default_rng(2)
+    x, v, z = rng.normal(size=(3, 2, 3, 4))
+    sigmas = sigma_schedule(8, 3.0)
+    t, t_next = float(sigmas[k]), float(sigmas[k + 1])
+    s = t_next * math.sin(eta * math.pi / 2)
+    expected_mean = (1 - t_next) * (x - t * v) + math.sqrt(t_next**2 - s**2) * (x + (1 - t) * v)
+    expected_sample = expected_mean + s * z
+    expected_log_prob = (-((expected_sample - expected_mean) ** 2) / (2 * s**2) - math.log(s)
+                         - 0.5 * math.log(2 * math.pi)).mean(axis=(1, 2))
+    step = sde_step(torch.tensor(v), torch.tensor(x), sigmas, k, eta, "cps", noise=torch.tensor(z))
+    np.testing.assert_allclose(step.mean.numpy(), expected_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(step.prev_sample.numpy(), expected_sample, rtol=1e-6, atol=1e-6)
+    assert step.std.item() == pytest.approx(s, rel=1e-6)
+    np.testing.assert_allclose(step.log_prob.numpy(), expected_log_prob, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sde_type", ["dance", "flow_grpo", "cps"])
+def test_eta_zero_is_the_euler_ode_step(sde_type):
+    # std = 0 at eta = 0 for every type, so the log-prob is 0/0; only the sample is checked.
+    sigmas = sigma_schedule(6, 3.0)
+    x, v = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    for k in range(6):
+        step = sde_step(v, x, sigmas, k, 0.0, sde_type, noise=torch.randn_like(x))
+        assert step.std.item() == 0
+        torch.testing.assert_close(step.prev_sample, ode_step(v, x, sigmas, k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, eta", [(1, 0.5), (5, 0.9), (6, 1.0)])
+def test_cps_preserves_the_coefficients_of_data_and_noise(k, eta):
+    # x_t = (1 - t) x0 + t eps and the exact velocity eps - x0: x_next must be distributed as
+    # (1 - t') x0 + t' * (unit Gaussian), i.e. mean (1 - t') x0 and noise variance t'^2.
+    generator = torch.Generator().manual_seed(3)
+    sigmas = sigma_schedule(8, 3.0)
+    t, t_next = float(sigmas[k]), float(sigmas[k + 1])
+    n, d = 20000, 4
+    x0 = torch.randn(1, d, generator=generator, dtype=torch.float64).expand(n, d)
+    eps = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    noise = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    step = sde_step(eps - x0, (1 - t) * x0 + t * eps, sigmas, k, eta, "cps", noise=noise)
+    # Analytically: the deterministic part is (1 - t') x0 + c eps with c^2 + std^2 = t'^2.
+    deterministic_noise = step.mean - (1 - t_next) * x0
+    c = ((deterministic_noise * eps).sum() / (eps * eps).sum()).item()
+    torch.testing.assert_close(deterministic_noise, c * eps, rtol=0, atol=1e-12)
+    assert c**2 + step.std.item() ** 2 == pytest.approx(t_next**2, rel=1e-6)
+    # Empirically over the draws of eps and noise; standard errors t'/sqrt(n) and t'^2 sqrt(2/n).
+    samples = step.prev_sample
+    assert (samples.mean(0) - (1 - t_next) * x0[0]).abs().max().item() < 4 * t_next / math.sqrt(n)
+    assert (samples.var(0) - t_next**2).abs().max().item() < 4 * t_next**2 * math.sqrt(2 / n)
+
+
+def test_cps_last_step_lands_on_the_clean_prediction_with_finite_log_prob():
+    # sigma_N = 0: std = 0 and x_N = x0_hat; the log-prob is set to 0 (the step is never trained).
+    sigmas = sigma_schedule(6, 3.0)
+    x, v = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    out = sde_step(v, x, sigmas, 5, 0.7, "cps", noise=torch.randn_like(x))
+    assert out.std.item() == 0
+    torch.testing.assert_close(out.prev_sample, x - float(sigmas[5]) * v)
+    torch.testing.assert_close(out.prev_sample, out.pred_original)
+    replay = sde_step(v, x, sigmas, 5, 0.7, "cps", prev_sample=out.prev_sample)
+    assert torch.equal(out.log_prob, torch.zeros(2)) and torch.equal(replay.log_prob, out.log_prob)
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5])
+def test_cps_rejects_eta_outside_unit_interval(eta):
+    x = torch.randn(1, 4)
+    with pytest.raises(ValueError, match="sampling.eta"):
+        sde_step(x, x, sigma_schedule(4, 3.0), 1, eta, "cps", noise=torch.randn_like(x))
 
 
 def test_ode_step_matches_diffusers_flow_match_euler():

@@ -93,7 +93,14 @@ class Policy(Protocol):
         Gaussian log-prob of its result; see `sde.sde_step` for `noise` and `prev_sample`."""
 
     def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        """Deterministic step k (evaluation): no noise, no log-prob."""
+        """Deterministic first-order step k (evaluation, ODE steps of a plan): no noise, no log-prob."""
+
+    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        """The clean prediction x0_hat from the network output at level schedule[k]."""
+
+    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
+        """(alpha, sigma) of x = alpha * x0 + sigma * noise at level schedule[k], for the
+        higher-order solvers."""
 
     def scored_latents(self, last_step: StepResult) -> torch.Tensor:
         """What the reward scores after the last SDE step: the latent the reference
@@ -117,6 +124,13 @@ class RectifiedFlowSampling:
 
     def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
         return ode_step(output, x, schedule, k)
+
+    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        return x - float(schedule[k]) * output
+
+    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
+        sigma = float(schedule[k])
+        return 1.0 - sigma, sigma
 
     def scored_latents(self, last_step: StepResult) -> torch.Tensor:
         """x0_hat = x_{N-1} - sigma_{N-1} * v, as DanceGRPO decodes: the SDE's x_N still carries

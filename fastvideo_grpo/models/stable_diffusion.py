@@ -8,6 +8,8 @@ of one frame ([B, 1, H, W, 3]), so rewards and sample writing need nothing of th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -77,6 +79,18 @@ class StableDiffusionPolicy:
 
     def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
         return ddim_ode_step(output, x, schedule, k, self.alphas_cumprod, self.final_alpha_cumprod)
+
+    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
+        alpha_bar = self._alpha_bar(schedule, k)
+        return (x - math.sqrt(1 - alpha_bar) * output) / math.sqrt(alpha_bar)
+
+    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
+        alpha_bar = self._alpha_bar(schedule, k)
+        return math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
+
+    def _alpha_bar(self, schedule: torch.Tensor, k: int) -> float:
+        t = int(schedule[k])
+        return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
 
     def scored_latents(self, last_step: StepResult) -> torch.Tensor:
         """x_N, the DDIM step's sample into alpha_bar_0: what DanceGRPO's SD pipeline (and

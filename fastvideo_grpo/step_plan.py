@@ -1,0 +1,77 @@
+"""The step plan of an iteration: which transitions of the sampling trajectory are
+stochastic (SDE, with a log-prob) and may be trained, and which noise levels are visited.
+
+With `sampling.sde_window_size: 0` (DanceGRPO) every one of the N steps is an SDE step
+and the first N-1 are trainable. With a window of w steps (MixGRPO, Flow-GRPO-Fast) only
+the window is stochastic and trained; the steps before it are deterministic and, since a
+group shares its initial noise, the same for all G samples (the rollout computes them once
+per group); the steps after it run the ODE solver, on `sampling.post_window_steps` noise
+levels resampled from the rest of the schedule when set (MixGRPO-Flash). Every plan ends at
+the schedule's last level, fully denoised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastvideo_grpo.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    # Indices into the full (N+1)-level schedule, in the order visited; transition j goes
+    # from level visited[j] to visited[j+1].
+    visited: tuple[int, ...]
+    # The stochastic transitions j, ascending.
+    sde_steps: tuple[int, ...]
+    # The transitions the update may train (a subset of sde_steps).
+    trainable: tuple[int, ...]
+
+    @property
+    def num_transitions(self) -> int:
+        return len(self.visited) - 1
+
+    @property
+    def prefix_steps(self) -> int:
+        """The deterministic transitions before the first SDE step: the same for every sample
+        of a group that shares its initial noise."""
+        return self.sde_steps[0]
+
+    def schedule(self, full: torch.Tensor) -> torch.Tensor:
+        """The visited noise levels of `full`, the policy's N+1-level schedule."""
+        return full[list(self.visited)]
+
+
+def window_start(s: SamplingConfig, iteration: int, generator: torch.Generator | None = None) -> int:
+    """The first step of the SDE window in `iteration`: it can start anywhere from 0 to
+    N-1-w, so that its last step is at most the last trainable transition N-2."""
+    last = s.num_steps - 1 - s.sde_window_size
+    if s.sde_window_schedule == "fixed":
+        return s.sde_window_start
+    if s.sde_window_schedule == "progressive":
+        return (iteration // s.sde_window_every) * s.sde_window_stride % (last + 1)
+    if generator is None:
+        raise ValueError("sampling.sde_window_schedule=random needs the iteration's generator")
+    return int(torch.randint(last + 1, (1,), generator=generator))
+
+
+def resample(levels: list[int], steps: int) -> list[int]:
+    """`steps` + 1 of `levels` (ascending schedule indices), evenly spaced by position, first
+    and last kept: the coarser trajectory of MixGRPO-Flash after its window."""
+    if steps <= 0 or steps >= len(levels) - 1:
+        return levels
+    positions = torch.linspace(0, len(levels) - 1, steps + 1, dtype=torch.float64).round().long().tolist()
+    return [levels[p] for p in positions]
+
+
+def build_step_plan(s: SamplingConfig, iteration: int, generator: torch.Generator | None = None) -> StepPlan:
+    n = s.num_steps
+    if s.sde_window_size == 0:
+        return StepPlan(tuple(range(n + 1)), tuple(range(n)), tuple(range(n - 1)))
+    start = window_start(s, iteration, generator)
+    after = start + s.sde_window_size
+    visited = list(range(after)) + resample(list(range(after, n + 1)), s.post_window_steps)
+    window = tuple(range(start, after))
+    return StepPlan(tuple(visited), window, window)
