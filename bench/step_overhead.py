@@ -1,7 +1,7 @@
 """Overhead of one GRPO iteration over the transformer calls it cannot avoid.
 
 One iteration needs B*N/bs rollout forwards (no grad) and B*T/bs training forward+backward
-calls. This times an iteration and, in the same run, the same number of bare calls on the
+calls (fewer with an SDE window: the trainer's transformer_forwards_* counts). This times an iteration and, in the same run, the same number of bare calls on the
 same shapes, and prints the ratio (goal <= 1.10). It also counts the transformer calls of
 an iteration and checks there is no extra forward for the old log-probs.
 
@@ -79,14 +79,17 @@ def main() -> None:
             lambda m, a, kw, o: calls.append(batch_of(a, kw)), with_kwargs=True)
         params = sum(p.numel() for p in c.policy.transformer.parameters())
 
-        train_iteration(0, c, cfg)  # warm-up, and the call count of one iteration
+        counted = train_iteration(0, c, cfg)  # warm-up, and the call count of one iteration
         calls_per_iteration = sum(calls)
         samples = cfg.train.prompts_per_iteration * s.group_size
-        trained = num_trained_timesteps(s.num_steps - 1, cfg.grpo.timestep_fraction)
         branches = 2 if cfg.model.cfg_scale > 1 else 1
-        expected_calls = branches * (samples * s.num_steps + samples * trained)
-        assert calls_per_iteration == expected_calls, \
-            f"{calls_per_iteration} samples through the transformer, expected {expected_calls}"
+        # Rows of the step plan (every step SDE by default; an SDE window with sampling.sde_window_size).
+        rollout_rows, train_rows = counted["transformer_forwards_rollout"], counted["transformer_forwards_train"]
+        if not s.sde_window_size:
+            trained = num_trained_timesteps(s.num_steps - 1, cfg.grpo.timestep_fraction)
+            assert rollout_rows + train_rows == branches * (samples * s.num_steps + samples * trained)
+        assert calls_per_iteration == rollout_rows + train_rows, \
+            f"{calls_per_iteration} samples through the transformer, the trainer counted {rollout_rows + train_rows}"
 
         iteration_times, phase = [], {}
         for i in range(1, args.iterations + 1):
@@ -107,18 +110,17 @@ def main() -> None:
         def forward_backward():
             policy.predict(x, 0.5, cond).square().mean().backward()
 
-        batches = samples // bs
+        rows_per_call = bs * branches
         bare = []
         for _ in range(args.iterations):
-            bare.append(timed(forward, batches * s.num_steps) + timed(forward_backward, batches * trained))
+            bare.append(timed(forward, rollout_rows // rows_per_call) + timed(forward_backward, train_rows // rows_per_call))
         c.optimizer.zero_grad(set_to_none=True)
 
     iteration = statistics.median(iteration_times)
     bare_time = statistics.median(bare)
     print(f"transformer: {params / 1e6:.2f}M parameters, latent {tuple(c.latent_shape)}, "
-          f"{samples} samples x {s.num_steps} steps, {trained} trained steps")
-    print(f"transformer calls per iteration: {calls_per_iteration} sample-forwards == "
-          f"{branches} x (G*N + G*T) = {expected_calls}")
+          f"{samples} samples, {s.num_steps} steps, SDE window {s.sde_window_size or 'all'}")
+    print(f"transformer rows per iteration: {calls_per_iteration} == rollout {rollout_rows} + training {train_rows}")
     print("phases (median s): " + ", ".join(f"{k[5:]} {statistics.median(v):.3f}" for k, v in phase.items()))
     print(f"iteration {iteration:.3f} s, bare forward + forward/backward {bare_time:.3f} s")
     print(f"overhead ratio: {iteration / bare_time:.3f} (goal <= 1.10)")

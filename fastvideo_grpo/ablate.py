@@ -71,6 +71,13 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
     "rewards": ("several rewards: aggregate advantages; binary (thresholded) rewards also train", [
         Setting("color"), Setting("color + motion", ("reward.weights={color: 1.0, motion: 1.0}",)),
         Setting("binary color > 0.3", ("reward.binary_thresholds={color: 0.3}",))]),
+    "sampler": ("an SDE window (MixGRPO, Flow-GRPO-Fast) trains as well as every-step SDE, at a fraction of the "
+                "transformer calls", [
+        Setting("every step SDE, 60%"),
+        Setting("window 2 progressive, dpmpp_2m", ("sampling.sde_window_size=2", "sampling.ode_solver=dpmpp_2m",
+                                                   "grpo.timestep_fraction=1.0")),
+        Setting("window 2 random, CPS", ("sampling.sde_window_size=2", "sampling.sde_window_schedule=random",
+                                         "sampling.sde_type=cps", "grpo.timestep_fraction=1.0"))]),
     "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [
         Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
 }
