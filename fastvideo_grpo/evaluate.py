@@ -67,6 +67,8 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
     """
     e, s = cfg.eval, cfg.sampling
     num_steps = e.num_steps or s.num_steps
+    # Every level of an N-step schedule, deterministic: the SDE settings do not apply.
+    sampler = policy.sampler(dataclasses.replace(s, num_steps=num_steps, eta=0.0))
     first_seed = min(seed for _, seed in items)
     mine, real = rank_items(items, world.dp_rank, world.dp_size)
     rows, grid = [], {}
@@ -75,7 +77,7 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
         prompts = [source.prompts[p] for p, _ in chunk]
         cond = source.conditioning([p for p, _ in chunk]).to(world.device)
         initial = torch.stack([torch.randn(latent_shape, generator=make_generator(seed, p)) for p, seed in chunk])
-        latents = sample_ode(policy, cond, initial.to(world.device), num_steps, s.shift)
+        latents = sample_ode(policy, cond, initial.to(world.device), sampler)
         videos = decode_videos(policy, latents, s.decode_batch_size)
         scores = scorer.result(scorer.submit(videos, prompts))
         for i, (p, seed) in enumerate(chunk):

@@ -10,6 +10,7 @@ import torch
 
 from fastvideo_grpo.config import SamplingConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
+from fastvideo_grpo.samplers import Sampler
 from fastvideo_grpo.solvers import make_solver
 from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 
@@ -18,13 +19,14 @@ from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 class Rollout:
     latents: torch.Tensor  # [B, S+1, *latent]: x at every visited level, noise first, fp32
     log_probs: torch.Tensor  # [B, S], fp32: log pi(x_{j+1} | x_j) at SDE steps, NaN at ODE steps
-    schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(policy.schedule(N, shift))
+    schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(sampler.levels)
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
     # [B, *latent]: what is decoded and scored: `policy.scored_latents` of the last step when
     # it is an SDE step (rectified flow: its clean prediction x0_hat, not the still noisy
     # x_N), else the ODE trajectory's end.
     scored_latents: torch.Tensor
     plan: StepPlan
+    sampler: Sampler  # the policy's, for these sampling settings: training steps through it too
     # Rows through the transformer (CFG's doubled batch counted), for transformer_forwards_rollout.
     forward_rows: int = 0
 
@@ -64,14 +66,14 @@ class Deterministic:
     """The ODE steps of a trajectory with `sampling.ode_solver`: the family's first-order
     step, or DPM-Solver++(2M), which keeps its history until `reset`."""
 
-    def __init__(self, policy: Policy, solver: str):
-        self.policy, self.solver = policy, make_solver(solver) if solver != "euler" else None
+    def __init__(self, sampler: Sampler, solver: str):
+        self.sampler, self.solver = sampler, make_solver(solver) if solver != "euler" else None
 
     def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, j: int) -> torch.Tensor:
         if self.solver is None:
-            return self.policy.ode_step(output, x, schedule, j)
-        x0 = self.policy.pred_original(output, x, schedule, j)
-        return self.solver.step(x, x0, self.policy.noise_level(schedule, j), self.policy.noise_level(schedule, j + 1))
+            return self.sampler.ode_step(output, x, schedule, j)
+        x0 = self.sampler.pred_original(output, x, schedule, j)
+        return self.solver.step(x, x0, self.sampler.noise_level(schedule, j), self.sampler.noise_level(schedule, j + 1))
 
     def reset(self) -> None:
         if self.solver is not None:
@@ -110,7 +112,8 @@ def rollout(
     """
     plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
     total, g = cond.prompt_embeds.shape[0], s.group_size
-    schedule = plan.schedule(policy.schedule(s.num_steps, s.shift))
+    sampler = policy.sampler(s)
+    schedule = plan.schedule(sampler.levels)
     steps, sde = plan.num_transitions, set(plan.sde_steps)
     initial = initial_noise(s, total, latent_shape, seed_parts, first_sample)
     step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
@@ -128,7 +131,7 @@ def rollout(
         # One row per group: its samples share x_0 and the prompt, so the deterministic steps
         # before the window are the same for all of them.
         firsts = torch.arange(0, total, g)
-        x, group_cond, solver = initial[firsts].to(device), cond.select(firsts), Deterministic(policy, s.ode_solver)
+        x, group_cond, solver = initial[firsts].to(device), cond.select(firsts), Deterministic(sampler, s.ode_solver)
         path = [x]
         for j in range(prefix):
             x = solver.step(predict(x, j, group_cond), x, schedule, j)
@@ -136,7 +139,7 @@ def rollout(
         latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0)
     batches = batch_slices(total, s.rollout_batch_size)
     for batch in batches:
-        batch_cond, solver, last = cond.select(batch), Deterministic(policy, s.ode_solver), None
+        batch_cond, solver, last = cond.select(batch), Deterministic(sampler, s.ode_solver), None
         if prefix:
             x = latents[batch, prefix]
         else:
@@ -145,7 +148,7 @@ def rollout(
             output = predict(x, j, batch_cond)
             if j in sde:
                 noise = torch.stack([torch.randn(latent_shape, generator=gen) for gen in step_noise[batch]])
-                last = policy.step(output, x, schedule, j, s.eta, s.sde_type, noise=noise.to(device))
+                last = sampler.sde_step(output, x, schedule, j, noise=noise.to(device))
                 x = last.prev_sample
                 log_probs[batch, j] = last.log_prob
                 solver.reset()  # the solver's history ends where the SDE takes over
@@ -153,18 +156,19 @@ def rollout(
                 x = solver.step(output, x, schedule, j)
                 last = None
             latents[batch, j + 1] = x
-        scored[batch] = policy.scored_latents(last) if last is not None else x
+        scored[batch] = sampler.scored_latents(last) if last is not None else x
         if on_batch is not None:
             on_batch(batch, scored[batch])
     return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored,
-                   plan=plan, forward_rows=counter.rows)
+                   plan=plan, sampler=sampler, forward_rows=counter.rows)
 
 
 @torch.no_grad()
-def sample_ode(policy: Policy, cond, initial: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
-    """Deterministic sampling with the policy's ODE step (Euler for rectified flow, DDIM eta 0)."""
-    schedule = policy.schedule(num_steps, shift)
+def sample_ode(policy: Policy, cond, initial: torch.Tensor, sampler: Sampler) -> torch.Tensor:
+    """Deterministic sampling over all of `sampler`'s levels with its first-order ODE step
+    (Euler for rectified flow, DDIM eta 0): no log-prob is computed."""
+    levels = sampler.levels
     x = initial
-    for k in range(num_steps):
-        x = policy.ode_step(policy.predict(x, float(schedule[k]), cond), x, schedule, k)
+    for k in range(len(levels) - 1):
+        x = sampler.ode_step(policy.predict(x, float(levels[k]), cond), x, levels, k)
     return x

@@ -86,7 +86,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     is skipped: weights, optimizer state, LR schedule and EMA stay as they were. `stats`
     counts skipped steps (`nonfinite_steps`); `learner.nonfinite_streak` counts the run of
     them, and the update stops when it reaches train.max_nonfinite_steps."""
-    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    g, t = cfg.grpo, cfg.train
     policy, reference = learner.policy, learner.reference
     device = ro.latents.device
     advantages = advantages.to(device)
@@ -103,14 +103,13 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             x, x_next = ro.latents[idx, mb.step], ro.latents[idx, mb.step + 1]
             mb_cond = cond.select(mb.samples)
             t_k = float(ro.schedule[mb.step])
-            step = policy.step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta, s.sde_type,
-                               prev_sample=x_next)
+            step = ro.sampler.sde_step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, prev_sample=x_next)
             forward_rows += len(idx) * rows_per_sample * (1 if reference is None else 2)
             loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
             if reference is not None:
                 with torch.no_grad():
-                    ref = reference.step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, s.eta,
-                                         s.sde_type, prev_sample=x_next)
+                    ref = ro.sampler.sde_step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step,
+                                              prev_sample=x_next)
                 kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
                 loss = loss + g.kl_weight * kl
                 stats.mean("kl", kl)

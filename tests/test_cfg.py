@@ -45,7 +45,7 @@ def test_guided_prediction_is_one_forward_of_both_branches(tmp_path, family):
     cond = conditioning(cfg, 2)
     shape = policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width)
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
-    t = float(policy.schedule(cfg.sampling.num_steps, cfg.sampling.shift)[2])
+    t = float(policy.sampler(cfg.sampling).levels[2])
     batches = count_forwards(policy)
     with torch.no_grad():
         guided = policy.predict(x, t, cond)

@@ -1,6 +1,7 @@
 """Where the trainer follows the reference implementation's numbers: what is decoded and
 scored, and the precision of the timestep the network sees."""
 
+import dataclasses
 import socket
 
 import pytest
@@ -74,11 +75,13 @@ def test_ode_evaluation_computes_no_log_prob(tmp_path, monkeypatch):
 
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [f"train.output_dir={tmp_path}"])
     policy = tiny_policy(cfg)
-    monkeypatch.setattr(type(policy), "step", lambda *a, **k: pytest.fail("the SDE step ran in evaluation"))
+    from fastvideo_grpo.samplers import RectifiedFlowSampler
+
+    monkeypatch.setattr(RectifiedFlowSampler, "sde_step", lambda *a, **k: pytest.fail("the SDE step ran in evaluation"))
     cond = tiny_conditioning(cfg, PROMPTS[:1], 1)
     shape = policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width)
     initial = torch.randn(1, *shape)
-    x = rollout.sample_ode(policy, cond, initial, 4, cfg.sampling.shift)
+    x = rollout.sample_ode(policy, cond, initial, policy.sampler(dataclasses.replace(cfg.sampling, num_steps=4)))
     sigmas = sigma_schedule(4, cfg.sampling.shift)
     expected = initial
     with torch.no_grad():

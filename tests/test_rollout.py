@@ -130,14 +130,13 @@ def test_a_step_loss_is_the_mean_over_its_samples_and_timesteps(tiny_cfg):
     ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=2)
     plan = plan_micro_batches(ro, torch.ones(g, dtype=torch.bool), tiny_cfg, (0, 0))
     advantages = torch.randn(g)
-    s = tiny_cfg.sampling
     pairs = [(i, mb.step) for mb in plan[0] for i in mb.samples.tolist()]
     for p in policy.transformer.parameters():
         p.grad = None
     for i, k in pairs:
         x, x_next = ro.latents[i:i + 1, k], ro.latents[i:i + 1, k + 1]
-        step = policy.step(policy.predict(x, float(ro.schedule[k]), cond.select([i])), x, ro.schedule, k, s.eta,
-                           s.sde_type, prev_sample=x_next)
+        step = ro.sampler.sde_step(policy.predict(x, float(ro.schedule[k]), cond.select([i])), x, ro.schedule, k,
+                                   prev_sample=x_next)
         ratio = torch.exp(step.log_prob - ro.log_probs[i, k])
         clip = tiny_cfg.grpo.clip_range
         a = advantages[i]

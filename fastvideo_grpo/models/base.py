@@ -10,9 +10,10 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
-from fastvideo_grpo.sde import StepResult, ode_step, sde_step, sigma_schedule
+from fastvideo_grpo.samplers import RectifiedFlowSampler, Sampler
+from fastvideo_grpo.sde import sigma_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -79,63 +80,22 @@ class Policy(Protocol):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """Shape of one sample's latent, without the batch dim."""
 
-    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
-        """The N+1 noise levels the sampler visits, noisiest first (sigmas, or timesteps)."""
-
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
-        """Network output at noise level t = schedule[k], as fp32 with the latents' shape; with
-        classifier-free guidance the guided output (`guided_prediction`)."""
+        """Network output at noise level t (a sigma, or a DDIM timestep), as fp32 with the
+        latents' shape; with classifier-free guidance the guided output (`guided_prediction`)."""
 
-    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
-             sde_type: str, prev_sample: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> StepResult:
-        """Stochastic step k (schedule[k] -> schedule[k+1]) from the network output and the
-        Gaussian log-prob of its result; see `sde.sde_step` for `noise` and `prev_sample`."""
-
-    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        """Deterministic first-order step k (evaluation, ODE steps of a plan): no noise, no log-prob."""
-
-    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        """The clean prediction x0_hat from the network output at level schedule[k]."""
-
-    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
-        """(alpha, sigma) of x = alpha * x0 + sigma * noise at level schedule[k], for the
-        higher-order solvers."""
-
-    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
-        """What the reward scores after the last SDE step: the latent the reference
-        implementation decodes (the clean prediction x0_hat for rectified flow)."""
+    def sampler(self, s: SamplingConfig) -> Sampler:
+        """The family's sampler for these settings (`samplers.py`): noise levels, SDE and ODE steps."""
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents [B, *latent_shape] -> uint8 video frames [B, T, H, W, 3] on CPU."""
 
 
 class RectifiedFlowSampling:
-    """`schedule`, `step`, `ode_step` and `scored_latents` for a network that predicts the
-    velocity (noise - data)."""
+    """`sampler` for a network that predicts the velocity (noise - data)."""
 
-    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
-        return sigma_schedule(num_steps, shift)
-
-    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
-             sde_type: str, prev_sample: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> StepResult:
-        return sde_step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)
-
-    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        return ode_step(output, x, schedule, k)
-
-    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        return x - float(schedule[k]) * output
-
-    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
-        sigma = float(schedule[k])
-        return 1.0 - sigma, sigma
-
-    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
-        """x0_hat = x_{N-1} - sigma_{N-1} * v, as DanceGRPO decodes: the SDE's x_N still carries
-        the last step's noise (std eta * sqrt(sigma_{N-1})), which no trained step produced."""
-        return last_step.pred_original
+    def sampler(self, s: SamplingConfig) -> RectifiedFlowSampler:
+        return RectifiedFlowSampler(sigma_schedule(s.num_steps, s.shift), s.eta, s.sde_type)
 
 
 def to_frames(pixels: torch.Tensor) -> torch.Tensor:

@@ -16,14 +16,52 @@ data_preprocess/preprocess_latents.py through `data.image_latents_dir`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.models.base import TextConditioning
 from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy, build_hunyuan_video
-from fastvideo_grpo.sde import StepResult, ode_step
+from fastvideo_grpo.samplers import RectifiedFlowSampler
+from fastvideo_grpo.sde import StepResult
 
 CONDITION_TYPES = ("token_replace", "latent_concat")
+
+
+@dataclass
+class FirstFrameSampler:
+    """token_replace: the first latent frame follows the straight path to the image latent
+    (an ODE step, no noise); the SDE and its log-prob cover the other frames."""
+
+    inner: RectifiedFlowSampler
+
+    @property
+    def levels(self) -> torch.Tensor:
+        return self.inner.levels
+
+    def sde_step(self, output, x, levels, j, noise=None, prev_sample=None) -> StepResult:
+        rest = self.inner.sde_step(output[:, :, 1:], x[:, :, 1:], levels, j,
+                                   noise=None if noise is None else noise[:, :, 1:],
+                                   prev_sample=None if prev_sample is None else prev_sample[:, :, 1:])
+        first = self.inner.ode_step(output[:, :, :1], x[:, :, :1], levels, j)
+        # The first frame's x0_hat is the image latent (its velocity is the straight path to it).
+        pred_original = torch.cat([self.inner.pred_original(output[:, :, :1], x[:, :, :1], levels, j),
+                                   rest.pred_original], dim=2)
+        return StepResult(torch.cat([first, rest.prev_sample], dim=2), rest.log_prob, rest.mean, rest.std,
+                          pred_original)
+
+    def ode_step(self, output, x, levels, j) -> torch.Tensor:
+        return self.inner.ode_step(output, x, levels, j)
+
+    def pred_original(self, output, x, levels, j) -> torch.Tensor:
+        return self.inner.pred_original(output, x, levels, j)
+
+    def noise_level(self, levels, j) -> tuple[float, float]:
+        return self.inner.noise_level(levels, j)
+
+    def scored_latents(self, last: StepResult) -> torch.Tensor:
+        return self.inner.scored_latents(last)
 
 
 class HunyuanVideoI2VPolicy(HunyuanVideoPolicy):
@@ -68,19 +106,9 @@ class HunyuanVideoI2VPolicy(HunyuanVideoPolicy):
             out = torch.cat([(latents[:, :, :1].float() - self._image(cond, out)) / t, out[:, :, 1:]], dim=2)
         return out
 
-    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
-             sde_type: str, prev_sample: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> StepResult:
-        if self.condition_type != "token_replace":
-            return super().step(output, x, schedule, k, eta, sde_type, prev_sample=prev_sample, noise=noise)
-        rest = super().step(output[:, :, 1:], x[:, :, 1:], schedule, k, eta, sde_type,
-                            prev_sample=None if prev_sample is None else prev_sample[:, :, 1:],
-                            noise=None if noise is None else noise[:, :, 1:])
-        first = ode_step(output[:, :, :1], x[:, :, :1], schedule, k)
-        # The first frame's x0_hat is the image latent (its velocity is the straight path to it).
-        pred_original = torch.cat([x[:, :, :1] - float(schedule[k]) * output[:, :, :1], rest.pred_original], dim=2)
-        return StepResult(torch.cat([first, rest.prev_sample], dim=2), rest.log_prob, rest.mean, rest.std,
-                          pred_original)
+    def sampler(self, s: SamplingConfig) -> RectifiedFlowSampler:
+        inner = super().sampler(s)
+        return FirstFrameSampler(inner) if self.condition_type == "token_replace" else inner
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

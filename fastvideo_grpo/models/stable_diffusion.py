@@ -1,23 +1,22 @@
 """Stable Diffusion (1.x) T2I policy: diffusers' UNet and VAE, used unchanged, sampled with
 the DDIM SDE (eta > 0), whose transition is Gaussian.
 
-The network predicts the noise eps; `schedule` gives the DDIM timesteps of diffusers'
-DDIMScheduler with SD's scheduler config, and `step` is `sde.ddim_step`. Images are videos
+The network predicts the noise eps; its sampler (`samplers.DDIMSampler`) steps through the
+DDIM timesteps of diffusers' DDIMScheduler with SD's scheduler config. Images are videos
 of one frame ([B, 1, H, W, 3]), so rewards and sample writing need nothing of their own.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.base import TextConditioning, guided_prediction, load_pretrained, place_on_device, to_frames
 from fastvideo_grpo.models.tiny.stable_diffusion import tiny_networks
-from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
+from fastvideo_grpo.samplers import DDIMSampler
+from fastvideo_grpo.sde import ddim_timesteps, scaled_linear_alphas_cumprod
 
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
 NUM_TRAIN_TIMESTEPS = 1000
@@ -48,9 +47,13 @@ class StableDiffusionPolicy:
             raise ValueError(f"sampling.num_frames={num_frames}: Stable Diffusion generates images (num_frames 1)")
         return (self.transformer.config.in_channels, height // self.spatial_ratio, width // self.spatial_ratio)
 
-    def schedule(self, num_steps: int, shift: float) -> torch.Tensor:
-        """DDIM timesteps, noisiest first, and the final (negative) one; `shift` does not apply."""
-        return ddim_timesteps(num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET)
+    def sampler(self, s: SamplingConfig) -> DDIMSampler:
+        """DDIM over the leading-spaced timesteps of SD's scheduler; `shift` does not apply."""
+        if s.sde_type != "dance":
+            raise ValueError(f"sampling.sde_type={s.sde_type!r} is a rectified-flow SDE; Stable Diffusion samples "
+                             "with the DDIM SDE: use 'dance'")
+        return DDIMSampler(ddim_timesteps(s.num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET), s.eta, self.alphas_cumprod,
+                           self.final_alpha_cumprod)
 
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         # fp32: in bf16 the integer timesteps above 256 would round (981 -> 980).
@@ -67,35 +70,6 @@ class StableDiffusionPolicy:
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         """The (guided) noise prediction eps at timestep t."""
         return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
-
-    def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int, eta: float,
-             sde_type: str, prev_sample: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> StepResult:
-        if sde_type != "dance":
-            raise ValueError(f"sampling.sde_type={sde_type!r} is a rectified-flow SDE; Stable Diffusion samples "
-                             "with the DDIM SDE: use 'dance'")
-        return ddim_step(output, x, schedule, k, eta, self.alphas_cumprod, self.final_alpha_cumprod,
-                         prev_sample=prev_sample, noise=noise)
-
-    def ode_step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        return ddim_ode_step(output, x, schedule, k, self.alphas_cumprod, self.final_alpha_cumprod)
-
-    def pred_original(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, k: int) -> torch.Tensor:
-        alpha_bar = self._alpha_bar(schedule, k)
-        return (x - math.sqrt(1 - alpha_bar) * output) / math.sqrt(alpha_bar)
-
-    def noise_level(self, schedule: torch.Tensor, k: int) -> tuple[float, float]:
-        alpha_bar = self._alpha_bar(schedule, k)
-        return math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
-
-    def _alpha_bar(self, schedule: torch.Tensor, k: int) -> float:
-        t = int(schedule[k])
-        return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
-
-    def scored_latents(self, last_step: StepResult) -> torch.Tensor:
-        """x_N, the DDIM step's sample into alpha_bar_0: what DanceGRPO's SD pipeline (and
-        diffusers' StableDiffusionPipeline) decodes."""
-        return last_step.prev_sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
