@@ -240,6 +240,26 @@ class EvalConfig:
 
 
 @dataclass
+class HealthConfig:
+    # Warnings (health.py): each fires once when its condition starts, is logged with what
+    # to try, and is recorded in output_dir/health.json with the iteration.
+    # |ratio - 1| before the first optimizer step above this: stale old log-probs.
+    ratio_tolerance: float = 1e-3
+    # zero_std_frac above this for zero_std_iterations iterations in a row: flat groups.
+    zero_std_frac: float = 0.5
+    zero_std_iterations: int = 3
+    # grad_norm above this multiple of the median of the run's earlier iterations.
+    grad_norm_factor: float = 10.0
+    # clip_frac above this: the clipped objective has stopped learning.
+    clip_frac: float = 0.5
+    # Group diversity below this fraction of its first iterations' while the reward rises:
+    # the signature of reward hacking.
+    diversity_fraction: float = 0.5
+    # Iterations that make the baseline (first) and the recent window.
+    window: int = 5
+
+
+@dataclass
 class LoggingConfig:
     # TensorBoard event files always go to output_dir/tb; W&B is optional.
     wandb: bool = False
@@ -273,6 +293,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -425,6 +446,11 @@ def validate(cfg: Config) -> None:
     require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
             s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
     require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+    h = cfg.health
+    for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
+        require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
+    require(h.zero_std_iterations >= 1, "health.zero_std_iterations", h.zero_std_iterations, ">= 1")
+    require(h.window >= 1, "health.window", h.window, ">= 1")
     require(s.sde_type != "cps" or s.eta <= 1, "sampling.eta", s.eta,
             "in (0, 1] for sampling.sde_type=cps (its noise is sigma_next * sin(eta * pi / 2))")
     require(int((s.num_steps - 1) * g.timestep_fraction) >= 1, "grpo.timestep_fraction",

@@ -17,8 +17,8 @@ from fastvideo_grpo.parallel import World
 
 class IterationStats:
     """`mean(name, v)`: the rank's mean of what was added, then the mean over ranks (every
-    rank adds the same number of values, so that is the global mean). `max(name, v)`: the
-    maximum over everything on every rank. `total(name, v)`: the sum over every rank.
+    rank adds the same number of values, so that is the global mean). `max(name, v)` and
+    `min(name, v)`: over everything on every rank. `total(name, v)`: the sum over every rank.
 
     Sums are float64, added in order, so one rank's mean equals Python's
     `sum(values) / len(values)` of the same float32 values bit for bit."""
@@ -28,6 +28,7 @@ class IterationStats:
         self._means: dict[str, list] = {}  # name -> [sum, count]
         self._maxes: dict[str, torch.Tensor] = {}
         self._totals: dict[str, torch.Tensor] = {}
+        self._pooled: dict[str, list[torch.Tensor]] = {}  # name -> [sum, count]
 
     def _value(self, value) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
@@ -44,6 +45,28 @@ class IterationStats:
         v = self._value(value)
         self._maxes[name] = v if name not in self._maxes else torch.maximum(self._maxes[name], v)
 
+    def min(self, name: str, value) -> None:
+        # The minimum is the negated maximum of the negated values: one MAX reduction for both.
+        self.max(f"-{name}", -self._value(value))
+
+    def pooled(self, name: str, value_sum, count) -> None:
+        """Sum over every rank of `value_sum` / sum of `count`: a mean over values that ranks
+        hold different numbers of (NaN where there are none)."""
+        entry = self._pooled.setdefault(name, [self._value(0.0), self._value(0.0)])
+        entry[0] = entry[0] + self._value(value_sum)
+        entry[1] = entry[1] + self._value(count)
+
+    def declare(self, name: str, kind: str) -> None:
+        """Add `name` with no value (`pooled`, `max` or `min`), so that it exists on every rank
+        even where this rank adds nothing to it; an empty max or min reduces to NaN."""
+        if kind == "pooled":
+            self._pooled.setdefault(name, [self._value(0.0), self._value(0.0)])
+        elif kind in ("max", "min"):
+            key = name if kind == "max" else f"-{name}"
+            self._maxes.setdefault(key, self._value(-math.inf))
+        else:
+            raise ValueError(f"kind {kind!r} is not one of ['pooled', 'max', 'min']")
+
     def total(self, name: str, value) -> None:
         v = self._value(value)
         self._totals[name] = v if name not in self._totals else self._totals[name] + v
@@ -57,12 +80,22 @@ class IterationStats:
         calls it with the same names added in the same order."""
         names = list(self._means) + list(self._totals)
         summed = [self._means[n][0] / self._means[n][1] for n in self._means] + list(self._totals.values())
+        summed += [v for entry in self._pooled.values() for v in entry]
         maxes = list(self._maxes.values())
         if world.world_size > 1:
             summed, maxes = _all_reduce(summed, dist.ReduceOp.SUM, world), _all_reduce(maxes, dist.ReduceOp.MAX, world)
             summed = [v / world.world_size if i < len(self._means) else v for i, v in enumerate(summed)]
-        values = dict(zip(names, (float(v) for v in summed)))
-        values.update(zip(self._maxes, (float(v) for v in maxes)))
+        pooled = summed[len(names):]
+        values = dict(zip(names, (float(v) for v in summed[:len(names)])))
+        for i, name in enumerate(self._pooled):
+            total, count = float(pooled[2 * i]), float(pooled[2 * i + 1])
+            values[name] = total / count if count > 0 else math.nan
+        for name, v in zip(self._maxes, maxes):
+            v = float(v) if math.isfinite(float(v)) else math.nan  # declared, never added
+            if name.startswith("-"):
+                values[name[1:]] = -v
+            else:
+                values[name] = v
         return values
 
 
@@ -84,10 +117,12 @@ def population_std(mean: float, square_mean: float) -> float:
 
 
 def finish_iteration_stats(metrics: dict[str, float], world: World) -> None:
-    """After the reduction: the advantage std from its moments, and dropped groups and
-    transformer rows as counts (sequence-parallel ranks share their samples, so each was
-    counted sp_size times)."""
-    metrics["advantage_std"] = population_std(metrics["advantage_mean"], metrics.pop("advantage_sq_mean"))
+    """After the reduction: stds from their moments (<name>_mean and <name>_sq_mean), and
+    dropped groups and transformer rows as counts (sequence-parallel ranks share their
+    samples, so each was counted sp_size times)."""
+    for key in [k for k in metrics if k.endswith("_sq_mean")]:  # advantage, ratio/<third>
+        base = key[:-len("_sq_mean")]
+        metrics[f"{base}_std"] = population_std(metrics[f"{base}_mean"], metrics.pop(key))
     metrics["dropped_groups"] = round(metrics["dropped_groups"] / world.sp_size)
     for key in ("transformer_forwards_rollout", "transformer_forwards_train"):
         if key in metrics:

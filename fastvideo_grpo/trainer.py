@@ -13,18 +13,20 @@ from tqdm import tqdm
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
-from fastvideo_grpo.checkpoint import diffusers_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastvideo_grpo.checkpoint import diffusers_config
+from fastvideo_grpo.checkpoint.run import resume_run, save_run
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.ema import init_ema
 from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
+from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
-from fastvideo_grpo.parallel import World, all_finite, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_reward_config
@@ -50,6 +52,7 @@ class Components(Learner):
     latent_shape: tuple[int, ...]
     transformer_config: dict | None = None
     tracker: Tracker | None = None  # a no-op off the main rank
+    health: HealthMonitor | None = None  # likewise
 
 
 def setup(cfg: Config) -> Components:
@@ -79,40 +82,6 @@ def setup(cfg: Config) -> Components:
                       latent_shape=latent_shape, transformer_config=transformer_config)
 
 
-def resume(c: Components, cfg: Config) -> int:
-    """Load the checkpoint `train.resume` asks for; returns the first iteration to run.
-
-    A run never starts from scratch over an earlier run's checkpoints (it would overwrite
-    them and its metrics): that is an error saying how to start fresh."""
-    folder = Path(cfg.train.output_dir) / "checkpoints"
-    earlier = sorted(p.name for p in folder.glob("step_*") if p.is_dir()) if folder.is_dir() else []
-    path = None
-    if cfg.train.resume == "auto":
-        path = latest_checkpoint(cfg.train.output_dir)
-    elif cfg.train.resume != "never":
-        path = Path(cfg.train.resume)
-    if path is None:
-        if earlier:
-            raise ValueError(f"{folder} holds checkpoints of an earlier run ({', '.join(earlier)}) but train.resume="
-                             f"{cfg.train.resume!r} found none to resume from; to start fresh, delete {folder.parent} "
-                             "or give this run another train.output_dir")
-        return 0
-    state = load_checkpoint(path, c.policy.transformer, c.optimizer, c.world, c.ema, verify=cfg.checkpoint.verify)
-    c.scheduler.load_state_dict(state["scheduler"])
-    c.sampler.load_state_dict(state["sampler"])
-    return state["iteration"]
-
-
-def checkpoint(c: Components, cfg: Config, iteration: int) -> None:
-    """Save after `iteration` iterations; a non-finite weight is never written."""
-    if not all_finite(c.policy.transformer, c.world):
-        raise NonFiniteTraining(f"after iteration {iteration - 1} the weights hold NaN or inf; not checkpointing "
-                                f"them over {cfg.train.output_dir}/checkpoints (the last checkpoint is intact)")
-    trainer_state = {"scheduler": c.scheduler.state_dict(), "sampler": c.sampler.state_dict()}
-    save_checkpoint(cfg.train.output_dir, iteration, c.policy.transformer, c.optimizer, trainer_state, c.world,
-                    cfg.checkpoint.keep_last, c.ema, c.transformer_config)
-
-
 def train(cfg: Config) -> Path:
     """Run (or resume) the configured iterations; returns the output folder.
 
@@ -138,11 +107,12 @@ def train(cfg: Config) -> Path:
 def start_run(c: Components, cfg: Config, out: Path) -> int:
     """Resume, then on rank 0 write the run config and trim the logs to the resumed
     iteration; returns the first iteration to run."""
-    start = resume(c, cfg)
+    start = resume_run(c, c.sampler, c.world, cfg)
     if c.world.is_main:
         write_run_config(out, cfg, start)
         trim_logs(out, start)
     c.tracker = Tracker(cfg, out, start, enabled=c.world.is_main)
+    c.health = HealthMonitor(cfg.health, out if c.world.is_main else None, start)
     barrier(c.world)
     return start
 
@@ -161,12 +131,13 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         logged = {k: metrics.pop(k) for k in list(metrics) if k.startswith("memory/")}
         if c.world.is_main:
             append_metrics(out / "metrics.jsonl", metrics)
+            c.health.observe(iteration, metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
             logger.debug("iteration %d: %s", iteration, metrics)
         c.tracker.scalars({**metrics, **logged}, iteration)
         done = iteration + 1
         if c.nonfinite_streak >= t.max_nonfinite_steps:
-            checkpoint(c, cfg, done)
+            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
             raise NonFiniteTraining(
                 f"{c.nonfinite_streak} optimizer steps in a row had a NaN or inf gradient (train.max_nonfinite_steps="
                 f"{t.max_nonfinite_steps}), the last in iteration {iteration}; the weights are the last finite ones, "
@@ -177,13 +148,14 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         every = cfg.checkpoint.every
         if preempted or done == t.iterations or (every and done % every == 0):
             started = time.perf_counter()
-            checkpoint(c, cfg, done)
+            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
             c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
             raise Preempted(out)
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
             evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
+    c.health.finish()
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
     barrier(c.world)
@@ -240,6 +212,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         c.tracker.videos("samples", videos, iteration, s.fps)
 
     record_scores(stats, scores, dropped, cfg)
+    record_rewards(stats, scores.rewards, cfg.reward.weights, s.group_size)
+    stats.mean("group_diversity", group_diversity(ro.scored_latents, s.group_size))
     stats.total("transformer_forwards_rollout", ro.forward_rows)
     for name, seconds in timer.seconds.items():
         stats.mean(name, seconds)

@@ -13,6 +13,7 @@ import torch
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.ema import update_ema
+from fastvideo_grpo.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
@@ -91,6 +92,8 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     device = ro.latents.device
     advantages = advantages.to(device)
     stats.max("ratio_dev_first_update", 0.0)
+    stats.max("logprob_drift_first_update", 0.0)
+    declare_ratio_stats(stats)
     steps = skipped = 0
     # Rows through the transformer per forward call: CFG doubles the batch.
     rows_per_sample = 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
@@ -120,10 +123,13 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             stats.max("ratio_max_dev", deviation.max())
             if step_index == 0:
                 stats.max("ratio_dev_first_update", deviation.max())
+                stats.max("logprob_drift_first_update", (step.log_prob.detach() - ro.log_probs[idx, mb.step]).abs().max())
+            record_ratio(stats, ratio, mb.step, ro.plan.num_transitions, g.clip_range)
             stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
         grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)
         if math.isfinite(grad_norm):
-            stats.mean("grad_norm", grad_norm)
+            stats.mean("grad_norm", grad_norm)  # before clipping
+            stats.mean("grad_clipped_frac", float(grad_norm > t.grad_clip))
             learner.optimizer.step()
             learner.scheduler.step()
             learner.nonfinite_streak = 0

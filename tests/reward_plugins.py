@@ -34,3 +34,18 @@ def sleep_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 register_reward(rule_reward("test_echo", echo_reward))
 register_reward(rule_reward("test_fail", failing_reward))
 register_reward(rule_reward("test_sleep", sleep_reward))
+
+
+def constant_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """The same score for every sample: no group can be told apart."""
+    return torch.zeros(len(videos))
+
+
+def flatness_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Minus the pixel spread of each video: a hackable reward, highest for a flat grey
+    frame, which every sample of a group can converge to."""
+    return -videos.float().std(dim=(1, 2, 3, 4)) / 128
+
+
+register_reward(rule_reward("test_constant", constant_reward))
+register_reward(rule_reward("test_flatness", flatness_reward))

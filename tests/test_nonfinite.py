@@ -11,6 +11,7 @@ from conftest import ROOT
 from fastvideo_grpo import rewards as reward_registry
 from fastvideo_grpo import grpo, trainer
 from fastvideo_grpo.checkpoint import latest_checkpoint
+from fastvideo_grpo.checkpoint.run import save_run
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.rewards import RewardError
 from fastvideo_grpo.rewards.rules import color_reward
@@ -128,7 +129,7 @@ def test_a_checkpoint_of_nonfinite_weights_is_refused(tmp_path):
     with torch.no_grad():
         next(c.policy.transformer.parameters())[0] = float("nan")
     with pytest.raises(trainer.NonFiniteTraining, match="hold NaN or inf; not checkpointing"):
-        trainer.checkpoint(c, cfg, 1)
+        save_run(c, c.sampler, c.world, cfg, 1)
     c.scorer.close()
     assert latest_checkpoint(tmp_path) is None
 

@@ -1,0 +1,198 @@
+"""Is the run healthy? Per-iteration diagnostics (added to the iteration's statistics, on
+the device) and warnings for the field's common failures: flat groups, an exploding
+update, a saturated clip, a ratio that is not 1 before the first update, diversity
+collapsing while the reward rises (reward hacking), skipped non-finite steps.
+
+A warning is logged once when its condition starts (again only after it cleared), with the
+knob to turn, and recorded in output_dir/health.json with the iterations it held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from fastvideo_grpo.config import HealthConfig
+from fastvideo_grpo.metrics import IterationStats
+
+logger = logging.getLogger(__name__)
+
+HEALTH = "health.json"
+BUCKETS = ("early", "middle", "late")
+
+
+def timestep_bucket(j: int, num_transitions: int) -> str:
+    """The third of the trajectory transition j lies in."""
+    return BUCKETS[min(3 * j // num_transitions, 2)]
+
+
+def declare_ratio_stats(stats: IterationStats) -> None:
+    """Every third exists on every rank, whichever timesteps a rank trains."""
+    for bucket in BUCKETS:
+        for suffix in ("mean", "sq_mean", "clip_frac"):
+            stats.declare(f"ratio/{bucket}_{suffix}", "pooled")
+        stats.declare(f"ratio/{bucket}_min", "min")
+        stats.declare(f"ratio/{bucket}_max", "max")
+
+
+def record_ratio(stats: IterationStats, ratio: torch.Tensor, j: int, num_transitions: int, clip_range: float) -> None:
+    """The ratio's distribution per third of the schedule: mean, std, min, max and clip
+    fraction over all the (sample, transition) pairs trained there on every rank."""
+    r = ratio.detach().double()
+    name = f"ratio/{timestep_bucket(j, num_transitions)}"
+    stats.pooled(f"{name}_mean", r.sum(), r.numel())
+    stats.pooled(f"{name}_sq_mean", r.pow(2).sum(), r.numel())
+    stats.min(f"{name}_min", r.min())
+    stats.max(f"{name}_max", r.max())
+    stats.pooled(f"{name}_clip_frac", ((r - 1).abs() > clip_range).sum(), r.numel())
+
+
+def group_diversity(latents: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Mean pairwise RMS distance between the samples of a group, averaged over groups: 0
+    when every sample of each group is the same."""
+    x = latents.detach().float().flatten(1)
+    groups = x.view(-1, group_size, x.shape[1])
+    distances = torch.cdist(groups, groups) / math.sqrt(x.shape[1])  # [groups, G, G], zero diagonal
+    return (distances.sum(dim=(1, 2)) / (group_size * (group_size - 1))).mean()
+
+
+def record_rewards(stats: IterationStats, rewards: dict[str, torch.Tensor], weights: dict[str, float],
+                   group_size: int) -> None:
+    """The spread of the weighted reward within groups, and the correlation between each
+    pair of rewards over the samples (0 where one is constant)."""
+    total = sum(weights[name] * r for name, r in rewards.items()).float()
+    stats.mean("reward_group_std", total.view(-1, group_size).std(dim=1).mean())
+    names = sorted(rewards)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = rewards[a].float() - rewards[a].float().mean(), rewards[b].float() - rewards[b].float().mean()
+            denominator = x.norm() * y.norm()
+            stats.mean(f"reward_corr/{a}__{b}", (x @ y / denominator) if denominator > 0 else 0.0)
+
+
+class HealthMonitor:
+    """Watches each iteration's metrics (main rank: `folder` given; elsewhere a no-op).
+
+    A resumed run replays the metrics of the iterations before `start` silently, so its
+    baselines and warnings continue as if it had not stopped."""
+
+    def __init__(self, cfg: HealthConfig, folder: Path | None, start: int = 0):
+        self.cfg, self.folder = cfg, folder
+        self.rows: list[dict] = []
+        self.active: dict[str, bool] = {}
+        self.fired: dict[str, dict] = {}
+        self.zero_std_streak = 0
+        if folder is not None and start > 0 and (folder / "metrics.jsonl").is_file():
+            from fastvideo_grpo.outputs import read_metrics
+
+            for row in read_metrics(folder / "metrics.jsonl"):
+                if row["iteration"] < start:
+                    self.observe(row["iteration"], row, quiet=True)
+
+    def observe(self, iteration: int, metrics: dict, quiet: bool = False) -> list[str]:
+        """Check one iteration; returns the warnings that started at it."""
+        if self.folder is None:
+            return []
+        started = []
+        for name, message in self._conditions(metrics).items():
+            if message is not None and not self.active.get(name):
+                started.append(name)
+                entry = self.fired.setdefault(name, {"first_iteration": iteration, "message": message, "episodes": 0,
+                                                     "iterations": 0})
+                entry["episodes"] += 1
+                if not quiet:
+                    logger.warning("health (iteration %d): %s", iteration, message)
+            if message is not None:
+                self.fired[name]["iterations"] += 1
+                self.fired[name]["last_iteration"] = iteration
+            self.active[name] = message is not None
+        self.rows.append(metrics)
+        if started and not quiet:
+            self.write()
+        return started
+
+    def _conditions(self, m: dict) -> dict[str, str | None]:
+        h, rows = self.cfg, self.rows
+        found: dict[str, str | None] = {}
+        dev = m.get("ratio_dev_first_update", 0.0)
+        found["ratio_first_update"] = None if not dev > h.ratio_tolerance else (
+            f"|ratio - 1| before the first optimizer step is {dev:.2e} (> health.ratio_tolerance={h.ratio_tolerance}): "
+            "the stored log-probs are not the old policy's. Training micro-batches must mirror the rollout batches "
+            "(sampling.rollout_batch_size 1, or every sample kept and train.gradient_accumulation_steps a multiple of "
+            "it); in bf16 another batch composition changes the numbers (model.dtype fp32 tells which)")
+        self.zero_std_streak = self.zero_std_streak + 1 if m.get("zero_std_frac", 0.0) > h.zero_std_frac else 0
+        found["flat_groups"] = None if self.zero_std_streak < h.zero_std_iterations else (
+            f"for {self.zero_std_streak} iterations more than {h.zero_std_frac:.0%} of the groups had equal rewards "
+            f"(zero_std_frac {m['zero_std_frac']:.2f}): they give no advantage. Raise sampling.eta or "
+            "sampling.group_size, or use a reward that separates the samples (is it constant?)")
+        earlier = [r["grad_norm"] for r in rows if math.isfinite(r.get("grad_norm", math.nan))]
+        norm = m.get("grad_norm", math.nan)
+        median = statistics.median(earlier) if len(earlier) >= h.window else None
+        found["exploding_update"] = None if median is None or not norm > h.grad_norm_factor * median else (
+            f"grad_norm {norm:.3g} is {norm / median:.0f}x the run's median {median:.3g}: the update is exploding. "
+            "Lower train.lr (DanceGRPO trains at 5e-6 to 2e-5) or train.grad_clip, or raise train.lr_warmup_steps")
+        clip = m.get("clip_frac", 0.0)
+        found["clip_saturated"] = None if not clip > h.clip_frac else (
+            f"{clip:.0%} of the ratios were clipped (> health.clip_frac={h.clip_frac}): the policy moves further per "
+            "step than grpo.clip_range allows and those samples give no gradient. Lower train.lr or raise "
+            "grpo.clip_range")
+        found["reward_hacking"] = self._diversity_collapse(m)
+        skipped = m.get("nonfinite_steps", 0)
+        found["nonfinite_steps"] = None if not skipped > 0 else (
+            f"{skipped:.0f} optimizer step(s) had a NaN or inf gradient and were skipped (weights unchanged); "
+            "train.max_nonfinite_steps in a row stop the run. Look at loss and grad_norm; lower train.lr")
+        return found
+
+    def _diversity_collapse(self, m: dict) -> str | None:
+        w = self.cfg.window
+        rows = [r for r in self.rows + [m] if "group_diversity" in r]
+        if len(rows) < 2 * w:
+            return None
+        base_div = statistics.mean(r["group_diversity"] for r in rows[:w])
+        recent_div = statistics.mean(r["group_diversity"] for r in rows[-w:])
+        base_reward = statistics.mean(r["reward_mean"] for r in rows[:w])
+        recent_reward = statistics.mean(r["reward_mean"] for r in rows[-w:])
+        if base_div <= 0 or recent_div >= self.cfg.diversity_fraction * base_div or recent_reward <= base_reward:
+            return None
+        return (f"group diversity fell to {recent_div / base_div:.0%} of its first {w} iterations' while the reward "
+                f"rose from {base_reward:.3f} to {recent_reward:.3f}: the policy may be hacking the reward (the "
+                "samples of a prompt converge). Add a KL penalty (grpo.kl_weight), lower train.lr, add a second "
+                "reward, and look at the samples")
+
+    def summary(self) -> dict:
+        best = None
+        if self.folder is not None and (self.folder / "eval.jsonl").is_file():
+            from fastvideo_grpo.outputs import read_metrics
+
+            evals = read_metrics(self.folder / "eval.jsonl")
+            means = [k for k in (evals[0] if evals else {}) if k.endswith("_mean")]
+            if means:
+                best = max(evals, key=lambda r: sum(r[k] for k in means))
+        return {"fired": self.fired, "iterations": len(self.rows), "best_eval": best}
+
+    def write(self) -> None:
+        if self.folder is None:
+            return
+        tmp = self.folder / f".{HEALTH}.tmp"
+        tmp.write_text(json.dumps(self.summary(), indent=1))
+        tmp.replace(self.folder / HEALTH)
+
+    def finish(self) -> None:
+        """The end-of-run summary: on the console and in health.json."""
+        if self.folder is None:
+            return
+        self.write()
+        summary = self.summary()
+        if not self.fired:
+            logger.info("health: no warning fired in %d iterations", summary["iterations"])
+        for name, entry in self.fired.items():
+            logger.warning("health: %s fired at iteration %d (%d iterations in %d episodes): %s", name,
+                           entry["first_iteration"], entry["iterations"], entry["episodes"], entry["message"])
+        if summary["best_eval"] is not None:
+            logger.info("health: best held-out evaluation at iteration %d: %s", summary["best_eval"]["iteration"],
+                        {k: round(v, 4) for k, v in summary["best_eval"].items() if k != "iteration"})
