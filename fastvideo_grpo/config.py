@@ -35,6 +35,10 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = "bf16"
     # "sdpa" is torch's scaled_dot_product_attention; "flash" requires flash-attn (GPU).
     attention: Literal["sdpa", "flash"] = "sdpa"
+    # Decode in overlapping spatial/temporal tiles (diffusers' enable_tiling, as DanceGRPO
+    # decodes): 53 frames at 480p do not fit untiled next to a training step. "auto": on at
+    # full size, off for the tiny model.
+    vae_tiling: Literal["auto", "on", "off"] = "auto"
     # HunyuanVideo and FLUX.1-dev are guidance-distilled: the guidance scale is an input embedding
     # (HunyuanVideo 6.0; FLUX.1-dev 3.5, as the FLUX configs set).
     guidance_scale: float = 6.0
@@ -93,6 +97,9 @@ class SamplingConfig:
     rollout_batch_size: int = 1
     # Decoded videos per VAE call.
     decode_batch_size: int = 1
+    # Where the trajectory (G x (N+1) latents per prompt, and their log-probs) is kept: on
+    # the training device, or in host memory for long videos, moved per micro-batch.
+    trajectory_device: Literal["device", "cpu"] = "device"
     # SDE steps per iteration, a window of the schedule (step_plan.py); 0: every step is an
     # SDE step (DanceGRPO). Only the window is trained; outside it ode_solver runs.
     sde_window_size: int = 0
@@ -279,6 +286,11 @@ class ParallelConfig:
     dp_replicate: int = 1
     activation_checkpointing: bool = True
     cpu_offload: bool = False
+    # Reduce-scatter gradients after every micro-batch instead of once per optimizer step.
+    # false: one reduction per step, but every rank holds the unsharded gradient of the
+    # whole model during accumulation (about 25 GB for a 13B model in bf16); true: sharded
+    # gradients throughout, one reduce-scatter per micro-batch.
+    reduce_grads_every_micro_batch: bool = False
 
 
 @dataclass

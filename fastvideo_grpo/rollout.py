@@ -123,8 +123,9 @@ def rollout(
         counter(x)
         return policy.predict(x, float(schedule[j]), c)
 
-    latents = torch.empty(total, steps + 1, *latent_shape, device=device)
-    log_probs = torch.full((total, steps), float("nan"), device=device)
+    store = torch.device("cpu") if s.trajectory_device == "cpu" else device
+    latents = torch.empty(total, steps + 1, *latent_shape, device=store)
+    log_probs = torch.full((total, steps), float("nan"), device=store)
     scored = torch.empty(total, *latent_shape, device=device)
     prefix = plan.prefix_steps if s.shared_noise else 0
     if prefix:
@@ -136,14 +137,15 @@ def rollout(
         for j in range(prefix):
             x = solver.step(predict(x, j, group_cond), x, schedule, j)
             path.append(x)
-        latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0)
+        latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0).to(store)
     batches = batch_slices(total, s.rollout_batch_size)
     for batch in batches:
         batch_cond, solver, last = cond.select(batch), Deterministic(sampler, s.ode_solver), None
         if prefix:
-            x = latents[batch, prefix]
+            x = latents[batch, prefix].to(device)
         else:
-            x = latents[batch, 0] = initial[batch].to(device)
+            x = initial[batch].to(device)
+            latents[batch, 0] = x
         for j in range(prefix, steps):
             output = predict(x, j, batch_cond)
             if j in sde:

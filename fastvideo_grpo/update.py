@@ -89,7 +89,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     them, and the update stops when it reaches train.max_nonfinite_steps."""
     g, t = cfg.grpo, cfg.train
     policy, reference = learner.policy, learner.reference
-    device = ro.latents.device
+    device = ro.scored_latents.device  # the training device, wherever the trajectory is kept
     advantages = advantages.to(device)
     stats.max("ratio_dev_first_update", 0.0)
     stats.max("logprob_drift_first_update", 0.0)
@@ -101,14 +101,16 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
         for position, mb in enumerate(chunk):
-            set_gradient_sync(policy.transformer, position == len(chunk) - 1)
-            idx = mb.samples.to(device)
-            x, x_next = ro.latents[idx, mb.step], ro.latents[idx, mb.step + 1]
+            set_gradient_sync(policy.transformer,
+                              position == len(chunk) - 1 or cfg.parallel.reduce_grads_every_micro_batch)
+            idx, rows = mb.samples.to(device), mb.samples.to(ro.latents.device)
+            x, x_next = ro.latents[rows, mb.step].to(device), ro.latents[rows, mb.step + 1].to(device)
+            old_log_prob = ro.log_probs[rows, mb.step].to(device)
             mb_cond = cond.select(mb.samples)
             t_k = float(ro.schedule[mb.step])
             step = ro.sampler.sde_step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, prev_sample=x_next)
             forward_rows += len(idx) * rows_per_sample * (1 if reference is None else 2)
-            loss, ratio = grpo.clipped_loss(step.log_prob, ro.log_probs[idx, mb.step], advantages[idx], g.clip_range)
+            loss, ratio = grpo.clipped_loss(step.log_prob, old_log_prob, advantages[idx], g.clip_range)
             if reference is not None:
                 with torch.no_grad():
                     ref = ro.sampler.sde_step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step,
@@ -123,7 +125,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             stats.max("ratio_max_dev", deviation.max())
             if step_index == 0:
                 stats.max("ratio_dev_first_update", deviation.max())
-                stats.max("logprob_drift_first_update", (step.log_prob.detach() - ro.log_probs[idx, mb.step]).abs().max())
+                stats.max("logprob_drift_first_update", (step.log_prob.detach() - old_log_prob).abs().max())
             record_ratio(stats, ratio, mb.step, ro.plan.num_transitions, g.clip_range)
             stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
         grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)

@@ -152,3 +152,48 @@ def test_a_step_loss_is_the_mean_over_its_samples_and_timesteps(tiny_cfg):
     run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, tiny_cfg)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_a_host_trajectory_trains_exactly_as_one_on_the_device(tiny_cfg):
+    """sampling.trajectory_device=cpu keeps the latents and log-probs in host memory; the
+    update moves each micro-batch's rows to the device. Same numbers either way."""
+    g = tiny_cfg.sampling.group_size
+    results = {}
+    for where in ("device", "cpu"):
+        tiny_cfg.sampling.trajectory_device = where
+        policy = tiny_policy(tiny_cfg)
+        cond = tiny_conditioning(tiny_cfg, PROMPTS[:2], g)
+        ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=g)
+        assert ro.latents.device.type == "cpu" and ro.log_probs.device.type == "cpu"
+        plan = plan_micro_batches(ro, torch.ones(2 * g, dtype=torch.bool), tiny_cfg, (0, 0))
+        optimizer, scheduler = build_optimizer(policy, tiny_cfg)
+        results[where] = (ro, run_update(policy, optimizer, scheduler, ro, cond, torch.linspace(-1, 1, 2 * g), plan,
+                                         tiny_cfg), [p.detach().clone() for p in policy.transformer.parameters()])
+    (ro_a, stats_a, weights_a), (ro_b, stats_b, weights_b) = results.values()
+    assert torch.equal(ro_a.latents, ro_b.latents) and stats_a == stats_b
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
+
+
+@pytest.mark.parametrize("every_micro_batch", [False, True])
+def test_gradient_reduction_per_micro_batch_is_a_choice(tiny_cfg, monkeypatch, every_micro_batch):
+    from fastvideo_grpo import update
+
+    tiny_cfg.parallel.reduce_grads_every_micro_batch = every_micro_batch
+    tiny_cfg.train.gradient_accumulation_steps = 1000  # one optimizer step over every micro-batch
+    calls = []
+    monkeypatch.setattr(update, "set_gradient_sync", lambda model, enabled: calls.append(enabled))
+    g = tiny_cfg.sampling.group_size
+    policy = tiny_policy(tiny_cfg)
+    cond = tiny_conditioning(tiny_cfg, PROMPTS[:1], g)
+    ro = tiny_rollout(tiny_cfg, policy, cond, batch_size=g)
+    plan = plan_micro_batches(ro, torch.ones(g, dtype=torch.bool), tiny_cfg, (0, 0))
+    optimizer, scheduler = build_optimizer(policy, tiny_cfg)
+    run_update(policy, optimizer, scheduler, ro, cond, torch.randn(g), plan, tiny_cfg)
+    assert len(calls) == len(plan[0]) > 1
+    assert calls == ([True] * len(calls) if every_micro_batch else [False] * (len(calls) - 1) + [True])
+
+
+@pytest.mark.parametrize("setting,tiled", [("auto", False), ("on", True), ("off", False)])
+def test_vae_tiling_follows_the_config(tiny_cfg, setting, tiled):
+    tiny_cfg.model.vae_tiling = setting
+    assert tiny_policy(tiny_cfg).vae.use_tiling is tiled  # auto: off for the tiny model, on at full size

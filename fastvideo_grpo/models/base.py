@@ -122,9 +122,11 @@ def load_pretrained(cfg: ModelConfig, network_cls: type, network_folder: str, va
 
 
 def place_on_device(network: nn.Module, vae: nn.Module, cfg: ModelConfig, device: torch.device) -> None:
-    """Attention backend, device, and a frozen VAE in model.dtype."""
+    """Attention backend, device, and a frozen VAE in model.dtype (tiled per model.vae_tiling)."""
     if cfg.attention == "flash":
         network.set_attention_backend("flash")
     network.to(device)
     vae.to(device, DTYPES[cfg.dtype]).requires_grad_(False).eval()
+    if cfg.vae_tiling == "on" or (cfg.vae_tiling == "auto" and cfg.size == "full"):
+        vae.enable_tiling()
     logger.info("%s: %.2fM parameters", type(network).__name__, sum(p.numel() for p in network.parameters()) / 1e6)
