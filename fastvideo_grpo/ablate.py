@@ -78,6 +78,8 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
                                                    "grpo.timestep_fraction=1.0")),
         Setting("window 2 random, CPS", ("sampling.sde_window_size=2", "sampling.sde_window_schedule=random",
                                          "sampling.sde_type=cps", "grpo.timestep_fraction=1.0"))]),
+    "algorithm": ("DiffusionNFT (forward process, deterministic rollouts) against clipped GRPO", [
+        Setting("GRPO"), Setting("DiffusionNFT", ("train.algorithm=nft", "sampling.shared_noise=false"))]),
     "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [
         Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
 }

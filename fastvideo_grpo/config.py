@@ -213,6 +213,24 @@ class TrainConfig:
     # When the EMA is updated: once per iteration, after its optimizer steps, as DanceGRPO's
     # FLUX trainer does (the default), or after every optimizer step.
     ema_update: Literal["iteration", "optimizer_step"] = "iteration"
+    # The training algorithm: clipped GRPO on the SDE rollout's log-probs, or DiffusionNFT
+    # (nft.py) on the forward process of deterministic rollouts (the `nft` section).
+    algorithm: Literal["grpo", "nft"] = "grpo"
+
+
+@dataclass
+class NFTConfig:
+    # Weight of the policy in the implicit positive policy beta*v + (1-beta)*v_old.
+    beta: float = 1.0
+    # The old policy's EMA decay schedule (nft.return_decay): 0 flat 0 (old = the last
+    # policy), 1 rising by 0.001 per optimizer step to 0.5, 2 flat for 75 steps then by
+    # 0.0075 to 0.999.
+    decay_type: int = 1
+    # ||v - v_ref||^2 to the frozen initial policy (0: no reference is built).
+    kl_weight: float = 0.0
+    # Samples per training forward (0: sampling.rollout_batch_size); free of the rollout's
+    # batching, as no log-prob has to match.
+    micro_batch_size: int = 0
 
 
 @dataclass
@@ -306,6 +324,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -458,6 +477,14 @@ def validate(cfg: Config) -> None:
     require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
             s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
     require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+    n = cfg.nft
+    require(n.beta > 0, "nft.beta", n.beta, "> 0")
+    require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
+    require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
+    require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
+    require(t.algorithm != "nft" or not s.shared_noise, "sampling.shared_noise", s.shared_noise,
+            "false with train.algorithm=nft: its rollout is deterministic, so one initial noise per group "
+            "would give G equal samples")
     h = cfg.health
     for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
         require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")

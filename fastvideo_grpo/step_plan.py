@@ -36,8 +36,8 @@ class StepPlan:
     @property
     def prefix_steps(self) -> int:
         """The deterministic transitions before the first SDE step: the same for every sample
-        of a group that shares its initial noise."""
-        return self.sde_steps[0]
+        of a group that shares its initial noise (all of them in an SDE-free plan)."""
+        return self.sde_steps[0] if self.sde_steps else self.num_transitions
 
     def schedule(self, full: torch.Tensor) -> torch.Tensor:
         """The visited noise levels of `full`, the policy's N+1-level schedule."""

@@ -25,6 +25,7 @@ from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
+from fastvideo_grpo.nft import nft_update, ode_plan, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
@@ -63,13 +64,16 @@ def setup(cfg: Config) -> Components:
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
-    reference = build_reference(policy) if cfg.grpo.kl_weight > 0 else None
+    nft = t.algorithm == "nft"
+    reference = build_reference(policy) if (cfg.nft.kl_weight if nft else cfg.grpo.kl_weight) > 0 else None
+    old = build_reference(policy) if nft else None
     transformer_config = diffusers_config(policy.transformer)
     if cfg.model.lora_rank > 0:
         apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
     parallelize(policy, world, cfg)
-    if reference is not None:
-        parallelize(reference, world, cfg)
+    for frozen in (reference, old):
+        if frozen is not None:
+            parallelize(frozen, world, cfg)
     optimizer, scheduler = build_optimizer(policy, cfg)
     sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)
@@ -77,7 +81,7 @@ def setup(cfg: Config) -> Components:
     logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(source),
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
-    return Components(policy=policy, reference=reference, optimizer=optimizer, scheduler=scheduler, ema=ema,
+    return Components(policy=policy, reference=reference, old=old, optimizer=optimizer, scheduler=scheduler, ema=ema,
                       world=world, scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
                       latent_shape=latent_shape, transformer_config=transformer_config)
 
@@ -187,8 +191,10 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
             saved_videos.append(videos)
 
     with timer("rollout"):
-        plan = build_step_plan(s, iteration, make_generator(*seed_parts, 4))
-        ro = rollout(policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan, decode_and_submit)
+        nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
+        plan = ode_plan(s.num_steps) if nft else build_step_plan(s, iteration, make_generator(*seed_parts, 4))
+        ro = rollout(c.old if nft else policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
+                     decode_and_submit)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]
@@ -203,8 +209,12 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         kept = torch.zeros_like(kept)
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
     with timer("train"):
-        update_policy(c, ro, cond, scores.advantages, plan_micro_batches(ro, kept, cfg, seed_parts, first_sample),
-                      cfg, stats)
+        if nft:
+            nft_update(c, c.old, ro, cond, scores.advantages, kept, cfg, stats, seed_parts, first_sample)
+            stats.mean("old_decay", update_old(c.old, policy, c.scheduler.last_epoch, cfg.nft.decay_type))
+        else:
+            update_policy(c, ro, cond, scores.advantages, plan_micro_batches(ro, kept, cfg, seed_parts, first_sample),
+                          cfg, stats)
 
     if saving:
         videos = torch.cat(saved_videos)[:t.num_saved_samples]

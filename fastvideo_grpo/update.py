@@ -66,8 +66,9 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
 
 @dataclass(kw_only=True)
 class Learner:
-    """What an update changes: the policy, its optimizer and LR schedule, the EMA, and the
-    count of non-finite optimizer steps in a row (it runs on across iterations)."""
+    """What an update changes: the policy, its optimizer and LR schedule, the EMA (and NFT's
+    old policy), and the count of non-finite optimizer steps in a row (it runs on across
+    iterations)."""
 
     policy: Policy
     reference: Policy | None  # frozen initial policy of the KL penalty
@@ -75,6 +76,7 @@ class Learner:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: dict[str, torch.Tensor] | None = None
     nonfinite_streak: int = 0
+    old: Policy | None = None  # DiffusionNFT's old policy: it samples, and moves slowly toward the policy
 
 
 def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,

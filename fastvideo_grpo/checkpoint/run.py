@@ -9,6 +9,7 @@ from fastvideo_grpo.checkpoint.folders import latest_checkpoint
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.prompts import PromptSampler
+from fastvideo_grpo.nft import old_state
 from fastvideo_grpo.parallel import World, all_finite
 from fastvideo_grpo.update import Learner, NonFiniteTraining
 
@@ -32,7 +33,7 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
                              "or give this run another train.output_dir")
         return 0
     state = load_checkpoint(path, learner.policy.transformer, learner.optimizer, world, learner.ema,
-                            verify=cfg.checkpoint.verify)
+                            verify=cfg.checkpoint.verify, extra=_extra(learner))
     learner.scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     return state["iteration"]
@@ -46,4 +47,8 @@ def save_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config
                                 f"them over {cfg.train.output_dir}/checkpoints (the last checkpoint is intact)")
     trainer_state = {"scheduler": learner.scheduler.state_dict(), "sampler": sampler.state_dict()}
     save_checkpoint(cfg.train.output_dir, iteration, learner.policy.transformer, learner.optimizer, trainer_state, world,
-                    cfg.checkpoint.keep_last, learner.ema, transformer_config)
+                    cfg.checkpoint.keep_last, learner.ema, transformer_config, _extra(learner))
+
+
+def _extra(learner: Learner) -> dict[str, dict]:
+    return {"old": old_state(learner.old, learner.policy)} if learner.old is not None else {}

@@ -91,12 +91,15 @@ def _json_bytes(data: dict, indent: int | None = None) -> bytes:
     return json.dumps(data, indent=indent).encode()
 
 
-def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None) -> dict:
-    """What is saved: trained weights only (with LoRA, the adapters), optimizer, EMA."""
+def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None,
+                  extra: dict[str, dict] | None = None) -> dict:
+    """What is saved: trained weights only (with LoRA, the adapters), optimizer, EMA, and
+    `extra` named groups of tensors (NFT's old policy), loaded in place."""
     state = {"model": trainable_state(get_model_state_dict(model), model),
              "optimizer": get_optimizer_state_dict(model, optimizer)}
     if ema is not None:
         state["ema"] = ema
+    state.update(extra or {})
     return state
 
 
@@ -108,7 +111,8 @@ def diffusers_config(model: torch.nn.Module) -> dict:
 
 def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, trainer_state: dict, world: World,
-                    keep_last: int, ema: dict | None = None, model_config: dict | None = None) -> Path:
+                    keep_last: int, ema: dict | None = None, model_config: dict | None = None,
+                    extra: dict[str, dict] | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint folder. A write that
     fails on any rank raises CheckpointError on every rank; the partial folder is removed and
     `latest` still names the previous checkpoint."""
@@ -122,7 +126,7 @@ def save_checkpoint(output_dir: str | Path, iteration: int, model: torch.nn.Modu
     written = Checksums()
 
     def write_this_ranks_files():
-        dcp.save(sharded_state(model, optimizer, ema), checkpoint_id=tmp,
+        dcp.save(sharded_state(model, optimizer, ema, extra), checkpoint_id=tmp,
                  storage_writer=ChecksummingWriter(tmp, written))
         write_file(tmp / f"rng_rank{world.rank}.pt", written, lambda f: torch.save(rng_state(), f))
         if world.is_main:
@@ -249,7 +253,8 @@ def _load_rng(path: Path, rank: int, files: dict | None, checksums: bool) -> dic
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    world: World, ema: dict | None = None, verify: bool = True) -> dict:
+                    world: World, ema: dict | None = None, verify: bool = True,
+                    extra: dict[str, dict] | None = None) -> dict:
     """Load into the (possibly sharded) model, optimizer and EMA in place; restore this
     rank's RNG states when the world size is unchanged. Returns the trainer state.
 
@@ -261,7 +266,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         raise FileNotFoundError(f"{path} is not a checkpoint: no trainer_state.json")
     files = verify_checkpoint(path, world, verify)
     trainer_state = _read_trainer_state(path)
-    state = sharded_state(model, optimizer, ema)
+    state = sharded_state(model, optimizer, ema, extra)
     load_shards(state, path)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, state["optimizer"])

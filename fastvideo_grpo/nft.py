@@ -1,0 +1,148 @@
+"""DiffusionNFT (arXiv 2509.16117), the second training algorithm (`train.algorithm: nft`).
+
+Rollouts are deterministic ODE trajectories of the *old* policy, a slow copy of the trained
+weights; only each sample's clean latent and reward are kept. Training noises the clean
+latents afresh, x_t = alpha_t x0 + sigma_t eps, at timesteps drawn from the sampler's
+levels, and pulls an implicit positive policy toward the samples with high advantage and an
+implicit negative one toward those with low:
+
+    v+ = beta v + (1 - beta) v_old,    v- = (1 + beta) v_old - beta v
+    x0+ = x0_hat(v+),  x0- = x0_hat(v-)                (the sampler's clean prediction)
+    r = clamp(A / adv_clip_max / 2 + 1/2, 0, 1)
+    loss = adv_clip_max * mean(r ||x0+ - x0||^2 / w+ + (1 - r) ||x0- - x0||^2 / w-) / beta
+
+with adaptive weights w = mean |x0_hat - x0| (no gradient, at least 1e-5), plus
+nft.kl_weight * ||v - v_ref||^2 to the frozen initial policy. After each iteration
+old <- d old + (1 - d) theta, d from the reference's decay schedules (`return_decay`).
+The network output may be a velocity (rectified flow) or a noise prediction (DDIM): x0_hat
+is affine in it either way, so the same combination of outputs gives the same loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastvideo_grpo.config import Config
+from fastvideo_grpo.ema import update_ema
+from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.models import Policy, TextConditioning
+from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
+from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator
+from fastvideo_grpo.step_plan import StepPlan
+from fastvideo_grpo.update import Learner
+
+# decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
+DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
+
+
+def return_decay(step: int, decay_type: int) -> float:
+    """The old policy's EMA decay after `step` optimizer steps: 0 during the flat part, then
+    rising linearly to the ceiling (type 0: always 0, the old policy is the last one)."""
+    flat, rate, ceiling = DECAYS[decay_type]
+    return 0.0 if step < flat else min((step - flat) * rate, ceiling)
+
+
+def ode_plan(num_steps: int) -> StepPlan:
+    """Every step deterministic: nothing is stochastic, nothing replayed."""
+    return StepPlan(tuple(range(num_steps + 1)), (), ())
+
+
+def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
+             advantages: torch.Tensor, to_x0, beta: float, adv_clip_max: float) -> torch.Tensor:
+    """Per-sample NFT loss [B]; `to_x0(output)` is the sampler's clean prediction at x_t."""
+    old_output = old_output.detach()
+    positive = to_x0(beta * output + (1 - beta) * old_output)
+    negative = to_x0((1 + beta) * old_output - beta * output)
+    dims = tuple(range(1, x0.ndim))
+
+    def weighted(prediction):
+        with torch.no_grad():
+            weight = (prediction.double() - x0.double()).abs().mean(dim=dims, keepdim=True).clamp(min=1e-5)
+        return ((prediction - x0) ** 2 / weight).mean(dim=dims)
+
+    r = (advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max / 2 + 0.5).clamp(0, 1)
+    return adv_clip_max * (r * weighted(positive) + (1 - r) * weighted(negative)) / beta
+
+
+def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
+               kept: torch.Tensor, cfg: Config, stats: IterationStats, seed_parts: tuple[int, ...],
+               first_sample: int) -> None:
+    """One optimizer step per train.gradient_accumulation_steps kept samples. A micro-batch
+    is nft.micro_batch_size samples at one timestep (its samples share it, so one forward
+    serves them); each sample trains int(N * grpo.timestep_fraction) of the N levels, drawn
+    per micro-batch from a generator seeded by its first global sample index."""
+    n, g, t = cfg.nft, cfg.grpo, cfg.train
+    policy, reference, sampler = learner.policy, learner.reference, ro.sampler
+    device = ro.scored_latents.device
+    levels = sampler.levels
+    count = max(1, int((len(levels) - 1) * g.timestep_fraction))
+    samples = torch.nonzero(kept).flatten()
+    advantages = advantages.to(device)
+    size = n.micro_batch_size or cfg.sampling.rollout_batch_size
+    rows_per_sample = 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
+    forward_rows = steps = skipped = 0
+    for start in range(0, len(samples), t.gradient_accumulation_steps):
+        window = samples[start:start + t.gradient_accumulation_steps]
+        chunks = [window[b] for b in batch_slices(len(window), size)]
+        for c_index, chunk in enumerate(chunks):
+            gen = make_generator(*seed_parts, 5, first_sample + int(chunk[0]))
+            for position, j in enumerate(torch.randperm(len(levels) - 1, generator=gen)[:count].tolist()):
+                set_gradient_sync(policy.transformer, (c_index == len(chunks) - 1 and position == count - 1)
+                                  or cfg.parallel.reduce_grads_every_micro_batch)
+                x0 = ro.scored_latents[chunk.to(device)]
+                eps = torch.randn(x0.shape, generator=gen).to(device)
+                alpha, sigma = sampler.noise_level(levels, j)
+                x_t = alpha * x0 + sigma * eps
+                level, mb_cond = float(levels[j]), cond.select(chunk)
+                output = policy.predict(x_t, level, mb_cond)
+                with torch.no_grad():
+                    old_output = old.predict(x_t, level, mb_cond)
+                loss = nft_loss(output, old_output, x_t, x0, advantages[chunk.to(device)],
+                                lambda out: sampler.pred_original(out, x_t, levels, j), n.beta, g.adv_clip_max).mean()
+                forward_rows += len(chunk) * rows_per_sample * (3 if reference is not None else 2)
+                if reference is not None:
+                    with torch.no_grad():
+                        ref_output = reference.predict(x_t, level, mb_cond)
+                    kl = (output - ref_output).pow(2).mean()
+                    loss = loss + n.kl_weight * kl
+                    stats.mean("kl", kl)
+                (loss * len(chunk) / (len(window) * count)).backward()
+                stats.mean("loss", loss)
+                stats.mean("old_deviation", (output.detach() - old_output).pow(2).mean())
+        grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)
+        if math.isfinite(grad_norm):
+            stats.mean("grad_norm", grad_norm)
+            stats.mean("grad_clipped_frac", float(grad_norm > t.grad_clip))
+            learner.optimizer.step()
+            learner.scheduler.step()
+            learner.nonfinite_streak, steps = 0, steps + 1
+        else:
+            skipped, learner.nonfinite_streak = skipped + 1, learner.nonfinite_streak + 1
+        learner.optimizer.zero_grad(set_to_none=True)
+        if learner.nonfinite_streak >= t.max_nonfinite_steps:
+            break
+    if learner.ema is not None and steps > 0:
+        update_ema(learner.ema, policy.transformer, t.ema_decay)
+    stats.total("transformer_forwards_train", forward_rows)
+    stats.mean("optimizer_steps", steps)
+    stats.mean("nonfinite_steps", skipped)
+
+
+@torch.no_grad()
+def update_old(old: Policy, policy: Policy, optimizer_steps: int, decay_type: int) -> float:
+    """old <- d * old + (1 - d) * theta over the trained weights; returns d."""
+    decay = return_decay(optimizer_steps, decay_type)
+    trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
+    current = dict(policy.transformer.named_parameters())
+    for name, p in old.transformer.named_parameters():
+        if name in trained:
+            p.lerp_(current[name].detach(), 1.0 - decay)
+    return decay
+
+
+def old_state(old: Policy, policy: Policy) -> dict[str, torch.Tensor]:
+    """The old policy's trained weights, as checkpointed (in place: loading fills them)."""
+    trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
+    return {name: p.detach() for name, p in old.transformer.named_parameters() if name in trained}

@@ -1,0 +1,103 @@
+"""DiffusionNFT: the loss against an independent computation, the old policy's decay and
+update, the config rule, and bit-exact resume of a run."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.nft import nft_loss, return_decay, update_old
+from fastvideo_grpo.trainer import train
+from fastvideo_grpo.update import build_reference
+from helpers import read_jsonl, tiny_policy
+
+
+def reference_loss(v, v_old, x_t, x0, a, sigma, beta, clip):
+    """The reference's per-sample loss in float64 numpy, written from its formulas."""
+    v, v_old, x_t, x0 = (np.asarray(t, dtype=np.float64) for t in (v, v_old, x_t, x0))
+    pos = x_t - sigma * (beta * v + (1 - beta) * v_old)
+    neg = x_t - sigma * ((1 + beta) * v_old - beta * v)
+    out = []
+    for i in range(len(x0)):
+        w_pos = max(np.abs(pos[i] - x0[i]).mean(), 1e-5)
+        w_neg = max(np.abs(neg[i] - x0[i]).mean(), 1e-5)
+        r = min(max(min(max(a[i], -clip), clip) / clip / 2 + 0.5, 0.0), 1.0)
+        out.append(clip * (r * ((pos[i] - x0[i]) ** 2 / w_pos).mean()
+                           + (1 - r) * ((neg[i] - x0[i]) ** 2 / w_neg).mean()) / beta)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.1])
+def test_the_loss_equals_the_reference_formulas(beta):
+    gen = torch.Generator().manual_seed(0)
+    v, v_old, x0, eps = (torch.randn(4, 3, 5, generator=gen, dtype=torch.float64) for _ in range(4))
+    sigma = 0.7
+    x_t = (1 - sigma) * x0 + sigma * eps
+    a = torch.tensor([-9.0, -1.0, 0.5, 3.0], dtype=torch.float64)  # the first beyond adv_clip_max
+    got = nft_loss(v, v_old, x_t, x0, a, lambda out: x_t - sigma * out, beta, adv_clip_max=5.0)
+    np.testing.assert_allclose(got.numpy(), reference_loss(v, v_old, x_t, x0, a.numpy(), sigma, beta, 5.0), rtol=1e-12)
+
+
+def test_the_loss_pulls_toward_good_samples_and_away_from_bad():
+    """With r = 1 the gradient moves v+ toward x0; with r = 0 the negative toward x0, which
+    moves v the other way (v- = 2 v_old - v at beta 1)."""
+    x0, x_t, v_old = torch.zeros(1, 4), torch.ones(1, 4), torch.zeros(1, 4)
+    for advantage, sign in ((5.0, 1), (-5.0, -1)):
+        v = torch.zeros(1, 4, requires_grad=True)
+        nft_loss(v, v_old, x_t, x0, torch.tensor([advantage]), lambda out: x_t - out, 1.0, 5.0).sum().backward()
+        assert (torch.sign(-v.grad) == sign).all()  # descent direction: v grows toward x_t - x0 = 1, or away
+
+
+def test_decay_schedules_are_the_references():
+    assert [return_decay(s, 0) for s in (0, 10, 1000)] == [0.0, 0.0, 0.0]
+    assert [return_decay(s, 1) for s in (0, 100, 499, 2000)] == [0.0, 0.1, pytest.approx(0.499), 0.5]
+    assert [return_decay(s, 2) for s in (0, 74, 75, 175, 10_000)] == [0.0, 0.0, 0.0, pytest.approx(0.75), 0.999]
+
+
+def test_the_old_policy_moves_toward_the_policy_by_one_minus_decay(tiny_cfg):
+    policy = tiny_policy(tiny_cfg)
+    old = build_reference(policy)
+    before = {n: p.detach().clone() for n, p in old.transformer.named_parameters()}
+    with torch.no_grad():
+        for p in policy.transformer.parameters():
+            p.add_(1.0)
+    decay = update_old(old, policy, optimizer_steps=300, decay_type=1)
+    assert decay == pytest.approx(0.3)
+    current = dict(policy.transformer.named_parameters())
+    for name, p in old.transformer.named_parameters():
+        torch.testing.assert_close(p, 0.3 * before[name] + 0.7 * current[name])
+
+
+def test_nft_needs_independent_initial_noise():
+    with pytest.raises(ConfigError, match="sampling.shared_noise"):
+        load_config(ROOT / "assets/configs/tiny_t2v.yaml", ["train.algorithm=nft"])
+
+
+def nft_cfg(out, *overrides):
+    return load_config(ROOT / "assets/configs/tiny_t2v.yaml", [
+        f"train.output_dir={out}", "train.progress_bar=false", "reward.mode=inline", "train.sample_every=0",
+        f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}", "train.algorithm=nft", "sampling.shared_noise=false",
+        "train.prompts_per_iteration=2", "nft.decay_type=1", "checkpoint.every=2", *overrides])
+
+
+def test_a_resumed_nft_run_is_bit_exact(tmp_path):
+    straight = read_jsonl(train(nft_cfg(tmp_path / "a", "train.iterations=4")) / "metrics.jsonl")
+    train(nft_cfg(tmp_path / "b", "train.iterations=2"))
+    resumed = read_jsonl(train(nft_cfg(tmp_path / "b", "train.iterations=4")) / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
+    for a, b in zip(straight, resumed):
+        assert {k: v for k, v in a.items() if not k.startswith("time") and k != "samples_per_s"} == \
+               {k: v for k, v in b.items() if not k.startswith("time") and k != "samples_per_s"}
+    assert straight[-1]["transformer_forwards_rollout"] == 2 * 8 * 8  # prompts x G x N, no SDE replay
+
+
+@pytest.mark.parametrize("config", ["tiny_sd_t2i.yaml", "tiny_flux_t2i.yaml"])
+def test_every_family_trains_with_nft(tmp_path, config):
+    """Noise prediction (SD) takes the same loss through its x0 prediction; FLUX goes through
+    its sampler too."""
+    cfg = load_config(ROOT / "assets/configs" / config, [
+        f"train.output_dir={tmp_path}", "train.progress_bar=false", "reward.mode=inline", "train.sample_every=0",
+        "train.algorithm=nft", "sampling.shared_noise=false", "train.iterations=1", "checkpoint.every=0"])
+    row = read_jsonl(train(cfg) / "metrics.jsonl")[0]
+    assert np.isfinite(row["loss"]) and row["optimizer_steps"] >= 1 and row["old_decay"] >= 0
