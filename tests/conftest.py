@@ -32,7 +32,28 @@ def tiny_cfg(tmp_path):
     ])
 
 
+@pytest.fixture(scope="session")
+def one_rank_run(tmp_path_factory):
+    """(config file, *overrides) -> the output folder of tests/dist/train_run.py run in one
+    process with them: the reference of the 2-rank comparisons, run once per session
+    (test_distributed and test_families compare against the same tiny T2V run)."""
+    from helpers import DIST, run
+
+    runs = {}
+
+    def get(config, *overrides):
+        key = (str(config), overrides)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("one_rank")
+            run([DIST / "train_run.py", "--config", config, *overrides, f"train.output_dir={out}"])
+            runs[key] = out
+        return runs[key]
+
+    return get
+
+
 def pytest_collection_modifyitems(items):
-    # The real-SLURM tests (an xdist group) spend minutes waiting on SLURM itself: run first,
-    # that wait overlaps the other worker's tests instead of trailing the suite.
+    # xdist groups run first: the real-SLURM tests spend minutes waiting on SLURM itself, and
+    # test_families (one worker, its runs shared) is the longest single share; both then
+    # overlap the other worker's tests instead of trailing the suite.
     items.sort(key=lambda item: 0 if item.get_closest_marker("xdist_group") else 1)

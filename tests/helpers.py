@@ -1,4 +1,5 @@
-"""Shared builders for tests: the tiny policy and its conditioning; waiting on a run; mp4 bytes."""
+"""Shared builders for tests: the tiny policy and its conditioning; waiting on a run; mp4 bytes;
+multi-process runs and their comparison; first-frame latents for image-to-video."""
 
 import json
 import time
@@ -71,3 +72,86 @@ def decode_mp4(data: bytes):
 def read_jsonl(path) -> list[dict]:
     """The records of a JSONL file (metrics.jsonl, eval.jsonl, manifests), in order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# Multi-process runs: torchrun --nproc_per_node=2 with gloo, compared to one process.
+ROOT = Path(__file__).resolve().parents[1]
+DIST = ROOT / "tests" / "dist"
+# adam_eps: weights whose true gradient is 0 (a key bias under softmax) get rounding-level
+# gradients that Adam with eps=1e-8 turns into lr-sized steps of arbitrary sign.
+COMMON = ["train.adam_eps=1e-4", "parallel.activation_checkpointing=true", "train.iterations=3", "train.sample_every=0",
+          "train.progress_bar=false", "train.gradient_accumulation_steps=1000", "sampling.group_size=4",
+          "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4"]
+
+
+def run(args, nproc=None, timeout=300):
+    """`python ARGS`, or `torchrun --nproc_per_node=NPROC ARGS`, one thread a process; fails
+    the test with the output's tail unless it exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable]
+    if nproc:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    result = subprocess.run(launcher + [str(a) for a in args], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def assert_same_training(one, many):
+    """Two runs of tests/dist/train_run.py (one process, several) trained the same weights
+    and logged the same metrics."""
+    import pytest
+
+    a, b = torch.load(one / "final_params.pt"), torch.load(many / "final_params.pt")
+    assert a.keys() == b.keys()
+    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
+    norm = sum((a[k] ** 2).sum() for k in a).sqrt()
+    assert diff / norm < 1e-5
+    # Per tensor, reduction order differences of ~1e-7 pass through three Adam steps; the
+    # sharded forward differs from the unsharded one by ~5e-7 in the latents, which can flip
+    # a decoded pixel's rounding and so move a reward by ~1e-6.
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
+    for r1, r2 in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(many / "metrics.jsonl"), strict=True):
+        for key in ("reward_mean", "grad_norm", "ratio_mean"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+        assert abs(r2["loss"] - r1["loss"]) < 1e-6
+        assert r2["ratio_dev_first_update"] == 0.0
+
+
+def smooth_image(rng, size: int = 32):
+    """A colour gradient: uint8 [size, size, 3]."""
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    c = rng.uniform(0.2, 1, 3)
+    return (np.stack([c[0] * x, c[1] * y, c[2] * (1 - x)], -1) * 255).astype(np.uint8)
+
+
+def write_image_latents(folder: Path, count: int = 8) -> Path:
+    """First-frame latents for image-to-video: `count` gradient images (one per prompt of
+    assets/prompts/tiny.txt by default) encoded by preprocess_latents.py with the tiny
+    HunyuanVideo VAE at 32x32; returns the latents folder (data.image_latents_dir)."""
+    import sys
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder
+
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    import preprocess_latents
+
+    model = write_folder(folder / "hunyuan")
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        iio.imwrite(folder / f"{i}.png", smooth_image(rng))
+    (folder / "inputs.txt").write_text("".join(f"{i}.png\n" for i in range(count)))
+    preprocess_latents.main(["--model-path", str(model), "--inputs", str(folder / "inputs.txt"), "--output",
+                             str(folder / "latents"), "--height", "32", "--width", "32", "--dtype", "fp32",
+                             "--device", "cpu"])
+    return folder / "latents"

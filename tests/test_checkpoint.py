@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import read_jsonl, wait_for_lines
+from helpers import read_jsonl, run, wait_for_lines
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import World
 from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE
 from fastvideo_grpo.trainer import train
-from test_distributed import run
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "checkpoint.every=0"]

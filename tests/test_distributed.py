@@ -9,59 +9,15 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import read_jsonl
+from helpers import COMMON, DIST, assert_same_training, run
 
-DIST = ROOT / "tests" / "dist"
-# adam_eps: weights whose true gradient is 0 (a key bias under softmax) get rounding-level
-# gradients that Adam with eps=1e-8 turns into lr-sized steps of arbitrary sign.
-COMMON = ["train.adam_eps=1e-4", "parallel.activation_checkpointing=true", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false",
-          "train.gradient_accumulation_steps=1000", "sampling.group_size=4", "sampling.rollout_batch_size=4",
-          "sampling.decode_batch_size=4"]
-
-
-def run(args, nproc=None, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable]
-    if nproc:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    result = subprocess.run(launcher + [str(a) for a in args], capture_output=True, text=True, env=env,
-                            cwd=ROOT, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-def metrics(out):
-    return read_jsonl(out / "metrics.jsonl")
+TINY_T2V = ROOT / "assets/configs/tiny_t2v.yaml"
 
 
 @pytest.fixture(scope="module")
-def single_rank_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("one_rank")
-    run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=2", f"train.output_dir={out}"])
-    return out
-
-
-def assert_same_training(one, many):
-    a, b = torch.load(one / "final_params.pt"), torch.load(many / "final_params.pt")
-    assert a.keys() == b.keys()
-    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
-    norm = sum((a[k] ** 2).sum() for k in a).sqrt()
-    assert diff / norm < 1e-5
-    # Per tensor, reduction order differences of ~1e-7 pass through three Adam steps; the
-    # sharded forward differs from the unsharded one by ~5e-7 in the latents, which can flip
-    # a decoded pixel's rounding and so move a reward by ~1e-6.
-    for k in a:
-        assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
-    for r1, r2 in zip(metrics(one), metrics(many), strict=True):
-        for key in ("reward_mean", "grad_norm", "ratio_mean"):
-            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
-        assert abs(r2["loss"] - r1["loss"]) < 1e-6
-        assert r2["ratio_dev_first_update"] == 0.0
-
-
-def test_fsdp_two_ranks_match_one_rank(single_rank_run, tmp_path):
-    run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", f"train.output_dir={tmp_path}"], nproc=2)
-    assert_same_training(single_rank_run, tmp_path)
+def single_rank_run(one_rank_run):
+    # The same run as test_families' FSDP comparison of hunyuan_video: made once per session.
+    return one_rank_run(TINY_T2V, *COMMON, "train.prompts_per_iteration=2")
 
 
 def test_two_ranks_scoring_in_one_reward_process_match_one_rank(single_rank_run, tmp_path):

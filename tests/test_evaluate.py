@@ -93,7 +93,7 @@ def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_
 def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
     """In-loop evaluation under 2-rank FSDP (3 prompts: one rank pads) and the CLI on 2
     ranks both give the 1-rank CLI's scores for the same checkpoint."""
-    from test_distributed import run
+    from helpers import run
 
     out = tmp_path / "run"
     common = ["--config", ROOT / "assets/configs/tiny_t2v.yaml"]

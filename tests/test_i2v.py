@@ -1,11 +1,8 @@
-"""HunyuanVideo image-to-video: first-frame latent conditioning, CFG training, export."""
+"""HunyuanVideo image-to-video: first-frame latent conditioning and the latents' checks. Training,
+export and LoRA: test_families.py."""
 
-import json
-import sys
 from dataclasses import replace
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 
@@ -15,39 +12,15 @@ from fastvideo_grpo.data.embeddings import ImageLatents
 from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
 from fastvideo_grpo.models.tiny.hunyuan_video import tiny_transformer, tiny_vae
 from fastvideo_grpo.data.sources import build_prompt_source
-from fastvideo_grpo.trainer import train
-from helpers import read_jsonl, tiny_rollout
+from helpers import tiny_rollout, write_image_latents
 
-sys.path.insert(0, str(ROOT / "data_preprocess"))
 TINY_I2V = ROOT / "assets/configs/tiny_i2v.yaml"
-SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
-         "train.sample_every=0", "train.progress_bar=false", "train.prompts_per_iteration=2", "train.iterations=2"]
-NUM_PROMPTS = 8  # assets/prompts/tiny.txt
-
-
-def smooth_image(rng) -> np.ndarray:
-    """A colour gradient: [32, 32, 3] uint8."""
-    y, x = np.mgrid[0:32, 0:32] / 31
-    c = rng.uniform(0.2, 1, 3)
-    return (np.stack([c[0] * x, c[1] * y, c[2] * (1 - x)], -1) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def image_latents(tmp_path_factory):
     """One image per tiny prompt, encoded by preprocess_latents.py with the tiny HunyuanVideo VAE."""
-    import preprocess_latents
-    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder
-
-    tmp = tmp_path_factory.mktemp("i2v")
-    folder = write_tiny_hunyuan_folder(tmp / "hunyuan")
-    rng = np.random.default_rng(0)
-    for i in range(NUM_PROMPTS):
-        iio.imwrite(tmp / f"{i}.png", smooth_image(rng))
-    (tmp / "inputs.txt").write_text("".join(f"{i}.png\n" for i in range(NUM_PROMPTS)))
-    preprocess_latents.main(["--model-path", str(folder), "--inputs", str(tmp / "inputs.txt"), "--output",
-                             str(tmp / "latents"), "--height", "32", "--width", "32", "--dtype", "fp32",
-                             "--device", "cpu"])
-    return tmp / "latents"
+    return write_image_latents(tmp_path_factory.mktemp("i2v"))
 
 
 def i2v_config(out, image_latents, *overrides):
@@ -123,50 +96,8 @@ def test_decoded_first_frame_follows_the_conditioning_image(tmp_path, image_late
     assert other_seed < 0.75 * other_image
 
 
-def test_two_iterations_train_with_cfg_one_step_each(tmp_path, image_latents):
-    out = train(i2v_config(tmp_path / "run", image_latents, *SMALL))
-    rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1]
-    for row in rows:
-        assert row["ratio_dev_first_update"] == 0.0
-        assert row["optimizer_steps"] == 1
-        assert "reward/motion" in row
-
-
 def test_latents_must_match_the_prompts(tmp_path, image_latents):
     (tmp_path / "two.txt").write_text("a red ball\na blue sky\n")
     cfg = i2v_config(tmp_path, image_latents, f"data.prompts_file={tmp_path / 'two.txt'}")
     with pytest.raises(ValueError, match=f"holds {len(ImageLatents(image_latents))} latents for 2 prompts"):
         build_prompt_source(cfg)
-
-
-def test_export_loads_in_the_i2v_pipeline_and_generates(tmp_path, image_latents):
-    import PIL.Image
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
-
-    from fastvideo_grpo.export import export
-    from fastvideo_grpo.trainer import setup
-
-    cfg = i2v_config(tmp_path / "run", image_latents, *SMALL)
-    train(cfg)
-    c = setup(cfg)  # the initial weights
-    # The pipeline's other components; its text encoders are not needed with precomputed embeddings.
-    base = tmp_path / "base"
-    c.policy.vae.save_pretrained(base / "vae")
-    FlowMatchEulerDiscreteScheduler(shift=7.0).save_pretrained(base / "scheduler")
-    (base / "model_index.json").write_text(json.dumps({
-        "_class_name": "HunyuanVideoImageToVideoPipeline", "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLHunyuanVideo"]}))
-    out = export(tmp_path / "run/checkpoints/step_2", tmp_path / "export", base_model=base)
-    pipe = HunyuanVideoImageToVideoPipeline.from_pretrained(out, text_encoder=None, tokenizer=None,
-                                                            text_encoder_2=None, tokenizer_2=None, image_processor=None)
-    assert pipe.transformer.config.image_condition_type == "token_replace"
-    assert any(not torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), c.policy.transformer.parameters()))
-    cond = c.source.conditioning([0])
-    image = PIL.Image.fromarray(smooth_image(np.random.default_rng(1)))
-    frames = pipe(image=image, prompt_embeds=cond.prompt_embeds, pooled_prompt_embeds=cond.pooled_embeds,
-                  prompt_attention_mask=cond.attention_mask, height=32, width=32, num_frames=5,
-                  num_inference_steps=2, output_type="np").frames
-    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
