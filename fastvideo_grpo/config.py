@@ -168,6 +168,10 @@ class RewardConfig:
     # max_latency_ms for a batch to fill.
     max_batch: int = 8
     max_latency_ms: float = 20.0
+    # Samples per group as the reward process sees them: a pairwise reward
+    # (fastvideo_grpo.rewards.pairwise) compares each group's samples with each other and
+    # must get whole groups in one call. 0 takes sampling.group_size.
+    group_size: int = 0
     # Times a dead reward process is restarted (its pending requests resent) before the
     # trainer gives up.
     max_restarts: int = 1
@@ -477,6 +481,8 @@ def validate(cfg: Config) -> None:
     require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
             s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
     require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+    require(cfg.reward.group_size in (0, s.group_size), "reward.group_size", cfg.reward.group_size,
+            f"0 or sampling.group_size ({s.group_size}): the reward process sees the trainer's groups")
     n = cfg.nft
     require(n.beta > 0, "nft.beta", n.beta, "> 0")
     require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
@@ -592,6 +598,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _merge(cfg, parse_override(text))
     if cfg.reward.video_fps == 0:
         cfg.reward.video_fps = float(cfg.sampling.fps)
+    if cfg.reward.group_size == 0:
+        cfg.reward.group_size = cfg.sampling.group_size
     validate(cfg)
     return cfg
 

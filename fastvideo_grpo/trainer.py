@@ -30,7 +30,7 @@ from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metri
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
-from fastvideo_grpo.rewards import check_reward_config
+from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import decode_videos, make_generator, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
@@ -60,6 +60,7 @@ def setup(cfg: Config) -> Components:
     p, s, t = cfg.parallel, cfg.sampling, cfg.train
     check_model_config(cfg)  # before any model is built or process started
     check_reward_config(cfg.reward)
+    check_pairwise_use(cfg)
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)

@@ -51,7 +51,7 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
 @pytest.mark.parametrize("override,message", [
     ("train.bogus=1", "train.bogus"),
     ("nosection.lr=1", "nosection"),
-    ("sampling.sde_type=ito", "sampling.sde_type: 'ito' is not one of ['dance', 'flow_grpo']"),
+    ("sampling.sde_type=ito", "sampling.sde_type: 'ito' is not one of ['dance', 'flow_grpo', 'cps']"),
     ("sampling.group_size=two", "sampling.group_size: expected an integer"),
     ("grpo.best_of=3", "grpo.best_of"),
     ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),

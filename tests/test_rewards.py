@@ -51,9 +51,9 @@ def test_scorer_applies_binary_threshold_and_checks_input():
 
 
 def test_unknown_reward_is_named():
-    with pytest.raises(ConfigError, match=r"reward.weights.pickscore: unknown reward; available: \[.*'hps'.*"
+    with pytest.raises(ConfigError, match=r"reward.weights.aesthetic: unknown reward; available: \[.*'hps'.*"
                                           r"'videoalign_vq'"):
-        build_scorer(RewardConfig(weights={"pickscore": 1.0}))
+        build_scorer(RewardConfig(weights={"aesthetic": 1.0}))
 
 
 def reward_cfg(*overrides) -> RewardConfig:
@@ -68,7 +68,7 @@ def test_a_reward_section_names_its_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match=r"reward.models.videoalign.dtype: 'fp16' is not one of \['bf16', 'fp32'\]"):
         check_reward_config(reward_cfg("reward.models.videoalign.dtype=fp16"))
     with pytest.raises(ConfigError, match=r"^reward.models.colour: no reward model of that name takes a section; "
-                                          r"those that do: \['clip', 'hps', 'videoalign'\]$"):
+                                          r"those that do: \['clip', 'hps', 'pickscore', 'videoalign', 'vlm_judge', 'vlm_pairwise'\]$"):
         check_reward_config(reward_cfg("reward.models.colour.path=/x"))
 
 

@@ -5,6 +5,8 @@ A score name in reward.weights (videoalign_vq) belongs to one registered model
 (videoalign), which reads its section reward.models.<model> and returns all its scores
 from one call. A new reward is a file declaring its section's dataclass and calling
 `register_reward`: in this package (imported below), or anywhere, named in reward.plugins.
+A pairwise model (its section derives from pairwise.PairwiseConfig) scores win rates
+within groups, so its calls must hold whole groups of reward.group_size samples.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from typing import Any
 
 import torch
 
-from fastvideo_grpo.config import ConfigError, RewardConfig, coerce_section
+from fastvideo_grpo.config import Config, ConfigError, RewardConfig, coerce_section
 from fastvideo_grpo.rewards.base import RewardFn, check_videos
+from fastvideo_grpo.rewards.pairwise import check_pairwise, is_pairwise
 from fastvideo_grpo.rewards.registry import (REGISTRY, RewardModel, ScoreFn, load_plugins, register_reward,
                                              rule_reward)
 
 # The built-in reward models: each module registers its own when imported.
-for _module in ("clip_score", "hps", "rules", "videoalign"):
+for _module in ("clip_score", "hps", "pickscore", "rules", "videoalign", "vlm_judge"):
     importlib.import_module(f"{__name__}.{_module}")
 
 
@@ -54,7 +57,11 @@ def _sections(cfg: RewardConfig) -> dict[str, Any]:
             # Kept, so that switching rewards need not delete it: its keys are checked,
             # its required ones are not.
             coerce_section(REGISTRY[name].config, raw, f"reward.models.{name}")
-    return {name: _section(model, cfg) for name, model in used.items()}
+    sections = {name: _section(model, cfg) for name, model in used.items()}
+    for name, model in used.items():
+        if is_pairwise(model):
+            check_pairwise(sections[name], cfg, f"reward.models.{name}")
+    return sections
 
 
 def _section(model: RewardModel, cfg: RewardConfig) -> Any:
@@ -71,13 +78,33 @@ def _section(model: RewardModel, cfg: RewardConfig) -> Any:
     return model.config(**values)
 
 
+def check_pairwise_use(cfg: Config) -> None:
+    """A pairwise reward scores whole groups in one call: inline scoring gets rollout
+    batches, and evaluation scores single (prompt, seed) samples. Raises ConfigError."""
+    if not any(is_pairwise(REGISTRY[name]) for name in _sections(cfg.reward)):
+        return
+    s = cfg.sampling
+    if cfg.reward.mode == "inline" and s.rollout_batch_size % s.group_size:
+        raise ConfigError(f"sampling.rollout_batch_size: {s.rollout_batch_size} is invalid; expected a multiple of "
+                          f"sampling.group_size ({s.group_size}) with a pairwise reward scored inline (whole groups "
+                          "per call), or reward.mode=process")
+    if cfg.eval.every:
+        raise ConfigError(f"eval.every: {cfg.eval.every} is invalid; expected 0 with a pairwise reward: evaluation "
+                          "scores single samples, which a pairwise judge cannot compare")
+
+
 class Scorer:
     """Every model reward.weights uses, built once in this process. A call scores a batch
     with each model once and keeps the configured scores (binary where
-    reward.binary_thresholds says): {score name: float [B]}."""
+    reward.binary_thresholds says): {score name: float [B]}.
+
+    `group_size` is reward.group_size when a pairwise model is used, else 0; when it is
+    not 0, a call must hold whole groups of one rank (a prompt's samples, in order, are
+    its groups of group_size)."""
 
     def __init__(self, cfg: RewardConfig):
         sections = _sections(cfg)
+        self.group_size = cfg.group_size if any(is_pairwise(REGISTRY[name]) for name in sections) else 0
         self.models: dict[str, ScoreFn] = {name: REGISTRY[name].build(cfg, section)
                                            for name, section in sections.items()}
         # Model -> the scores of it reward.weights uses; the others it returns are dropped.
@@ -108,5 +135,5 @@ def build_scorer(cfg: RewardConfig) -> Scorer:
     return Scorer(cfg)
 
 
-__all__ = ["REGISTRY", "RewardError", "RewardFn", "RewardModel", "ScoreFn", "Scorer", "build_scorer",
+__all__ = ["REGISTRY", "RewardError", "RewardFn", "RewardModel", "ScoreFn", "Scorer", "build_scorer", "check_pairwise_use",
            "check_reward_config", "register_reward", "rule_reward"]

@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.rewards import RewardError, Scorer, build_scorer
+from fastvideo_grpo.rewards.pairwise import take_whole_groups
 from fastvideo_grpo.rewards.protocol import recv_message, send_message
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def serve(cfg: RewardConfig, listener: socket.socket, scorer: Scorer | None = No
             threading.Thread(target=read_requests, args=(_Connection(sock),), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    held: list[_Request] = []
     while True:
         batch = [pending.get()]
         deadline = time.monotonic() + cfg.max_latency_ms / 1000
@@ -100,9 +102,16 @@ def serve(cfg: RewardConfig, listener: socket.socket, scorer: Scorer | None = No
                 batch.append(pending.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
+        if scorer.group_size:
+            # A pairwise reward scores whole groups: a request waits until its group (its
+            # client's requests of its prompt) is whole.
+            batch, held = take_whole_groups(held + batch, lambda r: (id(r.reply), r.prompt), scorer.group_size)
         by_shape: dict[tuple, list[_Request]] = {}
         for request in batch:
-            by_shape.setdefault(tuple(request.video.shape), []).append(request)
+            # A pairwise reward's call holds one client's requests: its samples of a prompt,
+            # in order, are its groups.
+            client = id(request.reply) if scorer.group_size else 0
+            by_shape.setdefault((tuple(request.video.shape), client), []).append(request)
         for requests in by_shape.values():
             _score_and_reply(scorer, requests)
 
