@@ -155,3 +155,33 @@ def write_image_latents(folder: Path, count: int = 8) -> Path:
                              str(folder / "latents"), "--height", "32", "--width", "32", "--dtype", "fp32",
                              "--device", "cpu"])
     return folder / "latents"
+
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def tiny_clip(model_folder, processor_folder, logit_scale: float | None = None):
+    """A random tiny CLIPModel saved in model_folder, its word tokenizer and a 32x32 image
+    processor in processor_folder (CLIP's mean/std); returns (model, tokenizer)."""
+    import math
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
+
+    tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>", 77)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=77, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=16))
+    if logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(logit_scale))
+    model.save_pretrained(model_folder)
+    tok.save_pretrained(processor_folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=CLIP_MEAN,
+                       image_std=CLIP_STD).save_pretrained(processor_folder)
+    return model.eval(), tok

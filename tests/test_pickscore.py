@@ -1,38 +1,21 @@
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from fastvideo_grpo.config import ConfigError, RewardConfig
 from fastvideo_grpo.rewards import build_scorer, check_reward_config
+from helpers import CLIP_MEAN, CLIP_STD, tiny_clip
 
-MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+MEAN, STD = CLIP_MEAN, CLIP_STD
 
 
 @pytest.fixture
 def tiny_pickscore(tmp_path):
     """A random tiny CLIP in tmp/model, its tokenizer and image processor in tmp/processor
-    (PickScore_v1 and the CLIP-H processor come as two folders too)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
-
-    tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>", 77)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=77, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8), projection_dim=16))
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(50.0))  # not CLIP's initial 1/0.07, so that the test sees it
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "processor")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=MEAN,
-                       image_std=STD).save_pretrained(tmp_path / "processor")
-    return model.eval(), tok, tmp_path
+    (PickScore_v1 and the CLIP-H processor come as two folders too); a logit scale that is
+    not CLIP's initial 1/0.07, so that the test sees it."""
+    model, tok = tiny_clip(tmp_path / "model", tmp_path / "processor", logit_scale=50.0)
+    return model, tok, tmp_path
 
 
 def test_pickscore_is_the_scaled_cosine_averaged_over_frames(tiny_pickscore):

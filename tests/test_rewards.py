@@ -161,24 +161,10 @@ def test_a_missing_plugin_is_named(tmp_path):
 
 def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
     import numpy as np
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
+    from helpers import CLIP_MEAN, CLIP_STD, tiny_clip
 
-    tok = word_tokenizer(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>", 77)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=77, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8), projection_dim=16))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=mean,
-                       image_std=std).save_pretrained(tmp_path)
-
+    model, tok = tiny_clip(tmp_path, tmp_path)
     scorer = build_scorer(RewardConfig(weights={"clip": 1.0}, models={"clip": {"path": str(tmp_path)}}, frame_stride=2))
     videos = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8))
     prompts = ["a red ball", "a blue wave"]
@@ -186,7 +172,7 @@ def test_clip_score_is_the_cosine_of_normalised_features(tmp_path):
 
     # By hand: frames 0 and 2, scaled to [0, 1] and standardised (32x32 needs no resize).
     frames = videos[:, ::2].float() / 255
-    pixels = ((frames - torch.tensor(mean)) / torch.tensor(std)).permute(0, 1, 4, 2, 3).flatten(0, 1)
+    pixels = ((frames - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).permute(0, 1, 4, 2, 3).flatten(0, 1)
     with torch.no_grad():
         image = model.get_image_features(pixel_values=pixels).pooler_output
         ids = tok(prompts, padding=True, return_tensors="pt")
