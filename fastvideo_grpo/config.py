@@ -310,7 +310,7 @@ class ParallelConfig:
     cpu_offload: bool = False
     # Reduce-scatter gradients after every micro-batch instead of once per optimizer step.
     # false: one reduction per step, but every rank holds the unsharded gradient of the
-    # whole model during accumulation (about 25 GB for a 13B model in bf16); true: sharded
+    # whole model during accumulation (fp32: 48 GB for the 12.8B HunyuanVideo); true: sharded
     # gradients throughout, one reduce-scatter per micro-batch.
     reduce_grads_every_micro_batch: bool = False
 

@@ -1,0 +1,794 @@
+"""Will it fit? A config's per-rank memory and time, planned on a CPU before any GPU is paid for.
+
+    python -m fastvideo_grpo.plan --config C [section.key=value ...] --nodes N --gpus-per-node G \\
+        --gpu-memory-gb M [--peak-tflops T] [--mfu F] [--reserve-gb R] [--json]
+
+The configured network is built at full size on the meta device (shapes, no storage) from
+`model.path`'s transformer/ (or unet/) config.json when that folder exists, else from the
+family's released config (`PUBLISHED`). The planned world is stood up in this process with
+the fake process group (rank 0 of nodes x GPUs, no communication), the trainer's own mesh
+(`init_distributed`) and parallelism (`parallelize`: sequence parallelism, activation
+checkpointing, FSDP2 per block then root, bf16 parameters, fp32 reduction) are applied to
+it, the weights become fake tensors, and one training micro-batch runs under
+`FSDPMemTracker`: the adapter's `predict` at the configured latent shape, the sampler's SDE
+step and the clipped GRPO loss, backward, gradient clipping and the AdamW step (fused, on
+the local shards; the step state it creates is added to the forward/backward peak, as at any
+later step, and the one fp32 temporary per shard of the trainer's foreach AdamW on GPU to the
+step's). FLOPs of that forward come from `FlopCounterMode`. Not modelled: the CUDA caching
+allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
+block longer than on CPU) - what --reserve-gb is for.
+
+What the tracker does not see is estimated from shapes and labelled so:
+- `trajectory`: prompts x G x (visited levels) latents in fp32, their log-probs, the scored
+  latents and the rollout's conditioning, on the device unless sampling.trajectory_device=cpu;
+- `accumulated_gradient`: with parallel.reduce_grads_every_micro_batch=false and more than one
+  micro-batch per optimizer step, FSDP2 holds every trained parameter's unsharded gradient
+  between micro-batches, upcast to the fp32 reduce dtype (`FSDPParam.to_accumulated_grad_if_needed`):
+  trained parameters x 4 bytes;
+- `vae_weights` (parameters x dtype bytes) and `vae_decode`: the activation bytes per decoded
+  voxel (pixel x frame) of a small untiled decode, tracked on fake tensors with MemTracker,
+  times the voxels decoded at once (one tile when model.vae_tiling is on) times
+  sampling.decode_batch_size, plus twice the decoded batch (the tiles kept for blending and
+  their concatenation);
+- `ema` (train.ema_decay > 0) and `reference` (grpo.kl_weight > 0): a copy of the sharded fp32
+  weights each (the reference's forward is not included);
+- with parallel.cpu_offload the sharded parameters, gradients and optimizer state are moved to
+  the host column;
+- `reserved`: --reserve-gb for the CUDA context, NCCL buffers and allocator fragmentation (assumed).
+
+Two phases peak: the training micro-batch (tracked + trajectory + accumulated gradient + VAE
+weights + EMA/reference) and the VAE decode during rollout (persistent state + trajectory +
+VAE). The rollout's forward runs without autograd and stays below the training step. GB are
+2**30 bytes. FLOPs per rank per iteration: rollout = forwards (the step plan's, a shared
+prefix once per group) x one forward; training = 3 x forward per trained (sample, timestep)
+(+1 forward with a KL reference); decode = FLOPs per decoded voxel of the small decode x
+voxels x the tiles' overlap. Seconds = FLOPs / (peak TFLOPS x MFU).
+
+`--json` prints one object with these keys: config, overrides, family, architecture,
+world {nodes, gpus_per_node, world_size, dp_replicate, dp_shard, sp_size}, gpu_memory_gb,
+reserve_gb, fits, headroom_gb, parameters, trainable_parameters, peak_gb, peak_phase,
+micro_batch_peak_gb (the tracked step alone), memory_gb {category: GB at the peak phase},
+memory_by_phase_gb {phase: {category: GB}}, host_gb {category: GB}, tracked, estimated
+(category names), flops {rollout, train, decode, total}, forwards {rollout, train},
+seconds_per_iteration, peak_tflops, mfu, knobs [{override, peak_gb, headroom_gb, fits,
+lower_bound}] (the knobs that fit, each re-planned), knobs_checked (every knob tried;
+lower_bound: not re-planned because what it leaves unchanged is already over the budget),
+notes, plan_seconds, plan_cpu_seconds (the plan's own time, knobs included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from diffusers import (AutoencoderKL, AutoencoderKLHunyuanVideo, FluxTransformer2DModel,
+                       HunyuanVideoTransformer3DModel, UNet2DConditionModel)
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.testing._internal.distributed.fake_pg import FakeStore
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from fastvideo_grpo import grpo
+from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict
+from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
+from fastvideo_grpo.models.flux import FluxPolicy
+from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy
+from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
+from fastvideo_grpo.models.lora import apply_lora
+from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
+from fastvideo_grpo.parallel import World, init_distributed
+from fastvideo_grpo.parallel.fsdp import parallelize
+from fastvideo_grpo.rollout import make_generator
+from fastvideo_grpo.step_plan import StepPlan, build_step_plan
+
+logger = logging.getLogger(__name__)
+
+GB = 2**30
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A family's released architecture: used when model.path names no folder."""
+
+    name: str
+    policy: type
+    network: type
+    folder: str  # the network's subfolder in a diffusers folder
+    network_config: dict
+    vae: type
+    vae_config: dict
+    text_tokens: int  # tokens per prompt of the family's data_preprocess/ CLI
+
+
+# hunyuanvideo-community/HunyuanVideo transformer/config.json: diffusers'
+# HunyuanVideoTransformer3DModel() defaults are this 12.8B model.
+HUNYUAN_VIDEO = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+                     num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                     qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
+                     rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+# Its vae/config.json: AutoencoderKLHunyuanVideo() defaults.
+HUNYUAN_VIDEO_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                         scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4)
+# hunyuanvideo-community/HunyuanVideo-I2V-33ch: image latent and mask concatenated on channels,
+# no embedded guidance (trained with classifier-free guidance, as hunyuan_i2v.yaml does).
+HUNYUAN_VIDEO_I2V = {**HUNYUAN_VIDEO, "in_channels": 33, "guidance_embeds": False,
+                     "image_condition_type": "latent_concat"}
+# black-forest-labs/FLUX.1-dev transformer/config.json; diffusers' defaults differ in
+# guidance_embeds (False: FLUX.1-schnell).
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+# Its vae/config.json; diffusers' AutoencoderKL() defaults are a one-block toy.
+FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+# stable-diffusion-v1-5 unet/config.json; diffusers' defaults differ in cross_attention_dim (1280).
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                 layers_per_block=2, cross_attention_dim=768, attention_head_dim=8)
+SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, sample_size=512, scaling_factor=0.18215)
+
+PUBLISHED = {
+    "hunyuan_video": Published("HunyuanVideo", HunyuanVideoPolicy, HunyuanVideoTransformer3DModel, "transformer",
+                               HUNYUAN_VIDEO, AutoencoderKLHunyuanVideo, HUNYUAN_VIDEO_VAE, 256),
+    "hunyuan_video_i2v": Published("HunyuanVideo-I2V-33ch", HunyuanVideoI2VPolicy, HunyuanVideoTransformer3DModel,
+                                   "transformer", HUNYUAN_VIDEO_I2V, AutoencoderKLHunyuanVideo, HUNYUAN_VIDEO_VAE, 256),
+    "flux": Published("FLUX.1-dev", FluxPolicy, FluxTransformer2DModel, "transformer", FLUX_DEV, AutoencoderKL,
+                      FLUX_VAE, 512),
+    "stable_diffusion": Published("Stable Diffusion 1.5", StableDiffusionPolicy, UNet2DConditionModel, "unet",
+                                  SD15_UNET, AutoencoderKL, SD15_VAE, 77),
+}
+
+# Inputs the planner never reads; the shipped full-size configs leave them empty.
+UNREAD_KEYS = ("model.path", "data.embeddings_dir", "data.image_latents_dir")
+UNREAD_MARKER = "<not read by the planner>"
+# Config keys that change no tensor of the tracked micro-batch: a knob that only sets these
+# reuses the tracked result.
+UNTRACKED_KEYS = (("sampling", "trajectory_device"), ("sampling", "decode_batch_size"),
+                  ("parallel", "reduce_grads_every_micro_batch"), ("parallel", "device"))
+# The tracker's categories (FSDPMemTracker's reference types) -> the plan's.
+TRACKED = {"Sharded Param": "sharded_parameters", "Unsharded Param": "unsharded_parameters",
+           "Sharded Grad": "gradients", "Unsharded Grad": "gradients", "OptState": "optimizer_state",
+           "Activation": "activations", "Inputs": "activations", "Buffer": "activations", "Temp": "temporary",
+           "All Gather": "communication", "Reduce Scatter": "communication"}
+CATEGORIES = ("sharded_parameters", "unsharded_parameters", "gradients", "accumulated_gradient", "optimizer_state",
+              "activations", "temporary", "communication", "trajectory", "vae_weights", "vae_decode", "ema",
+              "reference", "reserved")
+# torch's CPU SDPA kernel has no FLOP formula in FlopCounterMode; it is the same attention.
+CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    nodes: int
+    gpus_per_node: int
+    gpu_memory_gb: float
+    peak_tflops: float = 989.0  # H100/H800 SXM bf16 dense
+    mfu: float = 0.35
+    reserve_gb: float = 2.0
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def load_plan_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """The config exactly as the trainer loads it, except that the weight and data folders a
+    full-size run needs may be empty (`UNREAD_KEYS`): the planner reads neither."""
+    marked: list[str] = []
+    while True:
+        try:
+            cfg = load_config(path, [*overrides, *(f"{key}={UNREAD_MARKER}" for key in marked)])
+            break
+        except ConfigError as e:
+            key = next((k for k in UNREAD_KEYS if str(e).startswith(f"{k}: ''") and k not in marked), None)
+            if key is None:
+                raise
+            marked.append(key)
+    for key in marked:
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, "")
+    return cfg
+
+
+def planned_policy(cfg: Config) -> tuple[Policy, str]:
+    """The configured policy with its network and VAE on the meta device, and where the
+    architecture came from. The tiny model is built as the trainer builds it, then moved."""
+    m = cfg.model
+    if m.size == "tiny":
+        policy = build_policy(m, CPU, m.tiny_text_dim, m.tiny_pooled_dim)
+        policy.transformer.to("meta")
+        policy.vae.to("meta")
+        return policy, "model.size=tiny"
+    model_family(m.family)
+    if m.family not in PUBLISHED:
+        raise ConfigError(f"model.family: {m.family!r} has no entry in fastvideo_grpo/plan.py PUBLISHED "
+                          f"(families with one: {sorted(PUBLISHED)})")
+    pub = PUBLISHED[m.family]
+    root = Path(m.path) if m.path else None
+    if root is not None and root.is_dir():
+        configs = []
+        for sub in (pub.folder, "vae"):
+            file = root / sub / "config.json"
+            if not file.is_file():
+                raise FileNotFoundError(f"model.path={m.path}: no {sub}/config.json; expected a diffusers-format "
+                                        f"{pub.name} folder")
+            configs.append(json.loads(file.read_text()))
+        network_config, vae_config = configs
+        source = f"{root / pub.folder / 'config.json'}"
+    else:
+        network_config, vae_config = pub.network_config, pub.vae_config
+        source = f"released {pub.name} config (model.path names no folder)"
+    with torch.device("meta"):
+        network = pub.network.from_config(network_config)
+        vae = pub.vae.from_config(vae_config).to(DTYPES[m.dtype])
+    vae.requires_grad_(False)
+    return pub.policy(network, vae, m, CPU), source
+
+
+def text_shape(cfg: Config, policy: Policy) -> tuple[int, int, int, torch.dtype]:
+    """(tokens, text dim, pooled dim, dtype) of one prompt's precomputed conditioning."""
+    m = cfg.model
+    if m.size == "tiny":
+        return cfg.data.max_text_tokens, m.tiny_text_dim, m.tiny_pooled_dim, torch.float32
+    config = policy.transformer.config
+    dim = next(config[k] for k in ("text_embed_dim", "joint_attention_dim", "cross_attention_dim") if k in config)
+    return PUBLISHED[m.family].text_tokens, dim, config.get("pooled_projection_dim", 768), torch.bfloat16
+
+
+@contextmanager
+def fake_world(cfg: Config, world_size: int):
+    """The planned world in this process: the fake process group (no communication) as rank 0
+    of `world_size` ranks, and the trainer's mesh on it, built by `init_distributed` as under
+    torchrun (which it recognises by RANK)."""
+    if dist.is_initialized():
+        raise RuntimeError("plan: this process already has a process group; the planner stands up its own")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    previous = os.environ.get("RANK")
+    os.environ["RANK"] = "0"
+    try:
+        yield init_distributed("cpu", cfg.parallel.sp_size, cfg.parallel.dp_replicate)
+    finally:
+        if previous is None:
+            del os.environ["RANK"]
+        else:
+            os.environ["RANK"] = previous
+        dist.destroy_process_group()
+
+
+class _PeakTracker(FSDPMemTracker):
+    """FSDPMemTracker that keeps only the global peak: the per-module peaks it also records
+    cost half the run time at full size and are not read here."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap["Total"]:
+                self._peak_mem[dev] = snap["Total"]
+                self._peak_mem_snap[dev] = dict(snap)
+
+
+def _by_category(snapshot: dict) -> dict[str, int]:
+    out = dict.fromkeys(TRACKED.values(), 0)
+    for key, value in snapshot.items():
+        name = getattr(key, "value", key)
+        if name in TRACKED:
+            out[TRACKED[name]] += value
+    return out
+
+
+@dataclass
+class TrackedStep:
+    peak: dict[str, int]  # bytes by category at the micro-batch's peak
+    at_rest: dict[str, int]  # what persists between iterations: sharded parameters, optimizer state
+    forward_flops: int  # one `predict` on the micro-batch (CFG's rows included), this rank
+    samples: int  # samples in the micro-batch
+    sharded_bytes: int  # this rank's fp32 shards of all parameters
+    trainable_sharded_bytes: int
+
+
+def micro_batch_size(cfg: Config) -> int:
+    """Samples of one training micro-batch: one optimizer step's samples of one rollout batch."""
+    return min(cfg.sampling.rollout_batch_size, cfg.train.gradient_accumulation_steps)
+
+
+def _conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[int, ...]) -> TextConditioning:
+    tokens, dim, pooled, dtype = text_shape(cfg, policy)
+
+    def one() -> TextConditioning:
+        return TextConditioning(torch.randn(rows, tokens, dim, dtype=dtype),
+                                torch.ones(rows, tokens, dtype=torch.long), torch.randn(rows, pooled, dtype=dtype))
+
+    cond = one()
+    if cfg.model.cfg_scale > 1:
+        cond.negative = one()
+    if cfg.model.family == "hunyuan_video_i2v":
+        cond.image_latents = torch.randn(rows, latent_shape[0], 1, *latent_shape[2:], dtype=dtype)
+    return cond
+
+
+def _as_numbers(sampler):
+    """The sampler with its tensors (noise levels, DDIM's alpha_bar) as Python lists: the steps
+    only read numbers from them, and under fake tensors a tensor's element has no value."""
+    if isinstance(sampler, torch.Tensor):
+        return sampler.tolist()
+    if not dataclasses.is_dataclass(sampler):
+        return sampler
+    fields = {f.name: getattr(sampler, f.name) for f in dataclasses.fields(sampler)}
+    return dataclasses.replace(sampler, **{name: _as_numbers(value) for name, value in fields.items()
+                                           if isinstance(value, torch.Tensor) or dataclasses.is_dataclass(value)})
+
+
+def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan) -> TrackedStep:
+    """One training micro-batch of `policy` (meta, parallelised here) on fake tensors under
+    FSDPMemTracker, as update.py runs it: predict, the SDE step to the stored next latent, the
+    clipped loss, backward (gradient sync on: the last micro-batch of a step), clipping and the
+    AdamW step, on each rank's local shards (the DTensors' own tensors, without DTensor's
+    dispatch per op).
+
+    Steady state from a first step: AdamW creates its state in the step, so the forward and
+    backward peak plus that state is the peak of any later micro-batch. The tracked step is
+    the fused AdamW (one kernel, no temporaries; the foreach one reads its step counts as
+    numbers, which fake tensors do not have). The trainer's AdamW on GPU is the foreach one,
+    which holds one fp32 temporary per trained shard (sqrt of exp_avg_sq) during the step:
+    the step's peak is the memory before it, plus the state, plus that temporary."""
+    s, t = cfg.sampling, cfg.train
+    parallelize(policy, world, cfg)
+    sampler = _as_numbers(policy.sampler(s))
+    schedule = plan.schedule(policy.sampler(s).levels).tolist()
+    step = plan.trainable[0]
+    latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    samples = micro_batch_size(cfg)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.no_grad():
+            policy.transformer.to_empty(device=world.device)
+            params = list(policy.transformer.parameters())
+            trainable = [p for p in params if p.requires_grad]
+            shards = [p.to_local() for p in trainable]  # without autograd: the DTensors' own local tensors
+            store = (torch.randn(samples, 2, *latent_shape), torch.randn(samples), torch.randn(samples),
+                     _conditioning(cfg, policy, samples, latent_shape))
+        optimizer = torch.optim.AdamW(shards, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                                      weight_decay=t.weight_decay, fused=True)
+        tracker = _PeakTracker(policy.transformer, optimizer)
+        with tracker:
+            trajectory, old_log_prob, advantages, cond = store
+            x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()
+            cond = cond.select(slice(0, samples))
+            with FlopCounterMode(display=False, custom_mapping={CPU_ATTENTION: _cpu_attention_flops}) as counter:
+                output = policy.predict(x, schedule[step], cond)
+            result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
+            loss, _ = grpo.clipped_loss(result.log_prob, old_log_prob, advantages, cfg.grpo.clip_range)
+            loss.backward()
+            backward_peak = _by_category(tracker.get_tracker_snapshot("peak")[world.device])
+            with torch.no_grad():
+                for param, shard in zip(trainable, shards):
+                    shard.grad = param.grad.to_local() if param.grad is not None else None
+            torch.nn.utils.clip_grad_norm_(shards, t.grad_clip, foreach=True)
+            before_step = _by_category(tracker.get_tracker_snapshot()[world.device])
+            optimizer.step()
+            state = _by_category(tracker.get_tracker_snapshot()[world.device])["optimizer_state"]
+            optimizer.zero_grad(set_to_none=True)
+            policy.transformer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        local_bytes = [(p.to_local().numel() * 4, p.requires_grad) for p in params]
+    trainable_bytes = sum(b for b, trained in local_bytes if trained)
+    backward_peak["optimizer_state"] += state
+    before_step["optimizer_state"] += state
+    before_step["temporary"] += trainable_bytes
+    peak = max(backward_peak, before_step, key=lambda snap: sum(snap.values()))
+    at_rest = {"sharded_parameters": backward_peak["sharded_parameters"], "optimizer_state": state}
+    return TrackedStep(peak=peak, at_rest=at_rest, forward_flops=counter.get_total_flops(), samples=samples,
+                       sharded_bytes=sum(b for b, _ in local_bytes), trainable_sharded_bytes=trainable_bytes)
+
+
+def _materialize(module: nn.Module) -> None:
+    """Fake storage for a module built on the meta device (nn.Module.to_empty cannot swap
+    fake parameters in)."""
+    for sub in module.modules():
+        for name, p in sub._parameters.items():
+            if p is not None:
+                sub._parameters[name] = nn.Parameter(torch.empty_like(p, device=CPU), requires_grad=p.requires_grad)
+        for name, b in sub._buffers.items():
+            if b is not None:
+                sub._buffers[name] = torch.empty_like(b, device=CPU)
+
+
+class _Decode(nn.Module):
+    """vae.decode as a module call, the unit MemTracker follows."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, return_dict=False)[0]
+
+
+@dataclass
+class DecodeProbe:
+    bytes_per_voxel: float  # activation peak of an untiled decode per decoded voxel
+    flops_per_voxel: float
+
+
+def probe_decode(policy: Policy, latent_shape: tuple[int, ...]) -> DecodeProbe:
+    """A small untiled decode of the policy's VAE (at most 2 latent frames of 16 x 16) on fake
+    tensors, under MemTracker and FlopCounterMode."""
+    with torch.device("meta"):
+        vae = type(policy.vae).from_config(policy.vae.config).to(policy.vae.dtype)
+    small = (latent_shape[0], *(min(n, 2) for n in latent_shape[1:-2]), *(min(n, 16) for n in latent_shape[-2:]))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _materialize(vae)
+        decode = _Decode(vae).eval()
+        z = torch.randn(1, *small, dtype=policy.vae.dtype)
+        tracker = MemTracker()
+        with torch.no_grad(), tracker, FlopCounterMode(display=False) as counter:
+            pixels = decode(z)
+        snapshot = {getattr(k, "value", k): v for k, v in tracker.get_tracker_snapshot("peak")[CPU].items()}
+    voxels = pixels[0, 0].numel()
+    activations = snapshot["Total"] - snapshot.get("Parameter", 0) - snapshot.get("Buffer", 0)
+    return DecodeProbe(activations / voxels, counter.get_total_flops() / voxels)
+
+
+def _covered(extent: int, tile: int, stride: int) -> float:
+    """Decoded extent over `extent` when tiles of `tile` start every `stride`: the overlap's cost."""
+    if extent <= tile:
+        return 1.0
+    return sum(min(tile, extent - start) for start in range(0, extent, stride)) / extent
+
+
+def decode_estimate(cfg: Config, policy: Policy, probe: DecodeProbe) -> tuple[int, float]:
+    """(working bytes of one VAE call, FLOPs per decoded video). With tiling, diffusers' tiled
+    decode runs one tile at a time: HunyuanVideo's 3D tiles (tile_sample_min_height/width/num_frames
+    + 1 causal frame, strides tile_sample_stride_*), AutoencoderKL's square tiles of sample_size
+    overlapping by tile_overlap_factor."""
+    s, m = cfg.sampling, cfg.model
+    vae = policy.vae
+    frames, height, width = s.num_frames, s.height, s.width
+    tiled = m.vae_tiling == "on" or (m.vae_tiling == "auto" and m.size == "full")
+    dims = [(frames, frames, frames), (height, height, height), (width, width, width)]
+    if tiled and hasattr(vae, "tile_sample_min_height"):
+        dims = [(frames, vae.tile_sample_min_num_frames + 1, vae.tile_sample_stride_num_frames),
+                (height, vae.tile_sample_min_height, vae.tile_sample_stride_height),
+                (width, vae.tile_sample_min_width, vae.tile_sample_stride_width)]
+    elif tiled and hasattr(vae, "tile_sample_min_size"):
+        size = vae.tile_sample_min_size
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        stride = int(size * (1 - vae.tile_overlap_factor))
+        dims = [(frames, frames, frames), (height, size, stride), (width, size, stride)]
+    at_once = math.prod(min(extent, tile) for extent, tile, _ in dims)
+    overlap = math.prod(_covered(extent, tile, stride) for extent, tile, stride in dims)
+    video_bytes = 3 * frames * height * width * torch.finfo(DTYPES[m.dtype]).bits // 8
+    working = s.decode_batch_size * (probe.bytes_per_voxel * at_once + 2 * video_bytes)
+    return int(working), probe.flops_per_voxel * frames * height * width * overlap
+
+
+def forwards_per_prompt(cfg: Config, plan: StepPlan) -> tuple[int, int]:
+    """(rollout, training) sample-forwards per prompt: the rollout's steps for G samples, the
+    deterministic prefix once per group when the group shares its noise; the kept samples at
+    each trained transition."""
+    s, g = cfg.sampling, cfg.grpo
+    prefix = plan.prefix_steps if s.shared_noise else 0
+    rollout = prefix + s.group_size * (plan.num_transitions - prefix)
+    kept = g.best_of or s.group_size
+    return rollout, kept * grpo.num_trained_timesteps(len(plan.trainable), g.timestep_fraction)
+
+
+def micro_batches_per_step(cfg: Config, plan: StepPlan) -> int:
+    s, t = cfg.sampling, cfg.train
+    per_step = min(t.gradient_accumulation_steps, cfg.train.prompts_per_iteration * (cfg.grpo.best_of or s.group_size))
+    timesteps = grpo.num_trained_timesteps(len(plan.trainable), cfg.grpo.timestep_fraction)
+    return timesteps * math.ceil(per_step / s.rollout_batch_size)
+
+
+def trajectory_bytes(cfg: Config, policy: Policy, plan: StepPlan) -> tuple[int, int]:
+    """(device, host) bytes of an iteration's rollout store on one rank: latents at every
+    visited level and log-probs (fp32, where sampling.trajectory_device says), the scored
+    latents and the conditioning of every sample (on the device)."""
+    s = cfg.sampling
+    samples = cfg.train.prompts_per_iteration * s.group_size
+    latent = math.prod(policy.latent_shape(s.num_frames, s.height, s.width))
+    steps = plan.num_transitions
+    stored = samples * ((steps + 1) * latent + steps) * 4
+    tokens, dim, pooled, dtype = text_shape(cfg, policy)
+    per_cond = (tokens * dim + pooled) * torch.finfo(dtype).bits // 8 + tokens * 8
+    resident = samples * (latent * 4 + per_cond * (2 if cfg.model.cfg_scale > 1 else 1))
+    if s.trajectory_device == "cpu":
+        return resident, stored
+    return resident + stored, 0
+
+
+def tracking_key(cfg: Config, world_size: int) -> str:
+    """What the tracked micro-batch depends on: the config without `UNTRACKED_KEYS`, and the world."""
+    raw = to_dict(cfg)
+    for section, name in UNTRACKED_KEYS:
+        raw[section].pop(name)
+    return json.dumps([raw, world_size], sort_keys=True, default=str)
+
+
+def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict | None = None,
+         knobs: bool = True) -> dict:
+    """The plan of config file `config` with `overrides` on `cluster`: the keys of the module
+    docstring. `cache` keeps tracked micro-batches between plans that differ only in
+    `UNTRACKED_KEYS` (the knobs re-plan through it)."""
+    cache = {} if cache is None else cache
+    started, cpu_started = time.perf_counter(), time.process_time()
+    cfg = load_plan_config(config, overrides)
+    s, p = cfg.sampling, cfg.parallel
+    policy, source = planned_policy(cfg)
+    if cfg.model.lora_rank > 0:
+        apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
+    parameters = sum(q.numel() for q in policy.transformer.parameters())
+    trainable = sum(q.numel() for q in policy.transformer.parameters() if q.requires_grad)
+    heads = policy.transformer.config.get("num_attention_heads")
+    if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
+        raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
+                          "attention heads (Ulysses splits heads over sp ranks)")
+    plan_ = build_step_plan(s, 0, make_generator(cfg.train.seed, 0, 4))
+    latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    key = tracking_key(cfg, cluster.world_size)
+    with fake_world(cfg, cluster.world_size) as world:
+        mesh = {"world_size": world.world_size, "dp_replicate": world.dp_replicate, "dp_shard": world.dp_shard,
+                "sp_size": world.sp_size}
+        if key not in cache:
+            cache[key] = track_micro_batch(cfg, policy, world, plan_)
+    tracked: TrackedStep = cache[key]
+    decode_key = json.dumps([type(policy.vae).__name__, dict(policy.vae.config), str(policy.vae.dtype), latent_shape],
+                            default=str)
+    if decode_key not in cache:
+        cache[decode_key] = probe_decode(policy, latent_shape)
+    decode_bytes, decode_flops = decode_estimate(cfg, policy, cache[decode_key])
+
+    trajectory, trajectory_host = trajectory_bytes(cfg, policy, plan_)
+    accumulating = not p.reduce_grads_every_micro_batch and micro_batches_per_step(cfg, plan_) > 1
+    shared = {"trajectory": trajectory,
+              "vae_weights": sum(q.numel() * q.element_size() for q in policy.vae.parameters()),
+              "ema": tracked.trainable_sharded_bytes if cfg.train.ema_decay > 0 else 0,
+              "reference": tracked.sharded_bytes if cfg.grpo.kl_weight > 0 else 0,
+              "reserved": int(cluster.reserve_gb * GB)}
+    train = {**tracked.peak, "accumulated_gradient": 4 * trainable if accumulating else 0, **shared}
+    decode = {"sharded_parameters": tracked.at_rest["sharded_parameters"],
+              "optimizer_state": tracked.at_rest["optimizer_state"], "vae_decode": decode_bytes, **shared}
+    host = {"trajectory": trajectory_host}
+    if p.cpu_offload:  # FSDP2's CPUOffloadPolicy keeps the shards, their gradients and AdamW's state on the host
+        for phase in (train, decode):
+            for name in ("sharded_parameters", "gradients", "optimizer_state"):
+                if name in phase:
+                    host[name] = max(host.get(name, 0), phase[name])
+                    phase[name] = 0
+    phases = {"train": train, "decode": decode}
+    totals = {name: sum(values.values()) for name, values in phases.items()}
+    peak_phase = max(totals, key=totals.get)
+    peak = totals[peak_phase]
+
+    rollout_forwards, train_forwards = forwards_per_prompt(cfg, plan_)
+    per_forward = tracked.forward_flops / tracked.samples
+    prompts = cfg.train.prompts_per_iteration
+    flops = {"rollout": prompts * rollout_forwards * per_forward,
+             "train": prompts * train_forwards * per_forward * (4 if cfg.grpo.kl_weight > 0 else 3),
+             "decode": prompts * s.group_size * decode_flops}
+    flops = {name: int(value) for name, value in flops.items()}
+    flops["total"] = sum(flops.values())
+    seconds = flops["total"] / (cluster.peak_tflops * 1e12 * cluster.mfu)
+
+    notes = ["the rollout's forward (no autograd) stays below the training step; the decode runs with the "
+             "transformer resharded", f"reserved {cluster.reserve_gb:g} GB is assumed (--reserve-gb), not planned"]
+    if accumulating:
+        notes.append(f"parallel.reduce_grads_every_micro_batch=false with {micro_batches_per_step(cfg, plan_)} "
+                     "micro-batches per optimizer step: the unsharded gradient is held in fp32 between them")
+    if cluster.world_size == 1:
+        notes.append("one rank is planned as a one-process torchrun launch (FSDP2 over one rank); a plain "
+                     "`python -m fastvideo_grpo.train` applies no FSDP")
+    if p.cpu_offload:
+        notes.append("parallel.cpu_offload: the sharded parameters, gradients and optimizer state are counted in "
+                     "host_gb (estimated)")
+    if cfg.reward.mode == "process" and cfg.reward.device.startswith("cuda"):
+        notes.append(f"the reward process runs on reward.device={cfg.reward.device} of every node, beside that GPU's "
+                     "training rank; its models are not in these numbers")
+    result = {
+        "config": str(config), "overrides": list(overrides), "family": cfg.model.family, "architecture": source,
+        "world": {"nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node, **mesh},
+        "gpu_memory_gb": cluster.gpu_memory_gb, "reserve_gb": cluster.reserve_gb,
+        "fits": peak <= cluster.gpu_memory_gb * GB, "headroom_gb": round(cluster.gpu_memory_gb - peak / GB, 6),
+        "parameters": parameters, "trainable_parameters": trainable,
+        "peak_gb": round(peak / GB, 6), "peak_phase": peak_phase,
+        "micro_batch_peak_gb": round(sum(tracked.peak.values()) / GB, 6),
+        "memory_gb": _gb(phases[peak_phase]), "memory_by_phase_gb": {k: _gb(v) for k, v in phases.items()},
+        "host_gb": _gb(host), "tracked": sorted(set(TRACKED.values())),
+        "estimated": ["trajectory", "accumulated_gradient", "vae_weights", "vae_decode", "ema", "reference"],
+        "flops": flops, "forwards": {"rollout": prompts * rollout_forwards, "train": prompts * train_forwards},
+        "seconds_per_iteration": round(seconds, 1), "peak_tflops": cluster.peak_tflops, "mfu": cluster.mfu,
+        "knobs": [], "knobs_checked": [], "notes": notes, "plan_seconds": 0.0, "plan_cpu_seconds": 0.0,
+    }
+    if knobs and not result["fits"]:
+        result["knobs_checked"] = check_knobs(config, overrides, result, cfg, cluster, heads, cache)
+        result["knobs"] = [k for k in result["knobs_checked"] if k["fits"]]
+    result["plan_seconds"] = round(time.perf_counter() - started, 1)
+    result["plan_cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    return result
+
+
+def _gb(values: dict[str, int]) -> dict[str, float]:
+    return {name: round(values[name] / GB, 6) for name in CATEGORIES if name in values}
+
+
+def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tuple[list[str], Cluster]]:
+    """Single changes that lower a rank's memory, cheapest to re-plan first: (overrides, cluster)."""
+    p, s = cfg.parallel, cfg.sampling
+    candidates = []
+    if not p.activation_checkpointing:
+        candidates.append((["parallel.activation_checkpointing=true"], cluster))
+    if not p.reduce_grads_every_micro_batch:
+        candidates.append((["parallel.reduce_grads_every_micro_batch=true"], cluster))
+    if s.trajectory_device != "cpu":
+        candidates.append((["sampling.trajectory_device=cpu"], cluster))
+    if s.decode_batch_size > 1:
+        candidates.append((["sampling.decode_batch_size=1"], cluster))
+    if s.rollout_batch_size > 1:
+        candidates.append((["sampling.rollout_batch_size=1"], cluster))
+    if FAMILIES[cfg.model.family].sequence_parallel:
+        for sp in (2, 4, 8):
+            if sp > p.sp_size and cluster.world_size % (sp * p.dp_replicate) == 0 and (heads or sp) % sp == 0:
+                candidates.append(([f"parallel.sp_size={sp}"], cluster))
+    for factor in (2, 4):
+        candidates.append(([], dataclasses.replace(cluster, nodes=cluster.nodes * factor)))
+    if not p.cpu_offload:
+        candidates.append((["parallel.cpu_offload=true"], cluster))
+    return candidates
+
+
+# What a knob that re-tracks the micro-batch leaves as it is: when that alone is over the
+# budget, the knob is reported as a lower bound without re-planning (a re-plan at 13B costs
+# ~30 s). Sequence parallelism, more nodes and CPU offload change neither the unsharded
+# gradient nor a dp rank's samples.
+UNCHANGED = ("accumulated_gradient", "trajectory", "vae_weights", "reserved")
+UNCHANGED_BY = {"parallel.activation_checkpointing": UNCHANGED + ("sharded_parameters", "gradients", "optimizer_state"),
+                "parallel.sp_size": UNCHANGED, "--nodes": UNCHANGED, "parallel.cpu_offload": UNCHANGED}
+
+
+def check_knobs(config, overrides: list[str], base: dict, cfg: Config, cluster: Cluster, heads: int | None,
+                cache: dict) -> list[dict]:
+    """Re-plan with each knob (sequence-parallel degrees and node counts up to the first that
+    fits); if none fits alone, the ones that keep the cluster and sp, together."""
+    checked, settled = [], set()
+    train = base["memory_by_phase_gb"]["train"]
+
+    def replan(extra: list[str], target: Cluster, kind: str) -> None:
+        name = " ".join(extra) if extra else f"--nodes {target.nodes}"
+        floor = sum(train.get(k, 0.0) for k in UNCHANGED_BY.get(kind, ()))
+        if floor > cluster.gpu_memory_gb:
+            checked.append({"override": name, "peak_gb": round(floor, 6), "headroom_gb": round(
+                cluster.gpu_memory_gb - floor, 6), "fits": False, "lower_bound": True})
+            return
+        try:
+            result = plan(config, [*overrides, *extra], target, cache, knobs=False)
+        except (ConfigError, ValueError) as e:
+            logger.info("knob %s does not apply: %s", name, e)
+            return
+        checked.append({"override": name, "peak_gb": result["peak_gb"], "headroom_gb": result["headroom_gb"],
+                        "fits": result["fits"], "lower_bound": False})
+
+    candidates = knob_candidates(cfg, cluster, heads)
+    for extra, target in candidates:
+        kind = extra[0].split("=")[0] if extra else "--nodes"
+        if kind not in settled:
+            replan(extra, target, kind)
+            if checked and checked[-1]["fits"] and kind in ("parallel.sp_size", "--nodes"):
+                settled.add(kind)
+    if not any(k["fits"] for k in checked):
+        together = [extra[0] for extra, target in candidates
+                    if extra and target == cluster and not extra[0].startswith("parallel.sp_size")]
+        if len(together) > 1:
+            replan(together, cluster, "together")
+    return checked
+
+
+def _flops(value: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value / 1e6:.1f} MFLOP"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def render(result: dict) -> str:
+    """The plan as a small text table (MB where the whole plan is under a GB)."""
+    w, phases = result["world"], result["memory_by_phase_gb"]
+    unit, scale = ("GB", 1) if result["peak_gb"] >= 1 else ("MB", 1024)
+    estimated = set(result["estimated"])
+    lines = [
+        f"{result['config']} {' '.join(result['overrides'])}".rstrip(),
+        f"  {result['family']}: {_count(result['parameters'])} parameters ({_count(result['trainable_parameters'])} "
+        f"trained); architecture: {result['architecture']}",
+        f"  {w['nodes']} nodes x {w['gpus_per_node']} GPUs of {result['gpu_memory_gb']:g} GB: dp_replicate "
+        f"{w['dp_replicate']} x dp_shard {w['dp_shard']} x sp {w['sp_size']}",
+        "",
+        f"  {'per-rank memory, ' + unit:<26}{'training step':>14}{'VAE decode':>12}  source",
+    ]
+    for name in CATEGORIES:
+        row = [phases[phase].get(name, 0.0) * scale for phase in ("train", "decode")]
+        if any(row):
+            cells = "".join(f"{v:>{width}.2f}" if v else f"{'-':>{width}}" for v, width in zip(row, (14, 12)))
+            source = "assumed" if name == "reserved" else "estimate" if name in estimated else "tracked"
+            lines.append(f"  {name.replace('_', ' '):<26}{cells}  {source}")
+    totals = [sum(phases[phase].values()) * scale for phase in ("train", "decode")]
+    lines.append(f"  {'total':<26}{totals[0]:>14.2f}{totals[1]:>12.2f}")
+    host = {k: v for k, v in result["host_gb"].items() if v}
+    if host:
+        lines.append(f"  host memory, {unit}: " + ", ".join(f"{k.replace('_', ' ')} {v * scale:.2f}"
+                                                          for k, v in host.items()))
+    verdict = "fits" if result["fits"] else "does NOT fit"
+    lines += ["", f"  {verdict}: peak {result['peak_gb'] * scale:.2f} {unit} ({result['peak_phase']}), headroom "
+              f"{result['headroom_gb'] * scale:.2f} {unit} of {result['gpu_memory_gb'] * scale:g} {unit}"]
+    f, n = result["flops"], result["forwards"]
+    lines.append(f"  per rank per iteration: rollout {_flops(f['rollout'])} ({n['rollout']} forwards), training "
+                 f"{_flops(f['train'])} ({n['train']} trained (sample, step) pairs), decode {_flops(f['decode'])}")
+    lines.append(f"  ~{result['seconds_per_iteration']:g} s per iteration at {result['peak_tflops']:g} TFLOPS x "
+                 f"{result['mfu']:g} MFU")
+    if result["knobs_checked"]:
+        lines.append("  knobs, each re-planned (>=: a lower bound, not re-planned):")
+        for knob in result["knobs_checked"]:
+            bound = ">=" if knob["lower_bound"] else "  "
+            lines.append(f"    {knob['override']:<48} peak {bound}{knob['peak_gb'] * scale:8.2f} {unit}  "
+                         f"{'fits' if knob['fits'] else 'does not fit'}")
+    lines += [f"  note: {note}" for note in result["notes"]]
+    lines.append(f"  planned in {result['plan_seconds']:.1f} s ({result['plan_cpu_seconds']:.1f} s CPU)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Per-rank memory and time of a training config, planned on CPU "
+                                                 "with fake tensors and a fake process group")
+    parser.add_argument("--config", required=True, help="YAML config file (assets/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.sp_size=4")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H800 SXM: 989)")
+    parser.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation assumed for the time")
+    parser.add_argument("--reserve-gb", type=float, default=2.0,
+                        help="per GPU, for the CUDA context, NCCL and allocator fragmentation")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    for name in ("nodes", "gpus_per_node"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.peak_tflops, args.mfu, args.reserve_gb)
+    try:
+        result = plan(args.config, args.overrides, cluster)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        logging.getLogger("fastvideo_grpo.plan").error("config error: %s", e)
+        return 2
+    sys.stdout.write((json.dumps(result) if args.json else render(result)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

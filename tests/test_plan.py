@@ -1,0 +1,132 @@
+"""The planner (fastvideo_grpo/plan.py): its tiny plan against the same step run for real, its
+full-size architectures against diffusers', and its CLI's JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import ROOT, run_update, tiny_conditioning, tiny_policy, tiny_rollout
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed.fsdp import FSDPModule
+
+from fastvideo_grpo.config import load_config
+from fastvideo_grpo.parallel import init_distributed
+from fastvideo_grpo.parallel.fsdp import parallelize, set_gradient_sync
+from fastvideo_grpo.plan import Cluster, load_plan_config, micro_batch_size, plan, planned_policy
+from fastvideo_grpo.update import MicroBatch, build_optimizer
+
+TINY = ROOT / "assets/configs/tiny_t2v.yaml"
+ONE_RANK = Cluster(nodes=1, gpus_per_node=1, gpu_memory_gb=80, reserve_gb=0)
+# The keys the module docstring documents for --json.
+KEYS = {"config", "overrides", "family", "architecture", "world", "gpu_memory_gb", "reserve_gb", "fits", "headroom_gb",
+        "parameters", "trainable_parameters", "peak_gb", "peak_phase", "micro_batch_peak_gb", "memory_gb",
+        "memory_by_phase_gb", "host_gb", "tracked", "estimated", "flops", "forwards", "seconds_per_iteration",
+        "peak_tflops", "mfu", "knobs", "knobs_checked", "notes", "plan_seconds", "plan_cpu_seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    return plan(TINY, [], ONE_RANK, knobs=False)
+
+
+def measured_micro_batch_peak(cfg, monkeypatch) -> int:
+    """FSDPMemTracker's peak over one real micro-batch of update.py's update on one gloo rank,
+    after a first one (so AdamW's state exists, as at any later step)."""
+    monkeypatch.setenv("RANK", "0")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        world = init_distributed("cpu", 1, 1)
+        policy = tiny_policy(cfg)
+        parallelize(policy, world, cfg)
+        optimizer, scheduler = build_optimizer(policy, cfg)
+        group = cfg.sampling.group_size
+        cond = tiny_conditioning(cfg, ["a red ball rolling"], group)
+        ro = tiny_rollout(cfg, policy, cond, cfg.sampling.rollout_batch_size)
+        advantages = torch.randn(group)
+        micro_batch = [[MicroBatch(samples=torch.arange(micro_batch_size(cfg)), step=ro.plan.trainable[0])]]
+        run_update(policy, optimizer, scheduler, ro, cond, advantages, micro_batch, cfg)
+        tracker = FSDPMemTracker(policy.transformer, optimizer)
+        with tracker:
+            run_update(policy, optimizer, scheduler, ro, cond, advantages, micro_batch, cfg)
+        return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tiny_plan_matches_the_real_model_and_step(tiny_plan, monkeypatch):
+    cfg = load_config(TINY)
+    real = tiny_policy(cfg).transformer
+    assert tiny_plan["parameters"] == sum(p.numel() for p in real.parameters())
+    assert tiny_plan["trainable_parameters"] == tiny_plan["parameters"]
+    measured = measured_micro_batch_peak(cfg, monkeypatch)
+    planned = tiny_plan["micro_batch_peak_gb"] * 2**30
+    assert abs(planned - measured) <= 0.15 * measured, (planned, measured)
+
+
+def test_accumulated_gradient_is_the_fp32_unsharded_gradient(tiny_plan, monkeypatch):
+    """In bf16, a micro-batch without gradient sync leaves FSDP2 holding each parameter's
+    unsharded gradient in the fp32 reduce dtype: what the plan adds while micro-batches accumulate."""
+    cfg = load_config(TINY, ["model.dtype=bf16"])
+    monkeypatch.setenv("RANK", "0")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        policy = tiny_policy(cfg)
+        parallelize(policy, init_distributed("cpu", 1, 1), cfg)
+        set_gradient_sync(policy.transformer, False)
+        s = cfg.sampling
+        latents = torch.randn(1, *policy.latent_shape(s.num_frames, s.height, s.width))
+        policy.predict(latents, 0.5, tiny_conditioning(cfg, ["a red ball"], 1)).square().mean().backward()
+        held = [fsdp_param.unsharded_accumulated_grad for module in policy.transformer.modules()
+                if isinstance(module, FSDPModule) and module._get_fsdp_state()._fsdp_param_group is not None
+                for fsdp_param in module._get_fsdp_state()._fsdp_param_group.fsdp_params]
+    finally:
+        dist.destroy_process_group()
+    assert {g.dtype for g in held} == {torch.float32}
+    held_bytes = sum(g.numel() * g.element_size() for g in held)
+    assert held_bytes == 4 * tiny_plan["trainable_parameters"]
+    assert tiny_plan["memory_by_phase_gb"]["train"]["accumulated_gradient"] == pytest.approx(held_bytes / 2**30,
+                                                                                            abs=1e-6)
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("hunyuan_t2v", None),  # diffusers' HunyuanVideoTransformer3DModel() defaults
+    ("flux_t2i", 11_901_408_320),  # FLUX.1-dev
+    ("sd_t2i", 859_520_964),  # Stable Diffusion 1.5's UNet
+])
+def test_full_size_architectures(config, expected):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    cfg = load_plan_config(ROOT / f"assets/configs/{config}.yaml")  # model.path and data folders left empty
+    policy, source = planned_policy(cfg)
+    assert "released" in source
+    assert all(p.is_meta for p in policy.transformer.parameters())
+    if expected is None:
+        with torch.device("meta"):
+            expected = sum(p.numel() for p in HunyuanVideoTransformer3DModel().parameters())
+        s = cfg.sampling
+        assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, 14, 60, 60)
+    assert sum(p.numel() for p in policy.transformer.parameters()) == expected
+
+
+def test_json_keys_and_knobs_when_it_does_not_fit(tiny_plan):
+    assert set(tiny_plan) == KEYS
+    assert tiny_plan["fits"] and not tiny_plan["knobs"] and tiny_plan["peak_gb"] > 0
+    assert set(tiny_plan["flops"]) == {"rollout", "train", "decode", "total"}
+    assert all(tiny_plan["flops"][k] > 0 for k in ("rollout", "train", "decode"))
+    # Below the peak, and above what decoding one video at a time needs (tiny_t2v decodes 8).
+    decode = tiny_plan["memory_by_phase_gb"]["decode"]
+    memory = tiny_plan["peak_gb"] - decode["vae_decode"] / 2
+    result = subprocess.run(
+        [sys.executable, "-m", "fastvideo_grpo.plan", "--config", str(TINY), "--nodes", "1", "--gpus-per-node", "1",
+         "--gpu-memory-gb", f"{memory:.6f}", "--reserve-gb", "0", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert set(out) == KEYS
+    assert out["fits"] is False and out["headroom_gb"] < 0
+    assert out["knobs"], out["knobs_checked"]
+    assert all(k["fits"] and k["peak_gb"] <= memory for k in out["knobs"])
+    assert "sampling.decode_batch_size=1" in [k["override"] for k in out["knobs"]]
