@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -108,7 +109,10 @@ def test_sigterm_during_the_last_iteration_ends_the_completed_run_with_0(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     wait_for_lines(metrics, 1, timeout_s=120, poll_s=0.1)
-    proc.send_signal(signal.SIGTERM)  # iteration 1, the last, is scoring (3 s per reward call)
+    # Past iteration 0's bookkeeping after its metrics line (health, logs, the preemption
+    # check); iteration 1, the last, is scoring (3 s per reward call).
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
     assert iterations(metrics) == [0, 1]
