@@ -20,18 +20,16 @@ is affine in it either way, so the same combination of outputs gives the same lo
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
-from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
+from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator
 from fastvideo_grpo.step_plan import StepPlan
-from fastvideo_grpo.update import Learner
+from fastvideo_grpo.update import Learner, optimizer_step
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
@@ -111,16 +109,8 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                 (loss * len(chunk) / (len(window) * count)).backward()
                 stats.mean("loss", loss)
                 stats.mean("old_deviation", (output.detach() - old_output).pow(2).mean())
-        grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)
-        if math.isfinite(grad_norm):
-            stats.mean("grad_norm", grad_norm)
-            stats.mean("grad_clipped_frac", float(grad_norm > t.grad_clip))
-            learner.optimizer.step()
-            learner.scheduler.step()
-            learner.nonfinite_streak, steps = 0, steps + 1
-        else:
-            skipped, learner.nonfinite_streak = skipped + 1, learner.nonfinite_streak + 1
-        learner.optimizer.zero_grad(set_to_none=True)
+        stepped = optimizer_step(learner, cfg, stats, start // t.gradient_accumulation_steps)
+        steps, skipped = steps + stepped, skipped + (not stepped)
         if learner.nonfinite_streak >= t.max_nonfinite_steps:
             break
     if learner.ema is not None and steps > 0:

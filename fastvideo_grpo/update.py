@@ -130,29 +130,38 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
                 stats.max("logprob_drift_first_update", (step.log_prob.detach() - old_log_prob).abs().max())
             record_ratio(stats, ratio, mb.step, ro.plan.num_transitions, g.clip_range)
             stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
-        grad_norm = clip_grad_norm(policy.transformer, t.grad_clip)
-        if math.isfinite(grad_norm):
-            stats.mean("grad_norm", grad_norm)  # before clipping
-            stats.mean("grad_clipped_frac", float(grad_norm > t.grad_clip))
-            learner.optimizer.step()
-            learner.scheduler.step()
-            learner.nonfinite_streak = 0
-            steps += 1
-        else:
-            skipped += 1
-            learner.nonfinite_streak += 1
-            logger.warning("optimizer step %d: gradient norm %s, step skipped (%d in a row)", step_index, grad_norm,
-                           learner.nonfinite_streak)
-        learner.optimizer.zero_grad(set_to_none=True)
+        stepped = optimizer_step(learner, cfg, stats, step_index)
+        steps, skipped = steps + stepped, skipped + (not stepped)
         if learner.nonfinite_streak >= t.max_nonfinite_steps:
             break  # every rank sees the same global norm, so all stop here together
-        if learner.ema is not None and t.ema_update == "optimizer_step" and math.isfinite(grad_norm):
+        if learner.ema is not None and t.ema_update == "optimizer_step" and stepped:
             update_ema(learner.ema, policy.transformer, t.ema_decay)
     if learner.ema is not None and t.ema_update == "iteration" and steps > 0:
         update_ema(learner.ema, policy.transformer, t.ema_decay)
     stats.total("transformer_forwards_train", forward_rows)
     stats.mean("optimizer_steps", steps)
     stats.mean("nonfinite_steps", skipped)
+
+
+def optimizer_step(learner: Learner, cfg: Config, stats: IterationStats, step_index: int) -> bool:
+    """Clip and apply the accumulated gradient, or skip the step when its global norm is NaN
+    or inf (weights, optimizer and LR schedule untouched; the streak counts it). Returns
+    whether the step was taken; the gradient is cleared either way."""
+    t = cfg.train
+    grad_norm = clip_grad_norm(learner.policy.transformer, t.grad_clip)
+    finite = math.isfinite(grad_norm)
+    if finite:
+        stats.mean("grad_norm", grad_norm)  # before clipping
+        stats.mean("grad_clipped_frac", float(grad_norm > t.grad_clip))
+        learner.optimizer.step()
+        learner.scheduler.step()
+        learner.nonfinite_streak = 0
+    else:
+        learner.nonfinite_streak += 1
+        logger.warning("optimizer step %d: gradient norm %s, step skipped (%d in a row)", step_index, grad_norm,
+                       learner.nonfinite_streak)
+    learner.optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
 def build_optimizer(policy: Policy, cfg: Config):
