@@ -27,7 +27,7 @@ from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator
+from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan
 from fastvideo_grpo.update import Learner, optimizer_step
 
@@ -79,7 +79,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
     samples = torch.nonzero(kept).flatten()
     advantages = advantages.to(device)
     size = n.micro_batch_size or cfg.sampling.rollout_batch_size
-    rows_per_sample = 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
+    rows_each = rows_per_sample(policy)
     forward_rows = steps = skipped = 0
     for start in range(0, len(samples), t.gradient_accumulation_steps):
         window = samples[start:start + t.gradient_accumulation_steps]
@@ -99,7 +99,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                     old_output = old.predict(x_t, level, mb_cond)
                 loss = nft_loss(output, old_output, x_t, x0, advantages[chunk.to(device)],
                                 lambda out: sampler.pred_original(out, x_t, levels, j), n.beta, g.adv_clip_max).mean()
-                forward_rows += len(chunk) * rows_per_sample * (3 if reference is not None else 2)
+                forward_rows += len(chunk) * rows_each * (3 if reference is not None else 2)
                 if reference is not None:
                     with torch.no_grad():
                         ref_output = reference.predict(x_t, level, mb_cond)

@@ -80,12 +80,9 @@ class Deterministic:
             self.solver.reset()
 
 
-class _RowCounter:
-    def __init__(self, cfg_doubled: bool):
-        self.rows, self.factor = 0, 2 if cfg_doubled else 1
-
-    def __call__(self, x: torch.Tensor) -> None:
-        self.rows += x.shape[0] * self.factor
+def rows_per_sample(policy: Policy) -> int:
+    """Network batch rows per sample of a forward: classifier-free guidance doubles them."""
+    return 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
 
 
 @torch.no_grad()
@@ -117,10 +114,11 @@ def rollout(
     steps, sde = plan.num_transitions, set(plan.sde_steps)
     initial = initial_noise(s, total, latent_shape, seed_parts, first_sample)
     step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
-    counter = _RowCounter(getattr(policy, "cfg_scale", 1.0) > 1)
+    forward_rows, per_sample = 0, rows_per_sample(policy)
 
     def predict(x, j, c):
-        counter(x)
+        nonlocal forward_rows
+        forward_rows += x.shape[0] * per_sample
         return policy.predict(x, float(schedule[j]), c)
 
     store = torch.device("cpu") if s.trajectory_device == "cpu" else device
@@ -162,7 +160,7 @@ def rollout(
         if on_batch is not None:
             on_batch(batch, scored[batch])
     return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored,
-                   plan=plan, sampler=sampler, forward_rows=counter.rows)
+                   plan=plan, sampler=sampler, forward_rows=forward_rows)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from fastvideo_grpo.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, make_generator
+from fastvideo_grpo.rollout import Rollout, make_generator, rows_per_sample
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     declare_ratio_stats(stats)
     steps = skipped = 0
     # Rows through the transformer per forward call: CFG doubles the batch.
-    rows_per_sample = 2 if getattr(policy, "cfg_scale", 1.0) > 1 else 1
+    rows_each = rows_per_sample(policy)
     forward_rows = 0
     for step_index, chunk in enumerate(plan):
         window_samples = sum(len(mb.samples) for mb in chunk)
@@ -111,7 +111,7 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             mb_cond = cond.select(mb.samples)
             t_k = float(ro.schedule[mb.step])
             step = ro.sampler.sde_step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, prev_sample=x_next)
-            forward_rows += len(idx) * rows_per_sample * (1 if reference is None else 2)
+            forward_rows += len(idx) * rows_each * (1 if reference is None else 2)
             loss, ratio = grpo.clipped_loss(step.log_prob, old_log_prob, advantages[idx], g.clip_range)
             if reference is not None:
                 with torch.no_grad():
