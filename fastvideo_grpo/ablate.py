@@ -80,6 +80,14 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
                                          "sampling.sde_type=cps", "grpo.timestep_fraction=1.0"))]),
     "algorithm": ("DiffusionNFT (forward process, deterministic rollouts) against clipped GRPO", [
         Setting("GRPO"), Setting("DiffusionNFT", ("train.algorithm=nft", "sampling.shared_noise=false"))]),
+    "guards": ("the guards against collapse and hacking (GRPO-Guard's ratio normalisation and step reweighting, an "
+               "adaptive KL to a reference that resets, early stop on the held-out reward) cost no final reward", [
+        Setting("no guard"),
+        Setting("ratio norm + step reweight", ("grpo.ratio_norm=true", "grpo.step_reweight=true")),
+        Setting("adaptive KL + reset every 50", ("grpo.kl_weight=0.1", "grpo.kl_schedule=adaptive",
+                                                  "grpo.kl_target=0.01", "grpo.reference_reset_every=50")),
+        Setting("early stop (best of eval every 10)", ("eval.every=10", "eval.num_prompts=4",
+                                                       "eval.early_stop_patience=5", "eval.early_stop_margin=0.05"))]),
     "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [
         Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
 }
@@ -108,7 +116,7 @@ def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, ite
     """Train one setting for one seed, evaluate its final weights; runs in a worker process."""
     import torch
 
-    from fastvideo_grpo.checkpoint import latest_checkpoint
+    from fastvideo_grpo.checkpoint import BEST, best_checkpoint, latest_checkpoint
     from fastvideo_grpo.trainer import train
 
     torch.set_num_threads(1)
@@ -120,14 +128,16 @@ def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, ite
     started = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - started
-    checkpoint = str(latest_checkpoint(folder))
+    # An early-stopped run is judged by its marked best checkpoint, as `export --best` would take it.
+    checkpoint = str(best_checkpoint(folder) if (folder / "checkpoints" / BEST).is_file() else latest_checkpoint(folder))
     scores = {split: final_scores(folder / "config.yaml", folder / "eval" / split, checkpoint, prompts, eval_prompts,
                                   eval_seeds)
               for split, prompts in (("held_out", cfg.eval.prompts_file), ("train", cfg.data.prompts_file))}
     shutil.rmtree(folder / "checkpoints")  # only the scores are needed
     records = read_metrics(folder / "metrics.jsonl")
     tail = records[-max(1, len(records) // 5):]
-    return {"eval": scores, "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds}
+    return {"eval": scores, "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds,
+            "iterations": len(records)}
 
 
 def evaluate_base(config: str, folder: Path, eval_prompts: int, eval_seeds: int) -> dict[str, dict[str, float]]:

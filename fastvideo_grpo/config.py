@@ -134,6 +134,23 @@ class GRPOConfig:
     advantage_mode: Literal["group", "batch"] = "group"
     # KL penalty to the frozen initial policy; 0 disables it and no reference is loaded.
     kl_weight: float = 0.0
+    # How the KL weight moves: "constant" (kl_weight throughout), "linear" (kl_weight to
+    # kl_weight_final over train.iterations), "adaptive" (PPO's rule: doubled when the
+    # iteration's KL is above 1.5 * kl_target, halved when below kl_target / 1.5).
+    kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
+    kl_weight_final: float = 0.0
+    kl_target: float = 0.0
+    # GARDO-style reset of the KL reference to the current policy: every this many
+    # iterations (0: never), and after any iteration whose mean KL exceeds reference_reset_kl
+    # (0: never). The reference is then checkpointed with the run.
+    reference_reset_every: int = 0
+    reference_reset_kl: float = 0.0
+    # GRPO-Guard (arXiv 2510.22319): normalise the per-step log-ratio so that its mean is 0
+    # and its scale is the same at every noise level (needs the rollout's step means: one
+    # more latent per sample per SDE step is kept), and reweight each trained step's loss
+    # so that every noise level contributes a gradient of the same scale.
+    ratio_norm: bool = False
+    step_reweight: bool = False
 
 
 @dataclass
@@ -266,6 +283,15 @@ class EvalConfig:
     batch_size: int = 1
     # Videos of the first grid_prompts prompts (first seed) are tiled into the logged grid.
     grid_prompts: int = 4
+    # Early stop (0: off): stop, with a checkpoint, once the held-out reward (the weighted
+    # sum of the rewards' means) has been more than early_stop_margin below its best for
+    # early_stop_patience evaluations in a row. Each new best is checkpointed and marked
+    # (checkpoints/best), so `export --best` takes it.
+    early_stop_patience: int = 0
+    early_stop_margin: float = 0.0
+    # Also stop (0: off) when the mean group diversity of the last health.window iterations
+    # falls below this fraction of the first health.window iterations'.
+    early_stop_diversity: float = 0.0
 
 
 @dataclass
@@ -505,6 +531,18 @@ def validate(cfg: Config) -> None:
     require(g.best_of == 0 or (g.best_of % 2 == 0 and 2 <= g.best_of <= s.group_size),
             "grpo.best_of", g.best_of, f"0 or an even number <= sampling.group_size ({s.group_size})")
     require(g.kl_weight >= 0, "grpo.kl_weight", g.kl_weight, ">= 0")
+    moves_kl = g.kl_schedule != "constant" or g.reference_reset_every > 0 or g.reference_reset_kl > 0
+    require(not moves_kl or g.kl_weight > 0, "grpo.kl_weight", g.kl_weight,
+            "> 0 with a grpo.kl_schedule other than constant or a reference reset (with 0 there is no reference)")
+    require(g.kl_weight_final >= 0, "grpo.kl_weight_final", g.kl_weight_final, ">= 0")
+    require(g.kl_schedule != "adaptive" or g.kl_target > 0, "grpo.kl_target", g.kl_target,
+            "> 0 with grpo.kl_schedule=adaptive")
+    require(g.reference_reset_every >= 0, "grpo.reference_reset_every", g.reference_reset_every, ">= 0")
+    require(g.reference_reset_kl >= 0, "grpo.reference_reset_kl", g.reference_reset_kl, ">= 0")
+    for key in ("ratio_norm", "step_reweight", "kl_schedule", "reference_reset_every", "reference_reset_kl"):
+        default = getattr(GRPOConfig, key)
+        require(t.algorithm == "grpo" or getattr(g, key) == default, f"grpo.{key}", getattr(g, key),
+                f"{default!r} with train.algorithm={t.algorithm} (a GRPO guard)")
     require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
     require(len(cfg.reward.weights) > 0, "reward.weights", cfg.reward.weights, "at least one reward")
     for name in cfg.reward.binary_thresholds:
@@ -542,6 +580,11 @@ def validate(cfg: Config) -> None:
     require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
     require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
     require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
+    require(e.early_stop_patience >= 0, "eval.early_stop_patience", e.early_stop_patience, ">= 0")
+    require(e.early_stop_margin >= 0, "eval.early_stop_margin", e.early_stop_margin, ">= 0")
+    require(0 <= e.early_stop_diversity < 1, "eval.early_stop_diversity", e.early_stop_diversity, "in [0, 1)")
+    require(e.every > 0 or e.early_stop_patience == 0, "eval.early_stop_patience", e.early_stop_patience,
+            "0 unless eval.every > 0 (early stop watches the held-out evaluation)")
     require(not (e.embeddings_dir and e.prompts_file), "eval.prompts_file", e.prompts_file,
             "empty when eval.embeddings_dir is set (one held-out prompt source)")
     require(cfg.model.size == "tiny" or not e.prompts_file, "eval.prompts_file", e.prompts_file,

@@ -95,9 +95,10 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
 
 
 def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[int, ...], scorer, world: World,
-                     tracker, iteration: int) -> None:
+                     tracker, iteration: int) -> dict:
     """ODE evaluation of held-out prompts after `iteration` training iterations: a line in
-    output_dir/eval.jsonl, scalars and a video grid in the logs. Every rank takes part."""
+    output_dir/eval.jsonl, scalars and a video grid in the logs; returns the line. Every rank
+    takes part."""
     e = cfg.eval
     started = time.perf_counter()
     count = min(e.num_prompts or len(source), len(source))
@@ -112,6 +113,7 @@ def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[in
     tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
     if grid is not None:
         tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
+    return record
 
 
 def reward_names(row: dict) -> list[str]:

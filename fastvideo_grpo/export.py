@@ -2,6 +2,7 @@
 
     python -m fastvideo_grpo.export --checkpoint RUN/checkpoints/step_N --output OUT
         [--ema] [--dtype bf16] [--base-model HUNYUAN_FOLDER] [--max-shard-size 5GB] [--adapter-only]
+    python -m fastvideo_grpo.export --checkpoint RUN --best --output OUT ...
 
 Writes the trained network as the pipeline component its diffusers class is named by:
 OUT/transformer/ for a transformer, OUT/unet/ for a UNet (Stable Diffusion), holding
@@ -9,8 +10,9 @@ config.json + diffusion_pytorch_model*.safetensors (sharded over the size thresh
 `<Class>.from_pretrained(OUT, subfolder=...)` loads. With --base-model, the other
 components (vae, text encoders, tokenizers, scheduler, model_index.json) are copied next to
 it so that the whole pipeline loads from OUT. --checkpoint may also be RUN/checkpoints/latest,
-RUN/checkpoints or RUN: the run's latest checkpoint. Its files are first checked against the
-checkpoint's manifest (CRC32s unless the run had checkpoint.verify=false).
+RUN/checkpoints or RUN: the run's latest checkpoint; with --best, the run's best held-out
+evaluation's (RUN/checkpoints/best, marked by early stop). Its files are first checked against
+the checkpoint's manifest (CRC32s unless the run had checkpoint.verify=false).
 
 A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
 config (model.path, or the seeded tiny model). Its export merges the adapters into the
@@ -30,7 +32,8 @@ from pathlib import Path
 import diffusers
 import torch
 
-from fastvideo_grpo.checkpoint import TRANSFORMER_CONFIG, load_shards, resolve_checkpoint, saved_keys, verify_checkpoint
+from fastvideo_grpo.checkpoint import (CHECKPOINTS, TRANSFORMER_CONFIG, best_checkpoint, load_shards, resolve_checkpoint,
+                                       saved_keys, verify_checkpoint)
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import build_policy, model_family
@@ -155,9 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", help="diffusers pipeline folder to take the other components from")
     parser.add_argument("--max-shard-size", default="5GB")
     parser.add_argument("--adapter-only", action="store_true", help="LoRA runs: write only the adapter file")
+    parser.add_argument("--best", action="store_true",
+                        help="export the run's best checkpoint (--checkpoint is then RUN or RUN/checkpoints)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    export(args.checkpoint, args.output, args.ema, args.dtype, args.base_model, args.max_shard_size,
+    checkpoint = args.checkpoint
+    if args.best:
+        run = Path(checkpoint).parent if Path(checkpoint).name == CHECKPOINTS else Path(checkpoint)
+        checkpoint = best_checkpoint(run)
+    export(checkpoint, args.output, args.ema, args.dtype, args.base_model, args.max_shard_size,
            args.adapter_only)
     return 0
 

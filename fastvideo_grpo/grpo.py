@@ -70,13 +70,68 @@ def select_timesteps(trainable: Sequence[int], fraction: float, selection: str,
     raise ValueError(f"timestep selection {selection!r} is not one of ['random', 'first', 'last']")
 
 
-def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+def clipped_loss(log_ratio: torch.Tensor, advantages: torch.Tensor,
                  clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """mean(max(-A * ratio, -A * clamp(ratio, 1-clip, 1+clip))), and the ratio."""
-    ratio = torch.exp(log_prob - old_log_prob)
+    """mean(max(-A * ratio, -A * clamp(ratio, 1-clip, 1+clip))) with ratio = exp(log_ratio), and the ratio."""
+    ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+def normalized_log_ratio(log_ratio: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor,
+                         std: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's ratio normalisation of one Gaussian step's log-ratio (per-element means,
+    as the log-probs are). [B].
+
+    With x' = mu_old + std * eps, log r = mean(eps * d) / std - mean(d^2) / (2 std^2), d =
+    mu - mu_old: biased below 0 by the second term, and scaled by 1 / std, so the ratio
+    spreads widely at low-noise steps and the clip range means something else at every step.
+    std * log r + mean(d^2) / (2 std) = mean(eps * d) is unbiased (mean 0 under the old
+    policy) and free of 1 / std. At d = 0 (the first update) it is exactly 0."""
+    d2 = (mean.float() - old_mean.float()).pow(2).flatten(1).mean(dim=1)
+    std = std.float()
+    return std * log_ratio + d2 / (2 * std)
+
+
+def step_gradient_scales(sampler, schedule: torch.Tensor, steps: Sequence[int], like: torch.Tensor,
+                         ratio_norm: bool) -> dict[int, float]:
+    """How strongly the trained log-ratio of each step responds to the network output:
+    |d mean / d output| / std (|d mean / d output| with ratio normalisation, which removes
+    the 1 / std). Every sampler's step mean is affine in the output, so the slope is the
+    difference of two evaluations; `like` gives the latent shape (one row)."""
+    zeros, ones = torch.zeros_like(like, dtype=torch.float64), torch.ones_like(like, dtype=torch.float64)
+    scales = {}
+    for j in steps:
+        at_one = sampler.sde_step(ones, zeros, schedule, j, prev_sample=zeros)
+        at_zero = sampler.sde_step(zeros, zeros, schedule, j, prev_sample=zeros)
+        slope = (at_one.mean - at_zero.mean).abs().mean().item()
+        scales[j] = slope if ratio_norm else slope / float(at_one.std)
+    return scales
+
+
+def step_weights(scales: dict[int, float]) -> dict[int, float]:
+    """GRPO-Guard's per-step gradient reweighting: weights inversely proportional to the
+    steps' gradient scales, normalised to mean 1 over the trainable steps, so that every
+    noise level contributes a gradient of the same scale and the learning rate keeps its meaning."""
+    inverse = {j: 1.0 / s for j, s in scales.items()}
+    mean = sum(inverse.values()) / len(inverse)
+    return {j: w / mean for j, w in inverse.items()}
+
+
+def linear_kl_weight(start: float, final: float, iteration: int, iterations: int) -> float:
+    """From `start` at iteration 0 to `final` at the last iteration."""
+    return start + (final - start) * iteration / max(iterations - 1, 1)
+
+
+def adaptive_kl_weight(weight: float, kl: float, target: float) -> float:
+    """PPO's adaptive KL coefficient (Schulman et al. 2017): doubled when the observed KL is
+    above 1.5 * target, halved when below target / 1.5, else kept."""
+    if kl > 1.5 * target:
+        return weight * 2.0
+    if kl < target / 1.5:
+        return weight / 2.0
+    return weight
 
 
 def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -81,11 +81,14 @@ class HealthMonitor:
     A resumed run replays the metrics of the iterations before `start` silently, so its
     baselines and warnings continue as if it had not stopped."""
 
-    def __init__(self, cfg: HealthConfig, folder: Path | None, start: int = 0):
+    def __init__(self, cfg: HealthConfig, folder: Path | None, start: int = 0,
+                 weights: dict[str, float] | None = None):
         self.cfg, self.folder = cfg, folder
+        self.weights = weights  # of the rewards in the held-out score (None: all, weight 1)
         self.rows: list[dict] = []
         self.active: dict[str, bool] = {}
         self.fired: dict[str, dict] = {}
+        self.early_stop: dict | None = None
         self.zero_std_streak = 0
         if folder is not None and start > 0 and (folder / "metrics.jsonl").is_file():
             from fastvideo_grpo.outputs import read_metrics
@@ -133,7 +136,8 @@ class HealthMonitor:
         earlier = [r["grad_norm"] for r in rows if math.isfinite(r.get("grad_norm", math.nan))]
         norm = m.get("grad_norm", math.nan)
         median = statistics.median(earlier) if len(earlier) >= h.window else None
-        found["exploding_update"] = None if median is None or not norm > h.grad_norm_factor * median else (
+        # A median of 0 (no advantage, no gradient) is no scale to compare against.
+        found["exploding_update"] = None if not median or not norm > h.grad_norm_factor * median else (
             f"grad_norm {norm:.3g} is {norm / median:.0f}x the run's median {median:.3g}: the update is exploding. "
             "Lower train.lr (DanceGRPO trains at 5e-6 to 2e-5) or train.grad_clip, or raise train.lr_warmup_steps")
         clip = m.get("clip_frac", 0.0)
@@ -164,16 +168,25 @@ class HealthMonitor:
                 "samples of a prompt converge). Add a KL penalty (grpo.kl_weight), lower train.lr, add a second "
                 "reward, and look at the samples")
 
+    def stopped_early(self, iteration: int, reason: str) -> None:
+        self.early_stop = {"iteration": iteration, "reason": reason}
+        self.write()
+
     def summary(self) -> dict:
+        from fastvideo_grpo.early_stop import held_out_score
+
         best = None
         if self.folder is not None and (self.folder / "eval.jsonl").is_file():
             from fastvideo_grpo.outputs import read_metrics
 
             evals = read_metrics(self.folder / "eval.jsonl")
-            means = [k for k in (evals[0] if evals else {}) if k.endswith("_mean")]
-            if means:
-                best = max(evals, key=lambda r: sum(r[k] for k in means))
-        return {"fired": self.fired, "iterations": len(self.rows), "best_eval": best}
+            weights = self.weights or {k[len("eval/"):-len("_mean")]: 1.0 for k in (evals[0] if evals else {})
+                                       if k.endswith("_mean")}
+            scored = [(held_out_score(r, weights), r) for r in evals]
+            scored = [(score, r) for score, r in scored if score is not None]
+            if scored:
+                best = max(scored, key=lambda pair: pair[0])[1]
+        return {"fired": self.fired, "iterations": len(self.rows), "best_eval": best, "early_stop": self.early_stop}
 
     def write(self) -> None:
         if self.folder is None:
@@ -193,6 +206,9 @@ class HealthMonitor:
         for name, entry in self.fired.items():
             logger.warning("health: %s fired at iteration %d (%d iterations in %d episodes): %s", name,
                            entry["first_iteration"], entry["iterations"], entry["episodes"], entry["message"])
+        if self.early_stop is not None:
+            logger.warning("health: stopped early after iteration %d: %s", self.early_stop["iteration"],
+                           self.early_stop["reason"])
         if summary["best_eval"] is not None:
             logger.info("health: best held-out evaluation at iteration %d: %s", summary["best_eval"]["iteration"],
                         {k: round(v, 4) for k, v in summary["best_eval"].items() if k != "iteration"})

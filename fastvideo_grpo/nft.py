@@ -29,7 +29,7 @@ from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan
-from fastvideo_grpo.update import Learner, optimizer_step
+from fastvideo_grpo.update import Learner, optimizer_step, trained_weights
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
@@ -124,15 +124,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
 def update_old(old: Policy, policy: Policy, optimizer_steps: int, decay_type: int) -> float:
     """old <- d * old + (1 - d) * theta over the trained weights; returns d."""
     decay = return_decay(optimizer_steps, decay_type)
-    trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
     current = dict(policy.transformer.named_parameters())
-    for name, p in old.transformer.named_parameters():
-        if name in trained:
-            p.lerp_(current[name].detach(), 1.0 - decay)
+    for name, p in trained_weights(old, policy).items():
+        p.lerp_(current[name].detach(), 1.0 - decay)
     return decay
-
-
-def old_state(old: Policy, policy: Policy) -> dict[str, torch.Tensor]:
-    """The old policy's trained weights, as checkpointed (in place: loading fills them)."""
-    trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
-    return {name: p.detach() for name, p in old.transformer.named_parameters() if name in trained}

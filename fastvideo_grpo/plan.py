@@ -378,7 +378,7 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
             with FlopCounterMode(display=False, custom_mapping={CPU_ATTENTION: _cpu_attention_flops}) as counter:
                 output = policy.predict(x, schedule[step], cond)
             result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
-            loss, _ = grpo.clipped_loss(result.log_prob, old_log_prob, advantages, cfg.grpo.clip_range)
+            loss, _ = grpo.clipped_loss(result.log_prob - old_log_prob, advantages, cfg.grpo.clip_range)
             loss.backward()
             backward_peak = _by_category(tracker.get_tracker_snapshot("peak")[world.device])
             with torch.no_grad():

@@ -29,6 +29,14 @@ class Rollout:
     sampler: Sampler  # the policy's, for these sampling settings: training steps through it too
     # Rows through the transformer (CFG's doubled batch counted), for transformer_forwards_rollout.
     forward_rows: int = 0
+    # [B, len(plan.sde_steps), *mean]: each SDE step's Gaussian mean, kept only when asked
+    # (`keep_means`: GRPO-Guard's ratio normalisation needs the old policy's).
+    means: torch.Tensor | None = None
+
+    def old_mean(self, rows: torch.Tensor, j: int) -> torch.Tensor:
+        if self.means is None:
+            raise ValueError("the rollout kept no step means (rollout(..., keep_means=True))")
+        return self.means[rows, self.plan.sde_steps.index(j)]
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -96,6 +104,7 @@ def rollout(
     first_sample: int = 0,
     plan: StepPlan | None = None,
     on_batch: Callable[[slice, torch.Tensor], None] | None = None,
+    keep_means: bool = False,
 ) -> Rollout:
     """Sample len(cond) // group_size groups along `plan` (default: the plan of iteration 0);
     `cond` holds one row per sample, grouped; rollout batches of s.rollout_batch_size rows.
@@ -106,6 +115,7 @@ def rollout(
     split over data-parallel ranks, and sequence-parallel ranks draw the same noise. With
     shared noise the plan's deterministic prefix runs once per group, not per sample.
     `on_batch(batch, scored_latents)` is called as soon as a rollout batch is done.
+    `keep_means` keeps each SDE step's mean too, beside the trajectory.
     """
     plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
     total, g = cond.prompt_embeds.shape[0], s.group_size
@@ -125,6 +135,7 @@ def rollout(
     latents = torch.empty(total, steps + 1, *latent_shape, device=store)
     log_probs = torch.full((total, steps), float("nan"), device=store)
     scored = torch.empty(total, *latent_shape, device=device)
+    means = None  # allocated at the first SDE step: a sampler's mean may cover part of the latent
     prefix = plan.prefix_steps if s.shared_noise else 0
     if prefix:
         # One row per group: its samples share x_0 and the prompt, so the deterministic steps
@@ -151,6 +162,10 @@ def rollout(
                 last = sampler.sde_step(output, x, schedule, j, noise=noise.to(device))
                 x = last.prev_sample
                 log_probs[batch, j] = last.log_prob
+                if keep_means:
+                    if means is None:
+                        means = torch.empty(total, len(plan.sde_steps), *last.mean.shape[1:], device=store)
+                    means[batch, plan.sde_steps.index(j)] = last.mean.float().to(store)
                 solver.reset()  # the solver's history ends where the SDE takes over
             else:
                 x = solver.step(output, x, schedule, j)
@@ -160,7 +175,7 @@ def rollout(
         if on_batch is not None:
             on_batch(batch, scored[batch])
     return Rollout(latents=latents, log_probs=log_probs, schedule=schedule, batches=batches, scored_latents=scored,
-                   plan=plan, sampler=sampler, forward_rows=forward_rows)
+                   plan=plan, sampler=sampler, forward_rows=forward_rows, means=means)
 
 
 @torch.no_grad()

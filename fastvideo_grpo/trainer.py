@@ -14,11 +14,13 @@ from tqdm import tqdm
 from fastvideo_grpo import grpo
 from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
 from fastvideo_grpo.checkpoint import diffusers_config
-from fastvideo_grpo.checkpoint.run import resume_run, save_run
+from fastvideo_grpo.checkpoint import mark_best
+from fastvideo_grpo.checkpoint.run import resets_reference, resume_run, save_run
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
+from fastvideo_grpo.early_stop import EarlyStop
 from fastvideo_grpo.ema import init_ema
 from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
 from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
@@ -37,7 +39,7 @@ from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_conf
 from fastvideo_grpo.step_plan import build_step_plan
 from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
 from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches,
-                                   update_policy)
+                                   reset_to_policy, update_policy)
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +68,15 @@ def setup(cfg: Config) -> Components:
     source = build_prompt_source(cfg)
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
     nft = t.algorithm == "nft"
-    reference = build_reference(policy) if (cfg.nft.kl_weight if nft else cfg.grpo.kl_weight) > 0 else None
+    wants_reference = (cfg.nft.kl_weight if nft else cfg.grpo.kl_weight) > 0
+    # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
+    reference = build_reference(policy) if wants_reference and not resets_reference(cfg) else None
     old = build_reference(policy) if nft else None
     transformer_config = diffusers_config(policy.transformer)
     if cfg.model.lora_rank > 0:
         apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
+    if wants_reference and reference is None:
+        reference = build_reference(policy)
     parallelize(policy, world, cfg)
     for frozen in (reference, old):
         if frozen is not None:
@@ -83,6 +89,7 @@ def setup(cfg: Config) -> Components:
                 t.prompts_per_iteration, s.group_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(policy=policy, reference=reference, old=old, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                      kl_weight=cfg.grpo.kl_weight,
                       world=world, scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
                       latent_shape=latent_shape, transformer_config=transformer_config)
 
@@ -117,7 +124,7 @@ def start_run(c: Components, cfg: Config, out: Path) -> int:
         write_run_config(out, cfg, start)
         trim_logs(out, start)
     c.tracker = Tracker(cfg, out, start, enabled=c.world.is_main)
-    c.health = HealthMonitor(cfg.health, out if c.world.is_main else None, start)
+    c.health = HealthMonitor(cfg.health, out if c.world.is_main else None, start, cfg.reward.weights)
     barrier(c.world)
     return start
 
@@ -126,12 +133,21 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
     t = cfg.train
     start = start_run(c, cfg, out)
     held_out = held_out_source(cfg) if cfg.eval.every else None
+    # Every rank keeps the same state (metrics and evaluations are reduced), so all stop together.
+    early_stop = EarlyStop(cfg, out, start)
+    if start < t.iterations and (reason := early_stop.reason()) is not None:
+        logger.warning("this run stopped early after iteration %d: %s; to train on, loosen or turn off "
+                       "eval.early_stop_*", start - 1, reason)
+        c.health.stopped_early(start - 1, reason)
+        start = t.iterations
     preemption = PreemptionFlag()
     preemption.install()
     bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations,
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
+        move_kl(c, cfg, iteration, metrics)
+        early_stop.observe_iteration(metrics)
         # Memory goes to the logs, not to metrics.jsonl: it differs between runs.
         logged = {k: metrics.pop(k) for k in list(metrics) if k.startswith("memory/")}
         if c.world.is_main:
@@ -151,7 +167,8 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         # A signal during the last iteration changes nothing: the run is complete.
         preempted = preemption.requested(c.world) and done < t.iterations
         every = cfg.checkpoint.every
-        if preempted or done == t.iterations or (every and done % every == 0):
+        saved = preempted or done == t.iterations or (every and done % every == 0)
+        if saved:
             started = time.perf_counter()
             save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
             c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
@@ -159,11 +176,44 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
             raise Preempted(out)
         if cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
-            evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
+            record = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
+            if early_stop.observe_eval(record) and early_stop.tracks_best:
+                if not saved:
+                    save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
+                    saved = True
+                if c.world.is_main:
+                    mark_best(out, done)
+                barrier(c.world)
+        reason = early_stop.reason()
+        if reason is not None and done < t.iterations:
+            if not saved:
+                save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
+            logger.warning("stopping early after iteration %d: %s", iteration, reason)
+            c.health.stopped_early(iteration, reason)
+            break
     c.health.finish()
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
     barrier(c.world)
+
+
+def move_kl(c: Components, cfg: Config, iteration: int, metrics: dict) -> None:
+    """After an iteration: the adaptive KL weight follows the iteration's KL, and the KL
+    reference resets to the policy every grpo.reference_reset_every iterations or once the
+    KL exceeds grpo.reference_reset_kl (metric `reference_reset`)."""
+    g = cfg.grpo
+    if c.reference is None or cfg.train.algorithm != "grpo":
+        return
+    kl = metrics.get("kl")
+    if g.kl_schedule == "adaptive" and kl is not None:
+        c.kl_weight = grpo.adaptive_kl_weight(c.kl_weight, kl, g.kl_target)
+    done = iteration + 1
+    reset = (g.reference_reset_every > 0 and done % g.reference_reset_every == 0) or (
+        g.reference_reset_kl > 0 and kl is not None and kl > g.reference_reset_kl)
+    if resets_reference(cfg):
+        if reset:
+            reset_to_policy(c.reference, c.policy)
+        metrics["reference_reset"] = int(reset)
 
 
 def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
@@ -195,7 +245,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
         plan = ode_plan(s.num_steps) if nft else build_step_plan(s, iteration, make_generator(*seed_parts, 4))
         ro = rollout(c.old if nft else policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
-                     decode_and_submit)
+                     decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]
@@ -209,6 +259,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     if cfg.grpo.best_of:
         kept = torch.zeros_like(kept)
         kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
+    if cfg.grpo.kl_schedule == "linear" and not nft:
+        c.kl_weight = grpo.linear_kl_weight(cfg.grpo.kl_weight, cfg.grpo.kl_weight_final, iteration, t.iterations)
     with timer("train"):
         if nft:
             nft_update(c, c.old, ro, cond, scores.advantages, kept, cfg, stats, seed_parts, first_sample)
@@ -232,6 +284,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     metrics = {"iteration": iteration, **stats.reduce(world)}
     finish_iteration_stats(metrics, world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]
+    if c.reference is not None and not nft:
+        metrics["kl_weight"] = c.kl_weight  # the weight this iteration trained with
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
     return metrics

@@ -77,6 +77,7 @@ class Learner:
     ema: dict[str, torch.Tensor] | None = None
     nonfinite_streak: int = 0
     old: Policy | None = None  # DiffusionNFT's old policy: it samples, and moves slowly toward the policy
+    kl_weight: float = 0.0  # GRPO's KL weight now (grpo.kl_schedule moves it)
 
 
 def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
@@ -93,6 +94,11 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
     policy, reference = learner.policy, learner.reference
     device = ro.scored_latents.device  # the training device, wherever the trajectory is kept
     advantages = advantages.to(device)
+    weights = {}
+    if g.step_reweight:
+        scales = grpo.step_gradient_scales(ro.sampler, ro.schedule, ro.plan.trainable, ro.latents[:1, 0].to(device),
+                                           g.ratio_norm)
+        weights = grpo.step_weights(scales)
     stats.max("ratio_dev_first_update", 0.0)
     stats.max("logprob_drift_first_update", 0.0)
     declare_ratio_stats(stats)
@@ -112,13 +118,19 @@ def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advanta
             t_k = float(ro.schedule[mb.step])
             step = ro.sampler.sde_step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, prev_sample=x_next)
             forward_rows += len(idx) * rows_each * (1 if reference is None else 2)
-            loss, ratio = grpo.clipped_loss(step.log_prob, old_log_prob, advantages[idx], g.clip_range)
+            log_ratio = step.log_prob - old_log_prob
+            if g.ratio_norm:
+                old_mean = ro.old_mean(rows, mb.step).to(device)
+                log_ratio = grpo.normalized_log_ratio(log_ratio, step.mean, old_mean, step.std)
+            loss, ratio = grpo.clipped_loss(log_ratio, advantages[idx], g.clip_range)
+            if weights:
+                loss = loss * weights[mb.step]
             if reference is not None:
                 with torch.no_grad():
                     ref = ro.sampler.sde_step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step,
                                               prev_sample=x_next)
                 kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
-                loss = loss + g.kl_weight * kl
+                loss = loss + learner.kl_weight * kl
                 stats.mean("kl", kl)
             (loss * len(mb.samples) / window_samples).backward()
             deviation = (ratio.detach() - 1).abs()
@@ -180,3 +192,20 @@ def build_reference(policy: Policy) -> Policy:
     reference = copy.copy(policy)
     reference.transformer = copy.deepcopy(policy.transformer).requires_grad_(False).eval()
     return reference
+
+
+def trained_weights(copy_of_policy: Policy, policy: Policy) -> dict[str, torch.Tensor]:
+    """The weights of a frozen copy (NFT's old policy, a reset KL reference) that the policy
+    trains: all that differs from the initial model, so all a checkpoint must hold of it (in
+    place: loading fills them)."""
+    trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
+    return {name: p.detach() for name, p in copy_of_policy.transformer.named_parameters() if name in trained}
+
+
+@torch.no_grad()
+def reset_to_policy(copy_of_policy: Policy, policy: Policy) -> None:
+    """Copy the policy's trained weights into the frozen copy (sharded alike: shard to shard)."""
+    copies = trained_weights(copy_of_policy, policy)
+    for name, p in policy.transformer.named_parameters():
+        if name in copies:
+            copies[name].copy_(p.detach())

@@ -49,3 +49,16 @@ def flatness_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
 register_reward(rule_reward("test_constant", constant_reward))
 register_reward(rule_reward("test_flatness", flatness_reward))
+
+
+_rising_calls = [0]
+
+
+def rising_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """A score that rises with every call (a run whose reward climbs), separating the samples
+    of a call by their mean pixel value: with collapsing diversity, reward hacking's signature."""
+    _rising_calls[0] += 1
+    return _rising_calls[0] + videos.float().mean(dim=(1, 2, 3, 4)) / 255
+
+
+register_reward(rule_reward("test_rising", rising_reward))

@@ -54,11 +54,10 @@ def test_advantage_clip_and_batch_mode():
 
 
 def test_clipped_loss_value_and_gradient():
-    old = torch.tensor([0.0, 0.0, 0.0, 0.0])
     # ratios 1.05, 0.85, 1.0, 1.3 with clip 0.1 and advantages +1, +1, -2, -1
     new = torch.log(torch.tensor([1.05, 0.85, 1.0, 1.3])).requires_grad_()
     adv = torch.tensor([1.0, 1.0, -2.0, -1.0])
-    loss, ratio = grpo.clipped_loss(new, old, adv, clip_range=0.1)
+    loss, ratio = grpo.clipped_loss(new, adv, clip_range=0.1)
     # per sample: max(-A r, -A clip(r)): -1.05 | max(-0.85, -0.9) | 2.0 | max(1.3, 1.1)
     assert loss.item() == pytest.approx((-1.05 - 0.85 + 2.0 + 1.3) / 4, rel=1e-6)
     loss.backward()
@@ -70,7 +69,7 @@ def test_clipped_loss_value_and_gradient():
 
 def test_clipped_loss_gradient_zero_outside_trust_region():
     new = torch.log(torch.tensor([1.5, 0.5])).requires_grad_()
-    loss, _ = grpo.clipped_loss(new, torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.2)
+    loss, _ = grpo.clipped_loss(new, torch.tensor([1.0, -1.0]), clip_range=0.2)
     loss.backward()
     assert torch.equal(new.grad, torch.zeros(2))
 

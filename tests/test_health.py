@@ -122,14 +122,32 @@ def run_cfg(tmp_path, *overrides):
      "sampling.eta"),
     # A learning rate large enough to explode.
     ("exploding_update", ["train.iterations=5", "train.lr=0.3", "health.window=2"], "train.lr"),
-    # The reward rises while every sample of a group becomes the same (a collapsed policy).
-    ("reward_hacking", ["train.iterations=5", "train.lr=3.0", "health.window=2"], "grpo.kl_weight"),
+    # The reward rises while the samples of a group converge (diversity shrinks by half an iteration).
+    ("reward_hacking", ["train.iterations=5", "health.window=2", "reward.weights={test_rising: 1.0}",
+                        f"reward.plugins=[{REWARD_PLUGINS}]"], "grpo.kl_weight"),
 ])
-def test_the_right_warning_fires_within_five_iterations_of_a_faulty_run(tmp_path, fault, overrides, knob):
+def test_the_right_warning_fires_within_five_iterations_of_a_faulty_run(tmp_path, monkeypatch, fault, overrides,
+                                                                         knob):
+    if fault == "reward_hacking":
+        import fastvideo_grpo.trainer as trainer
+
+        calls = []
+
+        def converging(latents, group_size):
+            calls.append(1)
+            return group_diversity(latents, group_size) * 0.5 ** len(calls)
+
+        monkeypatch.setattr(trainer, "group_diversity", converging)
     out = train(run_cfg(tmp_path, *overrides))
     fired = json.loads((out / "health.json").read_text())["fired"]
     assert fault in fired and fired[fault]["first_iteration"] < 5
     assert knob in fired[fault]["message"]
+
+
+def test_a_zero_median_gradient_norm_is_no_scale_for_an_explosion(tmp_path):
+    monitor = HealthMonitor(HealthConfig(window=2), tmp_path)
+    fired = [monitor.observe(i, healthy_row(i, grad_norm=0.0 if i < 3 else 1.0)) for i in range(4)]
+    assert fired == [[], [], [], []]
 
 
 def test_a_healthy_run_fires_nothing(tmp_path):

@@ -1,5 +1,6 @@
-"""Where checkpoints live: output_dir/checkpoints/step_<N>/ and the `latest` pointer; which
-one a run resumes from, and which old ones are pruned."""
+"""Where checkpoints live: output_dir/checkpoints/step_<N>/, the `latest` pointer and the
+`best` one (the best held-out evaluation's); which one a run resumes from, and which old
+ones are pruned (never the best)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -39,8 +41,30 @@ def step_of(path: Path) -> int:
 
 def prune(root: Path, keep_last: int) -> None:
     complete = sorted((p for p in root.glob("step_*") if p.is_dir()), key=step_of)
+    best = (root / BEST).read_text().strip() if (root / BEST).is_file() else None
     for old in complete[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old)
+        if old.name != best:
+            shutil.rmtree(old)
+
+
+def mark_best(output_dir: str | Path, iteration: int) -> None:
+    """Point checkpoints/best at step_<iteration> (which must exist)."""
+    root = checkpoint_root(output_dir)
+    if not (root / f"step_{iteration}" / MANIFEST).is_file():
+        raise FileNotFoundError(f"{root / f'step_{iteration}'} is not a complete checkpoint: it cannot be marked best")
+    write_atomic(root / BEST, f"step_{iteration}\n")
+
+
+def best_checkpoint(output_dir: str | Path) -> Path:
+    """The checkpoint `best` names; an error naming the file when there is none."""
+    pointer = checkpoint_root(output_dir) / BEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{pointer} does not exist: the run marked no best checkpoint (it needs eval.every "
+                                "and eval.early_stop_patience or eval.early_stop_diversity)")
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
+    return path
 
 
 def newest_complete(root: Path) -> Path | None:
@@ -69,9 +93,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder meant by what a user may pass for one: the folder itself, the
-    `latest` file, the checkpoints folder or the run folder (for the last two, its latest)."""
+    `latest` or `best` file, the checkpoints folder or the run folder (for the last two, its latest)."""
     path = Path(path)
-    if path.is_file() and path.name == LATEST:
+    if path.is_file() and path.name in (LATEST, BEST):
         return path.parent / path.read_text().strip()
     run = path.parent if path.name == CHECKPOINTS else path
     if not checkpoint_root(run).is_dir():

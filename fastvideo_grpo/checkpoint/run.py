@@ -1,5 +1,6 @@
-"""What a training run saves and resumes: the learner (weights, optimizer, EMA), its LR
-schedule and the prompt sampler's position."""
+"""What a training run saves and resumes: the learner (weights, optimizer, EMA, NFT's old
+policy, a KL reference that resets, the KL weight), its LR schedule and the prompt
+sampler's position."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from fastvideo_grpo.checkpoint.folders import latest_checkpoint
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.prompts import PromptSampler
-from fastvideo_grpo.nft import old_state
 from fastvideo_grpo.parallel import World, all_finite
-from fastvideo_grpo.update import Learner, NonFiniteTraining
+from fastvideo_grpo.update import Learner, NonFiniteTraining, trained_weights
 
 
 def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config) -> int:
@@ -33,8 +33,9 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
                              "or give this run another train.output_dir")
         return 0
     state = load_checkpoint(path, learner.policy.transformer, learner.optimizer, world, learner.ema,
-                            verify=cfg.checkpoint.verify, extra=_extra(learner))
+                            verify=cfg.checkpoint.verify, extra=_extra(learner, cfg))
     learner.scheduler.load_state_dict(state["scheduler"])
+    learner.kl_weight = state.get("kl_weight", learner.kl_weight)
     sampler.load_state_dict(state["sampler"])
     return state["iteration"]
 
@@ -45,10 +46,23 @@ def save_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config
     if not all_finite(learner.policy.transformer, world):
         raise NonFiniteTraining(f"after iteration {iteration - 1} the weights hold NaN or inf; not checkpointing "
                                 f"them over {cfg.train.output_dir}/checkpoints (the last checkpoint is intact)")
-    trainer_state = {"scheduler": learner.scheduler.state_dict(), "sampler": sampler.state_dict()}
+    trainer_state = {"scheduler": learner.scheduler.state_dict(), "sampler": sampler.state_dict(),
+                     "kl_weight": learner.kl_weight}
     save_checkpoint(cfg.train.output_dir, iteration, learner.policy.transformer, learner.optimizer, trainer_state, world,
-                    cfg.checkpoint.keep_last, learner.ema, transformer_config, _extra(learner))
+                    cfg.checkpoint.keep_last, learner.ema, transformer_config, _extra(learner, cfg))
 
 
-def _extra(learner: Learner) -> dict[str, dict]:
-    return {"old": old_state(learner.old, learner.policy)} if learner.old is not None else {}
+def resets_reference(cfg: Config) -> bool:
+    g = cfg.grpo
+    return cfg.train.algorithm == "grpo" and g.kl_weight > 0 and (g.reference_reset_every > 0 or g.reference_reset_kl > 0)
+
+
+def _extra(learner: Learner, cfg: Config) -> dict[str, dict]:
+    """The frozen copies that are no longer the initial model: NFT's old policy, and the KL
+    reference once it may have been reset."""
+    extra = {}
+    if learner.old is not None:
+        extra["old"] = trained_weights(learner.old, learner.policy)
+    if learner.reference is not None and resets_reference(cfg):
+        extra["reference"] = trained_weights(learner.reference, learner.policy)
+    return extra
