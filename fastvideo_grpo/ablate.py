@@ -85,7 +85,7 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
         Setting("no guard"),
         Setting("ratio norm + step reweight", ("grpo.ratio_norm=true", "grpo.step_reweight=true")),
         Setting("adaptive KL + reset every 50", ("grpo.kl_weight=0.1", "grpo.kl_schedule=adaptive",
-                                                  "grpo.kl_target=0.01", "grpo.reference_reset_every=50")),
+                                                  "grpo.kl_target=0.05", "grpo.reference_reset_every=50")),
         Setting("early stop (best of eval every 10)", ("eval.every=10", "eval.num_prompts=4",
                                                        "eval.early_stop_patience=5", "eval.early_stop_margin=0.05"))]),
     "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [

@@ -38,8 +38,8 @@ from fastvideo_grpo.rollout import decode_videos, make_generator, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.step_plan import build_step_plan
 from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
-from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, plan_micro_batches,
-                                   reset_to_policy, update_policy)
+from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, follow_kl,
+                                   plan_micro_batches, update_policy)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,10 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
                disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
-        move_kl(c, cfg, iteration, metrics)
+        if c.reference is not None and t.algorithm == "grpo":
+            reset = follow_kl(c, cfg.grpo, iteration, metrics.get("kl"))
+            if resets_reference(cfg):
+                metrics["reference_reset"] = int(reset)
         early_stop.observe_iteration(metrics)
         # Memory goes to the logs, not to metrics.jsonl: it differs between runs.
         logged = {k: metrics.pop(k) for k in list(metrics) if k.startswith("memory/")}
@@ -195,25 +198,6 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
     if c.world.is_main:
         plot_reward_curve({out.name: read_metrics(out / "metrics.jsonl")}, out / "reward_curve.png")
     barrier(c.world)
-
-
-def move_kl(c: Components, cfg: Config, iteration: int, metrics: dict) -> None:
-    """After an iteration: the adaptive KL weight follows the iteration's KL, and the KL
-    reference resets to the policy every grpo.reference_reset_every iterations or once the
-    KL exceeds grpo.reference_reset_kl (metric `reference_reset`)."""
-    g = cfg.grpo
-    if c.reference is None or cfg.train.algorithm != "grpo":
-        return
-    kl = metrics.get("kl")
-    if g.kl_schedule == "adaptive" and kl is not None:
-        c.kl_weight = grpo.adaptive_kl_weight(c.kl_weight, kl, g.kl_target)
-    done = iteration + 1
-    reset = (g.reference_reset_every > 0 and done % g.reference_reset_every == 0) or (
-        g.reference_reset_kl > 0 and kl is not None and kl > g.reference_reset_kl)
-    if resets_reference(cfg):
-        if reset:
-            reset_to_policy(c.reference, c.policy)
-        metrics["reference_reset"] = int(reset)
 
 
 def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:

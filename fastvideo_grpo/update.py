@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fastvideo_grpo import grpo
-from fastvideo_grpo.config import Config
+from fastvideo_grpo.config import Config, GRPOConfig
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.metrics import IterationStats
@@ -209,3 +209,16 @@ def reset_to_policy(copy_of_policy: Policy, policy: Policy) -> None:
     for name, p in policy.transformer.named_parameters():
         if name in copies:
             copies[name].copy_(p.detach())
+
+
+def follow_kl(learner: Learner, g: GRPOConfig, iteration: int, kl: float | None) -> bool:
+    """After an iteration with a KL reference: the adaptive weight follows the iteration's
+    mean KL, and the reference resets to the policy every g.reference_reset_every
+    iterations or once the KL exceeds g.reference_reset_kl. Returns whether it reset."""
+    if g.kl_schedule == "adaptive" and kl is not None:
+        learner.kl_weight = grpo.adaptive_kl_weight(learner.kl_weight, kl, g.kl_target)
+    every, limit = g.reference_reset_every, g.reference_reset_kl
+    reset = (every > 0 and (iteration + 1) % every == 0) or (limit > 0 and kl is not None and kl > limit)
+    if reset:
+        reset_to_policy(learner.reference, learner.policy)
+    return reset
