@@ -52,6 +52,9 @@ class ModelConfig:
     lora_rank: int = 0
     # LoRA scale numerator; 0 means lora_alpha = lora_rank.
     lora_alpha: float = 0.0
+    # torch.compile each transformer block in place after FSDP2 wraps it (parallel/fsdp.py:
+    # apply_compile); parameter names and checkpoints are those of the eager model.
+    compile: bool = False
     # Overrides of the tiny architecture (only read when size is "tiny").
     tiny_layers: int = 1
     tiny_single_layers: int = 1
@@ -323,6 +326,10 @@ class LoggingConfig:
     wandb_mode: Literal["online", "offline"] = "online"
     # Run name for W&B (empty: the output folder's name).
     run_name: str = ""
+    # Dense peak TFLOP/s of one accelerator, for the logged MFU (tflops_per_gpu / peak). 0: the
+    # bf16 peak of the CUDA device by name where known (flops.PEAK_BF16_TFLOPS: H100/H800/H200
+    # 989, A100 312); else MFU is not logged, only tflops_per_gpu.
+    peak_tflops: float = 0.0
 
 
 @dataclass
@@ -570,6 +577,8 @@ def validate(cfg: Config) -> None:
     require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
     require(cfg.model.cfg_scale >= 1, "model.cfg_scale", cfg.model.cfg_scale, ">= 1 (1 disables guidance)")
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
+    require(cfg.logging.peak_tflops >= 0, "logging.peak_tflops", cfg.logging.peak_tflops,
+            ">= 0 (0: looked up from the CUDA device's name)")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")

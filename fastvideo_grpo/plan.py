@@ -14,7 +14,7 @@ it, the weights become fake tensors, and one training micro-batch runs under
 step and the clipped GRPO loss, backward, gradient clipping and the AdamW step (fused, on
 the local shards; the step state it creates is added to the forward/backward peak, as at any
 later step, and the one fp32 temporary per shard of the trainer's foreach AdamW on GPU to the
-step's). FLOPs of that forward come from `FlopCounterMode`. Not modelled: the CUDA caching
+step's). Not modelled: the CUDA caching
 allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
 block longer than on CPU) - what --reserve-gb is for.
 
@@ -39,10 +39,12 @@ What the tracker does not see is estimated from shapes and labelled so:
 Two phases peak: the training micro-batch (tracked + trajectory + accumulated gradient + VAE
 weights + EMA/reference) and the VAE decode during rollout (persistent state + trajectory +
 VAE). The rollout's forward runs without autograd and stays below the training step. GB are
-2**30 bytes. FLOPs per rank per iteration: rollout = forwards (the step plan's, a shared
-prefix once per group) x one forward; training = 3 x forward per trained (sample, timestep)
-(+1 forward with a KL reference); decode = FLOPs per decoded voxel of the small decode x
-voxels x the tiles' overlap. Seconds = FLOPs / (peak TFLOPS x MFU).
+2**30 bytes. FLOPs per rank per iteration, the count the trainer logs its TFLOP/s from
+(flops.py, one row's forward from the network's config): rollout = forwards (the step plan's,
+a shared prefix once per group) x one forward; training = forward + backward (2 forwards, 1
+with LoRA) + the recompute of activation checkpointing per trained (sample, timestep), +1
+forward per frozen network (KL reference, NFT's old policy); decode = FLOPs per decoded voxel
+of the small decode x voxels x the tiles' overlap. Seconds = FLOPs / (peak TFLOPS x MFU).
 
 `--json` prints one object with these keys: config, overrides, family, architecture,
 world {nodes, gpus_per_node, world_size, dp_replicate, dp_shard, sp_size}, gpu_memory_gb,
@@ -80,11 +82,12 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
 from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
 from fastvideo_grpo.models.flux import FluxPolicy
 from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy
@@ -93,7 +96,7 @@ from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import parallelize
-from fastvideo_grpo.rollout import make_generator
+from fastvideo_grpo.rollout import make_generator, rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 
 logger = logging.getLogger(__name__)
@@ -172,14 +175,6 @@ TRACKED = {"Sharded Param": "sharded_parameters", "Unsharded Param": "unsharded_
 CATEGORIES = ("sharded_parameters", "unsharded_parameters", "gradients", "accumulated_gradient", "optimizer_state",
               "activations", "temporary", "communication", "trajectory", "vae_weights", "vae_decode", "ema",
               "reference", "reserved")
-# torch's CPU SDPA kernel has no FLOP formula in FlopCounterMode; it is the same attention.
-CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
 @dataclass(frozen=True)
 class Cluster:
     nodes: int
@@ -302,8 +297,6 @@ def _by_category(snapshot: dict) -> dict[str, int]:
 class TrackedStep:
     peak: dict[str, int]  # bytes by category at the micro-batch's peak
     at_rest: dict[str, int]  # what persists between iterations: sharded parameters, optimizer state
-    forward_flops: int  # one `predict` on the micro-batch (CFG's rows included), this rank
-    samples: int  # samples in the micro-batch
     sharded_bytes: int  # this rank's fp32 shards of all parameters
     trainable_sharded_bytes: int
 
@@ -354,7 +347,8 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     which holds one fp32 temporary per trained shard (sqrt of exp_avg_sq) during the step:
     the step's peak is the memory before it, plus the state, plus that temporary."""
     s, t = cfg.sampling, cfg.train
-    parallelize(policy, world, cfg)
+    # Eager: the plan is the eager model's memory (model.compile's fused kernels hold less).
+    parallelize(policy, world, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False)))
     sampler = _as_numbers(policy.sampler(s))
     schedule = plan.schedule(policy.sampler(s).levels).tolist()
     step = plan.trainable[0]
@@ -375,8 +369,7 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
             trajectory, old_log_prob, advantages, cond = store
             x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()
             cond = cond.select(slice(0, samples))
-            with FlopCounterMode(display=False, custom_mapping={CPU_ATTENTION: _cpu_attention_flops}) as counter:
-                output = policy.predict(x, schedule[step], cond)
+            output = policy.predict(x, schedule[step], cond)
             result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
             loss, _ = grpo.clipped_loss(result.log_prob - old_log_prob, advantages, cfg.grpo.clip_range)
             loss.backward()
@@ -398,8 +391,7 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     before_step["temporary"] += trainable_bytes
     peak = max(backward_peak, before_step, key=lambda snap: sum(snap.values()))
     at_rest = {"sharded_parameters": backward_peak["sharded_parameters"], "optimizer_state": state}
-    return TrackedStep(peak=peak, at_rest=at_rest, forward_flops=counter.get_total_flops(), samples=samples,
-                       sharded_bytes=sum(b for b, _ in local_bytes), trainable_sharded_bytes=trainable_bytes)
+    return TrackedStep(peak=peak, at_rest=at_rest, sharded_bytes=sum(b for b, _ in local_bytes), trainable_sharded_bytes=trainable_bytes)
 
 
 def _materialize(module: nn.Module) -> None:
@@ -582,10 +574,12 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     peak = totals[peak_phase]
 
     rollout_forwards, train_forwards = forwards_per_prompt(cfg, plan_)
-    per_forward = tracked.forward_flops / tracked.samples
-    prompts = cfg.train.prompts_per_iteration
-    flops = {"rollout": prompts * rollout_forwards * per_forward,
-             "train": prompts * train_forwards * per_forward * (4 if cfg.grpo.kl_weight > 0 else 3),
+    prompts, rows = cfg.train.prompts_per_iteration, rows_per_sample(policy)
+    # The trainer's own count (flops.py), over the rows it would log as transformer_forwards_*;
+    # a sequence-parallel group's ranks split each row's tokens (Ulysses: heads in attention).
+    row_flops = forward_flops(policy.transformer, latent_shape, text_shape(cfg, policy)[0]) / p.sp_size
+    flops = {**iteration_flops(cfg, row_flops, prompts * rollout_forwards * rows,
+                               prompts * train_forwards * rows * (1 + frozen_forwards(cfg))),
              "decode": prompts * s.group_size * decode_flops}
     flops = {name: int(value) for name, value in flops.items()}
     flops["total"] = sum(flops.values())

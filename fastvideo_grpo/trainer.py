@@ -23,6 +23,7 @@ from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.early_stop import EarlyStop
 from fastvideo_grpo.ema import init_ema
 from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
+from fastvideo_grpo.flops import throughput
 from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
@@ -272,4 +273,5 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         metrics["kl_weight"] = c.kl_weight  # the weight this iteration trained with
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
+    metrics.update(throughput(cfg, policy.transformer, c.latent_shape, cond.prompt_embeds.shape[1], metrics, world))
     return metrics

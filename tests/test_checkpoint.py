@@ -16,7 +16,7 @@ from fastvideo_grpo.trainer import train
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "checkpoint.every=0"]
-TIMING = ("time_", "samples_per_s")
+TIMING = ("time_", "samples_per_s", "tflops_per_gpu", "mfu")  # wall-clock rates
 
 
 def small_cfg(out, *overrides):

@@ -116,6 +116,10 @@ def test_json_keys_and_knobs_when_it_does_not_fit(tiny_plan):
     assert tiny_plan["fits"] and not tiny_plan["knobs"] and tiny_plan["peak_gb"] > 0
     assert set(tiny_plan["flops"]) == {"rollout", "train", "decode", "total"}
     assert all(tiny_plan["flops"][k] > 0 for k in ("rollout", "train", "decode"))
+    # The trainer's count: tiny_t2v's row (16 x 2 x 4 x 4 latent, 16 text tokens) is 5,578,752
+    # FLOPs (FlopCounterMode's too, tests/test_flops.py); training is 3 forwards a pair.
+    assert tiny_plan["flops"]["rollout"] == tiny_plan["forwards"]["rollout"] * 5578752
+    assert tiny_plan["flops"]["train"] == tiny_plan["forwards"]["train"] * 3 * 5578752
     # Below the peak, and above what decoding one video at a time needs (tiny_t2v decodes 8).
     decode = tiny_plan["memory_by_phase_gb"]["decode"]
     memory = tiny_plan["peak_gb"] - decode["vae_decode"] / 2

@@ -6,7 +6,7 @@ import torch
 from fastvideo_grpo.trainer import train
 
 SCALARS = ["time/rollout", "time/decode", "time/reward", "time/train", "time/checkpoint", "time/eval",
-           "train/samples_per_s", "train/ratio_mean", "train/ratio_max_dev", "train/clip_frac",
+           "train/samples_per_s", "train/tflops_per_gpu", "train/ratio_mean", "train/ratio_max_dev", "train/clip_frac",
            "train/advantage_mean", "train/advantage_std", "train/advantage_abs_max", "train/zero_std_frac",
            "train/grad_norm", "train/lr", "train/loss", "reward/color", "reward_norm/color",
            "memory/peak_gb_max", "memory/peak_gb_mean", "eval/color_mean", "eval/color_ci95"]

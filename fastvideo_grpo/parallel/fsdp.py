@@ -1,4 +1,5 @@
-"""Parallelism applied to an unmodified model, in a fixed order: SP, activation checkpointing, FSDP2."""
+"""Parallelism applied to an unmodified model, in a fixed order: SP, activation checkpointing, FSDP2,
+then torch.compile per block."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     model.enable_gradient_checkpointing()
 
 
+def apply_compile(blocks: list[nn.Module]) -> None:
+    """torch.compile each block in place (`nn.Module.compile`), as torchtitan compiles each
+    transformer block: with dynamo inlining nn modules (torch's default), the blocks of one
+    class reuse one compiled graph, and the module tree, its parameter names and so
+    checkpoints stay as they are (no `_orig_mod`, unlike wrapping each in torch.compile). FSDP2's hooks
+    run on the block's call, where dynamo leaves them eager (they are `_dynamo_disable`d);
+    diffusers' activation checkpointing wraps the call from outside, so the recompute in
+    backward reruns the compiled forward."""
+    for block in blocks:
+        block.compile()
+
+
 def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     if world.sp_size > 1:
         from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
@@ -48,6 +61,8 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     if world.mesh is not None:
         dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
         apply_fsdp(policy.transformer, policy.blocks, world, dtype, cfg.parallel.cpu_offload)
+    if cfg.model.compile:
+        apply_compile(policy.blocks)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
