@@ -35,7 +35,7 @@ from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
-from fastvideo_grpo.rollout import decode_videos, make_generator, rollout
+from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.step_plan import build_step_plan
 from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
@@ -219,12 +219,17 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
 
     def decode_and_submit(batch: slice, final_latents: torch.Tensor) -> None:
         """Each rollout batch is decoded and sent for scoring at once; the reward process
-        scores it while the next batch is sampled."""
-        with timer("decode", accumulate=True):
-            videos = decode_videos(policy, final_latents, s.decode_batch_size)
-        submitted.append(c.scorer.submit(videos, batch_prompts[batch]))
-        if saving and sum(len(v) for v in saved_videos) < t.num_saved_samples:
-            saved_videos.append(videos)
+        scores it while the next batch is sampled. A reward process gets each decode batch
+        as soon as it is decoded, so that it scores the first while the rest decode and the
+        last batch's scoring left after the rollout is one decode batch's."""
+        prompts = batch_prompts[batch]
+        chunks = batch_slices(len(prompts), s.decode_batch_size) if c.scorer.streams else [slice(None)]
+        for chunk in chunks:
+            with timer("decode", accumulate=True):
+                videos = decode_videos(policy, final_latents[chunk], s.decode_batch_size)
+            submitted.append(c.scorer.submit(videos, prompts[chunk]))
+            if saving and sum(len(v) for v in saved_videos) < t.num_saved_samples:
+                saved_videos.append(videos)
 
     with timer("rollout"):
         nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories

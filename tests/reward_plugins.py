@@ -31,9 +31,17 @@ def sleep_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return videos.float().mean(dim=(1, 2, 3, 4))
 
 
+def sleep_per_video_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Sleeps FVGRPO_TEST_SLEEP seconds per video, then scores like echo: a reward whose
+    cost grows with the videos scored, so that how requests are batched leaves it the same."""
+    time.sleep(len(videos) * float(os.environ.get("FVGRPO_TEST_SLEEP", "0.1")))
+    return videos.float().mean(dim=(1, 2, 3, 4))
+
+
 register_reward(rule_reward("test_echo", echo_reward))
 register_reward(rule_reward("test_fail", failing_reward))
 register_reward(rule_reward("test_sleep", sleep_reward))
+register_reward(rule_reward("test_sleep_per_video", sleep_per_video_reward))
 
 
 def constant_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:

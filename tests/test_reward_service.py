@@ -129,3 +129,31 @@ def test_process_mode_scores_equal_inline_and_overlap_with_rollout(tmp_path, mon
         timings[mode] = metrics["time_rollout"] + metrics["time_decode"] + metrics["time_reward"]
         c.scorer.close()
     assert timings["process"] < 0.85 * timings["inline"], timings
+
+
+def test_reward_process_gets_each_decode_batch_as_decoded(tmp_path, monkeypatch):
+    """With a reward process each decode batch is sent as soon as it is decoded; in-line,
+    each rollout batch is scored in one call. The iteration's numbers are the same."""
+    from fastvideo_grpo.rewards.service import InlineScorer
+    from fastvideo_grpo.trainer import setup, train_iteration
+
+    sizes = {}
+    for cls in (InlineScorer, ServiceScorer):
+        def record(self, videos, prompts, submit=cls.submit, name=cls.__name__):
+            sizes.setdefault(name, []).append(len(videos))
+            return submit(self, videos, prompts)
+        monkeypatch.setattr(cls, "submit", record)
+    base = ["sampling.group_size=2", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=1",
+            "train.sample_every=0", "train.progress_bar=false", "train.prompts_per_iteration=4",
+            f"train.output_dir={tmp_path}"]
+    rows = {}
+    for mode in ("inline", "process"):
+        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", base + [f"reward.mode={mode}"])
+        c = setup(cfg)
+        rows[mode] = train_iteration(0, c, cfg)
+        c.scorer.close()
+    assert sizes == {"InlineScorer": [4, 4], "ServiceScorer": [1] * 8}
+    timing = ("time_", "samples_per_s", "memory")
+    inline, process = ({k: v for k, v in row.items() if not k.startswith(timing)} for row in rows.values())
+    assert "reward/color" in inline and "loss" in inline
+    assert process == inline

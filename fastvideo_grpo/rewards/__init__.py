@@ -78,10 +78,15 @@ def _section(model: RewardModel, cfg: RewardConfig) -> Any:
     return model.config(**values)
 
 
+def pairwise_models(cfg: RewardConfig) -> list[str]:
+    """The pairwise reward models reward.weights uses."""
+    return [name for name in _sections(cfg) if is_pairwise(REGISTRY[name])]
+
+
 def check_pairwise_use(cfg: Config) -> None:
     """A pairwise reward scores whole groups in one call: inline scoring gets rollout
     batches, and evaluation scores single (prompt, seed) samples. Raises ConfigError."""
-    if not any(is_pairwise(REGISTRY[name]) for name in _sections(cfg.reward)):
+    if not pairwise_models(cfg.reward):
         return
     s = cfg.sampling
     if cfg.reward.mode == "inline" and s.rollout_batch_size % s.group_size:
@@ -136,4 +141,4 @@ def build_scorer(cfg: RewardConfig) -> Scorer:
 
 
 __all__ = ["REGISTRY", "RewardError", "RewardFn", "RewardModel", "ScoreFn", "Scorer", "build_scorer", "check_pairwise_use",
-           "check_reward_config", "register_reward", "rule_reward"]
+           "check_reward_config", "pairwise_models", "register_reward", "rule_reward"]

@@ -2,7 +2,9 @@
 
     python -m fastvideo_grpo.rewards.serve --config CONFIG.yaml --host 0.0.0.0 --port 7000 [k=v ...]
 
-Trainers connect with reward.mode=remote reward.address=HOST:PORT.
+Trainers connect with reward.mode=remote reward.address=HOST:PORT. A request carries a
+video's frames, or the path of a video file that this server reads (ServiceScorer.submit_paths;
+`python -m fastvideo_grpo.evaluate --videos ... --send-paths`): a path as this node sees it.
 """
 
 from __future__ import annotations

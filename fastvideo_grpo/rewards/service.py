@@ -2,7 +2,8 @@
 
 One process per node (or a standalone server on a dedicated node) loads the configured
 rewards once and serves every local rank over TCP. A request is one video (uint8
-[T, H, W, 3]) with its prompt and a request id; the server batches requests of the same
+[T, H, W, 3], or the path of a video file the server reads) with its prompt and a request
+id; the server batches requests of the same
 shape up to `max_batch` or `max_latency_ms` and replies with named float scores, or with
 an error naming the reward that failed. Clients match replies by id, so replies may come
 in any order; a request that times out, a dead server, or a failing reward raises
@@ -31,14 +32,13 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.rewards import RewardError, Scorer, build_scorer
 from fastvideo_grpo.rewards.pairwise import take_whole_groups
-from fastvideo_grpo.rewards.protocol import recv_message, send_message
+from fastvideo_grpo.rewards.protocol import frames_request, path_request, recv_message, request_video, send_message
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,11 @@ def serve(cfg: RewardConfig, listener: socket.socket, scorer: Scorer | None = No
         try:
             while True:
                 header, payload = recv_message(conn.sock)
-                video = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).reshape(header["shape"]).copy())
+                try:
+                    video = request_video(header, payload)
+                except Exception as e:  # a file it cannot read fails that request, not the connection
+                    _send_quietly(conn, {"id": header["id"], "error": f"could not read the video: {e}"})
+                    continue
                 pending.put(_Request(header["id"], header["prompt"], video, conn))
         except (ConnectionError, OSError):
             conn.sock.close()
@@ -275,15 +279,18 @@ class RewardClient:
 
     def submit(self, videos: torch.Tensor, prompts: list[str]) -> list[int]:
         """Send one request per video (uint8 [B, T, H, W, 3]); returns their ids."""
-        ids = []
-        for video, prompt in zip(videos, prompts, strict=True):
-            request_id = next(self._ids)
-            header = {"id": request_id, "prompt": prompt, "shape": list(video.shape)}
-            payload = video.contiguous().numpy().tobytes()
-            self._sent[request_id] = (header, payload)
-            self._send(header, payload)
-            ids.append(request_id)
-        return ids
+        return [self._request(*frames_request(next(self._ids), prompt, video))
+                for video, prompt in zip(videos, prompts, strict=True)]
+
+    def submit_paths(self, paths: list[str], prompts: list[str]) -> list[int]:
+        """Send one request per video file, which the server reads; returns their ids."""
+        return [self._request(*path_request(next(self._ids), prompt, str(path)))
+                for path, prompt in zip(paths, prompts, strict=True)]
+
+    def _request(self, header: dict, payload: bytes) -> int:
+        self._sent[header["id"]] = (header, payload)
+        self._send(header, payload)
+        return header["id"]
 
     def _send(self, header: dict, payload: bytes) -> None:
         try:
@@ -344,6 +351,10 @@ class RewardClient:
 class InlineScorer:
     """reward.mode=inline: scores in this process when submitted."""
 
+    # Submitted one rollout batch per call: sending pieces gains nothing when scoring blocks,
+    # and a pairwise reward needs whole groups in a call (rollout batches of whole groups).
+    streams = False
+
     def __init__(self, cfg: RewardConfig):
         self.score = build_scorer(cfg)
         self._results: dict[int, dict[str, torch.Tensor]] = {}
@@ -365,6 +376,10 @@ class ServiceScorer:
     """reward.mode=process or remote: requests go to a reward server and are scored while
     this rank goes on with its rollout."""
 
+    # Takes videos as soon as they are decoded: each is its own request anyway, and the
+    # server starts scoring the first while the rest decode.
+    streams = True
+
     def __init__(self, cfg: RewardConfig, address: str, process: mp.Process | None = None):
         self.cfg, self.process = cfg, process
         restart = self._restart if process is not None else None
@@ -377,6 +392,10 @@ class ServiceScorer:
 
     def submit(self, videos: torch.Tensor, prompts: list[str]) -> list[int]:
         return self.client.submit(videos, prompts)
+
+    def submit_paths(self, paths: list[str], prompts: list[str]) -> list[int]:
+        """Score video files the reward server reads itself (its own paths to them)."""
+        return self.client.submit_paths(paths, prompts)
 
     def result(self, handle: list[int]) -> dict[str, torch.Tensor]:
         try:
