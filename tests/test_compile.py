@@ -44,7 +44,7 @@ def micro_batch(policy, cfg):
     x, x_next = torch.randn(2, *shape, generator=generator), torch.randn(2, *shape, generator=generator)
     sampler = policy.sampler(s)
     step = sampler.sde_step(policy.predict(x, float(sampler.levels[2]), cond), x, sampler.levels, 2, prev_sample=x_next)
-    loss, _ = grpo.clipped_loss(step.log_prob, step.log_prob.detach() + 0.01, torch.tensor([1.0, -0.5]), 0.2)
+    loss, _ = grpo.clipped_loss(step.log_prob - (step.log_prob.detach() + 0.01), torch.tensor([1.0, -0.5]), 0.2)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in policy.transformer.named_parameters()}
 

@@ -94,7 +94,7 @@ def test_a_training_micro_batch_is_three_forwards_and_a_recompute_with_checkpoin
     with counter() as count:
         step = sampler.sde_step(policy.predict(x, float(sampler.levels[2]), cond), x, sampler.levels, 2,
                                 prev_sample=torch.randn_like(x))
-        loss, _ = grpo.clipped_loss(step.log_prob, step.log_prob.detach(), torch.tensor([1.0, -1.0]), 0.2)
+        loss, _ = grpo.clipped_loss(step.log_prob - step.log_prob.detach(), torch.tensor([1.0, -1.0]), 0.2)
         loss.backward()
     row = forward_flops(policy.transformer, tuple(x.shape[1:]), cond.prompt_embeds.shape[1])
     predicted = iteration_flops(cfg, row, 0, x.shape[0])["train"]
