@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_grpo.config import Config
+from fastvideo_grpo.config import Config, ModelConfig
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
+from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan
-from fastvideo_grpo.update import Learner, optimizer_step, trained_weights
+from fastvideo_grpo.update import Learner, build_reference, optimizer_step, trained_weights
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
@@ -45,6 +46,17 @@ def return_decay(step: int, decay_type: int) -> float:
 def ode_plan(num_steps: int) -> StepPlan:
     """Every step deterministic: nothing is stochastic, nothing replayed."""
     return StepPlan(tuple(range(num_steps + 1)), (), ())
+
+
+def build_old(policy: Policy, m: ModelConfig) -> Policy:
+    """The old policy, equal to the policy at the start (call after its LoRA is applied). With
+    LoRA, as the reference does, a second adapter on the policy's own network: the base
+    weights are held, sharded and all-gathered once, and the old policy's forward is the
+    policy's with that adapter active. Without, a frozen full copy of the network."""
+    if m.lora_rank > 0:
+        add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha)
+        return AdapterPolicy(policy, OLD)
+    return build_reference(policy)
 
 
 def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,

@@ -28,7 +28,7 @@ from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
-from fastvideo_grpo.nft import nft_update, ode_plan, update_old
+from fastvideo_grpo.nft import build_old, nft_update, ode_plan, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
@@ -72,15 +72,15 @@ def setup(cfg: Config) -> Components:
     wants_reference = (cfg.nft.kl_weight if nft else cfg.grpo.kl_weight) > 0
     # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
     reference = build_reference(policy) if wants_reference and not resets_reference(cfg) else None
-    old = build_reference(policy) if nft else None
     transformer_config = diffusers_config(policy.transformer)
     if cfg.model.lora_rank > 0:
         apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
     if wants_reference and reference is None:
         reference = build_reference(policy)
+    old = build_old(policy, cfg.model) if nft else None
     parallelize(policy, world, cfg)
     for frozen in (reference, old):
-        if frozen is not None:
+        if frozen is not None and frozen.transformer is not policy.transformer:  # not a second adapter
             parallelize(frozen, world, cfg)
     optimizer, scheduler = build_optimizer(policy, cfg)
     sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,

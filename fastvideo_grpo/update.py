@@ -16,6 +16,7 @@ from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
+from fastvideo_grpo.models.lora import adapter_weights
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, make_generator, rows_per_sample
 
@@ -197,7 +198,10 @@ def build_reference(policy: Policy) -> Policy:
 def trained_weights(copy_of_policy: Policy, policy: Policy) -> dict[str, torch.Tensor]:
     """The weights of a frozen copy (NFT's old policy, a reset KL reference) that the policy
     trains: all that differs from the initial model, so all a checkpoint must hold of it (in
-    place: loading fills them)."""
+    place: loading fills them). For a second adapter on the policy's own network, that
+    adapter's weights, under the names of the trained adapter's."""
+    if copy_of_policy.transformer is policy.transformer:
+        return adapter_weights(policy.transformer, copy_of_policy.adapter)
     trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
     return {name: p.detach() for name, p in copy_of_policy.transformer.named_parameters() if name in trained}
 

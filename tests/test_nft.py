@@ -1,5 +1,8 @@
 """DiffusionNFT: the loss against an independent computation, the old policy's decay and
-update, the config rule, and bit-exact resume of a run."""
+update (a full copy, or with LoRA a second adapter on the same network), the config rule,
+bit-exact resume of a run, and export of a LoRA run."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -7,10 +10,11 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.nft import nft_loss, return_decay, update_old
+from fastvideo_grpo.models.lora import OLD, apply_lora
+from fastvideo_grpo.nft import build_old, nft_loss, return_decay, update_old
 from fastvideo_grpo.trainer import train
 from fastvideo_grpo.update import build_reference
-from helpers import read_jsonl, tiny_policy
+from helpers import read_jsonl, tiny_conditioning, tiny_policy
 
 
 def reference_loss(v, v_old, x_t, x0, a, sigma, beta, clip):
@@ -69,6 +73,64 @@ def test_the_old_policy_moves_toward_the_policy_by_one_minus_decay(tiny_cfg):
         torch.testing.assert_close(p, 0.3 * before[name] + 0.7 * current[name])
 
 
+def lora_policy(cfg, rank=4):
+    """The tiny policy with its LoRA adapter, and the model config that asks for it."""
+    model = dataclasses.replace(cfg.model, lora_rank=rank, lora_alpha=rank)
+    policy = tiny_policy(cfg)
+    apply_lora(policy.transformer, rank, rank)
+    return policy, model
+
+
+def stored_elements(*networks) -> int:
+    """Elements of the distinct parameter storages of `networks` together."""
+    storages = {p.untyped_storage().data_ptr(): p.numel() for n in networks for p in n.parameters()}
+    return sum(storages.values())
+
+
+def test_with_lora_the_old_policy_is_a_second_adapter_not_a_copy_of_the_base(tiny_cfg):
+    policy, model = lora_policy(tiny_cfg)
+    alone = stored_elements(policy.transformer)
+    adapter = sum(p.numel() for p in policy.transformer.parameters() if p.requires_grad)
+    trained = [n for n, p in policy.transformer.named_parameters() if p.requires_grad]
+    old = build_old(policy, model)
+    assert old.transformer is policy.transformer
+    # One base, two adapters: the old policy costs one adapter (a few % here), a copy the whole network.
+    assert stored_elements(policy.transformer, old.transformer) == alone + adapter
+    assert stored_elements(policy.transformer, build_reference(policy).transformer) == 2 * (alone + adapter)
+    assert adapter < 0.1 * alone
+    # Only the trained adapter trains, and it stays the active one.
+    assert [n for n, p in policy.transformer.named_parameters() if p.requires_grad] == trained
+    assert all(f".{OLD}." not in n for n in trained)
+
+
+def test_the_old_adapter_predicts_with_its_own_weights_and_follows_the_policy(tiny_cfg):
+    policy, model = lora_policy(tiny_cfg)
+    old = build_old(policy, model)
+    s = tiny_cfg.sampling
+    x = torch.randn(2, *policy.latent_shape(s.num_frames, s.height, s.width), generator=torch.Generator().manual_seed(0))
+    cond = tiny_conditioning(tiny_cfg, ["a red ball", "a blue cube"], 1)
+    initial = policy.predict(x, 0.5, cond)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the zero-initialised B matrices take values: the policy moves, the old one not
+        for name, p in policy.transformer.named_parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    flags = {n: p.requires_grad for n, p in policy.transformer.named_parameters()}
+    moved = policy.predict(x, 0.5, cond)
+    assert (moved - initial).abs().max() > 1e-3
+    assert torch.equal(old.predict(x, 0.5, cond), initial)
+    assert torch.equal(policy.predict(x, 0.5, cond), moved)  # the trained adapter is active again
+    assert {n: p.requires_grad for n, p in policy.transformer.named_parameters()} == flags
+
+    before = {n: p.detach().clone() for n, p in policy.transformer.named_parameters() if f".{OLD}." in n}
+    assert update_old(old, policy, optimizer_steps=300, decay_type=1) == pytest.approx(0.3)
+    params = dict(policy.transformer.named_parameters())
+    for name, value in before.items():
+        torch.testing.assert_close(params[name], 0.3 * value + 0.7 * params[name.replace(f".{OLD}.", ".default.")])
+    update_old(old, policy, optimizer_steps=0, decay_type=0)  # decay 0: the old policy is the policy
+    torch.testing.assert_close(old.predict(x, 0.5, cond), moved, rtol=0, atol=1e-6)
+
+
 def test_nft_needs_independent_initial_noise():
     with pytest.raises(ConfigError, match="sampling.shared_noise"):
         load_config(ROOT / "assets/configs/tiny_t2v.yaml", ["train.algorithm=nft"])
@@ -81,16 +143,46 @@ def nft_cfg(out, *overrides):
         "train.prompts_per_iteration=2", "nft.decay_type=1", "checkpoint.every=2", *overrides])
 
 
-def test_a_resumed_nft_run_is_bit_exact(tmp_path):
-    straight = read_jsonl(train(nft_cfg(tmp_path / "a", "train.iterations=4")) / "metrics.jsonl")
-    train(nft_cfg(tmp_path / "b", "train.iterations=2"))
-    resumed = read_jsonl(train(nft_cfg(tmp_path / "b", "train.iterations=4")) / "metrics.jsonl")
+@pytest.mark.parametrize("lora", [(), ("model.lora_rank=4", "train.lr=1e-2")], ids=["full", "lora"])
+def test_a_resumed_nft_run_is_bit_exact(tmp_path, lora):
+    """With LoRA the old policy is the second adapter, checkpointed as adapter weights only."""
+    straight = read_jsonl(train(nft_cfg(tmp_path / "a", "train.iterations=4", *lora)) / "metrics.jsonl")
+    train(nft_cfg(tmp_path / "b", "train.iterations=2", *lora))
+    resumed = read_jsonl(train(nft_cfg(tmp_path / "b", "train.iterations=4", *lora)) / "metrics.jsonl")
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
     for a, b in zip(straight, resumed):
         timing = ("time", "samples_per_s", "tflops_per_gpu")
         assert {k: v for k, v in a.items() if not k.startswith(timing)} == \
                {k: v for k, v in b.items() if not k.startswith(timing)}
     assert straight[-1]["transformer_forwards_rollout"] == 2 * 8 * 8  # prompts x G x N, no SDE replay
+    if lora:
+        assert_exports_the_trained_adapter(tmp_path / "a", tmp_path / "export")
+
+
+def assert_exports_the_trained_adapter(run, out):
+    """The checkpoint holds the adapters only (the trained one as the model, the old one as
+    `old`, under the trained one's names); export writes the trained one."""
+    from safetensors.torch import load_file
+
+    from fastvideo_grpo.checkpoint import latest_checkpoint, load_shards, saved_keys
+    from fastvideo_grpo.export import export, load_trained_transformer
+
+    checkpoint = latest_checkpoint(run)
+    keys = saved_keys(checkpoint)
+    model_keys = [k for k in keys if k.startswith("model.")]
+    assert model_keys and all("lora_" in k and f".{OLD}." not in k for k in model_keys)
+    assert sorted(k for k in keys if k.startswith("old.")) == sorted("old." + k[len("model."):] for k in model_keys)
+    trained = {n: p.detach() for n, p in load_trained_transformer(checkpoint).named_parameters() if "lora_" in n}
+    old = {"old": {n: torch.empty_like(p) for n, p in trained.items()}}
+    load_shards(old, checkpoint)
+    exported = load_file(export(checkpoint, out, adapter_only=True) / "pytorch_lora_weights.safetensors")
+    assert len(exported) == len(trained) and not any(f".{OLD}." in k for k in exported)
+    differ = 0
+    for key, value in exported.items():
+        name = key.removeprefix("transformer.").replace(".weight", ".default.weight")
+        assert torch.equal(value, trained[name]), key
+        differ += not torch.equal(value, old["old"][name])
+    assert differ > 0  # the old adapter lags: what was exported is not it
 
 
 @pytest.mark.parametrize("config", ["tiny_sd_t2i.yaml", "tiny_flux_t2i.yaml"])

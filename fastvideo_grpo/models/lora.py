@@ -1,10 +1,22 @@
-"""LoRA adapters (peft, through diffusers' PeftAdapterMixin) on the blocks' linears."""
+"""LoRA adapters (peft, through diffusers' PeftAdapterMixin) on the blocks' linears; a
+second, frozen adapter on the same network for NFT's old policy."""
 
 from __future__ import annotations
 
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from fastvideo_grpo.models.base import Policy, TextConditioning
+
+TRAINED = "default"  # peft's name of the first adapter: the trained one, the one export writes
+OLD = "old"
 
 # Attention projections and MLP linears of every dual- and single-stream block (a UNet's
 # transformer blocks: self- and cross-attention attn1/attn2); the text refiner, embedders,
@@ -16,13 +28,74 @@ BLOCK_LINEARS = (
 )
 
 
+def lora_config(rank: int, alpha: float) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=BLOCK_LINEARS, init_lora_weights=True)
+
+
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> None:
     """Add a zero-initialised adapter (the model's outputs are unchanged) and freeze
     everything else."""
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=BLOCK_LINEARS,
-                                 init_lora_weights=True))
+    model.add_adapter(lora_config(rank, alpha))
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
+
+
+def adapter_weights(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """Adapter `adapter`'s weights, keyed by the names of the trained adapter's weights they
+    stand beside (`...lora_A.old.weight` under `...lora_A.default.weight`)."""
+    pattern = re.compile(rf"\.(lora_[AB])\.{re.escape(adapter)}\.")
+    return {pattern.sub(rf".\1.{TRAINED}.", name): p.detach() for name, p in model.named_parameters()
+            if pattern.search(name)}
+
+
+@torch.no_grad()
+def add_frozen_adapter(model: nn.Module, adapter: str, rank: int, alpha: float) -> None:
+    """A second adapter beside the trained one, equal to it and frozen; the trained adapter
+    stays the active one and the only trainable weights."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        model.add_adapter(lora_config(rank, alpha), adapter_name=adapter)  # activates it, and flips requires_grad
+    model.set_adapter(TRAINED)
+    current = dict(model.named_parameters())
+    for name, p in adapter_weights(model, adapter).items():
+        p.copy_(current[name])
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+
+
+@contextmanager
+def active_adapter(model: nn.Module, adapter: str):
+    """Run `model` with adapter `adapter` in place of the active one. Only each adapted
+    layer's active name changes: peft's set_adapter would also make the active adapter the
+    trainable one, and under FSDP2 and the optimizer which weights train must not change."""
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    before = [m._active_adapter for m in layers]
+    for m in layers:
+        m._active_adapter = [adapter]
+    try:
+        yield
+    finally:
+        for m, active in zip(layers, before):
+            m._active_adapter = active
+
+
+@dataclass
+class AdapterPolicy:
+    """The policy's own network with another of its adapters active (NFT's old policy under
+    LoRA): one base model in memory, sharded once; everything but `predict` is the policy's."""
+
+    policy: Policy
+    adapter: str
+
+    def __getattr__(self, name: str):
+        if name == "policy":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        with active_adapter(self.policy.transformer, self.adapter):
+            return self.policy.predict(latents, t, cond)
 
 
 def frozen_parameter_names(model: nn.Module) -> set[str]:
