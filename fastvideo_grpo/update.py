@@ -17,7 +17,7 @@ from fastvideo_grpo.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.models.lora import adapter_weights
-from fastvideo_grpo.parallel.fsdp import clip_grad_norm, set_gradient_sync
+from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard, set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, make_generator, rows_per_sample
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ def trained_weights(copy_of_policy: Policy, policy: Policy) -> dict[str, torch.T
     adapter's weights, under the names of the trained adapter's."""
     if copy_of_policy.transformer is policy.transformer:
         return adapter_weights(policy.transformer, copy_of_policy.adapter)
+    reshard(copy_of_policy.transformer)
     trained = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
     return {name: p.detach() for name, p in copy_of_policy.transformer.named_parameters() if name in trained}
 

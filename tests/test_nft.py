@@ -194,3 +194,24 @@ def test_every_family_trains_with_nft(tmp_path, config):
         "train.algorithm=nft", "sampling.shared_noise=false", "train.iterations=1", "checkpoint.every=0"])
     row = read_jsonl(train(cfg) / "metrics.jsonl")[0]
     assert np.isfinite(row["loss"]) and row["optimizer_steps"] >= 1 and row["old_decay"] >= 0
+
+
+NFT_2RANK = ("train.algorithm=nft", "sampling.shared_noise=false", "nft.decay_type=1")
+
+
+def test_two_ranks_train_what_one_does_with_nft(one_rank_run, tmp_path):
+    """The old policy is sharded like the policy and moves shard by shard; each rank's
+    fresh training noise is drawn by sample index, so 2 data-parallel ranks equal 1."""
+    from helpers import COMMON, DIST, run
+
+    one = one_rank_run(ROOT / "assets/configs/tiny_t2v.yaml", *COMMON, "train.prompts_per_iteration=2", *NFT_2RANK)
+    run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", *NFT_2RANK, f"train.output_dir={tmp_path}"],
+        nproc=2)
+    a, b = torch.load(one / "final_params.pt"), torch.load(tmp_path / "final_params.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
+    for r1, r2 in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl"), strict=True):
+        assert r2["reward_mean"] == pytest.approx(r1["reward_mean"], rel=1e-5)
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-4, abs=1e-7)
+        assert r2["old_decay"] == r1["old_decay"]

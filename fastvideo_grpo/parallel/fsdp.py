@@ -65,6 +65,16 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
         apply_compile(policy.blocks)
 
 
+def reshard(model: nn.Module) -> None:
+    """Free the unsharded parameters FSDP2 still holds, so that every parameter is its
+    sharded DTensor again. A frozen network needs it before its weights are touched: with no
+    backward, the root (reshard_after_forward off) keeps its parameters unsharded after a
+    forward, as plain tensors."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
     """Skip the gradient reduce-scatter on all but the last micro-batch of a window."""
     if isinstance(model, FSDPModule):
