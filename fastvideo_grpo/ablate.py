@@ -8,9 +8,11 @@ seeds (the seed changes prompt order and all sampling noise). The final weights 
 evaluated with the ODE sampler, `--eval-seeds` samples per prompt, on the held-out prompts
 of the config's eval.prompts_file and on the training prompts, scored by the raw color and
 motion rewards whatever the run trained on, so that settings that change the reward
-still compare. Settings shared by several experiments (each experiment's reference is the
-config itself) run once. Writes OUTPUT/results.md (table), OUTPUT/results.json and
-OUTPUT/curves.png (training reward/color, seed-averaged, moving average). `--quick` is a
+still compare. Settings shared by several experiments (each experiment's reference is its
+first setting) run once. Writes OUTPUT/results.md (table), OUTPUT/results.json and
+OUTPUT/curves.png (training reward/color, seed-averaged, moving average); where an
+experiment's runs evaluate during training (`EVAL_CURVE`), the seconds each setting took to
+reach the reference's final held-out reward and OUTPUT/eval_curves.png. `--quick` is a
 CI-sized grid: one seed, a few iterations.
 """
 
@@ -53,6 +55,16 @@ def _eta(value: float) -> Setting:
     return Setting(f"eta {value}", (f"sampling.eta={value}",))
 
 
+# The held-out ODE reward during training (eval.jsonl), for reward against wall-clock seconds.
+EVAL_CURVE = ("eval.every=10", "eval.num_prompts=8", "eval.num_seeds=2", "eval.batch_size=8", "eval.grid_prompts=0")
+
+
+def _nft(lr: str) -> Setting:
+    """DiffusionNFT on the same rollout shape (8 deterministic Euler steps), at learning rate `lr`."""
+    return Setting(f"DiffusionNFT lr {float(lr):g}", ("train.algorithm=nft", "sampling.shared_noise=false",
+                                                       f"train.lr={lr}", *EVAL_CURVE))
+
+
 # Each experiment's settings, the paper's finding it tests, and the config's own setting
 # as the reference (the first one listed with no overrides).
 EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
@@ -78,8 +90,9 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
                                                    "grpo.timestep_fraction=1.0")),
         Setting("window 2 random, CPS", ("sampling.sde_window_size=2", "sampling.sde_window_schedule=random",
                                          "sampling.sde_type=cps", "grpo.timestep_fraction=1.0"))]),
-    "algorithm": ("DiffusionNFT (forward process, deterministic rollouts) against clipped GRPO", [
-        Setting("GRPO"), Setting("DiffusionNFT", ("train.algorithm=nft", "sampling.shared_noise=false"))]),
+    "algorithm": ("DiffusionNFT (forward process, deterministic rollouts) reaches GRPO's final held-out ODE reward "
+                  "in half the wall time", [
+        Setting("GRPO", EVAL_CURVE), *(_nft(lr) for lr in ("1.0e-3", "2.0e-3", "4.0e-3"))]),
     "guards": ("the guards against collapse and hacking (GRPO-Guard's ratio normalisation and step reweighting, an "
                "adaptive KL to a reference that resets, early stop on the held-out reward) cost no final reward", [
         Setting("no guard"),
@@ -137,7 +150,53 @@ def run_one(config: str, overrides: tuple[str, ...], seed: int, folder: str, ite
     records = read_metrics(folder / "metrics.jsonl")
     tail = records[-max(1, len(records) // 5):]
     return {"eval": scores, "train_color_last": sum(r["reward/color"] for r in tail) / len(tail), "seconds": seconds,
-            "iterations": len(records)}
+            "iterations": len(records), "eval_curve": eval_curve(folder, records)}
+
+
+def eval_curve(folder: Path, records: list[dict]) -> list[list[float]]:
+    """[training seconds, held-out ODE color] after each in-loop evaluation (eval.jsonl; empty
+    without eval.every). Seconds are the iterations' own (time_iteration summed), so the
+    evaluations' time is not counted."""
+    path = folder / "eval.jsonl"
+    if not path.is_file():
+        return []
+    elapsed, seconds = 0.0, {}
+    for record in records:
+        elapsed += record["time_iteration"]
+        seconds[record["iteration"] + 1] = elapsed
+    return [[seconds[e["iteration"]], e["eval/color_mean"]] for e in read_metrics(path)]
+
+
+def time_to_reach(curve: list[list[float]], target: float) -> float | None:
+    """Training seconds until the held-out reward first reaches `target` (None: never)."""
+    return next((t for t, reward in curve if reward >= target), None)
+
+
+def wall_time_table(results: dict, experiments: list[str]) -> list[str]:
+    """For experiments whose runs evaluated during training: the seconds each setting took to
+    reach the reference's final held-out reward, paired by seed, as a fraction of the
+    reference's whole run."""
+    lines = []
+    for experiment in experiments:
+        settings = EXPERIMENTS[experiment][1]
+        reference = results[settings[0].key]
+        if not all(r["eval_curve"] for s in settings for r in results[s.key]):
+            continue
+        lines += ["", f"{experiment}: training seconds to reach {settings[0].name}'s final in-loop held-out ODE color "
+                      "(seed by seed)", "",
+                  "| setting | final held-out color | s to reach | fraction of reference run | seeds reached |",
+                  "|---|---|---|---|---|"]
+        for setting in settings:
+            runs = results[setting.key]
+            reached = [(time_to_reach(r["eval_curve"], ref["eval_curve"][-1][1]), ref["eval_curve"][-1][0])
+                       for r, ref in zip(runs, reference)]
+            hits = [(t, total) for t, total in reached if t is not None]
+            final = spread([r["eval_curve"][-1][1] for r in runs])
+            when = f"{sum(t for t, _ in hits) / len(hits):.0f}" if hits else "never"
+            fraction = f"{sum(t / total for t, total in hits) / len(hits):.2f}" if hits else "-"
+            lines.append(f"| {setting.name} | {final['mean']:+.3f} +- {final['std']:.3f} | {when} | {fraction} "
+                         f"| {len(hits)}/{len(runs)} |")
+    return lines
 
 
 def evaluate_base(config: str, folder: Path, eval_prompts: int, eval_seeds: int) -> dict[str, dict[str, float]]:
@@ -175,6 +234,7 @@ def table(results: dict, experiments: list[str], base: dict[str, dict[str, float
             seconds = sum(r["seconds"] for r in runs) / len(runs)
             lines.append(f"| {experiment} | {setting.name} | {' | '.join(cells)} | {motion['mean']:.4f} "
                          f"| {train_color['mean']:+.3f} +- {train_color['std']:.3f} | {seconds:.0f} |")
+    lines += wall_time_table(results, experiments)
     lines += ["", "The paper's findings under test:"]
     lines += [f"- {experiment}: {EXPERIMENTS[experiment][0]}" for experiment in experiments]
     return "\n".join(lines)
@@ -203,6 +263,33 @@ def plot_curves(output: Path, experiments: list[str], seeds: list[int], window: 
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(output / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_eval_curves(output: Path, results: dict, experiments: list[str]) -> None:
+    """OUTPUT/eval_curves.png: held-out ODE color against training seconds, seed-averaged at
+    each evaluation, for the experiments whose runs evaluated during training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [e for e in experiments if all(r["eval_curve"] for s in EXPERIMENTS[e][1] for r in results[s.key])]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    for ax, experiment in zip(axes.flat, shown):
+        for setting in EXPERIMENTS[experiment][1]:
+            curves = [r["eval_curve"] for r in results[setting.key]]
+            length = min(len(c) for c in curves)
+            ax.plot([sum(c[i][0] for c in curves) / len(curves) for i in range(length)],
+                    [sum(c[i][1] for c in curves) / len(curves) for i in range(length)], marker=".", label=setting.name)
+        ax.set_xlabel("training seconds (seed mean)")
+        ax.set_ylabel("held-out ODE color")
+        ax.set_title(experiment)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output / "eval_curves.png", dpi=90)
     plt.close(fig)
 
 
@@ -253,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         {"iterations": iterations, "seeds": seeds, "minutes": elapsed / 60, "base": base_scores,
          "settings": {k: {"overrides": list(unique[k].overrides), "runs": v} for k, v in results.items()}}, indent=1))
     plot_curves(output, args.experiments, seeds, args.window)
+    plot_eval_curves(output, results, args.experiments)
     sys.stdout.write(header + text + "\n")
     return 0
 

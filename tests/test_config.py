@@ -48,6 +48,28 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
     assert math.ceil(kept / cfg.train.gradient_accumulation_steps) == RELEASED_STEPS[name]
 
 
+@pytest.mark.parametrize("name", ["hunyuan_t2v", "flux_t2i"])
+def test_nft_flagship_configs_are_the_grpo_ones_with_the_references_rollout(name):
+    """The same task, model, rewards and optimizer as the GRPO flagship; NFT's deterministic
+    10-step second-order rollout without CFG or shared noise, every sample trained."""
+    paths = ["model.path=/m", "data.embeddings_dir=/e", "reward.models.hps.path=/h.pt", "reward.models.clip.path=/c",
+             "reward.models.videoalign.path=/v", "reward.models.videoalign.base=/b"]
+    grpo_cfg = load_config(ROOT / f"assets/configs/{name}.yaml", paths)
+    cfg = load_config(ROOT / f"assets/configs/{name}_nft.yaml", paths)
+    check_reward_config(cfg.reward)
+    s = cfg.sampling
+    assert cfg.train.algorithm == "nft" and cfg.model.cfg_scale == 1.0 and not s.shared_noise
+    assert (s.num_steps, s.ode_solver, cfg.grpo.best_of, cfg.grpo.timestep_fraction) == (10, "dpmpp_2m", 0, 0.99)
+    assert (cfg.nft.beta, cfg.nft.decay_type, cfg.nft.kl_weight) == (1.0, 1, 0.0)
+    for section in ("model", "reward"):
+        assert getattr(cfg, section) == getattr(grpo_cfg, section), section
+    same = ("height", "width", "num_frames", "group_size", "shift")
+    assert [getattr(s, k) for k in same] == [getattr(grpo_cfg.sampling, k) for k in same]
+    changed = {"algorithm", "output_dir"}
+    assert {k: v for k, v in vars(cfg.train).items() if k not in changed} == \
+           {k: v for k, v in vars(grpo_cfg.train).items() if k not in changed}
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.bogus=1", "train.bogus"),
     ("nosection.lr=1", "nosection"),
