@@ -98,17 +98,25 @@ def test_a_failing_reward_is_named():
     scorer.close()
 
 
+def first_iteration_per_mode(overrides: list[str]) -> dict[str, dict]:
+    """Iteration 0's metrics of the tiny config with these overrides, scored in-line and by a reward process."""
+    from fastvideo_grpo.trainer import setup, train_iteration
+
+    rows = {}
+    for mode in ("inline", "process"):
+        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [*overrides, f"reward.mode={mode}"])
+        c = setup(cfg)
+        rows[mode] = train_iteration(0, c, cfg)
+        c.scorer.close()
+    return rows
+
+
 def test_process_mode_scores_equal_inline_and_overlap_with_rollout(tmp_path, monkeypatch):
     from fastvideo_grpo.trainer import setup, train_iteration
 
     base = ["sampling.group_size=2", "sampling.rollout_batch_size=2", "train.sample_every=0",
             "train.progress_bar=false", "train.prompts_per_iteration=4", f"train.output_dir={tmp_path}"]
-    rows = {}
-    for mode in ("inline", "process"):
-        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", base + [f"reward.mode={mode}"])
-        c = setup(cfg)
-        rows[mode] = train_iteration(0, c, cfg)
-        c.scorer.close()
+    rows = first_iteration_per_mode(base)
     assert rows["process"]["reward/color"] == rows["inline"]["reward/color"]
 
     # A slow reward: one call per rollout batch of 2. Inline, rollout and reward add up;
@@ -135,7 +143,6 @@ def test_reward_process_gets_each_decode_batch_as_decoded(tmp_path, monkeypatch)
     """With a reward process each decode batch is sent as soon as it is decoded; in-line,
     each rollout batch is scored in one call. The iteration's numbers are the same."""
     from fastvideo_grpo.rewards.service import InlineScorer
-    from fastvideo_grpo.trainer import setup, train_iteration
 
     sizes = {}
     for cls in (InlineScorer, ServiceScorer):
@@ -146,12 +153,7 @@ def test_reward_process_gets_each_decode_batch_as_decoded(tmp_path, monkeypatch)
     base = ["sampling.group_size=2", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=1",
             "train.sample_every=0", "train.progress_bar=false", "train.prompts_per_iteration=4",
             f"train.output_dir={tmp_path}"]
-    rows = {}
-    for mode in ("inline", "process"):
-        cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", base + [f"reward.mode={mode}"])
-        c = setup(cfg)
-        rows[mode] = train_iteration(0, c, cfg)
-        c.scorer.close()
+    rows = first_iteration_per_mode(base)
     assert sizes == {"InlineScorer": [4, 4], "ServiceScorer": [1] * 8}
     timing = ("time_", "samples_per_s", "memory")
     # repr: bit for bit, and a NaN statistic (no late ratio yet) equals itself.
