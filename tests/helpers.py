@@ -69,6 +69,10 @@ def decode_mp4(data: bytes):
     return torch.from_numpy(np.ascontiguousarray(iio.imread(data, extension=".mp4", index=None))), fps
 
 
+# Metrics that measure wall-clock time, excluded when runs are compared.
+TIMING = ("time_", "samples_per_s", "tflops_per_gpu", "mfu")
+
+
 def read_jsonl(path) -> list[dict]:
     """The records of a JSONL file (metrics.jsonl, eval.jsonl, manifests), in order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

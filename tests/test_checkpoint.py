@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import read_jsonl, run, wait_for_lines
+from helpers import TIMING, read_jsonl, run, wait_for_lines
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import World
@@ -16,7 +16,6 @@ from fastvideo_grpo.trainer import train
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "checkpoint.every=0"]
-TIMING = ("time_", "samples_per_s", "tflops_per_gpu", "mfu")  # wall-clock rates
 
 
 def small_cfg(out, *overrides):

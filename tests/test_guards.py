@@ -18,7 +18,7 @@ from fastvideo_grpo.outputs import append_metrics
 from fastvideo_grpo.samplers import DDIMSampler, RectifiedFlowSampler
 from fastvideo_grpo.sde import ddim_timesteps, sigma_schedule
 from fastvideo_grpo.update import build_reference, reset_to_policy
-from helpers import read_jsonl, tiny_policy
+from helpers import TIMING, read_jsonl, tiny_policy
 
 
 def gaussian_log_prob(x, mean, std):
@@ -104,7 +104,7 @@ def guard_cfg(out, *overrides):
 
 
 def comparable(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time") and k != "samples_per_s"} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
 
 
 def test_ratio_normalisation_and_reweighting_train_with_ratio_one_at_the_first_update(tmp_path):

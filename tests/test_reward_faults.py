@@ -57,7 +57,8 @@ def reward_children() -> list[int]:
 
 def test_a_restart_resends_every_batch_in_flight_not_only_the_awaited_one(monkeypatch, caplog):
     monkeypatch.setenv("FVGRPO_TEST_SLEEP", "0.3")
-    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=5.0, max_restarts=1)
+    # timeout_s also bounds the restarted process's start-up, seconds on loaded cores.
+    cfg = RewardConfig(weights={"test_sleep": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=30.0, max_restarts=1)
     process, address = start_reward_process(cfg)
     scorer = ServiceScorer(cfg, address, process)
     batches = [[10 * b + i for i in range(2)] for b in range(3)]

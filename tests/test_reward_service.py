@@ -155,7 +155,7 @@ def test_reward_process_gets_each_decode_batch_as_decoded(tmp_path, monkeypatch)
             f"train.output_dir={tmp_path}"]
     rows = first_iteration_per_mode(base)
     assert sizes == {"InlineScorer": [4, 4], "ServiceScorer": [1] * 8}
-    timing = ("time_", "samples_per_s", "memory")
+    timing = ("time_", "samples_per_s", "tflops_per_gpu", "mfu", "memory")  # wall-clock rates
     # repr: bit for bit, and a NaN statistic (no late ratio yet) equals itself.
     inline, process = ({k: repr(v) for k, v in row.items() if not k.startswith(timing)} for row in rows.values())
     assert "reward/color" in inline and "loss" in inline

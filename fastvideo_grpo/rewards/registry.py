@@ -67,19 +67,29 @@ def load_plugins(plugins: list[str]) -> None:
             raise ConfigError(f"reward.plugins[{i}]: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
 
 
+_LOADED_FILES: set[Path] = set()
+
+
 def _import_file(path: Path) -> None:
     # Named by its path: two plugin files of one name are two modules, and a second load
     # (the trainer checks the config, then builds the scorer) finds the first.
+    # Loaded files are remembered here, not only in sys.modules, which code that imports
+    # and unloads modules may prune while the registry keeps their rewards.
     name = f"reward_plugin:{path}"
-    if name in sys.modules:
+    if name in sys.modules or path in _LOADED_FILES:
         return
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist; expected a .py file or a module name")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before it runs: its dataclasses look their module up
+    registered = set(REGISTRY)
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]  # a fixed file can be loaded again
+        # A fixed file can be loaded again: forget it, and the rewards it registered before failing.
+        del sys.modules[name]
+        for added in set(REGISTRY) - registered:
+            del REGISTRY[added]
         raise
+    _LOADED_FILES.add(path)
