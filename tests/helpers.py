@@ -2,6 +2,7 @@
 multi-process runs and their comparison; first-frame latents for image-to-video."""
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noi
     s = dataclasses.replace(cfg.sampling, rollout_batch_size=batch_size, shared_noise=shared_noise)
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
     return rollout(policy, cond, s, shape, seed_parts, torch.device("cpu"), plan=plan)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a rendezvous the suite's other jobs cannot take."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_lines(path, count: int, timeout_s: float = 120, poll_s: float = 0.2) -> None:

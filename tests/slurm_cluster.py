@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 
 CONF = """ClusterName=fvgrpo
@@ -48,12 +50,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 class Unavailable(Exception):
     """SLURM cannot be had here (not root, or no package source)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_installed() -> None:
@@ -99,7 +95,7 @@ class Cluster:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname().split(".")[0]
         self.conf.write_text(CONF.format(host=host, dir=self.dir, cpus=os.cpu_count(),
-                                         ctld_port=_free_port(), d_port=_free_port()))
+                                         ctld_port=free_port(), d_port=free_port()))
         Path("/run/munge").mkdir(exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:

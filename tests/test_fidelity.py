@@ -2,7 +2,6 @@
 scored, and the precision of the timestep the network sees."""
 
 import dataclasses
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.sde import ddim_step, scaled_linear_alphas_cumprod, sigma_schedule
-from helpers import tiny_conditioning, tiny_policy, tiny_rollout
+from helpers import free_port, tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue sky"]
 
@@ -95,12 +94,6 @@ def capture_timesteps(module: torch.nn.Module) -> list[torch.Tensor]:
     seen = []
     module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     return seen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("sharded", [False, True])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from helpers import read_jsonl, wait_for_lines
+from helpers import free_port, read_jsonl, wait_for_lines
 from slurm_cluster import Cluster, Unavailable, ensure_installed
 
 # One cluster for the file: under pytest-xdist its tests run on one worker.
@@ -30,6 +30,8 @@ def job_env(cluster, out):
     """The flagship script on the tiny config with 2 local processes."""
     return {**cluster.env, "CONFIG": "assets/configs/tiny_t2v.yaml", "NPROC_PER_NODE": "2",
             "OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1",
+            # the suite's other torchrun jobs share this machine: no fixed rendezvous port
+            "MASTER_PORT": str(free_port()),
             # torchrun sits beside this interpreter
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
@@ -63,6 +65,9 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     job = submitted.stdout.strip().split(";")[0]
     metrics = out / "metrics.jsonl"
     wait_for_lines(metrics, 2, timeout_s=300, poll_s=0.5)
+    state = cluster.run("squeue", "-h", "-j", job, "-o", "%T", check=False).stdout.strip()
+    log = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert state == "RUNNING", f"job {job} is {state or 'gone'} before the signal:\n{log}{cluster.logs()}"
     cluster.run("scancel", "--signal=USR1", job)
     # SLURM holds a requeued job back for about two minutes (starting it sooner on the same
     # node fails with "Job credential revoked"), so this test waits for the real restart.

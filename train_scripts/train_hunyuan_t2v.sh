@@ -18,7 +18,8 @@
 #   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.models.videoalign.base)
 #   OUTPUT_DIR      run folder (sets train.output_dir)
 #   NPROC_PER_NODE  processes per node (default: GPUs on the node, else 1)
-#   MASTER_PORT     rendezvous port under SLURM (default 29500)
+#   MASTER_PORT     rendezvous port under SLURM (default 20000 + job id mod 20000, so
+#                   jobs that share a node do not take each other's port)
 #   TORCHRUN        launcher (default: torchrun from PATH)
 # Arguments are config overrides: bash train_hunyuan_t2v.sh train.lr=2e-5 parallel.sp_size=4
 #
@@ -56,7 +57,7 @@ TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
 
 if [ -n "${SLURM_JOB_ID:-}" ]; then
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-    MASTER_PORT=${MASTER_PORT:-29500}
+    MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
     # torchrun reports any worker exit as 1: the trainer leaves this file when it stopped
     # for preemption (on the shared submit folder, whichever node rank 0 is on).
     export FVGRPO_PREEMPT_MARKER="$PWD/.fvgrpo/preempted-$SLURM_JOB_ID"
