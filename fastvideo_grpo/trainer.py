@@ -13,8 +13,7 @@ from tqdm import tqdm
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
-from fastvideo_grpo.checkpoint import diffusers_config
-from fastvideo_grpo.checkpoint import mark_best
+from fastvideo_grpo.checkpoint import diffusers_config, mark_best
 from fastvideo_grpo.checkpoint.run import resets_reference, resume_run, save_run
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
@@ -170,30 +169,26 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
                 "rewards) before resuming, e.g. with a lower train.lr")
         # A signal during the last iteration changes nothing: the run is complete.
         preempted = preemption.requested(c.world) and done < t.iterations
+        is_best = False
+        if not preempted and cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
+            record = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
+            is_best = early_stop.observe_eval(record) and early_stop.tracks_best
+        stop_reason = early_stop.reason() if done < t.iterations else None
         every = cfg.checkpoint.every
-        saved = preempted or done == t.iterations or (every and done % every == 0)
-        if saved:
+        if preempted or is_best or stop_reason or done == t.iterations or (every and done % every == 0):
             started = time.perf_counter()
             save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
             c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
+        if is_best:
+            if c.world.is_main:
+                mark_best(out, done)
+            barrier(c.world)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
             raise Preempted(out)
-        if cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
-            record = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
-            if early_stop.observe_eval(record) and early_stop.tracks_best:
-                if not saved:
-                    save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
-                    saved = True
-                if c.world.is_main:
-                    mark_best(out, done)
-                barrier(c.world)
-        reason = early_stop.reason()
-        if reason is not None and done < t.iterations:
-            if not saved:
-                save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
-            logger.warning("stopping early after iteration %d: %s", iteration, reason)
-            c.health.stopped_early(iteration, reason)
+        if stop_reason:
+            logger.warning("stopping early after iteration %d: %s", iteration, stop_reason)
+            c.health.stopped_early(iteration, stop_reason)
             break
     c.health.finish()
     if c.world.is_main:

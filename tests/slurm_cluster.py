@@ -22,6 +22,8 @@ SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it starts again (default 120).
+AuthInfo=cred_expire=10
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 StateSaveLocation={dir}/spool/ctld
