@@ -20,15 +20,18 @@ is affine in it either way, so the same combination of outputs gives the same lo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from fastvideo_grpo.config import Config, ModelConfig
+from fastvideo_grpo.config import Config, ModelConfig, NFTConfig
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rows_per_sample
+from fastvideo_grpo.samplers import Sampler
 from fastvideo_grpo.step_plan import StepPlan
 from fastvideo_grpo.update import Learner, build_reference, optimizer_step, trained_weights
 
@@ -76,6 +79,46 @@ def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, 
     return adv_clip_max * (r * weighted(positive) + (1 - r) * weighted(negative)) / beta
 
 
+def trained_timesteps(transitions: int, timestep_fraction: float) -> int:
+    """Levels each kept sample trains at, of a schedule of `transitions` steps (at least one)."""
+    return max(1, int(transitions * timestep_fraction))
+
+
+def micro_batch_samples(cfg: Config) -> int:
+    """Samples per training micro-batch: nft.micro_batch_size, else the rollout's batch."""
+    return cfg.nft.micro_batch_size or cfg.sampling.rollout_batch_size
+
+
+@dataclass
+class MicroBatchLoss:
+    loss: torch.Tensor  # the micro-batch's mean NFT loss, plus the KL term with a reference
+    output: torch.Tensor  # the policy's, with autograd
+    old_output: torch.Tensor
+    kl: torch.Tensor | None  # ||v - v_ref||^2, with a reference
+
+
+def micro_batch_loss(policy: Policy, old: Policy, reference: Policy | None, sampler: Sampler, levels, j: int,
+                     x0: torch.Tensor, eps: torch.Tensor, advantages: torch.Tensor, cond: TextConditioning,
+                     n: NFTConfig, adv_clip_max: float) -> MicroBatchLoss:
+    """One micro-batch at levels[j]: the clean latents noised afresh, x_t = alpha x0 + sigma eps,
+    the policy's prediction there and the old policy's (and the reference's) without autograd."""
+    alpha, sigma = sampler.noise_level(levels, j)
+    x_t = alpha * x0 + sigma * eps
+    level = float(levels[j])
+    output = policy.predict(x_t, level, cond)
+    with torch.no_grad():
+        old_output = old.predict(x_t, level, cond)
+    loss = nft_loss(output, old_output, x_t, x0, advantages, lambda out: sampler.pred_original(out, x_t, levels, j),
+                    n.beta, adv_clip_max).mean()
+    kl = None
+    if reference is not None:
+        with torch.no_grad():
+            ref_output = reference.predict(x_t, level, cond)
+        kl = (output - ref_output).pow(2).mean()
+        loss = loss + n.kl_weight * kl
+    return MicroBatchLoss(loss, output, old_output, kl)
+
+
 def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
                kept: torch.Tensor, cfg: Config, stats: IterationStats, seed_parts: tuple[int, ...],
                first_sample: int) -> None:
@@ -87,10 +130,10 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
     policy, reference, sampler = learner.policy, learner.reference, ro.sampler
     device = ro.scored_latents.device
     levels = sampler.levels
-    count = max(1, int((len(levels) - 1) * g.timestep_fraction))
+    count = trained_timesteps(len(levels) - 1, g.timestep_fraction)
     samples = torch.nonzero(kept).flatten()
     advantages = advantages.to(device)
-    size = n.micro_batch_size or cfg.sampling.rollout_batch_size
+    size = micro_batch_samples(cfg)
     rows_each = rows_per_sample(policy)
     forward_rows = steps = skipped = 0
     for start in range(0, len(samples), t.gradient_accumulation_steps):
@@ -103,24 +146,14 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                                   or cfg.parallel.reduce_grads_every_micro_batch)
                 x0 = ro.scored_latents[chunk.to(device)]
                 eps = torch.randn(x0.shape, generator=gen).to(device)
-                alpha, sigma = sampler.noise_level(levels, j)
-                x_t = alpha * x0 + sigma * eps
-                level, mb_cond = float(levels[j]), cond.select(chunk)
-                output = policy.predict(x_t, level, mb_cond)
-                with torch.no_grad():
-                    old_output = old.predict(x_t, level, mb_cond)
-                loss = nft_loss(output, old_output, x_t, x0, advantages[chunk.to(device)],
-                                lambda out: sampler.pred_original(out, x_t, levels, j), n.beta, g.adv_clip_max).mean()
+                step = micro_batch_loss(policy, old, reference, sampler, levels, j, x0, eps,
+                                        advantages[chunk.to(device)], cond.select(chunk), n, g.adv_clip_max)
                 forward_rows += len(chunk) * rows_each * (3 if reference is not None else 2)
-                if reference is not None:
-                    with torch.no_grad():
-                        ref_output = reference.predict(x_t, level, mb_cond)
-                    kl = (output - ref_output).pow(2).mean()
-                    loss = loss + n.kl_weight * kl
-                    stats.mean("kl", kl)
-                (loss * len(chunk) / (len(window) * count)).backward()
-                stats.mean("loss", loss)
-                stats.mean("old_deviation", (output.detach() - old_output).pow(2).mean())
+                if step.kl is not None:
+                    stats.mean("kl", step.kl)
+                (step.loss * len(chunk) / (len(window) * count)).backward()
+                stats.mean("loss", step.loss)
+                stats.mean("old_deviation", (step.output.detach() - step.old_output).pow(2).mean())
         stepped = optimizer_step(learner, cfg, stats, start // t.gradient_accumulation_steps)
         steps, skipped = steps + stepped, skipped + (not stepped)
         if learner.nonfinite_streak >= t.max_nonfinite_steps:

@@ -10,17 +10,29 @@ the fake process group (rank 0 of nodes x GPUs, no communication), the trainer's
 (`init_distributed`) and parallelism (`parallelize`: sequence parallelism, activation
 checkpointing, FSDP2 per block then root, bf16 parameters, fp32 reduction) are applied to
 it, the weights become fake tensors, and one training micro-batch runs under
-`FSDPMemTracker`: the adapter's `predict` at the configured latent shape, the sampler's SDE
-step and the clipped GRPO loss, backward, gradient clipping and the AdamW step (fused, on
+`FSDPMemTracker`: for GRPO the adapter's `predict` at the configured latent shape, the
+sampler's SDE step and the clipped GRPO loss; for NFT (train.algorithm=nft) the clean
+latents noised afresh, the policy's `predict`, the old policy's without autograd and
+`nft.nft_loss` (nft.micro_batch_loss); then backward, gradient clipping and the AdamW step (fused, on
 the local shards; the step state it creates is added to the forward/backward peak, as at any
 later step, and the one fp32 temporary per shard of the trainer's foreach AdamW on GPU to the
 step's). Not modelled: the CUDA caching
 allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
 block longer than on CPU) - what --reserve-gb is for.
 
+NFT's old policy is built as the trainer builds it (`nft.build_old`) and tracked with the
+policy: `old_policy` is its shards - with LoRA a second frozen adapter on the policy's own
+network (the adapter's weights only), else a frozen full copy (the sharded fp32 weights,
+and its forward all-gathers its own blocks). NFT's rollout plan is `nft.ode_plan` (every
+step deterministic, sampled by the old policy); its micro-batches are nft.micro_batch_size
+(else sampling.rollout_batch_size) samples at one level, train.gradient_accumulation_steps
+samples an optimizer step, each kept sample trained at max(1, int(N x grpo.timestep_fraction))
+levels.
+
 What the tracker does not see is estimated from shapes and labelled so:
 - `trajectory`: prompts x G x (visited levels) latents in fp32, their log-probs, the scored
-  latents and the rollout's conditioning, on the device unless sampling.trajectory_device=cpu;
+  latents and the rollout's conditioning, on the device unless sampling.trajectory_device=cpu
+  (NFT's rollout stores every level too, though its training reads only the scored latents);
 - `accumulated_gradient`: with parallel.reduce_grads_every_micro_batch=false and more than one
   micro-batch per optimizer step, FSDP2 holds every trained parameter's unsharded gradient
   between micro-batches, upcast to the fp32 reduce dtype (`FSDPParam.to_accumulated_grad_if_needed`):
@@ -30,18 +42,18 @@ What the tracker does not see is estimated from shapes and labelled so:
   times the voxels decoded at once (one tile when model.vae_tiling is on) times
   sampling.decode_batch_size, plus twice the decoded batch (the tiles kept for blending and
   their concatenation);
-- `ema` (train.ema_decay > 0) and `reference` (grpo.kl_weight > 0): a copy of the sharded fp32
-  weights each (the reference's forward is not included);
+- `ema` (train.ema_decay > 0) and `reference` (grpo.kl_weight > 0, nft.kl_weight > 0 for NFT):
+  a copy of the sharded fp32 weights each (the reference's forward is not included);
 - with parallel.cpu_offload the sharded parameters, gradients and optimizer state are moved to
   the host column;
 - `reserved`: --reserve-gb for the CUDA context, NCCL buffers and allocator fragmentation (assumed).
 
 Two phases peak: the training micro-batch (tracked + trajectory + accumulated gradient + VAE
-weights + EMA/reference) and the VAE decode during rollout (persistent state + trajectory +
+weights + EMA/reference/old policy) and the VAE decode during rollout (persistent state + trajectory +
 VAE). The rollout's forward runs without autograd and stays below the training step. GB are
 2**30 bytes. FLOPs per rank per iteration, the count the trainer logs its TFLOP/s from
 (flops.py, one row's forward from the network's config): rollout = forwards (the step plan's,
-a shared prefix once per group) x one forward; training = forward + backward (2 forwards, 1
+a shared prefix once per group; NFT: G x N per prompt) x one forward; training = forward + backward (2 forwards, 1
 with LoRA) + the recompute of activation checkpointing per trained (sample, timestep), +1
 forward per frozen network (KL reference, NFT's old policy); decode = FLOPs per decoded voxel
 of the small decode x voxels x the tiles' overlap. Seconds = FLOPs / (peak TFLOPS x MFU).
@@ -51,7 +63,9 @@ world {nodes, gpus_per_node, world_size, dp_replicate, dp_shard, sp_size}, gpu_m
 reserve_gb, fits, headroom_gb, parameters, trainable_parameters, peak_gb, peak_phase,
 micro_batch_peak_gb (the tracked step alone), memory_gb {category: GB at the peak phase},
 memory_by_phase_gb {phase: {category: GB}}, host_gb {category: GB}, tracked, estimated
-(category names), flops {rollout, train, decode, total}, forwards {rollout, train},
+(category names; old_policy is tracked), flops {rollout, train, decode, total}, forwards
+{rollout, train} (rows through the network per rank, as the trainer counts them in
+transformer_forwards_rollout / _train: CFG's second row and the frozen networks' forwards included),
 seconds_per_iteration, peak_tflops, mfu, knobs [{override, peak_gb, headroom_gb, fits,
 lower_bound}] (the knobs that fit, each re-planned), knobs_checked (every knob tried;
 lower_bound: not re-planned because what it leaves unchanged is already over the budget),
@@ -62,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -84,7 +99,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastvideo_grpo import grpo
+from fastvideo_grpo import grpo, nft
 from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
@@ -92,10 +107,10 @@ from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_poli
 from fastvideo_grpo.models.flux import FluxPolicy
 from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy
 from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
-from fastvideo_grpo.models.lora import apply_lora
+from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
-from fastvideo_grpo.parallel.fsdp import parallelize
+from fastvideo_grpo.parallel.fsdp import parallelize, reshard
 from fastvideo_grpo.rollout import make_generator, rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 
@@ -174,7 +189,9 @@ TRACKED = {"Sharded Param": "sharded_parameters", "Unsharded Param": "unsharded_
            "All Gather": "communication", "Reduce Scatter": "communication"}
 CATEGORIES = ("sharded_parameters", "unsharded_parameters", "gradients", "accumulated_gradient", "optimizer_state",
               "activations", "temporary", "communication", "trajectory", "vae_weights", "vae_decode", "ema",
-              "reference", "reserved")
+              "reference", "old_policy", "reserved")
+
+
 @dataclass(frozen=True)
 class Cluster:
     nodes: int
@@ -275,13 +292,34 @@ def fake_world(cfg: Config, world_size: int):
 
 class _PeakTracker(FSDPMemTracker):
     """FSDPMemTracker that keeps only the global peak: the per-module peaks it also records
-    cost half the run time at full size and are not read here."""
+    cost half the run time at full size and are not read here. `also`: more FSDP2 networks
+    to follow as its own (NFT's old policy, a frozen copy): their shards, and the unsharded
+    blocks their forward all-gathers and frees, are not Activations that stay."""
+
+    def __init__(self, mod: nn.Module, optm, also: tuple[nn.Module, ...] = ()):
+        super().__init__(mod, optm)
+        if also:
+            self._root_mod = nn.ModuleList([mod, *also])  # what it instruments: every FSDP2 module under it
 
     def _update_peak_stats(self, peak_state) -> None:
         for dev, snap in self._curr_mem_snap.items():
             if self._peak_mem.get(dev, 0) < snap["Total"]:
                 self._peak_mem[dev] = snap["Total"]
                 self._peak_mem_snap[dev] = dict(snap)
+
+    def _fsdp_state_pre_forward(self, fsdp_mod, orig_fsdp_state_pre_fw):
+        """A second forward of the network in one step (NFT's old policy, a second adapter on
+        the same network) starts its per-module stats afresh: FSDPMemTracker takes a second
+        root call for a next iteration and refuses it, and those stats are not read here."""
+        inner = super()._fsdp_state_pre_forward(fsdp_mod, orig_fsdp_state_pre_fw)
+
+        @functools.wraps(inner)
+        def again(*args, **kwargs):
+            if not self._mod_tracker.is_bw:
+                self.memory_tracking.pop(fsdp_mod, None)
+            return inner(*args, **kwargs)
+
+        return again
 
 
 def _by_category(snapshot: dict) -> dict[str, int]:
@@ -297,13 +335,51 @@ def _by_category(snapshot: dict) -> dict[str, int]:
 class TrackedStep:
     peak: dict[str, int]  # bytes by category at the micro-batch's peak
     at_rest: dict[str, int]  # what persists between iterations: sharded parameters, optimizer state
-    sharded_bytes: int  # this rank's fp32 shards of all parameters
+    sharded_bytes: int  # this rank's fp32 shards of the policy's parameters
     trainable_sharded_bytes: int
+    old_policy_bytes: int = 0  # NFT: this rank's fp32 shards of the old policy's own weights (tracked)
+
+
+def is_nft(cfg: Config) -> bool:
+    return cfg.train.algorithm == "nft"
+
+
+def rollout_plan(cfg: Config) -> StepPlan:
+    """The step plan of iteration 0, as train_iteration picks it: NFT's old policy samples
+    deterministic trajectories (`nft.ode_plan`), GRPO follows sampling's SDE window."""
+    if is_nft(cfg):
+        return nft.ode_plan(cfg.sampling.num_steps)
+    return build_step_plan(cfg.sampling, 0, make_generator(cfg.train.seed, 0, 4))
+
+
+def kept_per_prompt(cfg: Config) -> int:
+    """Samples of a group that train: grpo.best_of of them (NFT too), else the whole group."""
+    return cfg.grpo.best_of or cfg.sampling.group_size
+
+
+def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
+    """Timesteps each kept sample trains at: NFT draws them from all the sampler's levels,
+    GRPO from the plan's trainable transitions."""
+    if is_nft(cfg):
+        return nft.trained_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction)
+    return grpo.num_trained_timesteps(len(plan.trainable), cfg.grpo.timestep_fraction)
+
+
+def samples_per_step(cfg: Config) -> int:
+    """Kept samples of one optimizer step (train.gradient_accumulation_steps counts samples)."""
+    return min(cfg.train.gradient_accumulation_steps, cfg.train.prompts_per_iteration * kept_per_prompt(cfg))
+
+
+def micro_batch_limit(cfg: Config) -> int:
+    """Most samples of one micro-batch of a step: GRPO's mirror the rollout batches (a stored
+    log-prob matches only the same batch's forward); NFT's are nft.micro_batch_size."""
+    return nft.micro_batch_samples(cfg) if is_nft(cfg) else cfg.sampling.rollout_batch_size
 
 
 def micro_batch_size(cfg: Config) -> int:
-    """Samples of one training micro-batch: one optimizer step's samples of one rollout batch."""
-    return min(cfg.sampling.rollout_batch_size, cfg.train.gradient_accumulation_steps)
+    """Samples of the largest training micro-batch: one optimizer step's samples of one
+    rollout batch (GRPO) or of one NFT micro-batch."""
+    return min(micro_batch_limit(cfg), samples_per_step(cfg))
 
 
 def _conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[int, ...]) -> TextConditioning:
@@ -333,12 +409,73 @@ def _as_numbers(sampler):
                                            if isinstance(value, torch.Tensor) or dataclasses.is_dataclass(value)})
 
 
+@dataclass
+class MicroBatchTrace:
+    """An algorithm's training micro-batch for `track_micro_batch`: `inputs()` makes, under
+    fake tensors and without autograd, what the rollout stored for it; `loss(*inputs)` runs
+    the micro-batch's forwards to its loss, under the tracker."""
+
+    inputs: object
+    loss: object
+
+
+def grpo_micro_batch(cfg: Config, policy: Policy, plan: StepPlan, samples: int,
+                     latent_shape: tuple[int, ...]) -> MicroBatchTrace:
+    """update.py's micro-batch: predict at the first trained transition, the SDE step to the
+    stored next latent, the clipped loss."""
+    s = cfg.sampling
+    sampler = _as_numbers(policy.sampler(s))
+    schedule = plan.schedule(policy.sampler(s).levels).tolist()
+    step = plan.trainable[0]
+
+    def inputs():
+        return (torch.randn(samples, 2, *latent_shape), torch.randn(samples), torch.randn(samples),
+                _conditioning(cfg, policy, samples, latent_shape))
+
+    def loss(trajectory, old_log_prob, advantages, cond):
+        x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()  # the trainer indexes the store: copies
+        output = policy.predict(x, schedule[step], cond.select(slice(0, samples)))
+        result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
+        return grpo.clipped_loss(result.log_prob - old_log_prob, advantages, cfg.grpo.clip_range)[0]
+
+    return MicroBatchTrace(inputs, loss)
+
+
+def nft_micro_batch(cfg: Config, policy: Policy, old: Policy, samples: int,
+                    latent_shape: tuple[int, ...]) -> MicroBatchTrace:
+    """nft_update's micro-batch through nft.micro_batch_loss: the stored clean latents noised
+    at one level, the policy's predict, the old policy's without autograd, the NFT loss. The
+    KL reference's forward is left out, as GRPO's (its weights are estimated)."""
+    sampler = _as_numbers(policy.sampler(cfg.sampling))
+
+    def inputs():
+        return torch.randn(samples, *latent_shape), torch.randn(samples), _conditioning(cfg, policy, samples,
+                                                                                        latent_shape)
+
+    def loss(scored, advantages, cond):
+        x0 = scored.clone()  # the trainer indexes the rollout's scored latents: a copy
+        eps = torch.randn_like(x0)
+        return nft.micro_batch_loss(policy, old, None, sampler, sampler.levels, 0, x0, eps, advantages,
+                                    cond.select(slice(0, samples)), cfg.nft, cfg.grpo.adv_clip_max).loss
+
+    return MicroBatchTrace(inputs, loss)
+
+
+def _fp32_shard_bytes(params) -> int:
+    """This rank's shards of `params` (DTensors) in fp32, the dtype FSDP2 keeps them in."""
+    with torch.no_grad():
+        return sum(p.to_local().numel() * 4 for p in params)
+
+
 def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan) -> TrackedStep:
     """One training micro-batch of `policy` (meta, parallelised here) on fake tensors under
-    FSDPMemTracker, as update.py runs it: predict, the SDE step to the stored next latent, the
-    clipped loss, backward (gradient sync on: the last micro-batch of a step), clipping and the
-    AdamW step, on each rank's local shards (the DTensors' own tensors, without DTensor's
-    dispatch per op).
+    FSDPMemTracker, as the trainer runs it (`grpo_micro_batch`, `nft_micro_batch`), then
+    backward (gradient sync on: the last micro-batch of a step), clipping and the AdamW step,
+    on each rank's local shards (the DTensors' own tensors, without DTensor's dispatch per op).
+    NFT's old policy is built as setup builds it (`nft.build_old`): with LoRA a second adapter
+    on the policy's network, else a frozen copy parallelised like the policy, which the
+    tracker follows too (its forward all-gathers its own blocks); either way its shards are
+    reported as old_policy, not as sharded_parameters.
 
     Steady state from a first step: AdamW creates its state in the step, so the forward and
     backward peak plus that state is the peak of any later micro-batch. The tracked step is
@@ -348,31 +485,33 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     the step's peak is the memory before it, plus the state, plus that temporary."""
     s, t = cfg.sampling, cfg.train
     # Eager: the plan is the eager model's memory (model.compile's fused kernels hold less).
-    parallelize(policy, world, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False)))
-    sampler = _as_numbers(policy.sampler(s))
-    schedule = plan.schedule(policy.sampler(s).levels).tolist()
-    step = plan.trainable[0]
+    eager = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False))
+    old = None
+    if is_nft(cfg):
+        with torch.device("meta"):  # a second adapter's new layers on the meta device too
+            old = nft.build_old(policy, cfg.model)  # after LoRA, before FSDP, as setup builds it
+    copied = old is not None and old.transformer is not policy.transformer
+    parallelize(policy, world, eager)
+    if copied:
+        parallelize(old, world, eager)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     samples = micro_batch_size(cfg)
+    trace = (nft_micro_batch(cfg, policy, old, samples, latent_shape) if old is not None
+             else grpo_micro_batch(cfg, policy, plan, samples, latent_shape))
     with FakeTensorMode(allow_non_fake_inputs=True):
         with torch.no_grad():
             policy.transformer.to_empty(device=world.device)
+            if copied:
+                old.transformer.to_empty(device=world.device)
             params = list(policy.transformer.parameters())
             trainable = [p for p in params if p.requires_grad]
             shards = [p.to_local() for p in trainable]  # without autograd: the DTensors' own local tensors
-            store = (torch.randn(samples, 2, *latent_shape), torch.randn(samples), torch.randn(samples),
-                     _conditioning(cfg, policy, samples, latent_shape))
+            inputs = trace.inputs()
         optimizer = torch.optim.AdamW(shards, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
                                       weight_decay=t.weight_decay, fused=True)
-        tracker = _PeakTracker(policy.transformer, optimizer)
+        tracker = _PeakTracker(policy.transformer, optimizer, also=(old.transformer,) if copied else ())
         with tracker:
-            trajectory, old_log_prob, advantages, cond = store
-            x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()
-            cond = cond.select(slice(0, samples))
-            output = policy.predict(x, schedule[step], cond)
-            result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
-            loss, _ = grpo.clipped_loss(result.log_prob - old_log_prob, advantages, cfg.grpo.clip_range)
-            loss.backward()
+            trace.loss(*inputs).backward()
             backward_peak = _by_category(tracker.get_tracker_snapshot("peak")[world.device])
             with torch.no_grad():
                 for param, shard in zip(trainable, shards):
@@ -383,15 +522,24 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
             state = _by_category(tracker.get_tracker_snapshot()[world.device])["optimizer_state"]
             optimizer.zero_grad(set_to_none=True)
             policy.transformer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        local_bytes = [(p.to_local().numel() * 4, p.requires_grad) for p in params]
-    trainable_bytes = sum(b for b, trained in local_bytes if trained)
+        if copied:  # its root stays unsharded after a forward without backward (fsdp.reshard)
+            reshard(old.transformer)
+    trainable_bytes = _fp32_shard_bytes(trainable)
+    old_bytes = 0
+    if copied:
+        old_bytes = _fp32_shard_bytes(old.transformer.parameters())
+    elif old is not None:
+        old_bytes = _fp32_shard_bytes(adapter_weights(policy.transformer, OLD).values())
     backward_peak["optimizer_state"] += state
     before_step["optimizer_state"] += state
     before_step["temporary"] += trainable_bytes
-    peak = max(backward_peak, before_step, key=lambda snap: sum(snap.values()))
-    at_rest = {"sharded_parameters": backward_peak["sharded_parameters"], "optimizer_state": state}
-    return TrackedStep(peak=peak, at_rest=at_rest, sharded_bytes=sum(b for b, _ in local_bytes), trainable_sharded_bytes=trainable_bytes)
+    # The old policy's shards, tracked with the policy's, are its own category.
+    at_rest = {"sharded_parameters": backward_peak["sharded_parameters"] - old_bytes, "optimizer_state": state}
+    peak = dict(max(backward_peak, before_step, key=lambda snap: sum(snap.values())))
+    peak["sharded_parameters"] -= old_bytes
+    own = _fp32_shard_bytes(params) - (0 if copied else old_bytes)  # the policy's, without an old adapter
+    return TrackedStep(peak=peak, at_rest=at_rest, sharded_bytes=own, trainable_sharded_bytes=trainable_bytes,
+                       old_policy_bytes=old_bytes)
 
 
 def _materialize(module: nn.Module) -> None:
@@ -477,20 +625,31 @@ def decode_estimate(cfg: Config, policy: Policy, probe: DecodeProbe) -> tuple[in
 
 def forwards_per_prompt(cfg: Config, plan: StepPlan) -> tuple[int, int]:
     """(rollout, training) sample-forwards per prompt: the rollout's steps for G samples, the
-    deterministic prefix once per group when the group shares its noise; the kept samples at
-    each trained transition."""
-    s, g = cfg.sampling, cfg.grpo
+    deterministic prefix once per group when the group shares its noise (NFT: all of its
+    steps, none when each sample has its own noise, as NFT configs must); the kept samples at
+    each trained timestep."""
+    s = cfg.sampling
     prefix = plan.prefix_steps if s.shared_noise else 0
     rollout = prefix + s.group_size * (plan.num_transitions - prefix)
-    kept = g.best_of or s.group_size
-    return rollout, kept * grpo.num_trained_timesteps(len(plan.trainable), g.timestep_fraction)
+    return rollout, kept_per_prompt(cfg) * trained_timesteps(cfg, plan)
+
+
+def logged_forwards(cfg: Config, plan: StepPlan, rows: int) -> dict[str, int]:
+    """Rows through the network per rank and iteration, as the trainer counts them in
+    transformer_forwards_rollout / _train: CFG's `rows` per sample, and in training one row
+    per frozen network's forward beside each trained one (KL reference, NFT's old policy)."""
+    rollout, trained = forwards_per_prompt(cfg, plan)
+    prompts = cfg.train.prompts_per_iteration
+    return {"rollout": prompts * rollout * rows, "train": prompts * trained * rows * (1 + frozen_forwards(cfg))}
+
+
+def kl_weight(cfg: Config) -> float:
+    """The configured algorithm's KL weight: a frozen reference is built when it is > 0."""
+    return cfg.nft.kl_weight if is_nft(cfg) else cfg.grpo.kl_weight
 
 
 def micro_batches_per_step(cfg: Config, plan: StepPlan) -> int:
-    s, t = cfg.sampling, cfg.train
-    per_step = min(t.gradient_accumulation_steps, cfg.train.prompts_per_iteration * (cfg.grpo.best_of or s.group_size))
-    timesteps = grpo.num_trained_timesteps(len(plan.trainable), cfg.grpo.timestep_fraction)
-    return timesteps * math.ceil(per_step / s.rollout_batch_size)
+    return trained_timesteps(cfg, plan) * math.ceil(samples_per_step(cfg) / micro_batch_limit(cfg))
 
 
 def trajectory_bytes(cfg: Config, policy: Policy, plan: StepPlan) -> tuple[int, int]:
@@ -536,7 +695,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
         raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
                           "attention heads (Ulysses splits heads over sp ranks)")
-    plan_ = build_step_plan(s, 0, make_generator(cfg.train.seed, 0, 4))
+    plan_ = rollout_plan(cfg)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     key = tracking_key(cfg, cluster.world_size)
     with fake_world(cfg, cluster.world_size) as world:
@@ -556,7 +715,8 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     shared = {"trajectory": trajectory,
               "vae_weights": sum(q.numel() * q.element_size() for q in policy.vae.parameters()),
               "ema": tracked.trainable_sharded_bytes if cfg.train.ema_decay > 0 else 0,
-              "reference": tracked.sharded_bytes if cfg.grpo.kl_weight > 0 else 0,
+              "reference": tracked.sharded_bytes if kl_weight(cfg) > 0 else 0,
+              "old_policy": tracked.old_policy_bytes,
               "reserved": int(cluster.reserve_gb * GB)}
     train = {**tracked.peak, "accumulated_gradient": 4 * trainable if accumulating else 0, **shared}
     decode = {"sharded_parameters": tracked.at_rest["sharded_parameters"],
@@ -573,14 +733,12 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     peak_phase = max(totals, key=totals.get)
     peak = totals[peak_phase]
 
-    rollout_forwards, train_forwards = forwards_per_prompt(cfg, plan_)
-    prompts, rows = cfg.train.prompts_per_iteration, rows_per_sample(policy)
+    forwards = logged_forwards(cfg, plan_, rows_per_sample(policy))
     # The trainer's own count (flops.py), over the rows it would log as transformer_forwards_*;
     # a sequence-parallel group's ranks split each row's tokens (Ulysses: heads in attention).
     row_flops = forward_flops(policy.transformer, latent_shape, text_shape(cfg, policy)[0]) / p.sp_size
-    flops = {**iteration_flops(cfg, row_flops, prompts * rollout_forwards * rows,
-                               prompts * train_forwards * rows * (1 + frozen_forwards(cfg))),
-             "decode": prompts * s.group_size * decode_flops}
+    flops = {**iteration_flops(cfg, row_flops, forwards["rollout"], forwards["train"]),
+             "decode": cfg.train.prompts_per_iteration * s.group_size * decode_flops}
     flops = {name: int(value) for name, value in flops.items()}
     flops["total"] = sum(flops.values())
     seconds = flops["total"] / (cluster.peak_tflops * 1e12 * cluster.mfu)
@@ -608,9 +766,9 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
         "peak_gb": round(peak / GB, 6), "peak_phase": peak_phase,
         "micro_batch_peak_gb": round(sum(tracked.peak.values()) / GB, 6),
         "memory_gb": _gb(phases[peak_phase]), "memory_by_phase_gb": {k: _gb(v) for k, v in phases.items()},
-        "host_gb": _gb(host), "tracked": sorted(set(TRACKED.values())),
+        "host_gb": _gb(host), "tracked": sorted({*TRACKED.values(), *(["old_policy"] * is_nft(cfg))}),
         "estimated": ["trajectory", "accumulated_gradient", "vae_weights", "vae_decode", "ema", "reference"],
-        "flops": flops, "forwards": {"rollout": prompts * rollout_forwards, "train": prompts * train_forwards},
+        "flops": flops, "forwards": forwards,
         "seconds_per_iteration": round(seconds, 1), "peak_tflops": cluster.peak_tflops, "mfu": cluster.mfu,
         "knobs": [], "knobs_checked": [], "notes": notes, "plan_seconds": 0.0, "plan_cpu_seconds": 0.0,
     }
@@ -638,6 +796,8 @@ def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tu
         candidates.append((["sampling.trajectory_device=cpu"], cluster))
     if s.decode_batch_size > 1:
         candidates.append((["sampling.decode_batch_size=1"], cluster))
+    if is_nft(cfg) and nft.micro_batch_samples(cfg) > 1:  # NFT trains free of the rollout's batches
+        candidates.append((["nft.micro_batch_size=1"], cluster))
     if s.rollout_batch_size > 1:
         candidates.append((["sampling.rollout_batch_size=1"], cluster))
     if FAMILIES[cfg.model.family].sequence_parallel:
@@ -656,7 +816,8 @@ def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tu
 # ~30 s). Sequence parallelism, more nodes and CPU offload change neither the unsharded
 # gradient nor a dp rank's samples.
 UNCHANGED = ("accumulated_gradient", "trajectory", "vae_weights", "reserved")
-UNCHANGED_BY = {"parallel.activation_checkpointing": UNCHANGED + ("sharded_parameters", "gradients", "optimizer_state"),
+UNCHANGED_BY = {"parallel.activation_checkpointing": UNCHANGED + ("sharded_parameters", "gradients", "optimizer_state",
+                                                                 "old_policy"),
                 "parallel.sp_size": UNCHANGED, "--nodes": UNCHANGED, "parallel.cpu_offload": UNCHANGED}
 
 
@@ -738,8 +899,8 @@ def render(result: dict) -> str:
     lines += ["", f"  {verdict}: peak {result['peak_gb'] * scale:.2f} {unit} ({result['peak_phase']}), headroom "
               f"{result['headroom_gb'] * scale:.2f} {unit} of {result['gpu_memory_gb'] * scale:g} {unit}"]
     f, n = result["flops"], result["forwards"]
-    lines.append(f"  per rank per iteration: rollout {_flops(f['rollout'])} ({n['rollout']} forwards), training "
-                 f"{_flops(f['train'])} ({n['train']} trained (sample, step) pairs), decode {_flops(f['decode'])}")
+    lines.append(f"  per rank per iteration: rollout {_flops(f['rollout'])} ({n['rollout']} rows), training "
+                 f"{_flops(f['train'])} ({n['train']} rows, frozen networks' included), decode {_flops(f['decode'])}")
     lines.append(f"  ~{result['seconds_per_iteration']:g} s per iteration at {result['peak_tflops']:g} TFLOPS x "
                  f"{result['mfu']:g} MFU")
     if result["knobs_checked"]:

@@ -134,3 +134,111 @@ def test_json_keys_and_knobs_when_it_does_not_fit(tiny_plan):
     assert out["knobs"], out["knobs_checked"]
     assert all(k["fits"] and k["peak_gb"] <= memory for k in out["knobs"])
     assert "sampling.decode_batch_size=1" in [k["override"] for k in out["knobs"]]
+
+
+# DiffusionNFT on the tiny config: 2 prompts x G=8 samples, 8 deterministic steps, each sample
+# trained at int(8 x 0.6) = 4 levels with the old policy's forward beside each.
+NFT = ["train.algorithm=nft", "sampling.shared_noise=false", "train.prompts_per_iteration=2"]
+TINY_ROW_FLOPS = 5578752  # one row's forward of tiny_t2v (test_json_keys_and_knobs_when_it_does_not_fit)
+
+
+@pytest.fixture(scope="module")
+def nft_plan():
+    return plan(TINY, NFT, ONE_RANK, knobs=False)
+
+
+def test_nft_plan_counts_the_forwards_a_real_nft_iteration_logs(nft_plan, tmp_path):
+    from helpers import read_jsonl
+
+    from fastvideo_grpo.trainer import train
+
+    cfg = load_config(TINY, [*NFT, f"train.output_dir={tmp_path}", "train.progress_bar=false", "reward.mode=inline",
+                             "train.sample_every=0", f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}",
+                             "train.iterations=1", "checkpoint.every=0"])
+    row = read_jsonl(train(cfg) / "metrics.jsonl")[0]
+    assert nft_plan["forwards"] == {"rollout": row["transformer_forwards_rollout"],
+                                    "train": row["transformer_forwards_train"]}
+    # Independently: every sample runs all 8 steps (no shared prefix); training is 4 levels a
+    # sample, each the policy's forward and the old policy's.
+    samples, trained_pairs = 2 * 8, 2 * 8 * 4
+    assert nft_plan["forwards"] == {"rollout": samples * 8, "train": 2 * trained_pairs}
+    assert nft_plan["flops"]["rollout"] == samples * 8 * TINY_ROW_FLOPS
+    # A trained pair: forward + backward (3 forwards, fp32 weights, no checkpointing) + the old policy's forward.
+    assert nft_plan["flops"]["train"] == trained_pairs * (3 + 1) * TINY_ROW_FLOPS
+
+
+def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
+    """(FSDPMemTracker's peak over one real NFT micro-batch of nft_update on one gloo rank,
+    after a first one; the bytes of the one-prompt rollout store it trains from: latents,
+    log-probs, scored latents and the conditioning)."""
+    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.nft import build_old, nft_update, ode_plan
+    from fastvideo_grpo.parallel.fsdp import reshard
+    from fastvideo_grpo.update import Learner
+
+    monkeypatch.setenv("RANK", "0")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        world = init_distributed("cpu", 1, 1)
+        policy = tiny_policy(cfg)
+        old = build_old(policy, cfg.model)
+        parallelize(policy, world, cfg)
+        parallelize(old, world, cfg)
+        optimizer, scheduler = build_optimizer(policy, cfg)
+        group = cfg.sampling.group_size
+        cond = tiny_conditioning(cfg, ["a red ball rolling"], group)
+        ro = tiny_rollout(cfg, old, cond, cfg.sampling.rollout_batch_size, shared_noise=False,
+                          plan=ode_plan(cfg.sampling.num_steps))
+        kept = torch.arange(group) < micro_batch_size(cfg)  # one micro-batch (one level: timestep_fraction)
+        learner = Learner(policy=policy, reference=None, optimizer=optimizer, scheduler=scheduler, old=old)
+
+        def update():
+            nft_update(learner, old, ro, cond, torch.randn(group), kept, cfg, IterationStats(), (0, 0), 0)
+            reshard(old.transformer)  # the old root keeps its weights unsharded after a forward
+
+        update()
+        tracker = FSDPMemTracker(policy.transformer, optimizer)
+        with tracker:
+            update()
+        peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    finally:
+        dist.destroy_process_group()
+    stored = [ro.latents, ro.log_probs, ro.scored_latents, cond.prompt_embeds, cond.attention_mask, cond.pooled_embeds]
+    return peak, sum(t.numel() * t.element_size() for t in stored)
+
+
+def test_nft_micro_batch_and_store_match_a_real_nft_update(monkeypatch):
+    """One level per sample (timestep_fraction 0.15: int(8 x 0.15) = 1), so the update is one micro-batch."""
+    overrides = [*NFT, "grpo.timestep_fraction=0.15"]
+    planned = plan(TINY, overrides, ONE_RANK, knobs=False)
+    measured, store = measured_nft_micro_batch(load_config(TINY, overrides), monkeypatch)
+    peak = planned["micro_batch_peak_gb"] * 2**30
+    assert abs(peak - measured) <= 0.15 * measured, (peak, measured)
+    # The rollout keeps every level under NFT's plan too (training reads only the scored latents).
+    assert planned["memory_by_phase_gb"]["train"]["trajectory"] == pytest.approx(2 * store / 2**30, abs=1e-6)
+
+
+def test_nft_old_policy_is_a_full_copy_or_with_lora_an_adapter(nft_plan):
+    from fastvideo_grpo.models.lora import apply_lora
+
+    weights = 4 * nft_plan["parameters"]  # one rank: all the fp32 weights are its shard
+    train = nft_plan["memory_by_phase_gb"]["train"]
+    assert train["old_policy"] == pytest.approx(weights / 2**30, abs=1e-6)
+    assert train["reference"] == 0 and "old_policy" in nft_plan["tracked"]
+
+    cfg = load_config(TINY, [*NFT, "model.lora_rank=4"])
+    policy = tiny_policy(cfg)
+    apply_lora(policy.transformer, 4, 4)
+    adapter = 4 * sum(p.numel() for name, p in policy.transformer.named_parameters() if "lora_" in name)
+    network = 4 * sum(p.numel() for p in policy.transformer.parameters())
+    lora = plan(TINY, [*NFT, "model.lora_rank=4", "nft.kl_weight=0.1"], ONE_RANK, knobs=False)
+    train = lora["memory_by_phase_gb"]["train"]
+    assert train["old_policy"] == pytest.approx(adapter / 2**30, abs=1e-6)
+    # The old adapter is not counted twice, and the KL reference is a full copy.
+    assert train["sharded_parameters"] == pytest.approx(network / 2**30, abs=1e-6)
+    assert train["reference"] == pytest.approx(network / 2**30, abs=1e-6)
+    # With the reference, 3 rows a trained pair; LoRA's backward is one forward, so a pair
+    # is forward + backward (2) + the old policy's and the reference's forwards.
+    trained_pairs = 2 * 8 * 4
+    assert lora["forwards"]["train"] == 3 * trained_pairs
+    assert lora["flops"]["train"] == trained_pairs * (2 + 2) * TINY_ROW_FLOPS
