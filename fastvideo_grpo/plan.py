@@ -15,8 +15,8 @@ sampler's SDE step and the clipped GRPO loss; for NFT (train.algorithm=nft) the 
 latents noised afresh, the policy's `predict`, the old policy's without autograd and
 `nft.nft_loss` (nft.micro_batch_loss); then backward, gradient clipping and the AdamW step (fused, on
 the local shards; the step state it creates is added to the forward/backward peak, as at any
-later step, and the one fp32 temporary per shard of the trainer's foreach AdamW on GPU to the
-step's). Not modelled: the CUDA caching
+later step, and with train.adam_implementation=foreach its one fp32 temporary per shard to
+the step's; for_loop holds one shard's at a time, fused none). Not modelled: the CUDA caching
 allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
 block longer than on CPU) - what --reserve-gb is for.
 
@@ -480,9 +480,10 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     Steady state from a first step: AdamW creates its state in the step, so the forward and
     backward peak plus that state is the peak of any later micro-batch. The tracked step is
     the fused AdamW (one kernel, no temporaries; the foreach one reads its step counts as
-    numbers, which fake tensors do not have). The trainer's AdamW on GPU is the foreach one,
-    which holds one fp32 temporary per trained shard (sqrt of exp_avg_sq) during the step:
-    the step's peak is the memory before it, plus the state, plus that temporary."""
+    numbers, which fake tensors do not have). The trainer's AdamW is the fused one unless
+    train.adam_implementation says otherwise: foreach holds one fp32 temporary per trained
+    shard (sqrt of exp_avg_sq) during the step, for_loop one shard's at a time; the step's
+    peak is the memory before it, plus the state, plus that temporary."""
     s, t = cfg.sampling, cfg.train
     # Eager: the plan is the eager model's memory (model.compile's fused kernels hold less).
     eager = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False))
@@ -532,7 +533,9 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
         old_bytes = _fp32_shard_bytes(adapter_weights(policy.transformer, OLD).values())
     backward_peak["optimizer_state"] += state
     before_step["optimizer_state"] += state
-    before_step["temporary"] += trainable_bytes
+    before_step["temporary"] += {"fused": 0, "foreach": trainable_bytes,
+                                 "for_loop": max((_fp32_shard_bytes([p]) for p in trainable), default=0)}[
+        t.adam_implementation]
     # The old policy's shards, tracked with the policy's, are its own category.
     at_rest = {"sharded_parameters": backward_peak["sharded_parameters"] - old_bytes, "optimizer_state": state}
     peak = dict(max(backward_peak, before_step, key=lambda snap: sum(snap.values())))

@@ -180,8 +180,9 @@ def optimizer_step(learner: Learner, cfg: Config, stats: IterationStats, step_in
 def build_optimizer(policy: Policy, cfg: Config):
     t = cfg.train
     params = [p for p in policy.transformer.parameters() if p.requires_grad]
+    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                                  weight_decay=t.weight_decay)
+                                  weight_decay=t.weight_decay, **kernels[t.adam_implementation])
     warmup = t.lr_warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)

@@ -130,7 +130,11 @@ def assert_same_training(one, many):
         assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
     for r1, r2 in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(many / "metrics.jsonl"), strict=True):
         for key in ("reward_mean", "grad_norm", "ratio_mean"):
-            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+            # After an Adam step a gradient differs more: Adam divides each element's ~1e-7
+            # difference by that element's own (small) gradient scale, and fused AdamW
+            # rounds 1 ulp apart from the for-loop kernel (on sharded and whole tensors alike).
+            rel = 1e-5 if r1["iteration"] == 0 or key != "grad_norm" else 5e-5
+            assert r2[key] == pytest.approx(r1[key], rel=rel), key
         assert abs(r2["loss"] - r1["loss"]) < 1e-6
         assert r2["ratio_dev_first_update"] == 0.0
 
