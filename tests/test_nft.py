@@ -201,17 +201,33 @@ NFT_2RANK = ("train.algorithm=nft", "sampling.shared_noise=false", "nft.decay_ty
 
 def test_two_ranks_train_what_one_does_with_nft(one_rank_run, tmp_path):
     """The old policy is sharded like the policy and moves shard by shard; each rank's
-    fresh training noise is drawn by sample index, so 2 data-parallel ranks equal 1."""
-    from helpers import COMMON, DIST, run
+    fresh training noise is drawn by sample index, so 2 data-parallel ranks equal 1; and a
+    2-rank run resumes bit-exactly."""
+    from helpers import COMMON, DIST, TIMING, run
 
     one = one_rank_run(ROOT / "assets/configs/tiny_t2v.yaml", *COMMON, "train.prompts_per_iteration=2", *NFT_2RANK)
-    run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", *NFT_2RANK, f"train.output_dir={tmp_path}"],
-        nproc=2)
-    a, b = torch.load(one / "final_params.pt"), torch.load(tmp_path / "final_params.pt")
+    args = [DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=1", *NFT_2RANK]
+    straight_run, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run([*args, f"train.output_dir={straight_run}"], nproc=2)
+    a, b = torch.load(one / "final_params.pt"), torch.load(straight_run / "final_params.pt")
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] - b[k]).abs().max() <= 2e-4 * a[k].abs().max() + 1e-7, k
-    for r1, r2 in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl"), strict=True):
+    straight = read_jsonl(straight_run / "metrics.jsonl")
+    for r1, r2 in zip(read_jsonl(one / "metrics.jsonl"), straight, strict=True):
         assert r2["reward_mean"] == pytest.approx(r1["reward_mean"], rel=1e-5)
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-4, abs=1e-7)
         assert r2["old_decay"] == r1["old_decay"]
+
+    # Each rank's shards of the old policy are checkpointed and loaded with the policy's: 2
+    # ranks resumed after iteration 2 train exactly what 2 ranks straight through did.
+    for iterations in (2, 3):  # the first run checkpoints after its last iteration, 2
+        run([*args, f"train.iterations={iterations}", f"train.output_dir={resumed}"], nproc=2)
+    again = read_jsonl(resumed / "metrics.jsonl")
+    assert [r["iteration"] for r in again] == [0, 1, 2]
+    for ra, rb in zip(straight, again, strict=True):
+        assert {k: v for k, v in ra.items() if not k.startswith(TIMING)} == \
+               {k: v for k, v in rb.items() if not k.startswith(TIMING)}
+    c = torch.load(resumed / "final_params.pt")
+    assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b)
+
