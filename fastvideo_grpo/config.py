@@ -368,6 +368,12 @@ class Config:
     nft: NFTConfig = field(default_factory=NFTConfig)
 
 
+def reference_kl_weight(cfg: Config) -> float:
+    """The configured algorithm's KL weight (grpo.kl_weight, or nft.kl_weight under NFT): a
+    frozen reference is built when it is > 0."""
+    return cfg.nft.kl_weight if cfg.train.algorithm == "nft" else cfg.grpo.kl_weight
+
+
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config, ModelConfig, NFTConfig
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
@@ -79,11 +80,6 @@ def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, 
     return adv_clip_max * (r * weighted(positive) + (1 - r) * weighted(negative)) / beta
 
 
-def trained_timesteps(transitions: int, timestep_fraction: float) -> int:
-    """Levels each kept sample trains at, of a schedule of `transitions` steps (at least one)."""
-    return max(1, int(transitions * timestep_fraction))
-
-
 def micro_batch_samples(cfg: Config) -> int:
     """Samples per training micro-batch: nft.micro_batch_size, else the rollout's batch."""
     return cfg.nft.micro_batch_size or cfg.sampling.rollout_batch_size
@@ -130,7 +126,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
     policy, reference, sampler = learner.policy, learner.reference, ro.sampler
     device = ro.scored_latents.device
     levels = sampler.levels
-    count = trained_timesteps(len(levels) - 1, g.timestep_fraction)
+    count = grpo.num_trained_timesteps(len(levels) - 1, g.timestep_fraction)
     samples = torch.nonzero(kept).flatten()
     advantages = advantages.to(device)
     size = micro_batch_samples(cfg)

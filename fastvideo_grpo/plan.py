@@ -100,7 +100,7 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastvideo_grpo import grpo, nft
-from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict
+from fastvideo_grpo.config import Config, ConfigError, load_config, reference_kl_weight, to_dict
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
 from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
@@ -360,9 +360,8 @@ def kept_per_prompt(cfg: Config) -> int:
 def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
     """Timesteps each kept sample trains at: NFT draws them from all the sampler's levels,
     GRPO from the plan's trainable transitions."""
-    if is_nft(cfg):
-        return nft.trained_timesteps(cfg.sampling.num_steps, cfg.grpo.timestep_fraction)
-    return grpo.num_trained_timesteps(len(plan.trainable), cfg.grpo.timestep_fraction)
+    transitions = cfg.sampling.num_steps if is_nft(cfg) else len(plan.trainable)
+    return grpo.num_trained_timesteps(transitions, cfg.grpo.timestep_fraction)
 
 
 def samples_per_step(cfg: Config) -> int:
@@ -646,11 +645,6 @@ def logged_forwards(cfg: Config, plan: StepPlan, rows: int) -> dict[str, int]:
     return {"rollout": prompts * rollout * rows, "train": prompts * trained * rows * (1 + frozen_forwards(cfg))}
 
 
-def kl_weight(cfg: Config) -> float:
-    """The configured algorithm's KL weight: a frozen reference is built when it is > 0."""
-    return cfg.nft.kl_weight if is_nft(cfg) else cfg.grpo.kl_weight
-
-
 def micro_batches_per_step(cfg: Config, plan: StepPlan) -> int:
     return trained_timesteps(cfg, plan) * math.ceil(samples_per_step(cfg) / micro_batch_limit(cfg))
 
@@ -718,7 +712,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     shared = {"trajectory": trajectory,
               "vae_weights": sum(q.numel() * q.element_size() for q in policy.vae.parameters()),
               "ema": tracked.trainable_sharded_bytes if cfg.train.ema_decay > 0 else 0,
-              "reference": tracked.sharded_bytes if kl_weight(cfg) > 0 else 0,
+              "reference": tracked.sharded_bytes if reference_kl_weight(cfg) > 0 else 0,
               "old_policy": tracked.old_policy_bytes,
               "reserved": int(cluster.reserve_gb * GB)}
     train = {**tracked.peak, "accumulated_gradient": 4 * trainable if accumulating else 0, **shared}

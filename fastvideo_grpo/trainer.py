@@ -15,7 +15,7 @@ from fastvideo_grpo import grpo
 from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
 from fastvideo_grpo.checkpoint.run import resets_reference, resume_run, save_run
-from fastvideo_grpo.config import Config
+from fastvideo_grpo.config import Config, reference_kl_weight
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
@@ -68,7 +68,7 @@ def setup(cfg: Config) -> Components:
     source = build_prompt_source(cfg)
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
     nft = t.algorithm == "nft"
-    wants_reference = (cfg.nft.kl_weight if nft else cfg.grpo.kl_weight) > 0
+    wants_reference = reference_kl_weight(cfg) > 0
     # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
     reference = build_reference(policy) if wants_reference and not resets_reference(cfg) else None
     transformer_config = diffusers_config(policy.transformer)
