@@ -45,7 +45,8 @@ from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.outputs import append_metrics, tile_videos, write_video
 from fastvideo_grpo.parallel import World, all_gather_objects, barrier, init_distributed, shutdown
-from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator, sample_ode
+from fastvideo_grpo.rollout import batch_slices, decode_videos, sample_ode
+from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.stats import delta_ci, mean_ci
 from fastvideo_grpo.video_io import list_videos, read_video, video_fps
 

@@ -31,9 +31,9 @@ from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, batch_slices, make_generator, rows_per_sample
+from fastvideo_grpo.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.samplers import Sampler
-from fastvideo_grpo.step_plan import StepPlan
+from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.update import Learner, build_reference, optimizer_step, trained_weights
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
@@ -45,11 +45,6 @@ def return_decay(step: int, decay_type: int) -> float:
     rising linearly to the ceiling (type 0: always 0, the old policy is the last one)."""
     flat, rate, ceiling = DECAYS[decay_type]
     return 0.0 if step < flat else min((step - flat) * rate, ceiling)
-
-
-def ode_plan(num_steps: int) -> StepPlan:
-    """Every step deterministic: nothing is stochastic, nothing replayed."""
-    return StepPlan(tuple(range(num_steps + 1)), (), ())
 
 
 def build_old(policy: Policy, m: ModelConfig) -> Policy:

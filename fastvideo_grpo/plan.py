@@ -23,7 +23,7 @@ block longer than on CPU) - what --reserve-gb is for.
 NFT's old policy is built as the trainer builds it (`nft.build_old`) and tracked with the
 policy: `old_policy` is its shards - with LoRA a second frozen adapter on the policy's own
 network (the adapter's weights only), else a frozen full copy (the sharded fp32 weights,
-and its forward all-gathers its own blocks). NFT's rollout plan is `nft.ode_plan` (every
+and its forward all-gathers its own blocks). NFT's rollout plan is `step_plan.ode_plan` (every
 step deterministic, sampled by the old policy); its micro-batches are nft.micro_batch_size
 (else sampling.rollout_batch_size) samples at one level, train.gradient_accumulation_steps
 samples an optimizer step, each kept sample trained at max(1, int(N x grpo.timestep_fraction))
@@ -32,7 +32,7 @@ levels.
 What the tracker does not see is estimated from shapes and labelled so:
 - `trajectory`: prompts x G x (visited levels) latents in fp32, their log-probs, the scored
   latents and the rollout's conditioning, on the device unless sampling.trajectory_device=cpu
-  (NFT's rollout stores every level too, though its training reads only the scored latents);
+  (under NFT only the scored latents and the conditioning: its training reads nothing else);
 - `accumulated_gradient`: with parallel.reduce_grads_every_micro_batch=false and more than one
   micro-batch per optimizer step, FSDP2 holds every trained parameter's unsharded gradient
   between micro-batches, upcast to the fp32 reduce dtype (`FSDPParam.to_accumulated_grad_if_needed`):
@@ -111,8 +111,8 @@ from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import parallelize, reshard
-from fastvideo_grpo.rollout import make_generator, rows_per_sample
-from fastvideo_grpo.step_plan import StepPlan, build_step_plan
+from fastvideo_grpo.rollout import rows_per_sample
+from fastvideo_grpo.step_plan import StepPlan, iteration_plan
 
 logger = logging.getLogger(__name__)
 
@@ -342,14 +342,6 @@ class TrackedStep:
 
 def is_nft(cfg: Config) -> bool:
     return cfg.train.algorithm == "nft"
-
-
-def rollout_plan(cfg: Config) -> StepPlan:
-    """The step plan of iteration 0, as train_iteration picks it: NFT's old policy samples
-    deterministic trajectories (`nft.ode_plan`), GRPO follows sampling's SDE window."""
-    if is_nft(cfg):
-        return nft.ode_plan(cfg.sampling.num_steps)
-    return build_step_plan(cfg.sampling, 0, make_generator(cfg.train.seed, 0, 4))
 
 
 def kept_per_prompt(cfg: Config) -> int:
@@ -651,13 +643,14 @@ def micro_batches_per_step(cfg: Config, plan: StepPlan) -> int:
 
 def trajectory_bytes(cfg: Config, policy: Policy, plan: StepPlan) -> tuple[int, int]:
     """(device, host) bytes of an iteration's rollout store on one rank: latents at every
-    visited level and log-probs (fp32, where sampling.trajectory_device says), the scored
-    latents and the conditioning of every sample (on the device)."""
+    visited level and log-probs (fp32, where sampling.trajectory_device says; none under
+    NFT, which trains on the scored latents alone), the scored latents and the conditioning
+    of every sample (on the device)."""
     s = cfg.sampling
     samples = cfg.train.prompts_per_iteration * s.group_size
     latent = math.prod(policy.latent_shape(s.num_frames, s.height, s.width))
     steps = plan.num_transitions
-    stored = samples * ((steps + 1) * latent + steps) * 4
+    stored = 0 if is_nft(cfg) else samples * ((steps + 1) * latent + steps) * 4
     tokens, dim, pooled, dtype = text_shape(cfg, policy)
     per_cond = (tokens * dim + pooled) * torch.finfo(dtype).bits // 8 + tokens * 8
     resident = samples * (latent * 4 + per_cond * (2 if cfg.model.cfg_scale > 1 else 1))
@@ -692,7 +685,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
         raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
                           "attention heads (Ulysses splits heads over sp ranks)")
-    plan_ = rollout_plan(cfg)
+    plan_ = iteration_plan(cfg, 0)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     key = tracking_key(cfg, cluster.world_size)
     with fake_world(cfg, cluster.world_size) as world:

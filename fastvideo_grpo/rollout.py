@@ -5,20 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from fastvideo_grpo.config import SamplingConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
 from fastvideo_grpo.samplers import Sampler
+from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.solvers import make_solver
 from fastvideo_grpo.step_plan import StepPlan, build_step_plan
 
 
 @dataclass
 class Rollout:
-    latents: torch.Tensor  # [B, S+1, *latent]: x at every visited level, noise first, fp32
-    log_probs: torch.Tensor  # [B, S], fp32: log pi(x_{j+1} | x_j) at SDE steps, NaN at ODE steps
+    # [B, S+1, *latent]: x at every visited level, noise first, fp32; None when the rollout
+    # kept only what it scored (keep_trajectory=False: DiffusionNFT trains on nothing else).
+    latents: torch.Tensor | None
+    log_probs: torch.Tensor | None  # [B, S], fp32: log pi(x_{j+1} | x_j) at SDE steps, NaN at ODE steps
     schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(sampler.levels)
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
     # [B, *latent]: what is decoded and scored: `policy.scored_latents` of the last step when
@@ -40,13 +42,9 @@ class Rollout:
 
     @property
     def final_latents(self) -> torch.Tensor:
+        if self.latents is None:
+            raise ValueError("the rollout kept no trajectory (rollout(..., keep_trajectory=False))")
         return self.latents[:, -1]
-
-
-def make_generator(*seed_parts: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of ints, e.g. (seed, iteration, dp_rank, sample)."""
-    seed = int(np.random.SeedSequence([int(p) for p in seed_parts]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed % (2**63))
 
 
 def batch_slices(total: int, batch_size: int) -> list[slice]:
@@ -105,6 +103,7 @@ def rollout(
     plan: StepPlan | None = None,
     on_batch: Callable[[slice, torch.Tensor], None] | None = None,
     keep_means: bool = False,
+    keep_trajectory: bool = True,
 ) -> Rollout:
     """Sample len(cond) // group_size groups along `plan` (default: the plan of iteration 0);
     `cond` holds one row per sample, grouped; rollout batches of s.rollout_batch_size rows.
@@ -115,7 +114,8 @@ def rollout(
     split over data-parallel ranks, and sequence-parallel ranks draw the same noise. With
     shared noise the plan's deterministic prefix runs once per group, not per sample.
     `on_batch(batch, scored_latents)` is called as soon as a rollout batch is done.
-    `keep_means` keeps each SDE step's mean too, beside the trajectory.
+    `keep_means` keeps each SDE step's mean too, beside the trajectory; without
+    `keep_trajectory` only the scored latents are kept, not every level and log-prob.
     """
     plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
     total, g = cond.prompt_embeds.shape[0], s.group_size
@@ -132,8 +132,10 @@ def rollout(
         return policy.predict(x, float(schedule[j]), c)
 
     store = torch.device("cpu") if s.trajectory_device == "cpu" else device
-    latents = torch.empty(total, steps + 1, *latent_shape, device=store)
-    log_probs = torch.full((total, steps), float("nan"), device=store)
+    latents = log_probs = None
+    if keep_trajectory:
+        latents = torch.empty(total, steps + 1, *latent_shape, device=store)
+        log_probs = torch.full((total, steps), float("nan"), device=store)
     scored = torch.empty(total, *latent_shape, device=device)
     means = None  # allocated at the first SDE step: a sampler's mean may cover part of the latent
     prefix = plan.prefix_steps if s.shared_noise else 0
@@ -146,14 +148,16 @@ def rollout(
         for j in range(prefix):
             x = solver.step(predict(x, j, group_cond), x, schedule, j)
             path.append(x)
-        latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0).to(store)
+        if latents is not None:
+            latents[:, :prefix + 1] = torch.stack(path, dim=1).repeat_interleave(g, dim=0).to(store)
+            prefix_end = latents[:, prefix]
+        else:
+            prefix_end = x.float().repeat_interleave(g, dim=0)
     batches = batch_slices(total, s.rollout_batch_size)
     for batch in batches:
         batch_cond, solver, last = cond.select(batch), Deterministic(sampler, s.ode_solver), None
-        if prefix:
-            x = latents[batch, prefix].to(device)
-        else:
-            x = initial[batch].to(device)
+        x = (prefix_end if prefix else initial)[batch].to(device)
+        if latents is not None and not prefix:
             latents[batch, 0] = x
         for j in range(prefix, steps):
             output = predict(x, j, batch_cond)
@@ -161,7 +165,8 @@ def rollout(
                 noise = torch.stack([torch.randn(latent_shape, generator=gen) for gen in step_noise[batch]])
                 last = sampler.sde_step(output, x, schedule, j, noise=noise.to(device))
                 x = last.prev_sample
-                log_probs[batch, j] = last.log_prob
+                if log_probs is not None:
+                    log_probs[batch, j] = last.log_prob
                 if keep_means:
                     if means is None:
                         means = torch.empty(total, len(plan.sde_steps), *last.mean.shape[1:], device=store)
@@ -170,7 +175,8 @@ def rollout(
             else:
                 x = solver.step(output, x, schedule, j)
                 last = None
-            latents[batch, j + 1] = x
+            if latents is not None:
+                latents[batch, j + 1] = x
         scored[batch] = sampler.scored_latents(last) if last is not None else x
         if on_batch is not None:
             on_batch(batch, scored[batch])

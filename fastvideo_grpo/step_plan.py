@@ -7,7 +7,8 @@ the window is stochastic and trained; the steps before it are deterministic and,
 group shares its initial noise, the same for all G samples (the rollout computes them once
 per group); the steps after it run the ODE solver, on `sampling.post_window_steps` noise
 levels resampled from the rest of the schedule when set (MixGRPO-Flash). Every plan ends at
-the schedule's last level, fully denoised.
+the schedule's last level, fully denoised. DiffusionNFT's rollout (`train.algorithm: nft`)
+is deterministic throughout: `ode_plan`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvideo_grpo.config import SamplingConfig
+from fastvideo_grpo.config import Config, SamplingConfig
+from fastvideo_grpo.seeding import make_generator
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,17 @@ def build_step_plan(s: SamplingConfig, iteration: int, generator: torch.Generato
     visited = list(range(after)) + resample(list(range(after, n + 1)), s.post_window_steps)
     window = tuple(range(start, after))
     return StepPlan(tuple(visited), window, window)
+
+
+def ode_plan(num_steps: int) -> StepPlan:
+    """Every step deterministic: nothing is stochastic, nothing replayed."""
+    return StepPlan(tuple(range(num_steps + 1)), (), ())
+
+
+def iteration_plan(cfg: Config, iteration: int) -> StepPlan:
+    """The plan iteration `iteration`'s rollout follows: DiffusionNFT's old policy samples
+    deterministic trajectories, GRPO follows the sampling section's SDE window, drawn from
+    the iteration's own generator."""
+    if cfg.train.algorithm == "nft":
+        return ode_plan(cfg.sampling.num_steps)
+    return build_step_plan(cfg.sampling, iteration, make_generator(cfg.train.seed, iteration, 4))

@@ -27,16 +27,16 @@ from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
-from fastvideo_grpo.nft import build_old, nft_update, ode_plan, update_old
+from fastvideo_grpo.nft import build_old, nft_update, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
-from fastvideo_grpo.rollout import batch_slices, decode_videos, make_generator, rollout
+from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
-from fastvideo_grpo.step_plan import build_step_plan
+from fastvideo_grpo.step_plan import iteration_plan
 from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
 from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, follow_kl,
                                    plan_micro_batches, update_policy)
@@ -228,9 +228,9 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
 
     with timer("rollout"):
         nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
-        plan = ode_plan(s.num_steps) if nft else build_step_plan(s, iteration, make_generator(*seed_parts, 4))
+        plan = iteration_plan(cfg, iteration)
         ro = rollout(c.old if nft else policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
-                     decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft)
+                     decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft, keep_trajectory=not nft)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [c.scorer.result(handle) for handle in submitted]

@@ -18,7 +18,8 @@ from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.models.lora import adapter_weights
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard, set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, make_generator, rows_per_sample
+from fastvideo_grpo.rollout import Rollout, rows_per_sample
+from fastvideo_grpo.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 

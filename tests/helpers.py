@@ -21,14 +21,15 @@ def tiny_conditioning(cfg, prompts, group_size):
     return encoder(prompts).repeat_interleave(group_size)
 
 
-def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noise=True, plan=None):
+def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noise=True, plan=None,
+                 keep_trajectory=True):
     import dataclasses
 
     from fastvideo_grpo.rollout import rollout
 
     s = dataclasses.replace(cfg.sampling, rollout_batch_size=batch_size, shared_noise=shared_noise)
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
-    return rollout(policy, cond, s, shape, seed_parts, torch.device("cpu"), plan=plan)
+    return rollout(policy, cond, s, shape, seed_parts, torch.device("cpu"), plan=plan, keep_trajectory=keep_trajectory)
 
 
 def free_port() -> int:

@@ -186,14 +186,26 @@ def assert_exports_the_trained_adapter(run, out):
 
 
 @pytest.mark.parametrize("config", ["tiny_sd_t2i.yaml", "tiny_flux_t2i.yaml"])
-def test_every_family_trains_with_nft(tmp_path, config):
+def test_every_family_trains_with_nft(tmp_path, config, monkeypatch):
     """Noise prediction (SD) takes the same loss through its x0 prediction; FLUX goes through
-    its sampler too."""
+    its sampler too. The rollout keeps only the scored latents: NFT trains on nothing else."""
+    import fastvideo_grpo.trainer as trainer
+
+    rollouts = []
+
+    def recorded(*args, **kwargs):
+        rollouts.append(trainer_rollout(*args, **kwargs))
+        return rollouts[-1]
+
+    trainer_rollout = trainer.rollout
+    monkeypatch.setattr(trainer, "rollout", recorded)
     cfg = load_config(ROOT / "assets/configs" / config, [
         f"train.output_dir={tmp_path}", "train.progress_bar=false", "reward.mode=inline", "train.sample_every=0",
         "train.algorithm=nft", "sampling.shared_noise=false", "train.iterations=1", "checkpoint.every=0"])
     row = read_jsonl(train(cfg) / "metrics.jsonl")[0]
     assert np.isfinite(row["loss"]) and row["optimizer_steps"] >= 1 and row["old_decay"] >= 0
+    (ro,) = rollouts
+    assert ro.latents is None and ro.log_probs is None and torch.isfinite(ro.scored_latents).all()
 
 
 NFT_2RANK = ("train.algorithm=nft", "sampling.shared_noise=false", "nft.decay_type=1")

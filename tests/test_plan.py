@@ -169,10 +169,11 @@ def test_nft_plan_counts_the_forwards_a_real_nft_iteration_logs(nft_plan, tmp_pa
 
 def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
     """(FSDPMemTracker's peak over one real NFT micro-batch of nft_update on one gloo rank,
-    after a first one; the bytes of the one-prompt rollout store it trains from: latents,
-    log-probs, scored latents and the conditioning)."""
+    after a first one; the bytes of the one-prompt rollout store it trains from, as the
+    trainer keeps it: the scored latents and the conditioning)."""
     from fastvideo_grpo.metrics import IterationStats
-    from fastvideo_grpo.nft import build_old, nft_update, ode_plan
+    from fastvideo_grpo.nft import build_old, nft_update
+    from fastvideo_grpo.step_plan import ode_plan
     from fastvideo_grpo.parallel.fsdp import reshard
     from fastvideo_grpo.update import Learner
 
@@ -188,7 +189,7 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
         group = cfg.sampling.group_size
         cond = tiny_conditioning(cfg, ["a red ball rolling"], group)
         ro = tiny_rollout(cfg, old, cond, cfg.sampling.rollout_batch_size, shared_noise=False,
-                          plan=ode_plan(cfg.sampling.num_steps))
+                          plan=ode_plan(cfg.sampling.num_steps), keep_trajectory=False)
         kept = torch.arange(group) < micro_batch_size(cfg)  # one micro-batch (one level: timestep_fraction)
         learner = Learner(policy=policy, reference=None, optimizer=optimizer, scheduler=scheduler, old=old)
 
@@ -203,7 +204,8 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     finally:
         dist.destroy_process_group()
-    stored = [ro.latents, ro.log_probs, ro.scored_latents, cond.prompt_embeds, cond.attention_mask, cond.pooled_embeds]
+    assert ro.latents is None and ro.log_probs is None
+    stored = [ro.scored_latents, cond.prompt_embeds, cond.attention_mask, cond.pooled_embeds]
     return peak, sum(t.numel() * t.element_size() for t in stored)
 
 
@@ -214,7 +216,7 @@ def test_nft_micro_batch_and_store_match_a_real_nft_update(monkeypatch):
     measured, store = measured_nft_micro_batch(load_config(TINY, overrides), monkeypatch)
     peak = planned["micro_batch_peak_gb"] * 2**30
     assert abs(peak - measured) <= 0.15 * measured, (peak, measured)
-    # The rollout keeps every level under NFT's plan too (training reads only the scored latents).
+    # NFT's rollout keeps only the scored latents: its training reads nothing else.
     assert planned["memory_by_phase_gb"]["train"]["trajectory"] == pytest.approx(2 * store / 2**30, abs=1e-6)
 
 

@@ -26,6 +26,27 @@ def test_group_shares_initial_noise_and_sde_noise_differs(tiny_cfg):
     assert torch.isfinite(ro.log_probs).all()
 
 
+@pytest.mark.parametrize("window", [0, 2], ids=["all_sde", "window_with_shared_prefix"])
+def test_a_rollout_without_its_trajectory_scores_the_same_latents(tiny_cfg, window):
+    import dataclasses
+
+    from fastvideo_grpo.step_plan import build_step_plan
+
+    g = tiny_cfg.sampling.group_size
+    s = dataclasses.replace(tiny_cfg.sampling, sde_window_size=window, sde_window_schedule="fixed", sde_window_start=3)
+    cfg = dataclasses.replace(tiny_cfg, sampling=s)
+    policy = tiny_policy(cfg)
+    cond = tiny_conditioning(cfg, PROMPTS[:2], g)
+    plan = build_step_plan(s, 0)
+    assert plan.prefix_steps == (3 if window else 0)
+    full = tiny_rollout(cfg, policy, cond, batch_size=3, plan=plan)
+    bare = tiny_rollout(cfg, policy, cond, batch_size=3, plan=plan, keep_trajectory=False)
+    assert bare.latents is None and bare.log_probs is None
+    assert torch.equal(bare.scored_latents, full.scored_latents) and bare.forward_rows == full.forward_rows
+    with pytest.raises(ValueError, match="keep_trajectory"):
+        bare.final_latents
+
+
 def test_independent_noise_ablation_gives_each_sample_its_own_start(tiny_cfg):
     g = tiny_cfg.sampling.group_size
     policy = tiny_policy(tiny_cfg)

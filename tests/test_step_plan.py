@@ -8,8 +8,8 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.rollout import make_generator
 from fastvideo_grpo.sde import sigma_schedule
+from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.step_plan import build_step_plan
 from fastvideo_grpo.update import build_optimizer, plan_micro_batches
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
