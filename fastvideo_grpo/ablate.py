@@ -59,14 +59,16 @@ def _eta(value: float) -> Setting:
 EVAL_CURVE = ("eval.every=10", "eval.num_prompts=8", "eval.num_seeds=2", "eval.batch_size=8", "eval.grid_prompts=0")
 
 
-def _nft(lr: str, steps: int = 0) -> Setting:
+def _nft(lr: str, *overrides: str, steps: int = 0) -> Setting:
     """DiffusionNFT at learning rate `lr`: on the same rollout shape (8 deterministic Euler
     steps), or, with `steps`, on a cheaper `steps`-step DPM-Solver++(2M) rollout as the
-    flagship NFT configs use; the held-out evaluation stays at the reference's 8 Euler steps."""
+    flagship NFT configs use; the held-out evaluation stays at the reference's 8 Euler steps.
+    `overrides` change one NFT setting more."""
     cheaper = (f"sampling.num_steps={steps}", "sampling.ode_solver=dpmpp_2m", "eval.num_steps=8") if steps else ()
-    name = f"DiffusionNFT lr {float(lr):g}" + (f", {steps} dpmpp_2m steps" if steps else "")
+    name = ", ".join([f"DiffusionNFT lr {float(lr):g}", *([f"{steps} dpmpp_2m steps"] if steps else []),
+                      *(o.split(".", 1)[1] for o in overrides)])
     return Setting(name, ("train.algorithm=nft", "sampling.shared_noise=false", f"train.lr={lr}", *cheaper,
-                          *EVAL_CURVE))
+                          *overrides, *EVAL_CURVE))
 
 
 # Each experiment's settings, the paper's finding it tests, and the config's own setting
@@ -98,6 +100,12 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
                   "in half the wall time", [
         Setting("GRPO", EVAL_CURVE), _nft("1.0e-3"), _nft("1.0e-3", steps=4), _nft("2.0e-3", steps=4),
         _nft("4.0e-3", steps=4)]),
+    "nft": ("DiffusionNFT's knobs on the 4-step rollout: the reference's defaults (beta 1, decay type 1) against an "
+            "old policy that is the last policy (type 0) or a slower average (type 2), a softer implicit policy "
+            "(beta 0.5) and more trained levels (3 of 4, the reference's fraction 0.99)", [
+        _nft("1.0e-3", steps=4), _nft("1.0e-3", "nft.decay_type=0", steps=4),
+        _nft("1.0e-3", "nft.decay_type=2", steps=4), _nft("1.0e-3", "nft.beta=0.5", steps=4),
+        _nft("1.0e-3", "grpo.timestep_fraction=0.99", steps=4)]),
     "guards": ("the guards against collapse and hacking (GRPO-Guard's ratio normalisation and step reweighting, an "
                "adaptive KL to a reference that resets, early stop on the held-out reward) cost no final reward", [
         Setting("no guard"),
