@@ -19,6 +19,7 @@ CI-sized grid: one seed, a few iterations.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ from fastvideo_grpo.outputs import draw_reward_curves, read_metrics
 logger = logging.getLogger(__name__)
 
 BASELINE = "baseline"
+MAX_KEY = 200
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,12 @@ class Setting:
 
     @property
     def key(self) -> str:
-        """Folder name of the run; equal overrides share a run."""
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "", "__".join(sorted(self.overrides))) or BASELINE
+        """Folder name of the run; equal overrides share a run. A name longer than a file name
+        may be (255 bytes) keeps its start and ends with a hash of the whole."""
+        key = re.sub(r"[^A-Za-z0-9_.=-]+", "", "__".join(sorted(self.overrides))) or BASELINE
+        if len(key) <= MAX_KEY:
+            return key
+        return f"{key[:MAX_KEY - 18]}__{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _eta(value: float) -> Setting:

@@ -34,3 +34,10 @@ def test_wall_time_table_times_each_seed_and_the_seed_averaged_curve():
     assert row[reference.name].endswith("| +0.200 +- 0.283 | 70 | 0.75 | 2/2 | 45 | 0.50 |")
     assert row[fast.name].endswith("| +0.250 +- 0.071 | 10 | 0.12 | 1/2 | 20 | 0.22 |")
     assert row[others[0].name].endswith("| never | - | 0/2 | never | - |")
+
+
+def test_every_run_folder_name_fits_a_file_name_and_stays_distinct():
+    settings = {s for _, group in EXPERIMENTS.values() for s in group}
+    keys = {s.key for s in settings}
+    assert all(len(key) <= 200 for key in keys)
+    assert len(keys) == len({s.overrides for s in settings})
