@@ -9,12 +9,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true and false (any case) are booleans, so the
+    documented values `on`, `off`, `yes` and `no` (e.g. model.vae_tiling: off) stay strings
+    instead of turning into YAML 1.1's True and False."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 class ConfigError(ValueError):
@@ -228,6 +247,8 @@ class TrainConfig:
     output_dir: str = "outputs/run"
     sample_every: int = 10
     num_saved_samples: int = 2
+    # A tqdm bar on a terminal; where stderr is no terminal (a batch job's log) or with
+    # false, one log line per iteration (reward, loss, KL, seconds, ETA) instead.
     progress_bar: bool = True
     # "auto" continues from output_dir/checkpoints/latest if present; "never" starts
     # fresh; anything else is the path of a checkpoint folder.
@@ -487,7 +508,7 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    value = parse_yaml(raw) if raw else ""
     nested: dict = {}
     node = nested
     parts = dotted.strip().split(".")
@@ -647,7 +668,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):

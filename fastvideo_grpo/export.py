@@ -36,6 +36,7 @@ from fastvideo_grpo.checkpoint import (CHECKPOINTS, TRANSFORMER_CONFIG, best_che
                                        saved_keys, verify_checkpoint)
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models import build_policy, model_family
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
 
@@ -141,6 +142,7 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
                                                 max_shard_size=max_shard_size)
     if base_model is not None:
         copy_base_components(Path(base_model), tmp, component_name(model))
+    honour_umask(tmp)
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)

@@ -123,3 +123,21 @@ class PhaseTimer:
             torch.cuda.synchronize(self.device)
         key = f"time_{name}"
         self.seconds[key] = (self.seconds.get(key, 0.0) if accumulate else 0.0) + time.perf_counter() - start
+
+
+class IterationLog:
+    """One log line per iteration where no progress bar is drawn (a batch job's log file:
+    tqdm's carriage returns would make one endless line there):
+    `iteration 12/300 reward 0.1234 loss 1.2e-03 kl 0.0e+00 12.3 s/it ETA 0:59:02`."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total = start, total
+        self.started = time.perf_counter()
+
+    def line(self, iteration: int, metrics: dict) -> str:
+        done = iteration + 1 - self.start
+        per_iteration = (time.perf_counter() - self.started) / done
+        eta = round(per_iteration * (self.total - iteration - 1))
+        return (f"iteration {iteration + 1}/{self.total} reward {metrics['reward_mean']:.4f} loss {metrics['loss']:.2e} "
+                f"kl {metrics.get('kl', 0.0):.2e} {per_iteration:.1f} s/it ETA {eta // 3600}:{eta // 60 % 60:02d}:"
+                f"{eta % 60:02d}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_re
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.step_plan import iteration_plan
-from fastvideo_grpo.tracking import PhaseTimer, Tracker, record_memory
+from fastvideo_grpo.tracking import IterationLog, PhaseTimer, Tracker, record_memory
 from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, follow_kl,
                                    plan_micro_batches, update_policy)
 
@@ -142,8 +143,10 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         start = t.iterations
     preemption = PreemptionFlag()
     preemption.install()
-    bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations,
-               disable=not (c.world.is_main and t.progress_bar), desc="train", unit="it")
+    show_bar = c.world.is_main and t.progress_bar and sys.stderr.isatty()
+    bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, disable=not show_bar, desc="train",
+               unit="it")
+    lines = IterationLog(start, t.iterations) if c.world.is_main and not show_bar else None
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
         if c.reference is not None and t.algorithm == "grpo":
@@ -157,6 +160,8 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
             append_metrics(out / "metrics.jsonl", metrics)
             c.health.observe(iteration, metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.2e}")
+            if lines is not None:
+                logger.info("%s", lines.line(iteration, metrics))
             logger.debug("iteration %d: %s", iteration, metrics)
         c.tracker.scalars({**metrics, **logged}, iteration)
         done = iteration + 1

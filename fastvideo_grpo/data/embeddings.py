@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models.base import TextConditioning
 
 MANIFEST = "manifest.jsonl"
@@ -43,6 +44,7 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     `metadata` goes into the safetensors header."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    honour_umask(tmp)
     os.replace(tmp, path)
 
 

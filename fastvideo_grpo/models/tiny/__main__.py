@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models.registry import FAMILIES
 
 
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="the folder to write")
     parser.add_argument("--seed", type=int, default=0, help="the weights' seed (model.init_seed of the tiny model)")
     args = parser.parse_args(argv)
-    print(FAMILIES[args.family].write_tiny_folder(args.output, args.seed))
+    folder = FAMILIES[args.family].write_tiny_folder(args.output, args.seed)
+    honour_umask(folder)
+    print(folder)
     return 0
 
 

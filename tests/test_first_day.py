@@ -1,0 +1,64 @@
+"""What a new user meets first: documented values that parse as written, a log a batch job
+can read, files a team can share."""
+
+import logging
+import os
+import stat
+
+import pytest
+import torch
+
+from fastvideo_grpo.config import load_config, parse_override
+
+
+@pytest.mark.parametrize("value", ["off", "on", "auto"])
+def test_documented_enum_values_parse_as_written_in_overrides_and_files(tmp_path, value):
+    from conftest import ROOT
+
+    assert load_config(ROOT / "assets/configs/tiny_t2v.yaml", [f"model.vae_tiling={value}"]).model.vae_tiling == value
+    config = tmp_path / "c.yaml"
+    text = (ROOT / "assets/configs/tiny_t2v.yaml").read_text().replace("model:\n", f"model:\n  vae_tiling: {value}\n", 1)
+    config.write_text(text)
+    assert load_config(config).model.vae_tiling == value
+
+
+def test_only_true_and_false_are_booleans():
+    assert parse_override("a.b=no") == {"a": {"b": "no"}}
+    assert parse_override("a.b=False") == {"a": {"b": False}}
+    assert parse_override("a.b=true") == {"a": {"b": True}}
+
+
+def test_a_batch_log_gets_one_line_per_iteration(tiny_cfg, caplog):
+    from fastvideo_grpo.trainer import train
+
+    tiny_cfg.train.iterations = 2
+    tiny_cfg.train.progress_bar = True  # stderr is captured here: no terminal, so lines instead of a bar
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.trainer"):
+        train(tiny_cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert all(" reward " in line and " loss " in line and " kl " in line and " s/it ETA " in line for line in lines)
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+def files_under(path):
+    return [p for p in [path, *path.rglob("*")] if p.is_file()]
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_embedding_shards_and_tiny_folders_honour_the_umask(tmp_path, capsys, umask_022):
+    from fastvideo_grpo.data.embeddings import write_shard
+    from fastvideo_grpo.models.tiny.__main__ import main as tiny_main
+
+    write_shard(tmp_path / "shard.safetensors", {"x": torch.zeros(2)})
+    assert tiny_main(["hunyuan_video", str(tmp_path / "tiny")]) == 0
+    capsys.readouterr()
+    written = files_under(tmp_path)
+    assert len(written) > 5
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o644 for p in written}
