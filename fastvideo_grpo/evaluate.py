@@ -45,6 +45,7 @@ from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import Policy, build_policy
 from fastvideo_grpo.outputs import append_metrics, tile_videos, write_video
 from fastvideo_grpo.parallel import World, all_gather_objects, barrier, init_distributed, shutdown
+from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.rollout import batch_slices, decode_videos, sample_ode
 from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.stats import delta_ci, mean_ci
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", metavar="EVAL_DIR", help="print deltas of runs vs the first")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args(argv)
+    silence_library_noise()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.compare:
         if len(args.compare) < 2:

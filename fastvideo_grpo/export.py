@@ -39,6 +39,7 @@ from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models import build_policy, model_family
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
+from fastvideo_grpo.quiet import silence_library_noise
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--best", action="store_true",
                         help="export the run's best checkpoint (--checkpoint is then RUN or RUN/checkpoints)")
     args = parser.parse_args(argv)
+    silence_library_noise()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     checkpoint = args.checkpoint
     if args.best:

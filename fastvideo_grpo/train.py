@@ -6,11 +6,11 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models import check_model_config
 from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE, Preempted, mark_preempted
+from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.rewards import check_reward_config
 from fastvideo_grpo.trainer import train
 
@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config file (assets/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
     args = parser.parse_args(argv)
-    # The transformer returns a reshaped view; nothing downstream modifies it in place.
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    silence_library_noise()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")

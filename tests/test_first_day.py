@@ -62,3 +62,14 @@ def test_embedding_shards_and_tiny_folders_honour_the_umask(tmp_path, capsys, um
     written = files_under(tmp_path)
     assert len(written) > 5
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o644 for p in written}
+
+
+def test_a_cli_run_logs_iterations_to_a_pipe_and_no_library_noise(tmp_path):
+    from helpers import run
+
+    result = run(["-m", "fastvideo_grpo.train", "--config", "assets/configs/tiny_t2v.yaml", "train.iterations=2",
+                  "train.sample_every=0", f"train.output_dir={tmp_path / 'run'}"])
+    log = result.stdout + result.stderr
+    assert "iteration 2/2 reward " in log
+    for noise in ("torch.distributed is disabled", "should be kept in float32: []", "\r"):
+        assert noise not in log
