@@ -519,11 +519,22 @@ def parse_override(text: str) -> dict:
 
 
 def validate(cfg: Config) -> None:
+    """Every value check at once: a ConfigError that lists every problem, so that a config
+    is fixed in one round trip, not one queue wait per typo."""
+    problems = config_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def config_problems(cfg: Config) -> list[str]:
     s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    problems: list[str] = []
 
     def require(ok: bool, key: str, value: Any, expected: str) -> None:
         if not ok:
-            raise ConfigError(f"{key}: {value!r} is invalid; expected {expected}")
+            problems.append(f"{key}: {value!r} is invalid; expected {expected}")
 
     require(s.num_steps >= 2, "sampling.num_steps", s.num_steps, ">= 2")
     require(s.eta >= 0, "sampling.eta", s.eta, ">= 0")
@@ -642,6 +653,7 @@ def validate(cfg: Config) -> None:
             "a local diffusers-format folder when model.size is 'full'")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
+    return problems
 
 
 def attention_heads(model_path: str) -> int | None:
@@ -661,7 +673,9 @@ def run_config_path(checkpoint: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), check: bool = True) -> Config:
+    """The config of YAML file `path` with dotted `overrides` applied; with `check`, every
+    value is validated (the preflight collects value problems with the others instead)."""
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -683,7 +697,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         cfg.reward.video_fps = float(cfg.sampling.fps)
     if cfg.reward.group_size == 0:
         cfg.reward.group_size = cfg.sampling.group_size
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

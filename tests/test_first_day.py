@@ -73,3 +73,50 @@ def test_a_cli_run_logs_iterations_to_a_pipe_and_no_library_noise(tmp_path):
     assert "iteration 2/2 reward " in log
     for noise in ("torch.distributed is disabled", "should be kept in float32: []", "\r"):
         assert noise not in log
+
+
+def test_the_preflight_reports_every_problem_of_a_job_at_once(tmp_path, monkeypatch, caplog):
+    """A full-size job with six mistakes: all six in one message, before any model is built."""
+    import json
+    import shutil
+    import sys
+
+    from conftest import ROOT
+    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder
+    from fastvideo_grpo.train import main
+
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    import preprocess_hunyuan_embeddings as encoder_cli
+
+    folder = write_folder(tmp_path / "tiny")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\na dog running\n")
+    encoder_cli.run(["--model-path", str(folder), "--prompts", str(prompts), "--output", str(tmp_path / "emb"),
+                     "--max-tokens", "12", "--device", "cpu"])
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.rmtree(broken / "vae")
+    config = json.loads((broken / "transformer/config.json").read_text())
+    config["text_embed_dim"] += 1
+    (broken / "transformer/config.json").write_text(json.dumps(config))
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("NPROC_PER_NODE", "3")
+    with caplog.at_level(logging.ERROR):
+        code = main(["--check", "--config", str(ROOT / "assets/configs/tiny_t2v.yaml"), "model.size=full",
+                     f"model.path={broken}", f"data.embeddings_dir={tmp_path / 'emb'}", "sampling.eta=0",
+                     f"train.output_dir={tmp_path / 'a_file'}", "parallel.sp_size=2"])
+    assert code == 2
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "6 problem(s)" in message
+    for expected in ("sampling.eta: 0.0 is invalid", "lacks vae/ named in model_index.json",
+                     f"holds prompt_embeds of width {config['text_embed_dim'] - 1}", "is a file",
+                     "1 of 2 training prompts lack what it needs, the first: the color reward needs a colour word",
+                     "does not divide the 3 ranks"):
+        assert expected in message
+
+
+def test_the_preflight_passes_the_demo_config():
+    from conftest import ROOT
+    from fastvideo_grpo.preflight import preflight
+
+    assert preflight(ROOT / "assets/configs/tiny_t2v.yaml", []) == []

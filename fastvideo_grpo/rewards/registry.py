@@ -30,6 +30,9 @@ class RewardModel:
     # The dataclass of its section; a field without a default is required when one of the
     # model's scores is in reward.weights. None: the model takes no section.
     config: type | None = None
+    # prompt -> None, or ValueError saying what the prompt lacks (a rule reward's colour
+    # word): the preflight checks every training prompt with it before a job is queued.
+    check_prompt: Callable[[str], Any] | None = None
 
 
 # Model name -> entry. Built-in models register on import of fastvideo_grpo.rewards.
@@ -49,9 +52,10 @@ def register_reward(model: RewardModel) -> RewardModel:
     return model
 
 
-def rule_reward(name: str, fn: RewardFn) -> RewardModel:
+def rule_reward(name: str, fn: RewardFn, check_prompt: Callable[[str], Any] | None = None) -> RewardModel:
     """A model with no section and one score `name`, from a function videos, prompts -> [B]."""
-    return RewardModel(name, (name,), lambda cfg, section: lambda videos, prompts: {name: fn(videos, prompts)})
+    return RewardModel(name, (name,), lambda cfg, section: lambda videos, prompts: {name: fn(videos, prompts)},
+                       check_prompt=check_prompt)
 
 
 def load_plugins(plugins: list[str]) -> None:

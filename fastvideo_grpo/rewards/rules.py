@@ -57,5 +57,5 @@ def motion_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return sign * motion
 
 
-register_reward(rule_reward("color", color_reward))
+register_reward(rule_reward("color", color_reward, check_prompt=target_color))
 register_reward(rule_reward("motion", motion_reward))
