@@ -86,8 +86,9 @@ def setup(cfg: Config) -> Components:
     sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
-    logger.info("latent shape %s, %d prompts, %d per dp rank per iteration, G=%d", latent_shape, len(source),
-                t.prompts_per_iteration, s.group_size)
+    logger.info("latent shape %s, %d prompts; global batch %d prompts per dp rank x G=%d x %d dp ranks = %d videos "
+                "per iteration", latent_shape, len(source), t.prompts_per_iteration, s.group_size, world.dp_size,
+                t.prompts_per_iteration * s.group_size * world.dp_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(policy=policy, reference=reference, old=old, optimizer=optimizer, scheduler=scheduler, ema=ema,
                       kl_weight=cfg.grpo.kl_weight,

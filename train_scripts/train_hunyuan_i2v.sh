@@ -21,13 +21,15 @@
 # Arguments are config overrides: bash train_hunyuan_i2v.sh train.lr=2e-5 model.cfg_scale=5.0
 set -euo pipefail
 
-if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
-    cd "$SLURM_SUBMIT_DIR"
-else
-    cd "$(dirname "$0")/.."
-fi
+# sbatch runs a copy of this script from SLURM's spool folder; SLURM knows where the original is.
+script=$0
+[ -n "${SLURM_JOB_ID:-}" ] && script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+HERE=$(cd "$(dirname "$script")" && pwd)
+# Relative paths (CONFIG, MODEL_PATH, ..., overrides) mean the folder the job was submitted or
+# started from, under sbatch and bash alike.
+[ -n "${SLURM_SUBMIT_DIR:-}" ] && cd "$SLURM_SUBMIT_DIR"
 
-export CONFIG=${CONFIG:-assets/configs/hunyuan_i2v.yaml}
+export CONFIG=${CONFIG:-$HERE/../assets/configs/hunyuan_i2v.yaml}
 OVERRIDES=("$@")
 [ -n "${LATENTS_DIR:-}" ] && OVERRIDES=("data.image_latents_dir=$LATENTS_DIR" "${OVERRIDES[@]}")
-exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"
+exec bash "$HERE/train_hunyuan_t2v.sh" "${OVERRIDES[@]}"

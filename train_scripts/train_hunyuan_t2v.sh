@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #SBATCH --job-name=grpo-hunyuan-t2v
-#SBATCH --nodes=8
+#SBATCH --nodes=4
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=64
@@ -21,6 +21,10 @@
 #   MASTER_PORT     rendezvous port under SLURM (default 20000 + job id mod 20000, so
 #                   jobs that share a node do not take each other's port)
 #   TORCHRUN        launcher (default: torchrun from PATH)
+#   PYTHON          interpreter of the preflight (default: python from PATH)
+#   PREFLIGHT_ONLY  1: run only the preflight (`python -m fastvideo_grpo.train --check`), e.g.
+#                   on the login node before sbatch, and exit
+# Relative paths are taken from the folder the command was typed in (sbatch's submit folder).
 # Arguments are config overrides: bash train_hunyuan_t2v.sh train.lr=2e-5 parallel.sp_size=4
 #
 # Preemption: SLURM sends USR1 120 s before the time limit (and SIGTERM on preemption); the
@@ -28,13 +32,15 @@
 # which resumes from output_dir/checkpoints/latest.
 set -euo pipefail
 
-if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
-    cd "$SLURM_SUBMIT_DIR"
-else
-    cd "$(dirname "$0")/.."
-fi
+# sbatch runs a copy of this script from SLURM's spool folder; SLURM knows where the original is.
+script=$0
+[ -n "${SLURM_JOB_ID:-}" ] && script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+HERE=$(cd "$(dirname "$script")" && pwd)
+# Relative paths (CONFIG, MODEL_PATH, ..., overrides) mean the folder the job was submitted or
+# started from, under sbatch and bash alike.
+[ -n "${SLURM_SUBMIT_DIR:-}" ] && cd "$SLURM_SUBMIT_DIR"
 
-CONFIG=${CONFIG:-assets/configs/hunyuan_t2v.yaml}
+CONFIG=${CONFIG:-$HERE/../assets/configs/hunyuan_t2v.yaml}
 TORCHRUN=${TORCHRUN:-torchrun}
 OVERRIDES=("$@")
 [ -n "${MODEL_PATH:-}" ] && OVERRIDES=("model.path=$MODEL_PATH" "${OVERRIDES[@]}")
@@ -52,8 +58,14 @@ gpus_on_node() {
         echo 1
     fi
 }
-NPROC_PER_NODE=${NPROC_PER_NODE:-$(gpus_on_node)}
+export NPROC_PER_NODE=${NPROC_PER_NODE:-$(gpus_on_node)}
+export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
 TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
+
+# Every problem of the config, its paths and this job's GPU count at once, in seconds, before
+# any node loads a model (and before the queue, with PREFLIGHT_ONLY=1 on a login node).
+"${PYTHON:-python}" -m fastvideo_grpo.train --check --config "$CONFIG" "${OVERRIDES[@]}"
+[ -n "${PREFLIGHT_ONLY:-}" ] && exit 0
 
 if [ -n "${SLURM_JOB_ID:-}" ]; then
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

@@ -20,13 +20,15 @@
 # Arguments are config overrides: bash train_sd_t2i.sh train.lr=2e-5 model.cfg_scale=7.5
 set -euo pipefail
 
-if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
-    cd "$SLURM_SUBMIT_DIR"
-else
-    cd "$(dirname "$0")/.."
-fi
+# sbatch runs a copy of this script from SLURM's spool folder; SLURM knows where the original is.
+script=$0
+[ -n "${SLURM_JOB_ID:-}" ] && script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+HERE=$(cd "$(dirname "$script")" && pwd)
+# Relative paths (CONFIG, MODEL_PATH, ..., overrides) mean the folder the job was submitted or
+# started from, under sbatch and bash alike.
+[ -n "${SLURM_SUBMIT_DIR:-}" ] && cd "$SLURM_SUBMIT_DIR"
 
-export CONFIG=${CONFIG:-assets/configs/sd_t2i.yaml}
+export CONFIG=${CONFIG:-$HERE/../assets/configs/sd_t2i.yaml}
 OVERRIDES=("$@")
 [ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.models.hps.path=$HPS_PATH" "${OVERRIDES[@]}")
-exec bash train_scripts/train_hunyuan_t2v.sh "${OVERRIDES[@]}"
+exec bash "$HERE/train_hunyuan_t2v.sh" "${OVERRIDES[@]}"
