@@ -651,6 +651,9 @@ def config_problems(cfg: Config) -> list[str]:
             "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
+    require(cfg.model.size == "full" or not cfg.model.path, "model.path", cfg.model.path,
+            "empty with model.size: tiny, which builds the tiny model in process and would ignore this folder; "
+            "set model.size=full to train the folder's model")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
     return problems

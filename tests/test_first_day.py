@@ -120,3 +120,67 @@ def test_the_preflight_passes_the_demo_config():
     from fastvideo_grpo.preflight import preflight
 
     assert preflight(ROOT / "assets/configs/tiny_t2v.yaml", []) == []
+
+
+FAKE_TORCHRUN = """#!/usr/bin/env bash
+printf '%s\\n' "$PWD" "$@" > "$RECORD"
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+case "$*" in
+  "show job"*) echo "   Command=$ORIGINAL_SCRIPT train.lr=1e-5" ;;
+  "show hostnames"*) echo localhost ;;
+  requeue*) ;;
+esac
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("under_slurm", [False, True])
+def test_the_launch_script_takes_relative_paths_from_the_callers_folder(tmp_path, under_slurm):
+    """Submitted from outside the repository with a relative CONFIG: under sbatch (a spool copy
+    of the script, SLURM's variables) as under bash, the config is found, the preflight runs
+    on it, and torchrun starts in the caller's folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    shutil.copy(ROOT / "assets/configs/tiny_t2v.yaml", caller / "mine.yaml")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    script = ROOT / "train_scripts/train_flux_t2i.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "CONFIG": "mine.yaml", "NPROC_PER_NODE": "1", "RECORD": str(tmp_path / "record"),
+           "TORCHRUN": "torchrun", "OUTPUT_DIR": "runs/a"}
+    if under_slurm:
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        shutil.copy(script, spool / "slurm_script")
+        env.update(SLURM_JOB_ID="7", SLURM_SUBMIT_DIR=str(caller), SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost",
+                   ORIGINAL_SCRIPT=str(script))
+        command = ["bash", str(spool / "slurm_script")]
+    else:
+        command = ["bash", str(script)]
+    result = subprocess.run(command, cwd=caller, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preflight of mine.yaml: no problems" in result.stderr
+    cwd, *args = (tmp_path / "record").read_text().splitlines()
+    assert cwd == str(caller)
+    assert args[args.index("--config") + 1] == "mine.yaml" and "train.output_dir=runs/a" in args
+
+
+def test_a_model_folder_beside_the_tiny_model_is_refused_not_ignored():
+    from conftest import ROOT
+    from fastvideo_grpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.path: '/models/hv' is invalid; expected empty with model.size: tiny"):
+        load_config(ROOT / "assets/configs/tiny_t2v.yaml", ["model.path=/models/hv"])
