@@ -24,5 +24,7 @@ bench: $(STAMP)
 ablations: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m fastvideo_grpo.ablate --output outputs/ablations
 
+# What the demo regenerates (the tiny model folder and its embeddings); never a training
+# run's folder or checkpoints: outputs/ is also where the flagship configs write their runs.
 clean:
-	rm -rf outputs
+	rm -rf outputs/tiny_hunyuan outputs/tiny_embeddings .pytest_cache

@@ -3,11 +3,11 @@
     python -m fastvideo_grpo.evaluate [--config RUN/config.yaml]
         [--checkpoint RUN/checkpoints/step_N [--ema] | --diffusers FOLDER]
         [--prompts EMBEDDINGS_DIR | PROMPT_FILE] [--num-prompts K] [--seeds 0 1 2]
-        [--name NAME] [--output-dir eval] [--grid 4] [section.key=value ...]
+        [--name NAME] [--output-dir DIR] [--grid 4] [section.key=value ...]
     torchrun --nproc_per_node 8 -m fastvideo_grpo.evaluate ...   # prompts split over ranks
     python -m fastvideo_grpo.evaluate --compare eval/base eval/tuned [eval/other ...]
     python -m fastvideo_grpo.evaluate --config C --videos DIR_OR_GLOB --captions FILE
-        [--send-paths] [--name NAME] [--output-dir eval] [section.key=value ...]
+        [--send-paths] [--name NAME] [--output-dir DIR] [section.key=value ...]
 
 Every (prompt, seed) pair is sampled with the ODE sampler (eta = 0) from an initial noise
 seeded by (seed, prompt index) alone, so two models are compared on the same noise and
@@ -381,6 +381,14 @@ def videos_name(spec: str) -> str:
     return next((part for part in reversed(Path(spec).parts) if not set("*?[") & set(part)), "videos")
 
 
+def videos_folder(spec: str) -> Path:
+    """The folder --videos names: the spec itself, or a glob pattern's part before its first
+    glob character."""
+    parts = Path(spec).parts
+    plain = next((i for i, part in enumerate(parts) if set("*?[") & set(part)), len(parts))
+    return Path(*parts[:plain]) if plain else Path(".")
+
+
 def read_scores(folder: Path) -> list[dict]:
     path = Path(folder) / "scores.jsonl"
     if not path.is_file():
@@ -426,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=0, help="the first K prompts (0: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", help="results go to OUTPUT_DIR/NAME (default: from the model)")
-    parser.add_argument("--output-dir", help="default: RUN/eval for a checkpoint of run folder RUN, else ./eval")
+    parser.add_argument("--output-dir", help="default: RUN/eval for a checkpoint of run folder RUN, the config's "
+                        "train.output_dir/eval for --diffusers or the base model, DIR/eval for --videos DIR")
     parser.add_argument("--grid", type=int, default=4, help="prompts in grid.mp4/grid.png")
     parser.add_argument("--compare", nargs="+", metavar="EVAL_DIR", help="print deltas of runs vs the first")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
@@ -445,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--videos needs --config (its reward section)")
         if args.prompts or args.ema:
             parser.error("--videos scores files: --prompts and --ema do not apply")
-        output_dir = Path(args.output_dir) if args.output_dir else Path("eval")
+        # Beside the videos, not wherever the command was typed.
+        output_dir = Path(args.output_dir) if args.output_dir else videos_folder(args.videos) / "eval"
         evaluate_videos(load_config(args.config, args.overrides), output_dir / (args.name or videos_name(args.videos)),
                         args.videos, args.captions, args.send_paths)
         return 0
@@ -463,9 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config is required without --checkpoint (with it, the run's config.yaml is used)")
     cfg = load_config(config, args.overrides)
     name = args.name or (checkpoint or Path(args.diffusers or "base")).name
-    # A checkpoint's evaluation belongs with its run, not wherever the command was typed.
+    # A checkpoint's evaluation belongs with its run; a folder's or the base model's with the
+    # run the config names; neither wherever the command was typed.
     output_dir = Path(args.output_dir) if args.output_dir else (
-        checkpoint.parent.parent / "eval" if checkpoint is not None else Path("eval"))
+        checkpoint.parent.parent / "eval" if checkpoint is not None else Path(cfg.train.output_dir) / "eval")
     evaluate(cfg, output_dir / name, str(checkpoint) if checkpoint else None, args.diffusers, args.ema,
              args.prompts, args.num_prompts, args.seeds, args.grid)
     return 0

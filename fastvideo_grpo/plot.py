@@ -1,6 +1,6 @@
 """CLI: smoothed reward curves of one or several runs in one PNG.
 
-    python -m fastvideo_grpo.plot RUN [RUN ...] [--output reward_curves.png] [--key reward_mean] [--window 10]
+    python -m fastvideo_grpo.plot RUN [RUN ...] [--output FILE.png] [--key reward_mean] [--window 10]
 
 RUN is a training output folder (or its metrics.jsonl). Each run is drawn raw (faint) and
 as a trailing moving average over `--window` iterations, as the paper plots rewards.
@@ -35,7 +35,8 @@ def labels(runs: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Smoothed reward curves of training runs")
     parser.add_argument("runs", nargs="+", help="training output folders (or metrics.jsonl files)")
-    parser.add_argument("--output", default="reward_curves.png")
+    parser.add_argument("--output", help="the PNG to write; default RUN/reward_curves.png for one run, required "
+                        "for several")
     parser.add_argument("--key", default="reward_mean", help="metrics.jsonl key, e.g. reward/color")
     parser.add_argument("--window", type=int, default=10, help="moving-average window in iterations")
     args = parser.parse_args(argv)
@@ -44,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, records in runs.items():
         if not any(args.key in r for r in records):
             raise KeyError(f"{label}: metrics.jsonl has no {args.key!r}; it has {sorted(records[0]) if records else []}")
-    plot_reward_curve(runs, Path(args.output), args.key, args.window)
-    logger.info("wrote %s", args.output)
+    if args.output is None and len(args.runs) > 1:
+        parser.error("--output is required with several runs (where should their plot go?)")
+    output = Path(args.output) if args.output else metrics_path(args.runs[0]).parent / "reward_curves.png"
+    plot_reward_curve(runs, output, args.key, args.window)
+    logger.info("wrote %s", output)
     return 0
 
 

@@ -184,3 +184,32 @@ def test_a_model_folder_beside_the_tiny_model_is_refused_not_ignored():
 
     with pytest.raises(ConfigError, match="model.path: '/models/hv' is invalid; expected empty with model.size: tiny"):
         load_config(ROOT / "assets/configs/tiny_t2v.yaml", ["model.path=/models/hv"])
+
+
+def test_evaluate_and_plot_write_beside_their_inputs_not_into_the_current_folder(tmp_path, monkeypatch):
+    import json
+
+    from conftest import REWARD_PLUGINS, ROOT
+    from fastvideo_grpo.evaluate import main as evaluate_main
+    from fastvideo_grpo.plot import main as plot_main
+    from test_video_files import frames, write
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write(clips / "a.mp4", frames(16, 16, 3))
+    (tmp_path / "captions.txt").write_text("caption of a\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward_mean": i}) + "\n" for i in range(3)))
+    typed_in = tmp_path / "typed_in"
+    typed_in.mkdir()
+    monkeypatch.chdir(typed_in)
+    evaluate_main(["--config", str(ROOT / "assets/configs/tiny_t2v.yaml"), "--videos", str(clips), "--captions",
+                   str(tmp_path / "captions.txt"), "reward.weights={test_echo: 1.0}", f"reward.plugins=[{REWARD_PLUGINS}]",
+                   "reward.mode=inline"])
+    assert (clips / "eval" / "clips" / "summary.json").is_file()
+    plot_main([str(run)])
+    assert (run / "reward_curves.png").is_file()
+    assert list(typed_in.iterdir()) == []
+    with pytest.raises(SystemExit):
+        plot_main([str(run), str(run / "metrics.jsonl")])
