@@ -87,4 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvideo_grpo.cli_errors import run_cli
+
+    sys.exit(run_cli(main))

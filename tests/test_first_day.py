@@ -213,3 +213,30 @@ def test_evaluate_and_plot_write_beside_their_inputs_not_into_the_current_folder
     assert list(typed_in.iterdir()) == []
     with pytest.raises(SystemExit):
         plot_main([str(run), str(run / "metrics.jsonl")])
+
+
+def test_user_errors_end_a_command_with_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_video_files import frames, write
+
+    (tmp_path / "run/checkpoints/step_1").mkdir(parents=True)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write(clips / "a.mp4", frames(16, 16, 3))
+    (tmp_path / "captions.txt").write_text("one\ntwo\n")
+    config = str(ROOT / "assets/configs/tiny_t2v.yaml")
+    commands = {
+        "holds checkpoints of an earlier run": ["fastvideo_grpo.train", "--config", config, "train.resume=never",
+                                                f"train.output_dir={tmp_path / 'run'}"],
+        "2 captions for 1 videos": ["fastvideo_grpo.evaluate", "--config", config, "--videos", str(clips),
+                                    "--captions", str(tmp_path / "captions.txt"), "reward.mode=inline"],
+    }
+    for expected, command in commands.items():
+        result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        errors = [line for line in result.stderr.splitlines() if " ERROR " in line or "error:" in line]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
