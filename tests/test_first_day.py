@@ -91,8 +91,11 @@ def test_the_preflight_reports_every_problem_of_a_job_at_once(tmp_path, monkeypa
     folder = write_folder(tmp_path / "tiny")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball\na dog running\n")
-    encoder_cli.run(["--model-path", str(folder), "--prompts", str(prompts), "--output", str(tmp_path / "emb"),
-                     "--max-tokens", "12", "--device", "cpu"])
+    with caplog.at_level(logging.INFO):
+        encoder_cli.run(["--model-path", str(folder), "--prompts", str(prompts), "--output", str(tmp_path / "emb"),
+                         "--max-tokens", "12", "--device", "cpu"])
+    assert any("(2 items; 1 of its 1 shards, ETA 0:00:00)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
     shutil.rmtree(broken / "vae")

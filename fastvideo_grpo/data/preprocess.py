@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -183,7 +184,9 @@ def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: Wo
     settings = {**(settings or {}), "dtype": dtype}
     num_shards = -(-len(items) // shard_size)
     encoded = skipped = reencoded = truncated = 0
-    for shard in range(world.rank, num_shards, world.world_size):
+    started = time.perf_counter()
+    mine = range(world.rank, num_shards, world.world_size)
+    for done, shard in enumerate(mine, start=1):
         path = output / shard_name(shard)
         chunk = items[shard * shard_size:(shard + 1) * shard_size]
         fingerprint = shard_fingerprint(chunk if identify is None else [[i, identify(i)] for i in chunk], settings)
@@ -199,7 +202,9 @@ def preprocess(items: list[str], encode: EncodeFn, output: str | Path, world: Wo
         tensors = {key: torch.cat([batch[key] for batch, _ in parts]) for key in parts[0][0]}
         write_fingerprinted_shard(path, stored(tensors, dtype), fingerprint)
         encoded += 1
-        logger.info("rank %d wrote %s (%d items)", world.rank, path, len(chunk))
+        eta = round((time.perf_counter() - started) / done * (len(mine) - done))
+        logger.info("rank %d wrote %s (%d items; %d of its %d shards, ETA %d:%02d:%02d)", world.rank, path, len(chunk),
+                    done, len(mine), eta // 3600, eta // 60 % 60, eta % 60)
     counts = {"shards_encoded": encoded, "shards_skipped": skipped, "shards_reencoded": reencoded,
               "prompts_truncated": truncated}
     barrier(world)
