@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import resource
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,9 +53,31 @@ def gif_bytes(video: torch.Tensor, fps: int) -> bytes:
     return buffer.getvalue()
 
 
+def quiet_tensorboard_thread_errors() -> None:
+    """TensorBoard's writer thread dies on a write error (a full disk) with a bare traceback;
+    the Tracker reports the same error in one line on its next call, so that traceback is
+    dropped. Any other thread's exception goes to the previous hook."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.quiets_tensorboard = True
+    threading.excepthook = hook
+
+
 class Tracker:
     """Scalars and videos of the main rank to output_dir/tb and, with logging.wandb, to W&B.
-    Off the main rank (`enabled=False`) every call does nothing, so callers need no guard."""
+    Off the main rank (`enabled=False`) every call does nothing, so callers need no guard.
+
+    A TensorBoard write that fails (a full disk) turns TensorBoard off with one warning, and
+    training goes on: metrics.jsonl holds every number TensorBoard shows, and a disk that
+    stays full stops the run at its next checkpoint or metrics write, with an error naming
+    that file."""
 
     def __init__(self, cfg: Config, out: Path, start: int = 0, enabled: bool = True):
         self.enabled = enabled
@@ -63,8 +86,11 @@ class Tracker:
             return
         from torch.utils.tensorboard import SummaryWriter
 
+        quiet_tensorboard_thread_errors()
+        self.tb_dir = out / "tb"
         # A resumed run redoes the iterations from `start`: TensorBoard drops the old ones.
-        self.tb = SummaryWriter(str(out / "tb"), purge_step=start or None)
+        with self.tensorboard_errors():
+            self.tb = SummaryWriter(str(self.tb_dir), purge_step=start or None)
         if cfg.logging.wandb:
             try:
                 import wandb
@@ -74,12 +100,30 @@ class Tracker:
             self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.run_name or out.name,
                                     dir=str(out), mode=cfg.logging.wandb_mode, config=to_dict(cfg))
 
+    @contextmanager
+    def tensorboard_errors(self):
+        """An OSError of TensorBoard's (its writer thread's, raised again on the next call)
+        turns TensorBoard off with one warning naming its folder."""
+        try:
+            yield
+        except OSError as e:
+            logger.warning("TensorBoard stopped: writing to %s failed (%s); training continues without it, "
+                           "metrics.jsonl keeps every scalar", self.tb_dir, e)
+            tb, self.tb = self.tb, None
+            if tb is not None:
+                try:
+                    tb.close()
+                except OSError:
+                    pass  # the same error again, already reported
+
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
         values = {tag(k): float(v) for k, v in metrics.items() if k != "iteration" and isinstance(v, (int, float))}
-        for name, value in values.items():
-            self.tb.add_scalar(name, value, step)
+        if self.tb is not None:
+            with self.tensorboard_errors():
+                for name, value in values.items():
+                    self.tb.add_scalar(name, value, step)
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
@@ -94,7 +138,9 @@ class Tracker:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         image = Summary.Image(height=grid.shape[1], width=grid.shape[2], colorspace=3, encoded_image_string=encoded)
-        self.tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
+        if self.tb is not None:
+            with self.tensorboard_errors():
+                self.tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
         if self.wandb is not None:
             import wandb
 
@@ -102,7 +148,8 @@ class Tracker:
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            with self.tensorboard_errors():
+                self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
 
