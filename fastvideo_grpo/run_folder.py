@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from fastvideo_grpo.checkpoint.folders import write_atomic
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.outputs import read_metrics
 
@@ -83,4 +84,4 @@ def write_run_config(out: Path, cfg: Config, start: int) -> None:
         if before is not None and before != cfg.sampling.group_size:
             logger.warning("resuming %s with sampling.group_size=%d; it ran with %d until iteration %d",
                            out, cfg.sampling.group_size, before, start)
-    saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(saved, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a full disk leaves the old file or none

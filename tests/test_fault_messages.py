@@ -3,12 +3,25 @@ nonsense flags): each ends in one line that names the file or flag and leaves no
 half-written behind."""
 
 import errno
+import json
+import logging
 import os
+import struct
 import time
 
 import pytest
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from fastvideo_grpo.data import embeddings
+from fastvideo_grpo.data.embeddings import EmbeddingDataset
+from fastvideo_grpo.data.preprocess import preprocess, text_shard_tensors
+from fastvideo_grpo.parallel import World
 from fastvideo_grpo.tracking import Tracker
+
+ONE_PROCESS = World(rank=0, world_size=1, device=torch.device("cpu"), mesh=None)
+PROMPTS = ["a red ball", "a blue wave", "a green frog", "a cyan kite", "a yellow taxi"]
 
 
 def disk_full(*args, **kwargs):
@@ -48,3 +61,139 @@ def test_training_on_a_full_tensorboard_disk_finishes_with_every_metrics_row(tin
     out = train(tiny_cfg)
     assert [r["iteration"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
     assert sum("TensorBoard stopped" in r.getMessage() for r in caplog.records) == 1
+
+
+def encode_text(prompts: list[str]):
+    """A stand-in text encoder: [n, 4, 16] embeddings from the prompts' first characters."""
+    codes = torch.tensor([[float(ord(c)) for c in (p + "    ")[:4]] for p in prompts])
+    return text_shard_tensors((codes[:, :, None] + torch.arange(16.0)) / 100,
+                              torch.ones(len(prompts), 4, dtype=torch.int64), codes[:, :2]), 0
+
+
+def write_embeddings(out):
+    preprocess(PROMPTS, encode_text, out, ONE_PROCESS, shard_size=2, dtype="fp32")
+    return out
+
+
+def test_full_disk_while_preprocessing_removes_the_partial_shard_and_names_it(tmp_path, monkeypatch):
+    real_save = embeddings.save_file
+
+    def fills_the_disk(tensors, path, metadata=None):
+        if "shard_00001" not in str(path):
+            return real_save(tensors, path, metadata=metadata)
+        path.write_bytes(b"\0" * 100)  # what got out before the disk filled
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(embeddings, "save_file", fills_the_disk)
+    with pytest.raises(OSError) as failed:
+        preprocess(PROMPTS, encode_text, tmp_path, ONE_PROCESS, shard_size=2)
+    assert str(tmp_path / "shard_00001.safetensors") in str(failed.value)
+    assert "No space left on device" in str(failed.value) and "\n" not in str(failed.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_00000.safetensors"]
+
+
+def test_full_disk_writing_the_manifest_leaves_no_partial_file(tmp_path, monkeypatch):
+    preprocess(PROMPTS, encode_text, tmp_path, ONE_PROCESS, shard_size=2)
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        preprocess(PROMPTS + ["one more"], encode_text, tmp_path, ONE_PROCESS, shard_size=2)
+    assert str(tmp_path / "manifest.jsonl") in str(failed.value)
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda line: line[:len(line) // 2], r"manifest.jsonl:3: not JSON \(.*\): truncated or damaged"),
+    (lambda line: json.dumps({k: v for k, v in json.loads(line).items() if k != "shard"}),
+     r"manifest.jsonl:3: the row has no 'shard'"),
+])
+def test_damaged_manifest_line_names_file_and_line(tmp_path, damage, expected):
+    out = write_embeddings(tmp_path)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    lines[2] = damage(lines[2])
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=expected) as failed:
+        EmbeddingDataset(out)
+    assert str(out / "manifest.jsonl") in str(failed.value)
+
+
+def flip_bytes(path, key: str, count: int = 64) -> None:
+    """XOR the lowest bit of `count` fp32 values of tensor `key` in the file: each stays a
+    finite number, so only a checksum can tell."""
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    begin, end = json.loads(data[8:8 + length])[key]["data_offsets"]
+    start = 8 + length + begin
+    assert (end - begin) // 4 >= count
+    for i in range(count):
+        data[start + 4 * i] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_shard_are_refused_naming_the_shard(tmp_path):
+    out = write_embeddings(tmp_path)
+    flip_bytes(out / "shard_00001.safetensors", "prompt_embeds")
+    dataset = EmbeddingDataset(out)
+    dataset.conditioning([0, 1])  # shard 0 is intact
+    with pytest.raises(ValueError, match="it is corrupted") as failed:
+        dataset.conditioning([2])
+    assert str(out / "shard_00001.safetensors") in str(failed.value)
+
+
+def test_flipped_bytes_in_the_negative_prompt_are_refused(tmp_path):
+    out = write_embeddings(tmp_path)
+    embeddings.write_shard(out / "negative.safetensors", encode_text([""])[0])
+    flip_bytes(out / "negative.safetensors", "prompt_embeds")
+    with pytest.raises(ValueError, match="negative.safetensors does not hold the tensors preprocessing wrote"):
+        EmbeddingDataset(out)
+
+
+def test_shards_without_a_checksum_load_with_one_warning(tmp_path, caplog):
+    out = write_embeddings(tmp_path)
+    for shard in sorted(out.glob("shard_*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        save_file(tensors, shard)  # as shards were written before they recorded a checksum
+    with caplog.at_level(logging.WARNING):
+        conditioning = EmbeddingDataset(out).conditioning(list(range(len(PROMPTS))))
+    assert torch.equal(conditioning.prompt_embeds, encode_text(PROMPTS)[0]["prompt_embeds"])
+    warnings = [r.getMessage() for r in caplog.records if "records no checksum" in r.getMessage()]
+    assert len(warnings) == 1 and "re-run data_preprocess/" in warnings[0]
+    # preprocessing again adds the checksums
+    with caplog.at_level(logging.INFO):
+        counts = preprocess(PROMPTS, encode_text, out, ONE_PROCESS, shard_size=2, dtype="fp32")
+    assert counts["shards_reencoded"] == 3
+    with safe_open(out / "shard_00000.safetensors", framework="pt") as f:
+        assert embeddings.CHECKSUM in f.metadata()
+
+
+def test_checksum_is_the_crc32_of_the_tensors_bytes_in_key_order(tmp_path):
+    import zlib
+
+    tensors = {"b": torch.arange(6, dtype=torch.bfloat16).view(2, 3), "a": torch.tensor([1, 2], dtype=torch.int64)}
+    embeddings.write_shard(tmp_path / "s.safetensors", tensors)
+    raw = tensors["a"].numpy().tobytes() + tensors["b"].view(torch.int16).numpy().tobytes()
+    with safe_open(tmp_path / "s.safetensors", framework="pt") as f:
+        assert f.metadata()[embeddings.CHECKSUM] == f"{zlib.crc32(raw):08x}"
+    assert embeddings.check_shard_bytes(tmp_path / "s.safetensors")
+
+
+def test_full_disk_at_start_names_config_yaml_and_leaves_no_empty_one(tiny_cfg, monkeypatch):
+    from fastvideo_grpo.trainer import train
+
+    real_fsync = os.fsync
+
+    def config_fills_the_disk(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("config.yaml.tmp"):
+            disk_full()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", config_fills_the_disk)
+    tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
+    tiny_cfg.train.iterations = 1
+    out = tiny_cfg.train.output_dir
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        train(tiny_cfg)
+    assert f"{out}/config.yaml" in str(failed.value)
+    assert not [p.name for p in os.scandir(out) if "config" in p.name]

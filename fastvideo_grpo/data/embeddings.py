@@ -6,25 +6,36 @@
     root/negative.safetensors    the same keys for the empty prompt (n = 1): the
                                  unconditional branch of classifier-free guidance
 
-Shards are read lazily through memory-mapped `safe_open`; nothing is unpickled.
+Shards are read lazily through memory-mapped `safe_open`; nothing is unpickled. Each shard's
+header records the CRC32 of its tensors' bytes, checked when the shard is first read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fastvideo_grpo.checkpoint.folders import write_atomic
+from fastvideo_grpo.checkpoint.integrity import file_crc32, summary
 from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models.base import TextConditioning
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 NEGATIVE = "negative.safetensors"
 KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds", "token_count")
+# The safetensors header key holding the CRC32 of the shard's tensors' bytes, key by key in
+# sorted order: independent of how safetensors lays the tensors out in the file.
+CHECKSUM = "fastvideo_grpo.tensors_crc32"
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -39,27 +50,99 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
+def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
+    """CRC32 of the tensors' bytes (contiguous, on the CPU), key by key in sorted order."""
+    crc = 0
+    for key in sorted(tensors):
+        crc = zlib.crc32(tensors[key].reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Written under a temporary name and renamed: a shard that exists is complete.
-    `metadata` goes into the safetensors header."""
+    """Written under a temporary name and renamed: a shard that exists is complete; a failed
+    write (a full disk) removes the partial file. `metadata` goes into the safetensors
+    header, with the tensors' CRC32."""
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    honour_umask(tmp)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata={**(metadata or {}), CHECKSUM: tensors_crc32(tensors)})
+        honour_umask(tmp)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"writing {path} failed ({summary(e)}); the partial file was removed") from e
 
 
 def write_manifest(root: Path, rows: list[dict]) -> None:
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, root / MANIFEST)
+    write_atomic(root / MANIFEST, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def read_manifest(root: Path, writer: str) -> list[dict]:
-    """The rows of root/manifest.jsonl, which `writer` produces."""
+def read_manifest(root: Path, writer: str, required: tuple[str, ...] = ("shard", "row")) -> list[dict]:
+    """The rows of root/manifest.jsonl, which `writer` produces; each must hold `required`."""
     manifest = root / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} does not exist; run {writer} first")
-    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{manifest}:{number}: not JSON ({e.msg} at column {e.colno}): truncated or "
+                             f"damaged; re-run {writer}") from e
+        missing = [key for key in required if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ValueError(f"{manifest}:{number}: the row has no {', '.join(map(repr, missing))}; expected "
+                             f"{', '.join(map(repr, required))} in every row; re-run {writer}")
+        rows.append(row)
+    return rows
+
+
+def check_shard_bytes(path: Path) -> bool:
+    """Whether the shard's tensors still hold the bytes preprocessing wrote (an error naming
+    the file when not); False for a shard written before shards recorded a checksum."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    expected = (header.get("__metadata__") or {}).get(CHECKSUM)
+    if expected is None:
+        return False
+    start = 8 + length
+    ranges = [(start + header[key]["data_offsets"][0], start + header[key]["data_offsets"][1])
+              for key in sorted(header) if key != "__metadata__"]
+    found = file_crc32(path, ranges)
+    if found != expected:
+        raise ValueError(f"{path} does not hold the tensors preprocessing wrote (CRC32 {found}, its header "
+                         f"records {expected}): it is corrupted; re-run data_preprocess/ for it")
+    return True
+
+
+class VerifiedShards:
+    """Shards of one folder opened with `safe_open`; `tensors(name)` checks a shard's bytes
+    the first time it is read. Shards without a checksum are read with one warning."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files: dict[str, object] = {}
+        self.checked: set[str] = set()
+        self.warned = False
+
+    def open(self, name: str):
+        """The shard's header and lazy tensors, not checked (shapes, keys)."""
+        if name not in self.files:
+            self.files[name] = safe_open(self.root / name, framework="pt")
+        return self.files[name]
+
+    def tensors(self, name: str):
+        """The shard, its bytes checked on first use."""
+        if name not in self.checked:
+            if not check_shard_bytes(self.root / name) and not self.warned:
+                logger.warning("%s records no checksum (written before shards stored one): its bytes are not "
+                               "verified; re-run data_preprocess/ into %s to add them", self.root / name, self.root)
+                self.warned = True
+            self.checked.add(name)
+        return self.open(name)
 
 
 class EmbeddingDataset:
@@ -67,11 +150,11 @@ class EmbeddingDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.rows = read_manifest(self.root, "data_preprocess/ on the prompts")
+        self.rows = read_manifest(self.root, "data_preprocess/ on the prompts", ("prompt", "shard", "row"))
         if not self.rows:
             raise ValueError(f"{self.root / MANIFEST} lists no prompts")
         self.prompts = [row["prompt"] for row in self.rows]
-        self._files: dict[str, object] = {}
+        self.shards = VerifiedShards(self.root)
         rows_per_shard: dict[str, int] = {}
         for row in self.rows:
             rows_per_shard[row["shard"]] = max(rows_per_shard.get(row["shard"], 0), row["row"] + 1)
@@ -89,23 +172,18 @@ class EmbeddingDataset:
         if found[1:] != shape:
             raise ValueError(f"{self.root / NEGATIVE}: (tokens, dim, pooled dim) {found[1:]} differ from the "
                              f"shards' {shape}")
-        f = self._open(NEGATIVE)
+        f = self.shards.tensors(NEGATIVE)
         tensors = [f.get_tensor(key) for key in KEYS[:3]]
         for key, tensor in zip(KEYS[:3], tensors):
             check_finite(tensor, f"{self.root / NEGATIVE}: {key} of the empty prompt")
         return TextConditioning(*tensors)
-
-    def _open(self, name: str):
-        if name not in self._files:
-            self._files[name] = safe_open(self.root / name, framework="pt")
-        return self._files[name]
 
     def _check_shard(self, name: str, rows: int) -> tuple[int, int, int, int]:
         path = self.root / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; {MANIFEST} lists {rows} rows in it")
         try:
-            f = self._open(name)
+            f = self.shards.open(name)
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in KEYS}
         except Exception as e:
             raise ValueError(f"{path} is not a readable safetensors shard with {list(KEYS)} "
@@ -126,7 +204,7 @@ class EmbeddingDataset:
         parts = {key: [] for key in KEYS[:3]}
         for i in indices:
             row = self.rows[i]
-            f = self._open(row["shard"])
+            f = self.shards.tensors(row["shard"])
             for key in parts:
                 tensor = f.get_slice(key)[row["row"]: row["row"] + 1]
                 check_finite(tensor, f"{self.root / row['shard']}: {key} of row {row['row']} "
@@ -164,13 +242,12 @@ class ImageLatents:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.rows = read_manifest(self.root, "data_preprocess/preprocess_latents.py")
-        self._files = {}
+        self.shards = VerifiedShards(self.root)
         for name in sorted({row["shard"] for row in self.rows}):
             path = self.root / name
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; {self.root / MANIFEST} lists rows in it")
-            self._files[name] = safe_open(path, framework="pt")
-            if "latents" not in self._files[name].keys():
+            if "latents" not in self.shards.open(name).keys():
                 raise ValueError(f"{path} has no `latents`; expected the output of preprocess_latents.py")
 
     def __len__(self) -> int:
@@ -181,7 +258,7 @@ class ImageLatents:
         parts = []
         for i in indices:
             row = self.rows[i]
-            tensor = self._files[row["shard"]].get_slice("latents")[row["row"]: row["row"] + 1]
+            tensor = self.shards.tensors(row["shard"]).get_slice("latents")[row["row"]: row["row"] + 1]
             check_finite(tensor, f"{self.root / row['shard']}: latents of row {row['row']} (prompt {i})")
             parts.append(tensor)
         return torch.cat(parts)

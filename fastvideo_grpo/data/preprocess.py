@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 
-from fastvideo_grpo.data.embeddings import MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
+from fastvideo_grpo.data.embeddings import CHECKSUM, MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
@@ -158,6 +158,8 @@ def stale_reason(path: Path, fingerprint: dict, item_key: str) -> str | None:
         return f"it is unreadable ({e})"
     if FINGERPRINT not in header:
         return "it records no fingerprint (written before shards stored one)"
+    if CHECKSUM not in header:
+        return "it records no checksum (written before shards stored one)"
     old = json.loads(header[FINGERPRINT])
     if old["items_sha256"] != fingerprint["items_sha256"]:
         return (f"its {old['items']} {item_key}s differ from the {fingerprint['items']} this run puts there "
