@@ -39,6 +39,7 @@ import imageio
 import torch
 
 from fastvideo_grpo.checkpoint import resolve_checkpoint
+from fastvideo_grpo.cli_args import number
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.dtypes import DTYPES
@@ -393,7 +394,16 @@ def read_scores(folder: Path) -> list[dict]:
     path = Path(folder) / "scores.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `python -m fastvideo_grpo.evaluate` first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_number}: not JSON ({e.msg}): truncated or damaged") from e
+    if not rows:
+        raise ValueError(f"{path} holds no scores; run `python -m fastvideo_grpo.evaluate` into {path.parent} again")
+    return rows
 
 
 def compare(folders: list[Path]) -> str:
@@ -407,7 +417,7 @@ def compare(folders: list[Path]) -> str:
         for folder in folders[1:]:
             other = read_scores(folder)
             if name not in other[0]:
-                raise KeyError(f"{folder}/scores.jsonl has no reward {name!r}; it has {sorted(other[0])}")
+                raise ValueError(f"{folder}/scores.jsonl has no reward {name!r}; it has {sorted(other[0])}")
             stats = mean_ci([r[name] for r in other])
             delta, paired = delta_ci(base, other, name)
             lines.append(f"| {name} | {Path(folder).name} | {stats['mean']:.4f} +- {stats['ci95']:.4f} "
@@ -431,12 +441,12 @@ def main(argv: list[str] | None = None) -> int:
                         "the reward server reads the files itself, at these absolute paths")
     parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     parser.add_argument("--prompts", default="", help="embeddings folder or (tiny model) prompt file")
-    parser.add_argument("--num-prompts", type=int, default=0, help="the first K prompts (0: all)")
+    parser.add_argument("--num-prompts", type=number(int, 0), default=0, help="the first K prompts (0: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", help="results go to OUTPUT_DIR/NAME (default: from the model)")
     parser.add_argument("--output-dir", help="default: RUN/eval for a checkpoint of run folder RUN, the config's "
                         "train.output_dir/eval for --diffusers or the base model, DIR/eval for --videos DIR")
-    parser.add_argument("--grid", type=int, default=4, help="prompts in grid.mp4/grid.png")
+    parser.add_argument("--grid", type=number(int, 0), default=4, help="prompts in grid.mp4/grid.png")
     parser.add_argument("--compare", nargs="+", metavar="EVAL_DIR", help="print deltas of runs vs the first")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args(argv)
@@ -445,7 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         if len(args.compare) < 2:
             parser.error("--compare needs at least two evaluation folders")
-        sys.stdout.write(compare([Path(f) for f in args.compare]) + "\n")
+        try:
+            table = compare([Path(f) for f in args.compare])
+        except (OSError, ValueError) as e:
+            parser.error(f"--compare: {e}")
+        sys.stdout.write(table + "\n")
         return 0
     if args.videos:
         if not args.captions:

@@ -100,6 +100,7 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastvideo_grpo import grpo, nft
+from fastvideo_grpo.cli_args import number
 from fastvideo_grpo.config import Config, ConfigError, load_config, reference_kl_weight, to_dict
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
@@ -904,23 +905,32 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+# The largest cluster `plan` accepts (--nodes x --gpus-per-node): planning time grows with it.
+MAX_GPUS = 16384
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-rank memory and time of a training config, planned on CPU "
                                                  "with fake tensors and a fake process group")
     parser.add_argument("--config", required=True, help="YAML config file (assets/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.sp_size=4")
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--gpu-memory-gb", type=float, default=80.0)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H800 SXM: 989)")
-    parser.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation assumed for the time")
-    parser.add_argument("--reserve-gb", type=float, default=2.0,
+    parser.add_argument("--nodes", type=number(int, 1, MAX_GPUS), default=1)
+    parser.add_argument("--gpus-per-node", type=number(int, 1, MAX_GPUS), default=8)
+    parser.add_argument("--gpu-memory-gb", type=number(float, 0, low_open=True), default=80.0)
+    parser.add_argument("--peak-tflops", type=number(float, 0, low_open=True), default=989.0,
+                        help="dense bf16 peak (H100/H800 SXM: 989)")
+    parser.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=0.35,
+                        help="model FLOPs utilisation assumed for the time, in (0, 1]")
+    parser.add_argument("--reserve-gb", type=number(float, 0), default=2.0,
                         help="per GPU, for the CUDA context, NCCL and allocator fragmentation")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    for name in ("nodes", "gpus_per_node"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.nodes * args.gpus_per_node > MAX_GPUS:
+        parser.error(f"--nodes {args.nodes} x --gpus-per-node {args.gpus_per_node} = "
+                     f"{args.nodes * args.gpus_per_node} GPUs; at most {MAX_GPUS} are planned (the fake process "
+                     "group costs about a millisecond of CPU a rank)")
+    if args.reserve_gb >= args.gpu_memory_gb:
+        parser.error(f"--reserve-gb {args.reserve_gb:g} leaves nothing of --gpu-memory-gb {args.gpu_memory_gb:g}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")

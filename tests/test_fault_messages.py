@@ -197,3 +197,113 @@ def test_full_disk_at_start_names_config_yaml_and_leaves_no_empty_one(tiny_cfg, 
         train(tiny_cfg)
     assert f"{out}/config.yaml" in str(failed.value)
     assert not [p.name for p in os.scandir(out) if "config" in p.name]
+
+
+BINARY = b"\x00\x9f\xff\xfe garbage \x80\x81"
+
+
+def fake_checkpoints(out, steps):
+    root = out / "checkpoints"
+    for step in steps:
+        for name in (".metadata", "trainer_state.json", "manifest.json"):
+            (root / f"step_{step}").mkdir(parents=True, exist_ok=True)
+            (root / f"step_{step}" / name).write_text("{}")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def test_binary_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, caplog):
+    from fastvideo_grpo.checkpoint import latest_checkpoint
+
+    root = fake_checkpoints(tmp_path, [1, 2])
+    (root / "latest").write_bytes(BINARY)
+    with caplog.at_level(logging.WARNING):
+        assert latest_checkpoint(tmp_path) == root / "step_2"
+    assert f"{root / 'latest'} holds {BINARY!r}, not the name of a checkpoint folder (step_<N>): using " \
+           f"{root / 'step_2'}" in caplog.text
+
+
+def test_binary_latest_without_a_checkpoint_and_binary_pointers_given_by_hand_are_errors(tmp_path):
+    from fastvideo_grpo.checkpoint import best_checkpoint, latest_checkpoint, resolve_checkpoint
+
+    root = fake_checkpoints(tmp_path, [])
+    (root / "latest").write_bytes(BINARY)
+    with pytest.raises(FileNotFoundError, match=f"{root / 'latest'} holds .*, and {root} holds no complete"):
+        latest_checkpoint(tmp_path)
+    (root / "best").write_bytes(b"")
+    for pointer in ("latest", "best"):
+        with pytest.raises(FileNotFoundError, match=f"{root / pointer} holds .*not the name of a checkpoint"):
+            resolve_checkpoint(root / pointer)
+    with pytest.raises(FileNotFoundError, match=f"{root / 'best'} holds b'', not the name"):
+        best_checkpoint(tmp_path)
+
+
+def test_binary_best_prunes_nothing(tmp_path, caplog):
+    from fastvideo_grpo.checkpoint.folders import prune
+
+    root = fake_checkpoints(tmp_path, [1, 2, 3])
+    (root / "best").write_bytes(BINARY)
+    with caplog.at_level(logging.WARNING):
+        prune(root, keep_last=1)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_1", "step_2", "step_3"]
+    assert f"{root / 'best'} holds" in caplog.text and "keeping every checkpoint" in caplog.text
+
+
+def cli_error(main, argv, capsys) -> str:
+    """The one-line message an argparse error ends with (exit status 2)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_evaluate_compare_of_an_empty_scores_file_names_it(tmp_path, capsys):
+    from fastvideo_grpo.evaluate import main
+
+    for name in ("base", "tuned"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.jsonl").write_text('{"prompt": 0, "seed": 0, "color": 0.5}\n')
+    (tmp_path / "tuned" / "scores.jsonl").write_text("")
+    error = cli_error(main, ["--compare", str(tmp_path / "base"), str(tmp_path / "tuned")], capsys)
+    assert f"--compare: {tmp_path / 'tuned' / 'scores.jsonl'} holds no scores" in error
+    (tmp_path / "tuned" / "scores.jsonl").write_text('{"prompt": 0, "seed": 0, "col')
+    error = cli_error(main, ["--compare", str(tmp_path / "base"), str(tmp_path / "tuned")], capsys)
+    assert f"{tmp_path / 'tuned' / 'scores.jsonl'}:1: not JSON" in error
+
+
+@pytest.mark.parametrize("flag, value", [("--num-prompts", "-1"), ("--grid", "-2")])
+def test_evaluate_refuses_negative_counts_naming_the_flag(flag, value, capsys):
+    from fastvideo_grpo.evaluate import main
+
+    error = cli_error(main, ["--config", "unused.yaml", flag, value], capsys)
+    assert f"argument {flag}: {value}: expected an integer >= 0" in error
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--gpu-memory-gb", "nan", "expected a finite number > 0"),
+    ("--gpu-memory-gb", "-80", "expected a finite number > 0"),
+    ("--gpu-memory-gb", "inf", "expected a finite number > 0"),
+    ("--peak-tflops", "0", "expected a finite number > 0"),
+    ("--mfu", "0", "expected a finite number in (0, 1]"),
+    ("--mfu", "1.5", "expected a finite number in (0, 1]"),
+    ("--reserve-gb", "-1", "expected a finite number >= 0"),
+    ("--nodes", "0", "expected an integer in [1, 16384]"),
+    ("--nodes", "100000", "expected an integer in [1, 16384]"),
+    ("--gpus-per-node", "eight", "'eight' is not a number"),
+])
+def test_plan_refuses_nonsense_numbers_naming_the_flag(flag, value, expected, capsys):
+    from fastvideo_grpo.plan import main
+
+    error = cli_error(main, ["--config", "unused.yaml", flag, value], capsys)
+    assert error.endswith(f"argument {flag}: {value}: {expected}" if "not a number" not in expected
+                          else f"argument {flag}: {expected}; expected an integer in [1, 16384]")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--nodes", "4096", "--gpus-per-node", "8"], "--nodes 4096 x --gpus-per-node 8 = 32768 GPUs; at most 16384"),
+    (["--gpu-memory-gb", "2", "--reserve-gb", "2"], "--reserve-gb 2 leaves nothing of --gpu-memory-gb 2"),
+])
+def test_plan_refuses_flags_that_disagree(argv, expected, capsys):
+    from fastvideo_grpo.plan import main
+
+    assert expected in cli_error(main, ["--config", "unused.yaml", *argv], capsys)

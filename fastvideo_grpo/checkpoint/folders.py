@@ -35,13 +35,27 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_pointer(pointer: Path) -> str | None:
+    """The folder name a `latest` or `best` file holds; None when it holds anything else
+    (binary bytes of a damaged disk, nothing)."""
+    text = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    return text if text and text.isprintable() and "\ufffd" not in text and "/" not in text else None
+
+
+def damaged(pointer: Path) -> str:
+    return f"{pointer} holds {pointer.read_bytes()[:40]!r}, not the name of a checkpoint folder (step_<N>)"
+
+
 def step_of(path: Path) -> int:
     return int(path.name.removeprefix("step_"))
 
 
 def prune(root: Path, keep_last: int) -> None:
     complete = sorted((p for p in root.glob("step_*") if p.is_dir()), key=step_of)
-    best = (root / BEST).read_text().strip() if (root / BEST).is_file() else None
+    best = read_pointer(root / BEST) if (root / BEST).is_file() else None
+    if best is None and (root / BEST).is_file():
+        logger.warning("%s: keeping every checkpoint", damaged(root / BEST))
+        return
     for old in complete[:-keep_last] if keep_last > 0 else []:
         if old.name != best:
             shutil.rmtree(old)
@@ -61,7 +75,10 @@ def best_checkpoint(output_dir: str | Path) -> Path:
     if not pointer.is_file():
         raise FileNotFoundError(f"{pointer} does not exist: the run marked no best checkpoint (it needs eval.every "
                                 "and eval.early_stop_patience or eval.early_stop_diversity)")
-    path = pointer.parent / pointer.read_text().strip()
+    name = read_pointer(pointer)
+    if name is None:
+        raise FileNotFoundError(f"{damaged(pointer)}; pass the best step_<N> folder itself")
+    path = pointer.parent / name
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
     return path
@@ -84,7 +101,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         if newest is not None:
             logger.warning("%s is missing: using %s, the newest complete checkpoint", pointer, newest)
         return newest
-    path = root / pointer.read_text().strip()
+    name = read_pointer(pointer)
+    if name is None:
+        newest = newest_complete(root)
+        if newest is None:
+            raise FileNotFoundError(f"{damaged(pointer)}, and {root} holds no complete step_<N> folder")
+        logger.warning("%s: using %s, the newest complete checkpoint", damaged(pointer), newest)
+        return newest
+    path = root / name
     for required in (".metadata", "trainer_state.json"):
         if not (path / required).exists():
             raise FileNotFoundError(f"{pointer} names {path}, which has no {required}: the checkpoint is incomplete")
@@ -96,7 +120,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     `latest` or `best` file, the checkpoints folder or the run folder (for the last two, its latest)."""
     path = Path(path)
     if path.is_file() and path.name in (LATEST, BEST):
-        return path.parent / path.read_text().strip()
+        name = read_pointer(path)
+        if name is None:
+            raise FileNotFoundError(f"{damaged(path)}; pass a step_<N> folder or the run folder")
+        return path.parent / name
     run = path.parent if path.name == CHECKPOINTS else path
     if not checkpoint_root(run).is_dir():
         return path
