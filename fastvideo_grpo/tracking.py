@@ -75,7 +75,7 @@ class Tracker:
     Off the main rank (`enabled=False`) every call does nothing, so callers need no guard.
 
     A TensorBoard write that fails (a full disk) turns TensorBoard off with one warning, and
-    training goes on: metrics.jsonl holds every number TensorBoard shows, and a disk that
+    training goes on: TensorBoard is a view, metrics.jsonl is the record, and a disk that
     stays full stops the run at its next checkpoint or metrics write, with an error naming
     that file."""
 
@@ -107,8 +107,8 @@ class Tracker:
         try:
             yield
         except OSError as e:
-            logger.warning("TensorBoard stopped: writing to %s failed (%s); training continues without it, "
-                           "metrics.jsonl keeps every scalar", self.tb_dir, e)
+            logger.warning("TensorBoard stopped: writing to %s failed (%s); training continues without it "
+                           "(metrics.jsonl is still written)", self.tb_dir, e)
             tb, self.tb = self.tb, None
             if tb is not None:
                 try:
@@ -129,7 +129,7 @@ class Tracker:
 
     def videos(self, name: str, videos: torch.Tensor, step: int, fps: int) -> None:
         """uint8 [B, T, H, W, 3] (or one tiled [T, H, W, 3]) as one animated grid."""
-        if not self.enabled:
+        if not self.enabled or (self.tb is None and self.wandb is None):
             return
         grid = tile_videos(videos) if videos.ndim == 5 else videos
         encoded = gif_bytes(grid, fps)

@@ -145,16 +145,11 @@ def read_manifest(path: Path) -> dict | None:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is damaged ({summary(e)})") from e
 
 
-def file_crc32(file: Path, ranges: list[tuple[int, int]] | None = None) -> str:
-    """CRC32 of the file's bytes, or of its byte `ranges` [begin, end) one after another (of a
-    truncated file, what is there)."""
-    crc, chunk = 0, memoryview(bytearray(16 << 20))
+def file_crc32(file: Path) -> str:
+    crc, chunk = 0, bytearray(16 << 20)
     with file.open("rb", buffering=0) as f:
-        for begin, end in ranges if ranges is not None else [(0, os.fstat(f.fileno()).st_size)]:
-            f.seek(begin)
-            while begin < end and (n := f.readinto(chunk[:min(end - begin, len(chunk))])):
-                crc = zlib.crc32(chunk[:n], crc)
-                begin += n
+        while n := f.readinto(chunk):
+            crc = zlib.crc32(memoryview(chunk)[:n], crc)
     return f"{crc:08x}"
 
 

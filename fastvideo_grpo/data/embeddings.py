@@ -7,7 +7,7 @@
                                  unconditional branch of classifier-free guidance
 
 Shards are read lazily through memory-mapped `safe_open`; nothing is unpickled. Each shard's
-header records the CRC32 of its tensors' bytes, checked when the shard is first read.
+header records the CRC32 of every row (prompt), checked as the row is read.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import zlib
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fastvideo_grpo.checkpoint.folders import write_atomic
-from fastvideo_grpo.checkpoint.integrity import file_crc32, summary
+from fastvideo_grpo.checkpoint.integrity import summary
 from fastvideo_grpo.file_modes import honour_umask
 from fastvideo_grpo.models.base import TextConditioning
 
@@ -33,9 +32,10 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 NEGATIVE = "negative.safetensors"
 KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds", "token_count")
-# The safetensors header key holding the CRC32 of the shard's tensors' bytes, key by key in
-# sorted order: independent of how safetensors lays the tensors out in the file.
-CHECKSUM = "fastvideo_grpo.tensors_crc32"
+# The safetensors header key holding, per row (first dimension: one prompt), the CRC32 of that
+# row's bytes in every tensor, key by key in sorted order, separated by spaces: a reader checks
+# exactly the rows it reads, never a whole shard it mostly does not need.
+CHECKSUM = "fastvideo_grpo.row_crc32"
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -50,22 +50,29 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
-    """CRC32 of the tensors' bytes (contiguous, on the CPU), key by key in sorted order."""
-    crc = 0
-    for key in sorted(tensors):
-        crc = zlib.crc32(tensors[key].reshape(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
+def rows_crc32(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """CRC32 of each row of the tensors (contiguous, on the CPU, one first dimension), its
+    bytes key by key in sorted order."""
+    shapes = {key: tuple(t.shape) for key, t in tensors.items()}
+    if len({shape[:1] for shape in shapes.values()}) != 1 or () in shapes.values():
+        raise ValueError(f"shard tensors need one first dimension (rows); got shapes {shapes}")
+    crcs = []
+    for row in range(next(iter(shapes.values()))[0]):
+        crc = 0
+        for key in sorted(tensors):
+            crc = zlib.crc32(tensors[key][row].reshape(-1).view(torch.uint8).numpy(), crc)
+        crcs.append(f"{crc:08x}")
+    return crcs
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Written under a temporary name and renamed: a shard that exists is complete; a failed
     write (a full disk) removes the partial file. `metadata` goes into the safetensors
-    header, with the tensors' CRC32."""
+    header, with each row's CRC32."""
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file(tensors, tmp, metadata={**(metadata or {}), CHECKSUM: tensors_crc32(tensors)})
+        save_file(tensors, tmp, metadata={**(metadata or {}), CHECKSUM: " ".join(rows_crc32(tensors))})
         honour_umask(tmp)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
@@ -99,50 +106,49 @@ def read_manifest(root: Path, writer: str, required: tuple[str, ...] = ("shard",
     return rows
 
 
-def check_shard_bytes(path: Path) -> bool:
-    """Whether the shard's tensors still hold the bytes preprocessing wrote (an error naming
-    the file when not); False for a shard written before shards recorded a checksum."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    expected = (header.get("__metadata__") or {}).get(CHECKSUM)
-    if expected is None:
-        return False
-    start = 8 + length
-    ranges = [(start + header[key]["data_offsets"][0], start + header[key]["data_offsets"][1])
-              for key in sorted(header) if key != "__metadata__"]
-    found = file_crc32(path, ranges)
-    if found != expected:
-        raise ValueError(f"{path} does not hold the tensors preprocessing wrote (CRC32 {found}, its header "
-                         f"records {expected}): it is corrupted; re-run data_preprocess/ for it")
-    return True
-
-
 class VerifiedShards:
-    """Shards of one folder opened with `safe_open`; `tensors(name)` checks a shard's bytes
-    the first time it is read. Shards without a checksum are read with one warning."""
+    """The shards of one folder, opened with `safe_open`; `row` checks each row it reads
+    against the CRC32 its shard's header records. Shards without one are read with one
+    warning."""
 
     def __init__(self, root: Path):
         self.root = root
         self.files: dict[str, object] = {}
-        self.checked: set[str] = set()
+        self.checksums: dict[str, list[str] | None] = {}
         self.warned = False
 
     def open(self, name: str):
-        """The shard's header and lazy tensors, not checked (shapes, keys)."""
+        """The shard's header and lazy tensors, unchecked (for shapes and keys)."""
         if name not in self.files:
             self.files[name] = safe_open(self.root / name, framework="pt")
         return self.files[name]
 
-    def tensors(self, name: str):
-        """The shard, its bytes checked on first use."""
-        if name not in self.checked:
-            if not check_shard_bytes(self.root / name) and not self.warned:
-                logger.warning("%s records no checksum (written before shards stored one): its bytes are not "
+    def row(self, name: str, row: int) -> dict[str, torch.Tensor]:
+        """Row `row` of every tensor of the shard, [1, ...] each, checked."""
+        f = self.open(name)
+        tensors = {key: f.get_slice(key)[row:row + 1] for key in f.keys()}
+        expected = self.recorded(name)
+        if expected is not None and (found := rows_crc32(tensors)[0]) != expected[row]:
+            raise ValueError(f"{self.root / name}: row {row} does not hold the bytes preprocessing wrote (CRC32 "
+                             f"{found}, the header records {expected[row]}): the shard is corrupted; re-run "
+                             "data_preprocess/ for it")
+        return tensors
+
+    def recorded(self, name: str) -> list[str] | None:
+        if name not in self.checksums:
+            f = self.open(name)
+            text = (f.metadata() or {}).get(CHECKSUM)
+            crcs = text.split() if text is not None else None
+            rows = f.get_slice(next(iter(f.keys()))).get_shape()[0]
+            if crcs is not None and len(crcs) != rows:
+                raise ValueError(f"{self.root / name}: the header records {len(crcs)} row checksums for {rows} rows: "
+                                 "it is corrupted; re-run data_preprocess/ for it")
+            if crcs is None and not self.warned:
+                logger.warning("%s records no checksums (written before shards stored them): its rows are not "
                                "verified; re-run data_preprocess/ into %s to add them", self.root / name, self.root)
                 self.warned = True
-            self.checked.add(name)
-        return self.open(name)
+            self.checksums[name] = crcs
+        return self.checksums[name]
 
 
 class EmbeddingDataset:
@@ -172,8 +178,8 @@ class EmbeddingDataset:
         if found[1:] != shape:
             raise ValueError(f"{self.root / NEGATIVE}: (tokens, dim, pooled dim) {found[1:]} differ from the "
                              f"shards' {shape}")
-        f = self.shards.tensors(NEGATIVE)
-        tensors = [f.get_tensor(key) for key in KEYS[:3]]
+        row = self.shards.row(NEGATIVE, 0)
+        tensors = [row[key] for key in KEYS[:3]]
         for key, tensor in zip(KEYS[:3], tensors):
             check_finite(tensor, f"{self.root / NEGATIVE}: {key} of the empty prompt")
         return TextConditioning(*tensors)
@@ -204,9 +210,9 @@ class EmbeddingDataset:
         parts = {key: [] for key in KEYS[:3]}
         for i in indices:
             row = self.rows[i]
-            f = self.shards.tensors(row["shard"])
+            tensors = self.shards.row(row["shard"], row["row"])
             for key in parts:
-                tensor = f.get_slice(key)[row["row"]: row["row"] + 1]
+                tensor = tensors[key]
                 check_finite(tensor, f"{self.root / row['shard']}: {key} of row {row['row']} "
                                      f"(prompt {i}: {row['prompt']!r})")
                 parts[key].append(tensor)
@@ -258,7 +264,7 @@ class ImageLatents:
         parts = []
         for i in indices:
             row = self.rows[i]
-            tensor = self.shards.tensors(row["shard"]).get_slice("latents")[row["row"]: row["row"] + 1]
+            tensor = self.shards.row(row["shard"], row["row"])["latents"]
             check_finite(tensor, f"{self.root / row['shard']}: latents of row {row['row']} (prompt {i})")
             parts.append(tensor)
         return torch.cat(parts)
