@@ -29,8 +29,11 @@ def finite_or_none(value):
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write or flush names no file
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -307,3 +307,21 @@ def test_plan_refuses_flags_that_disagree(argv, expected, capsys):
     from fastvideo_grpo.plan import main
 
     assert expected in cli_error(main, ["--config", "unused.yaml", *argv], capsys)
+
+
+def test_a_metrics_row_on_a_full_disk_names_metrics_jsonl(tmp_path, monkeypatch):
+    import io
+    from pathlib import Path
+
+    from fastvideo_grpo.outputs import append_metrics
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            disk_full()
+
+    original = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *args, **kwargs: FullDisk() if self.name == "metrics.jsonl"
+                        else original(self, mode, *args, **kwargs))
+    with pytest.raises(OSError) as failed:
+        append_metrics(tmp_path / "metrics.jsonl", {"iteration": 0, "loss": 1.0})
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(tmp_path / "metrics.jsonl")
