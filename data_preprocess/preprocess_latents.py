@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastvideo_grpo.cli_args import number
 from fastvideo_grpo.data.preprocess import RERUN_HELP, preprocess, read_lines, report_blank_lines
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.parallel import init_distributed, shutdown
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", required=True, type=Path)
     parser.add_argument("--inputs", required=True, type=Path, help="a file listing image/video paths")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--height", type=int, required=True)
-    parser.add_argument("--width", type=int, required=True)
-    parser.add_argument("--shard-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--height", type=number(int, 1), required=True)
+    parser.add_argument("--width", type=number(int, 1), required=True)
+    parser.add_argument("--shard-size", type=number(int, 1), default=256)
+    parser.add_argument("--batch-size", type=number(int, 1), default=4)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="re-encode every shard, even unchanged ones")

@@ -325,3 +325,20 @@ def test_a_metrics_row_on_a_full_disk_names_metrics_jsonl(tmp_path, monkeypatch)
     with pytest.raises(OSError) as failed:
         append_metrics(tmp_path / "metrics.jsonl", {"iteration": 0, "loss": 1.0})
     assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("preprocess_hunyuan_embeddings", ["--model-path", "m", "--prompts", "p.txt", "--output", "o", "--shard-size", "0"]),
+    ("preprocess_latents", ["--model-path", "m", "--inputs", "i.txt", "--output", "o", "--height", "32", "--width", "32",
+                            "--shard-size", "0"]),
+])
+def test_preprocessing_refuses_a_zero_shard_size_naming_the_flag(script, argv, capsys):
+    import importlib
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    cli = importlib.import_module(script)
+    main = getattr(cli, "run", None) or cli.main
+    assert cli_error(main, argv, capsys).endswith("argument --shard-size: 0: expected an integer >= 1")

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 
+from fastvideo_grpo.cli_args import number
 from fastvideo_grpo.data.embeddings import CHECKSUM, MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
@@ -280,9 +281,9 @@ def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.de
                              "string 'prompt'); blank lines are skipped and counted, a line with a control "
                              "character, invalid UTF-8 or a non-string prompt is an error naming the line")
     parser.add_argument("--output", required=True, help="folder of shards and manifest.jsonl")
-    parser.add_argument("--shard-size", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=default_max_tokens)
+    parser.add_argument("--shard-size", type=number(int, 1), default=1024)
+    parser.add_argument("--batch-size", type=number(int, 1), default=8)
+    parser.add_argument("--max-tokens", type=number(int, 1), default=default_max_tokens)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="re-encode every shard, even unchanged ones")
