@@ -14,6 +14,14 @@ RUN/checkpoints or RUN: the run's latest checkpoint; with --best, the run's best
 evaluation's (RUN/checkpoints/best, marked by early stop). Its files are first checked against
 the checkpoint's manifest (CRC32s unless the run had checkpoint.verify=false).
 
+Export never deletes what it did not write. OUT must be new, empty, or an earlier export
+(marked by OUT/fastvideo_grpo_export.json); the run folder, anything inside it, the base
+model's folder and the current directory are refused. The export is written beside OUT in a
+hidden temp folder (removed if writing fails, e.g. on a full disk), and an earlier export is
+replaced by renames: OUT -> .OUT.export-old, temp -> OUT, then the old one is removed. A kill
+at any point leaves the old export or the new one; if it struck between the two renames, the
+next export to OUT puts the old one back first.
+
 A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
 config (model.path, or the seeded tiny model). Its export merges the adapters into the
 weights, or with --adapter-only writes OUT/pytorch_lora_weights.safetensors, which a
@@ -58,13 +66,19 @@ def lora_base(cfg: Config) -> torch.nn.Module:
     return model
 
 
+def transformer_config(checkpoint: Path) -> Path:
+    """The checkpoint's transformer config file; an error naming the folder if it has none."""
+    path = checkpoint / TRANSFORMER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
+    return path
+
+
 def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch.nn.Module:
     """The checkpoint's transformer on CPU (with LoRA adapters still separate). `checkpoint`
     is a step_N folder, or what `resolve_checkpoint` takes for one."""
     checkpoint = resolve_checkpoint(checkpoint)
-    config_path = checkpoint / TRANSFORMER_CONFIG
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
+    config_path = transformer_config(checkpoint)
     cfg = run_config(checkpoint)
     verify_checkpoint(checkpoint, checksums=cfg is None or cfg.checkpoint.verify)  # the run's checkpoint.verify
     if ema and not any(key.startswith("ema.") for key in saved_keys(checkpoint)):
@@ -121,41 +135,107 @@ def copy_base_components(base: Path, output: Path, trained: str) -> None:
             shutil.copy2(entry, target)
 
 
+EXPORT_MARKER = "fastvideo_grpo_export.json"
+
+
+def siblings(output: Path) -> tuple[Path, Path]:
+    """The hidden folders beside `output` that an export writes to (temp) and moves an
+    earlier export to (old) while replacing it."""
+    return output.with_name(f".{output.name}.export-tmp"), output.with_name(f".{output.name}.export-old")
+
+
+def recover(output: Path) -> None:
+    """Finish what a killed export left beside `output`: a half-written temp folder is
+    removed; an earlier export moved aside goes back to `output` if the new one never
+    arrived, else it is removed."""
+    tmp, old = siblings(output)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.is_dir():
+        if output.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(output)
+            logger.warning("%s: an export was killed while replacing it; the earlier export is back", output)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output(output: Path, checkpoint: Path, base_model: Path | None) -> None:
+    """Refuse an output folder whose replacement would delete what export did not write."""
+    out = output.resolve()
+    run = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint
+    if out == Path.cwd().resolve() or _within(Path.cwd().resolve(), out):
+        raise ValueError(f"--output {output} is the current directory or holds it; name a new folder for the export")
+    for folder, what in ((run.resolve(), "the run folder of the checkpoint"), (checkpoint.resolve(), "the checkpoint"),
+                         (base_model.resolve() if base_model else None, "the --base-model folder")):
+        if folder is not None and (_within(out, folder) or _within(folder, out)):
+            raise ValueError(f"--output {output} is, holds or lies inside {what} ({folder}); export never writes "
+                             "there: name a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {output} is a file; name a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise ValueError(f"--output {output} is a non-empty folder that is not an earlier export (it has no "
+                         f"{EXPORT_MARKER}); export replaces only its own exports. To overwrite it, delete it "
+                         "yourself first, or name another folder")
+
+
 def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype: str = "fp32",
            base_model: str | Path | None = None, max_shard_size: str = "5GB", adapter_only: bool = False) -> Path:
     output = Path(output)
     checkpoint = resolve_checkpoint(checkpoint)
+    transformer_config(checkpoint)
+    check_output(output, checkpoint, Path(base_model) if base_model is not None else None)
+    recover(output)
     model = load_trained_transformer(checkpoint, ema)
     if adapter_only and not is_lora(model):
         raise ValueError(f"--adapter-only: {checkpoint} is not from a LoRA run (model.lora_rank = 0)")
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp, old = siblings(output)
     tmp.mkdir(parents=True)
-    if adapter_only:
-        # A LoRA model comes only from a run whose config is beside its checkpoints.
-        pipeline = model_family(run_config(checkpoint).model.family).pipeline
-        save_adapter(model.to(DTYPES[dtype]), tmp, pipeline)
-    else:
-        if is_lora(model):
-            model.fuse_lora()
-            model.unload_lora()
-        model.to(DTYPES[dtype]).save_pretrained(tmp / component_name(model), safe_serialization=True,
-                                                max_shard_size=max_shard_size)
-    if base_model is not None:
-        copy_base_components(Path(base_model), tmp, component_name(model))
-    honour_umask(tmp)
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    try:
+        if adapter_only:
+            # A LoRA model comes only from a run whose config is beside its checkpoints.
+            pipeline = model_family(run_config(checkpoint).model.family).pipeline
+            save_adapter(model.to(DTYPES[dtype]), tmp, pipeline)
+        else:
+            if is_lora(model):
+                model.fuse_lora()
+                model.unload_lora()
+            model.to(DTYPES[dtype]).save_pretrained(tmp / component_name(model), safe_serialization=True,
+                                                    max_shard_size=max_shard_size)
+        if base_model is not None:
+            copy_base_components(Path(base_model), tmp, component_name(model))
+        # Written last: a folder holding it is a complete export, which a later export may replace.
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"checkpoint": str(checkpoint), "ema": ema, "dtype": dtype,
+                                                     "adapter_only": adapter_only}, indent=1) + "\n")
+        honour_umask(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk names no folder
+            raise OSError(e.errno, f"exporting to {output} failed ({e.strerror}); removed the partial export "
+                                   f"{tmp}") from e
+        raise
+    replace_folder(tmp, output, old)
     logger.info("exported %s%s as %s to %s", checkpoint, " (EMA)" if ema else "", dtype, output)
     return output
+
+
+def replace_folder(new: Path, output: Path, old: Path) -> None:
+    """Put the folder `new` at `output`, moving what is there (an earlier export or an empty
+    folder) to `old` first and removing it last."""
+    if output.exists():
+        output.rename(old)
+    new.rename(output)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a training checkpoint as a diffusers folder")
     parser.add_argument("--checkpoint", required=True,
                         help="a RUN/checkpoints/step_N folder, RUN/checkpoints/latest or RUN (its latest checkpoint)")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True,
+                        help="a new or empty folder, or an earlier export (replaced); never the run or base model")
     parser.add_argument("--ema", action="store_true", help="export the EMA weights")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--base-model", help="diffusers pipeline folder to take the other components from")
