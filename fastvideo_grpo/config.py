@@ -32,8 +32,18 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
                                    list("tTfF"))
 
 
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=ConfigLoader)
+def parse_yaml(text: str, source: str = "") -> Any:
+    """`text` as ConfigLoader reads it, except that a key given twice in one mapping (which
+    YAML silently settles for the last) is an error naming `source`, the key and both lines."""
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 class ConfigError(ValueError):
@@ -235,7 +245,8 @@ class TrainConfig:
     # rounding.
     adam_implementation: Literal["fused", "foreach", "for_loop"] = "fused"
     grad_clip: float = 1.0
-    # Linear warmup of the learning rate over this many optimizer steps (0: constant).
+    # Linear warmup of the learning rate over this many optimizer steps (0: constant): step k
+    # (from 0) trains at lr * k / lr_warmup_steps, as diffusers' constant_with_warmup.
     lr_warmup_steps: int = 0
     # Kept samples per optimizer step, each with all its trained timesteps, as the released
     # scripts count it: an iteration takes ceil(kept samples per rank / this) optimizer steps
@@ -508,7 +519,7 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    value = parse_yaml(raw) if raw else ""
+    value = parse_yaml(raw, f"override {text!r}") if raw else ""
     nested: dict = {}
     node = nested
     parts = dotted.strip().split(".")
@@ -516,6 +527,23 @@ def parse_override(text: str) -> dict:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return nested
+
+
+def _check_unique_keys(node: yaml.Node, source: str, prefix: str = "") -> None:
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{source}: {prefix}{key} is given twice, on lines {lines[key]} and {line} "
+                                  "(YAML would silently keep the second); keep one")
+            lines[key] = line
+            _check_unique_keys(value_node, source, f"{prefix}{key}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item, source, prefix)
 
 
 def validate(cfg: Config) -> None:
@@ -594,12 +622,17 @@ def config_problems(cfg: Config) -> list[str]:
                 f"{default!r} with train.algorithm={t.algorithm} (a GRPO guard)")
     require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
     require(len(cfg.reward.weights) > 0, "reward.weights", cfg.reward.weights, "at least one reward")
+    require(any(w != 0 for w in cfg.reward.weights.values()), "reward.weights", cfg.reward.weights,
+            "at least one non-zero weight (with all weights 0 every advantage is 0: nothing trains)")
     for name in cfg.reward.binary_thresholds:
         require(name in cfg.reward.weights, f"reward.binary_thresholds.{name}", name,
                 f"one of the rewards in reward.weights {sorted(cfg.reward.weights)}")
     require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
     require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
     require(t.lr > 0, "train.lr", t.lr, "> 0")
+    require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, ">= 0")
+    require(bool(t.output_dir.strip()), "train.output_dir", t.output_dir,
+            "a folder (empty would write the run's lock, checkpoints and logs into the current directory)")
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
     require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", t.max_nonfinite_steps, ">= 1")
     require(cfg.reward.max_restarts >= 0, "reward.max_restarts", cfg.reward.max_restarts, ">= 0")
@@ -685,7 +718,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), check
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = parse_yaml(path.read_text()) or {}
+            data = parse_yaml(path.read_text(), str(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):

@@ -86,6 +86,10 @@ def test_nft_flagship_configs_are_the_grpo_ones_with_the_references_rollout(name
     ("reward.max_restarts=-1", "reward.max_restarts: -1 is invalid; expected >= 0"),
     ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps"),
     ("parallel.sp_size=3", "parallel.sp_size: 3 is invalid; expected a divisor of the model's 4 attention heads"),
+    ("train.output_dir=", "train.output_dir: '' is invalid; expected a folder (empty would write the run's lock"),
+    ("reward.weights={color: 0}", "reward.weights: {'color': 0.0} is invalid; expected at least one non-zero weight"),
+    ("train.lr_warmup_steps=-1", "train.lr_warmup_steps: -1 is invalid; expected >= 0"),
+    ("reward.weights={color: 1, color: 2}", "color is given twice, on lines 1 and 1"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as info:
@@ -115,6 +119,21 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
         load_config(path)
     assert str(path) in str(info.value) and "train.learning_rate" in str(info.value)
     assert "'lr'" in str(info.value)  # the allowed keys are listed
+
+
+def test_a_key_given_twice_in_a_file_names_file_key_and_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  iterations: 2\n  lr: 1.0e-5\n  iterations: 500\nsampling:\n  eta: 0.3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: train.iterations is given twice, on lines 2 and 4 (YAML would silently keep "
+                               "the second); keep one")
+    path.write_text("train:\n  iterations: 2\nsampling:\n  eta: 0.3\ntrain:\n  lr: 1.0e-5\n")
+    with pytest.raises(ConfigError, match="train is given twice, on lines 1 and 5"):
+        load_config(path)
+    path.write_text("train:\n  iterations: 2\nsampling:\n  iterations: 3\n")  # one key in two sections is fine
+    with pytest.raises(ConfigError, match="unknown config key 'sampling.iterations'"):
+        load_config(path)
 
 
 def test_sp_size_must_divide_the_heads_of_the_folder_before_any_model_is_built(tmp_path):
