@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,21 +68,40 @@ def keep_records(path: Path, keep) -> None:
     os.replace(temp, path)
 
 
+# The logs a resumed run trims to its checkpoint, and a fresh start moves aside.
+LOGS = ("metrics.jsonl", "eval.jsonl", "samples/index.jsonl", "health.json")
+
+
 def trim_logs(folder: Path, start: int) -> None:
     """On resume at iteration `start`, drop what the resumed run will write again: metrics and
-    sample rows of iterations >= start, evaluations after `start` iterations."""
+    sample rows of iterations >= start, evaluations after `start` iterations. A fresh start
+    (0) in a folder whose logs hold an earlier run's rows (its checkpoints deleted) moves
+    them aside instead: nothing is dropped."""
+    if start == 0:
+        set_aside_logs(folder)
+        return
     keep_records(folder / "metrics.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "samples" / "index.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "eval.jsonl", lambda r: r["iteration"] <= start)
 
 
-def write_run_config(out: Path, cfg: Config, start: int) -> None:
-    """output_dir/config.yaml, the config this run trains with (evaluate and export read it);
-    a resumed run with another group size is allowed but said."""
-    saved = out / "config.yaml"
-    if start > 0 and saved.is_file():
-        before = (yaml.safe_load(saved.read_text()) or {}).get("sampling", {}).get("group_size")
-        if before is not None and before != cfg.sampling.group_size:
-            logger.warning("resuming %s with sampling.group_size=%d; it ran with %d until iteration %d",
-                           out, cfg.sampling.group_size, before, start)
-    write_atomic(saved, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a full disk leaves the old file or none
+def set_aside_logs(folder: Path) -> None:
+    """Rename each log that holds anything to <name>.prev-<UTC time>, with a warning."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for name in LOGS:
+        path = folder / name
+        if not path.is_file() or not path.read_text().strip():
+            continue
+        target = path.with_name(f"{path.name}.prev-{stamp}")
+        count = 1
+        while target.exists():  # two fresh starts within a second
+            target, count = path.with_name(f"{path.name}.prev-{stamp}-{count}"), count + 1
+        os.replace(path, target)
+        logger.warning("%s holds an earlier run's records but there is no checkpoint to resume from: this fresh "
+                       "start moved it to %s", path, target)
+
+
+def write_run_config(out: Path, cfg: Config) -> None:
+    """output_dir/config.yaml, the config this run trains with (evaluate, export and a resumed
+    run read it), written atomically: a full disk leaves the earlier one, not an empty file."""
+    write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -37,6 +37,7 @@ from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
+from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste
 from fastvideo_grpo.step_plan import iteration_plan
 from fastvideo_grpo.tracking import IterationLog, PhaseTimer, Tracker, record_memory
 from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, follow_kl,
@@ -65,6 +66,7 @@ def setup(cfg: Config) -> Components:
     check_reward_config(cfg.reward)
     check_pairwise_use(cfg)
     world = init_distributed(p.device, p.sp_size, p.dp_replicate)
+    check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
@@ -123,7 +125,7 @@ def start_run(c: Components, cfg: Config, out: Path) -> int:
     iteration; returns the first iteration to run."""
     start = resume_run(c, c.sampler, c.world, cfg)
     if c.world.is_main:
-        write_run_config(out, cfg, start)
+        write_run_config(out, cfg)
         trim_logs(out, start)
     c.tracker = Tracker(cfg, out, start, enabled=c.world.is_main)
     c.health = HealthMonitor(cfg.health, out if c.world.is_main else None, start, cfg.reward.weights)
@@ -135,6 +137,8 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
     t = cfg.train
     start = start_run(c, cfg, out)
     held_out = held_out_source(cfg) if cfg.eval.every else None
+    if c.world.is_main:
+        warn_of_waste(cfg, len(c.source), len(held_out) if held_out is not None else None, c.world.dp_size)
     # Every rank keeps the same state (metrics and evaluations are reduced), so all stop together.
     early_stop = EarlyStop(cfg, out, start)
     if start < t.iterations and (reason := early_stop.reason()) is not None:

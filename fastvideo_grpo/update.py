@@ -184,10 +184,26 @@ def build_optimizer(policy: Policy, cfg: Config):
     kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
                                   weight_decay=t.weight_decay, **kernels[t.adam_implementation])
-    warmup = t.lr_warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, t.lr_warmup_steps))
     return optimizer, scheduler
+
+
+def set_base_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Make a schedule restored from a checkpoint (whose base lr torch keeps) follow `lr`, from
+    its current step on: a resumed run trains with its own train.lr (and warmup, the schedule's
+    function being this run's). With the checkpoint's lr it sets the value the schedule holds."""
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """lr multiplier before optimizer step `step` (from 0): step / warmup during the warmup,
+    then 1. The first step trains at lr 0, as diffusers' constant_with_warmup schedule (the
+    one DanceGRPO's scripts use) does."""
+    return step / warmup if step < warmup else 1.0
 
 
 def build_reference(policy: Policy) -> Policy:

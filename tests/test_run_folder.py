@@ -2,16 +2,18 @@
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import REWARD_PLUGINS, ROOT
 from helpers import wait_for_lines
-from fastvideo_grpo.config import load_config
+from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.outputs import read_metrics
 from fastvideo_grpo.run_folder import RunFolderBusy, run_folder_lock
 from fastvideo_grpo.trainer import train
@@ -91,11 +93,27 @@ def test_never_starts_from_scratch_over_earlier_checkpoints(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
-def test_resuming_with_another_group_size_says_so(tmp_path, caplog):
+def test_resuming_with_another_group_size_is_refused(tmp_path):
     train(small_cfg(tmp_path, "train.iterations=2"))
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(ConfigError, match=r"sampling.group_size: 4 -> 2.*which a resumed run must keep"):
         train(small_cfg(tmp_path, "train.iterations=3", "sampling.group_size=2"))
-    assert "with sampling.group_size=2; it ran with 4 until iteration 2" in caplog.text
+    assert iterations(tmp_path / "metrics.jsonl") == [0, 1]
+
+
+def test_a_fresh_start_moves_an_earlier_runs_logs_aside(tmp_path, caplog):
+    """The checkpoints are gone but the logs hold rows: a fresh start keeps them, renamed."""
+    train(small_cfg(tmp_path, "train.iterations=2", "train.sample_every=1", "eval.every=1", "eval.num_prompts=1"))
+    earlier = {name: (tmp_path / name).read_text() for name in ("metrics.jsonl", "eval.jsonl", "samples/index.jsonl")}
+    shutil.rmtree(tmp_path / "checkpoints")
+    with caplog.at_level(logging.WARNING):
+        train(small_cfg(tmp_path, "train.iterations=1"))
+    assert iterations(tmp_path / "metrics.jsonl") == [0]
+    for name, text in earlier.items():
+        moved = list((tmp_path / name).parent.glob(f"{Path(name).name}.prev-*"))
+        assert len(moved) == 1 and moved[0].read_text() == text, name
+        assert f"{tmp_path / name} holds an earlier run's records but there is no checkpoint to resume from: this " \
+               f"fresh start moved it to {moved[0]}" in caplog.text
+    assert not (tmp_path / "eval.jsonl").exists()  # this run evaluates nothing
 
 
 def test_sigterm_during_the_last_iteration_ends_the_completed_run_with_0(tmp_path):

@@ -8,14 +8,17 @@ from pathlib import Path
 
 from fastvideo_grpo.checkpoint.folders import latest_checkpoint
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
-from fastvideo_grpo.config import Config
+from fastvideo_grpo.config import Config, run_config_path
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.parallel import World, all_finite
-from fastvideo_grpo.update import Learner, NonFiniteTraining, trained_weights
+from fastvideo_grpo.run_config import check_resumed_config
+from fastvideo_grpo.update import Learner, NonFiniteTraining, set_base_lr, trained_weights
 
 
 def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config) -> int:
-    """Load the checkpoint `train.resume` asks for; returns the first iteration to run.
+    """Load the checkpoint `train.resume` asks for; returns the first iteration to run. The
+    config may differ from the checkpoint's run only in what run_config.RESUMABLE lists, and
+    train.lr then takes effect at once.
 
     A run never starts from scratch over an earlier run's checkpoints (it would overwrite
     them and its metrics): that is an error saying how to start fresh."""
@@ -32,9 +35,11 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
                              f"{cfg.train.resume!r} found none to resume from; to start fresh, delete {folder.parent} "
                              "or give this run another train.output_dir")
         return 0
+    check_resumed_config(cfg, run_config_path(path), path)
     state = load_checkpoint(path, learner.policy.transformer, learner.optimizer, world, learner.ema,
                             verify=cfg.checkpoint.verify, extra=_extra(learner, cfg))
     learner.scheduler.load_state_dict(state["scheduler"])
+    set_base_lr(learner.scheduler, cfg.train.lr)
     learner.kl_weight = state.get("kl_weight", learner.kl_weight)
     sampler.load_state_dict(state["sampler"])
     return state["iteration"]
