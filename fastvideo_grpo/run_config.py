@@ -62,11 +62,11 @@ def check_resumed_config(cfg: Config, saved: Path | None, checkpoint: Path) -> N
     """Compare the config a run resumes `checkpoint` with to its run's `saved` config.yaml:
     changes of RESUMABLE keys are logged (one line, each key old -> new) and take effect;
     any other change is refused, naming every such key with both values."""
-    if saved is None:
-        logger.warning("%s has no config.yaml beside its checkpoints folder: the resumed config is not compared "
-                       "with the one it was trained with", checkpoint)
+    old = flatten(yaml.safe_load(saved.read_text()) or {}) if saved is not None else {}
+    if not old:
+        logger.warning("%s has no config.yaml (or an empty one) beside its checkpoints folder: the resumed config "
+                       "is not compared with the one it was trained with", checkpoint)
         return
-    old = flatten(yaml.safe_load(saved.read_text()) or {})
     new = flatten(to_dict(cfg))
     changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
     refused = [k for k in changed if not resumable(k)]
