@@ -107,14 +107,10 @@ def test_the_cli_refuses_a_changed_resume_with_exit_2(two_iterations, tmp_path):
 def test_ranks_with_different_configs_are_refused_naming_the_keys(tmp_path):
     """Rank 1 gets other values of train.lr and sampling.group_size: both ranks stop at
     once with the keys and each rank's value, instead of training on."""
-    script = ("import os, sys; from fastvideo_grpo.train import main; "
-              "extra = ['train.lr=2e-3', 'sampling.group_size=2'] if os.environ['RANK'] == '1' else []; "
-              "sys.exit(main(sys.argv[1:] + extra))")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
-         sys.executable, "-c", script,
-         "--config", str(ROOT / "assets/configs/tiny_t2v.yaml"), *SMALL, "train.iterations=1",
-         f"train.output_dir={tmp_path}"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         ROOT / "tests/dist/mismatched_config.py", "--config", ROOT / "assets/configs/tiny_t2v.yaml", *SMALL,
+         "train.iterations=1", f"train.output_dir={tmp_path}", "--rank1", "train.lr=2e-3", "sampling.group_size=2"],
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode != 0
     expected = ("config error: the ranks were started with different configs; reward.group_size: 4 on rank 0, 2 on "
