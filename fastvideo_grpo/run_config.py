@@ -11,9 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fastvideo_grpo.config import Config, ConfigError, to_dict
+from fastvideo_grpo.config import Config, ConfigError, parse_yaml, to_dict
 from fastvideo_grpo.parallel import World, all_gather_objects
 
 logger = logging.getLogger(__name__)
@@ -62,7 +60,7 @@ def check_resumed_config(cfg: Config, saved: Path | None, checkpoint: Path) -> N
     """Compare the config a run resumes `checkpoint` with to its run's `saved` config.yaml:
     changes of RESUMABLE keys are logged (one line, each key old -> new) and take effect;
     any other change is refused, naming every such key with both values."""
-    old = flatten(yaml.safe_load(saved.read_text()) or {}) if saved is not None else {}
+    old = flatten(parse_yaml(saved.read_text(), str(saved)) or {}) if saved is not None else {}
     if not old:
         logger.warning("%s has no config.yaml (or an empty one) beside its checkpoints folder: the resumed config "
                        "is not compared with the one it was trained with", checkpoint)

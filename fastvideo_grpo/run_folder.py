@@ -68,7 +68,7 @@ def keep_records(path: Path, keep) -> None:
     os.replace(temp, path)
 
 
-# The logs a resumed run trims to its checkpoint, and a fresh start moves aside.
+# The logs a fresh start moves aside (a resumed run trims the JSONL ones to its checkpoint).
 LOGS = ("metrics.jsonl", "eval.jsonl", "samples/index.jsonl", "health.json")
 
 

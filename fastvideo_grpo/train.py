@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     silence_library_noise()
     try:
         out = train(cfg)
-    except ConfigError as e:  # found once the run starts: ranks that disagree, a resume that changes the run
-        logging.getLogger("fastvideo_grpo").error("config error: %s", e)
-        return 2
     except Preempted as e:
         mark_preempted()
         log.warning("preempted: checkpoint written in %s", e.args[0])
