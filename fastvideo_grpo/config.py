@@ -114,6 +114,12 @@ class SamplingConfig:
     eta: float = 0.25
     shift: float = 5.0
     sde_type: Literal["dance", "flow_grpo", "cps"] = "dance"
+    # The log-prob of a CPS step: "gaussian", the full Gaussian log-density as for the other
+    # SDE types, so exp(log-ratio) is the policy ratio PPO's clip is defined on, one clip_range
+    # means the same for every sde_type, and GRPO-Guard's ratio_norm / step_reweight hold;
+    # "flow_grpo", Flow-GRPO's -mean((x - mean)^2), whose log-ratio is 2 std^2 times the
+    # Gaussian one, so that clip ranges published for Flow-GRPO(-Fast) CPS carry over (1e-5).
+    cps_log_prob: Literal["gaussian", "flow_grpo"] = "gaussian"
     height: int = 480
     width: int = 480
     num_frames: int = 53
@@ -143,12 +149,31 @@ class SamplingConfig:
     sde_window_stride: int = 1
     sde_window_every: int = 1
     sde_window_start: int = 0
+    # Where "random" draws the window's first step from 0: "full" up to N-1-w (the window may
+    # end at the last trainable step N-2), "mixgrpo" up to N-2-w (MixGRPO's random
+    # strategy), "flow_grpo_fast" up to N//2-w (Flow-GRPO-Fast's sde_window_range (0, N//2):
+    # the window stays in the noisier half).
+    window_start_range: Literal["full", "mixgrpo", "flow_grpo_fast"] = "full"
     # The deterministic solver outside the window: the family's first-order step ("euler";
     # DDIM for Stable Diffusion) or DPM-Solver++(2M) in the data-prediction form.
     ode_solver: Literal["euler", "dpmpp_2m"] = "euler"
     # Solver steps covering the span after the window (MixGRPO-Flash); 0: every level of
     # the schedule.
     post_window_steps: int = 0
+    # Where those post_window_steps levels lie: "grid", evenly spaced levels of the schedule
+    # (works for every family, DDIM's integer timesteps included); "even_t", exactly evenly
+    # spaced in unshifted time, between the schedule's levels, as MixGRPO-Flash places them
+    # (rectified flow only). They differ only by the rounding to the grid.
+    post_window_spacing: Literal["grid", "even_t"] = "grid"
+    # With ode_solver dpmpp_2m, as MixGRPO-Flash runs it, set both to follow the reference:
+    # solver_history "keep" carries DPM-Solver++'s history over the SDE window (the first step
+    # after it is second-order, from the window's last x0_hat); "reset" (ours) starts first-order
+    # after the window, since the window's noise moved the sample off the ODE path that history
+    # belongs to, and a multistep extrapolation across it would treat that noise as curvature.
+    solver_history: Literal["reset", "keep"] = "reset"
+    # The deterministic steps before the window: "euler" as MixGRPO-Flash; "ode_solver" (ours)
+    # runs ode_solver there too: the same forwards, a more accurate start for the window.
+    prefix_solver: Literal["ode_solver", "euler"] = "ode_solver"
 
 
 @dataclass
@@ -584,6 +609,26 @@ def config_problems(cfg: Config) -> list[str]:
     require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
             s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
     require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+    require(s.sde_window_schedule != "progressive" or s.sde_window_stride <= max(s.sde_window_size, 1),
+            "sampling.sde_window_stride", s.sde_window_stride,
+            f"at most sampling.sde_window_size ({s.sde_window_size}): a longer stride skips steps no window trains")
+    if s.window_start_range != "full":
+        require(s.sde_window_schedule == "random", "sampling.window_start_range", s.window_start_range,
+                "'full' unless sampling.sde_window_schedule=random (the range the random start is drawn from)")
+        bound = s.num_steps - 2 if s.window_start_range == "mixgrpo" else s.num_steps // 2
+        require(s.sde_window_size <= bound, "sampling.window_start_range", s.window_start_range,
+                f"a range that holds the window: {s.window_start_range} starts it at most at {bound} - "
+                f"sampling.sde_window_size ({s.sde_window_size})")
+    require(s.cps_log_prob == "gaussian" or s.sde_type == "cps", "sampling.cps_log_prob", s.cps_log_prob,
+            "'gaussian' unless sampling.sde_type=cps")
+    for key in ("ratio_norm", "step_reweight"):
+        require(s.cps_log_prob == "gaussian" or not getattr(g, key), f"grpo.{key}", getattr(g, key),
+                "false with sampling.cps_log_prob=flow_grpo (GRPO-Guard assumes the Gaussian log-density)")
+    require(s.post_window_spacing == "grid" or s.post_window_steps > 0, "sampling.post_window_spacing",
+            s.post_window_spacing, "'grid' unless sampling.post_window_steps > 0 (the levels it spaces)")
+    for key, ours in (("solver_history", "reset"), ("prefix_solver", "ode_solver")):
+        require(getattr(s, key) == ours or s.ode_solver == "dpmpp_2m", f"sampling.{key}", getattr(s, key),
+                f"{ours!r} unless sampling.ode_solver=dpmpp_2m (with euler there is no other solver)")
     require(cfg.reward.group_size in (0, s.group_size), "reward.group_size", cfg.reward.group_size,
             f"0 or sampling.group_size ({s.group_size}): the reward process sees the trainer's groups")
     n = cfg.nft

@@ -417,7 +417,7 @@ def grpo_micro_batch(cfg: Config, policy: Policy, plan: StepPlan, samples: int,
     stored next latent, the clipped loss."""
     s = cfg.sampling
     sampler = _as_numbers(policy.sampler(s))
-    schedule = plan.schedule(policy.sampler(s).levels).tolist()
+    schedule = plan.schedule(policy.sampler(s)).tolist()
     step = plan.trainable[0]
 
     def inputs():

@@ -21,7 +21,7 @@ class Rollout:
     # kept only what it scored (keep_trajectory=False: DiffusionNFT trains on nothing else).
     latents: torch.Tensor | None
     log_probs: torch.Tensor | None  # [B, S], fp32: log pi(x_{j+1} | x_j) at SDE steps, NaN at ODE steps
-    schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(sampler.levels)
+    schedule: torch.Tensor  # [S+1]: the visited noise levels, plan.schedule(sampler)
     batches: list[slice]  # the rollout batches; training micro-batches mirror them
     # [B, *latent]: what is decoded and scored: `policy.scored_latents` of the last step when
     # it is an SDE step (rectified flow: its clean prediction x0_hat, not the still noisy
@@ -69,20 +69,33 @@ def initial_noise(s: SamplingConfig, total: int, latent_shape: tuple[int, ...], 
 
 
 class Deterministic:
-    """The ODE steps of a trajectory with `sampling.ode_solver`: the family's first-order
-    step, or DPM-Solver++(2M), which keeps its history until `reset`."""
+    """The ODE steps of a trajectory: `sampling.ode_solver` (the family's first-order step,
+    or DPM-Solver++(2M), which keeps its history), and before the SDE window
+    `sampling.prefix_solver`; `took_other_step` tells it where another step was taken."""
 
-    def __init__(self, sampler: Sampler, solver: str):
-        self.sampler, self.solver = sampler, make_solver(solver) if solver != "euler" else None
+    def __init__(self, sampler: Sampler, s: SamplingConfig, plan: StepPlan):
+        self.sampler, self.keep_history = sampler, s.solver_history == "keep"
+        self.solver = make_solver(s.ode_solver) if s.ode_solver != "euler" else None
+        # Only a plan with a window has steps before it (an SDE-free plan is all ode_solver).
+        self.prefix_steps = plan.prefix_steps if plan.sde_steps and s.prefix_solver == "euler" else 0
 
     def step(self, output: torch.Tensor, x: torch.Tensor, schedule: torch.Tensor, j: int) -> torch.Tensor:
         if self.solver is None:
             return self.sampler.ode_step(output, x, schedule, j)
         x0 = self.sampler.pred_original(output, x, schedule, j)
+        if j < self.prefix_steps:
+            self.took_other_step(x0, schedule, j)
+            return self.sampler.ode_step(output, x, schedule, j)
         return self.solver.step(x, x0, self.sampler.noise_level(schedule, j), self.sampler.noise_level(schedule, j + 1))
 
-    def reset(self) -> None:
-        if self.solver is not None:
+    def took_other_step(self, x0_hat: torch.Tensor, schedule: torch.Tensor, j: int) -> None:
+        """Step j, from the clean prediction `x0_hat`, was not the solver's (an SDE or Euler
+        step): its history ends there ("reset"), or records it as its own ("keep")."""
+        if self.solver is None:
+            return
+        if self.keep_history:
+            self.solver.record(x0_hat, self.sampler.noise_level(schedule, j), self.sampler.noise_level(schedule, j + 1))
+        else:
             self.solver.reset()
 
 
@@ -120,7 +133,7 @@ def rollout(
     plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
     total, g = cond.prompt_embeds.shape[0], s.group_size
     sampler = policy.sampler(s)
-    schedule = plan.schedule(sampler.levels)
+    schedule = plan.schedule(sampler)
     steps, sde = plan.num_transitions, set(plan.sde_steps)
     initial = initial_noise(s, total, latent_shape, seed_parts, first_sample)
     step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
@@ -143,7 +156,7 @@ def rollout(
         # One row per group: its samples share x_0 and the prompt, so the deterministic steps
         # before the window are the same for all of them.
         firsts = torch.arange(0, total, g)
-        x, group_cond, solver = initial[firsts].to(device), cond.select(firsts), Deterministic(sampler, s.ode_solver)
+        x, group_cond, solver = initial[firsts].to(device), cond.select(firsts), Deterministic(sampler, s, plan)
         path = [x]
         for j in range(prefix):
             x = solver.step(predict(x, j, group_cond), x, schedule, j)
@@ -155,7 +168,7 @@ def rollout(
             prefix_end = x.float().repeat_interleave(g, dim=0)
     batches = batch_slices(total, s.rollout_batch_size)
     for batch in batches:
-        batch_cond, solver, last = cond.select(batch), Deterministic(sampler, s.ode_solver), None
+        batch_cond, solver, last = cond.select(batch), Deterministic(sampler, s, plan), None
         x = (prefix_end if prefix else initial)[batch].to(device)
         if latents is not None and not prefix:
             latents[batch, 0] = x
@@ -171,7 +184,7 @@ def rollout(
                     if means is None:
                         means = torch.empty(total, len(plan.sde_steps), *last.mean.shape[1:], device=store)
                     means[batch, plan.sde_steps.index(j)] = last.mean.float().to(store)
-                solver.reset()  # the solver's history ends where the SDE takes over
+                solver.took_other_step(last.pred_original, schedule, j)
             else:
                 x = solver.step(output, x, schedule, j)
                 last = None

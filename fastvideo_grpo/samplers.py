@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
-from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ode_step, sde_step
+from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ode_step, sde_step, time_shift
 
 
 class Sampler(Protocol):
     # The N+1 levels of the full schedule, noisiest first.
     levels: torch.Tensor
+
+    def levels_at(self, positions: Sequence[float]) -> torch.Tensor:
+        """The noise levels at `positions` along `levels` (`step_plan.StepPlan.visited`):
+        levels[p] at an integer position; a fractional one (`sampling.post_window_spacing:
+        even_t`) lies between two levels, evenly in the schedule's own time."""
 
     def sde_step(self, output: torch.Tensor, x: torch.Tensor, levels: torch.Tensor, j: int,
                  noise: torch.Tensor | None = None, prev_sample: torch.Tensor | None = None) -> StepResult:
@@ -47,9 +52,24 @@ class RectifiedFlowSampler:
     levels: torch.Tensor  # sigmas, sde.sigma_schedule(N, shift)
     eta: float
     sde_type: str  # "dance", "flow_grpo" or "cps"
+    cps_log_prob: str = "gaussian"  # sampling.cps_log_prob
+    # The shift of `levels`, for levels between them (`levels_at`); None: integer positions only.
+    shift: float | None = None
+
+    def levels_at(self, positions) -> torch.Tensor:
+        """A fractional position p is time_shift(1 - p / N): evenly in unshifted time, as
+        sigma_schedule places the levels (MixGRPO-Flash's post-window levels)."""
+        fractional = [p for p in positions if not float(p).is_integer()]
+        if fractional and self.shift is None:
+            raise ValueError(f"levels at fractional positions {fractional} need the schedule's shift")
+        n = len(self.levels) - 1
+        return torch.stack([self.levels[int(p)] if float(p).is_integer()
+                            else time_shift(torch.tensor(1 - p / n, dtype=self.levels.dtype), self.shift)
+                            for p in positions])
 
     def sde_step(self, output, x, levels, j, noise=None, prev_sample=None) -> StepResult:
-        return sde_step(output, x, levels, j, self.eta, self.sde_type, prev_sample=prev_sample, noise=noise)
+        return sde_step(output, x, levels, j, self.eta, self.sde_type, prev_sample=prev_sample, noise=noise,
+                        cps_log_prob=self.cps_log_prob)
 
     def ode_step(self, output, x, levels, j) -> torch.Tensor:
         return ode_step(output, x, levels, j)
@@ -76,6 +96,13 @@ class DDIMSampler:
     alphas_cumprod: torch.Tensor
     # alpha_bar past the last timestep (set_alpha_to_one=False: alpha_bar_0).
     final_alpha_cumprod: float
+
+    def levels_at(self, positions) -> torch.Tensor:
+        fractional = [p for p in positions if not float(p).is_integer()]
+        if fractional:
+            raise ValueError(f"positions {fractional} lie between DDIM timesteps, which are integers: "
+                             "sampling.post_window_spacing=even_t is for rectified flow; use 'grid'")
+        return self.levels[[int(p) for p in positions]]
 
     def sde_step(self, output, x, levels, j, noise=None, prev_sample=None) -> StepResult:
         return ddim_step(output, x, levels, j, self.eta, self.alphas_cumprod, self.final_alpha_cumprod,

@@ -44,6 +44,12 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | f
     return log_density.mean(dim=tuple(range(1, log_density.ndim)))
 
 
+def squared_error_log_prob(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """-(x - mean)^2 averaged over all but the batch dim, in fp32: Flow-GRPO's CPS log-prob,
+    the Gaussian log-density times 2 std^2 less its constants. [B]."""
+    return -((x.float() - mean.float()) ** 2).mean(dim=tuple(range(1, x.ndim)))
+
+
 def dance_mean_std(v: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float, eta: float):
     """DanceGRPO reverse SDE: mean = x + dsigma*v - eta^2/2 * score * dsigma, std = eta*sqrt(-dsigma)."""
     dsigma = sigma_next - sigma
@@ -95,16 +101,18 @@ def sde_step(
     sde_type: str = "dance",
     prev_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    cps_log_prob: str = "gaussian",
 ) -> StepResult:
     """One stochastic step k (sigmas[k] -> sigmas[k+1]) and the log-prob of its result.
 
     Rollout passes `noise` and gets x_{k+1} = mean + std * noise; training passes the
     stored `prev_sample` to re-evaluate its log-prob under the current policy.
 
-    The log-prob is the full Gaussian log-density for every sde_type. (Flow-GRPO's and the
-    CPS authors' code use -(x - mean)^2 for CPS, which also drops the 1 / (2 std^2) factor
-    and so scales log-ratios by 2 std^2.) CPS's last step (sigma_next = 0) has std = 0: it
-    lands on x0_hat, and its log-prob is set to 0; that step is never trained.
+    The log-prob is the full Gaussian log-density for every sde_type, unless CPS is asked
+    for Flow-GRPO's `cps_log_prob="flow_grpo"`: -(x - mean)^2, which drops the 1 / (2 std^2)
+    factor and so scales log-ratios by 2 std^2 (`squared_error_log_prob`). CPS's last step
+    (sigma_next = 0) has std = 0: it lands on x0_hat, and its log-prob is set to 0; that
+    step is never trained.
     """
     sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
     if sde_type == "dance":
@@ -117,19 +125,28 @@ def sde_step(
             return StepResult(prev_sample=mean if prev_sample is None else prev_sample,
                               log_prob=torch.zeros(x.shape[0], dtype=torch.float32, device=x.device),
                               mean=mean, std=std, pred_original=x - sigma * v)
+        if cps_log_prob not in ("gaussian", "flow_grpo"):
+            raise ValueError(f"sampling.cps_log_prob={cps_log_prob!r} is not one of ['gaussian', 'flow_grpo']")
+        return sample_or_replay(mean, std, prev_sample, noise, pred_original=x - sigma * v,
+                                gaussian=cps_log_prob == "gaussian")
     else:
         raise ValueError(f"sde_type {sde_type!r} is not one of ['dance', 'flow_grpo', 'cps']")
     return sample_or_replay(mean, std, prev_sample, noise, pred_original=x - sigma * v)
 
 
 def sample_or_replay(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
-                     noise: torch.Tensor | None, pred_original: torch.Tensor | None = None) -> StepResult:
-    """x_{k+1} = mean + std * noise (rollout) or the stored `prev_sample` (training), and its log-prob."""
+                     noise: torch.Tensor | None, pred_original: torch.Tensor | None = None,
+                     gaussian: bool = True) -> StepResult:
+    """x_{k+1} = mean + std * noise (rollout) or the stored `prev_sample` (training), and its
+    log-prob: the Gaussian log-density, or without `gaussian` Flow-GRPO's CPS -(x - mean)^2."""
     if prev_sample is None:
         if noise is None:
             raise ValueError("a stochastic step needs either prev_sample or noise")
         prev_sample = mean + std.to(mean.dtype) * noise.to(mean.dtype)
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+    if gaussian:
+        log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+    else:
+        log_prob = squared_error_log_prob(prev_sample.detach(), mean)
     return StepResult(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std, pred_original=pred_original)
 
 

@@ -75,6 +75,8 @@ class Solver(Protocol):
 
     def reset(self) -> None: ...
 
+    def record(self, x0_hat: torch.Tensor, point: tuple[float, float], point_next: tuple[float, float]) -> None: ...
+
 
 class EulerSolver:
     """First order, no history: every step is `euler_step`."""
@@ -86,6 +88,9 @@ class EulerSolver:
     def reset(self) -> None:
         pass
 
+    def record(self, x0_hat: torch.Tensor, point: tuple[float, float], point_next: tuple[float, float]) -> None:
+        pass
+
 
 class DPMSolverPP2M:
     """DPM-Solver++(2M) in data-prediction form (Lu et al. 2022, Algorithm 2), with lower_order_final.
@@ -94,7 +99,8 @@ class DPMSolverPP2M:
     D = x0_hat on the first step (or the first after `reset()`), otherwise
     D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev with r = h_prev / h. The step into sigma = 0
     returns x0_hat. The history is the previous step's x0_hat and log-SNRs; call `reset()`
-    when the trajectory leaves the solver (e.g. for stochastic steps) before coming back.
+    when the trajectory leaves the solver (e.g. for stochastic steps) before coming back, or
+    `record()` to keep a step another method took as history (MixGRPO-Flash).
     """
 
     def __init__(self) -> None:
@@ -123,6 +129,11 @@ class DPMSolverPP2M:
             d = x0_hat + (h / (2 * (lam - lam_prev))) * (x0_hat - x0_prev)
         self._prev = (x0_hat, lam, lam_next)
         return (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * d
+
+    def record(self, x0_hat: torch.Tensor, point: tuple[float, float], point_next: tuple[float, float]) -> None:
+        """A step from `point` to `point_next` that another method took, from `x0_hat`: the
+        next step extrapolates from it as from one of its own."""
+        self._prev = (x0_hat, *_check_step(point, point_next))
 
 
 SOLVERS = {"euler": EulerSolver, "dpmpp_2m": DPMSolverPP2M}

@@ -18,14 +18,16 @@ from dataclasses import dataclass
 import torch
 
 from fastvideo_grpo.config import Config, SamplingConfig
+from fastvideo_grpo.samplers import Sampler
 from fastvideo_grpo.seeding import make_generator
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    # Indices into the full (N+1)-level schedule, in the order visited; transition j goes
-    # from level visited[j] to visited[j+1].
-    visited: tuple[int, ...]
+    # Positions on the full (N+1)-level schedule, in the order visited; transition j goes
+    # from level visited[j] to visited[j+1]. Integers are the schedule's levels; fractional
+    # positions (`sampling.post_window_spacing: even_t`) lie between two of them.
+    visited: tuple[float, ...]
     # The stochastic transitions j, ascending.
     sde_steps: tuple[int, ...]
     # The transitions the update may train (a subset of sde_steps).
@@ -41,31 +43,47 @@ class StepPlan:
         of a group that shares its initial noise (all of them in an SDE-free plan)."""
         return self.sde_steps[0] if self.sde_steps else self.num_transitions
 
-    def schedule(self, full: torch.Tensor) -> torch.Tensor:
-        """The visited noise levels of `full`, the policy's N+1-level schedule."""
-        return full[list(self.visited)]
+    def schedule(self, sampler: Sampler) -> torch.Tensor:
+        """The visited noise levels of the policy's sampler."""
+        return sampler.levels_at(self.visited)
+
+
+def random_start_bound(s: SamplingConfig) -> int:
+    """The largest start `sampling.sde_window_schedule: random` draws (from 0, inclusive):
+    `sampling.window_start_range` full N-1-w, mixgrpo N-2-w, flow_grpo_fast N//2-w."""
+    n, w = s.num_steps, s.sde_window_size
+    return {"full": n - 1 - w, "mixgrpo": n - 2 - w, "flow_grpo_fast": n // 2 - w}[s.window_start_range]
 
 
 def window_start(s: SamplingConfig, iteration: int, generator: torch.Generator | None = None) -> int:
-    """The first step of the SDE window in `iteration`: it can start anywhere from 0 to
-    N-1-w, so that its last step is at most the last trainable transition N-2."""
-    last = s.num_steps - 1 - s.sde_window_size
+    """The first step of the SDE window in `iteration`.
+
+    progressive (MixGRPO): starts 0, stride, 2 * stride, ... while they are trainable
+    (<= N-2), then back to 0; a window that would pass N-2 is cut there
+    (`build_step_plan`), so a cycle puts every trainable step in some window whatever the
+    stride (<= w). random: drawn on [0, `random_start_bound`]."""
     if s.sde_window_schedule == "fixed":
         return s.sde_window_start
     if s.sde_window_schedule == "progressive":
-        return (iteration // s.sde_window_every) * s.sde_window_stride % (last + 1)
+        positions = (s.num_steps - 2) // s.sde_window_stride + 1
+        return (iteration // s.sde_window_every) % positions * s.sde_window_stride
     if generator is None:
         raise ValueError("sampling.sde_window_schedule=random needs the iteration's generator")
-    return int(torch.randint(last + 1, (1,), generator=generator))
+    return int(torch.randint(random_start_bound(s) + 1, (1,), generator=generator))
 
 
-def resample(levels: list[int], steps: int) -> list[int]:
-    """`steps` + 1 of `levels` (ascending schedule indices), evenly spaced by position, first
-    and last kept: the coarser trajectory of MixGRPO-Flash after its window."""
+def resample(levels: list[int], steps: int, spacing: str = "grid") -> list[float]:
+    """`steps` + 1 positions from the first to the last of `levels` (consecutive schedule
+    indices), evenly spaced: the coarser trajectory of MixGRPO-Flash after its window.
+    "grid" rounds them to levels of the schedule; "even_t" keeps them fractional, evenly
+    spaced in the schedule's unshifted time as MixGRPO-Flash places them
+    (`Sampler.levels_at`)."""
     if steps <= 0 or steps >= len(levels) - 1:
         return levels
-    positions = torch.linspace(0, len(levels) - 1, steps + 1, dtype=torch.float64).round().long().tolist()
-    return [levels[p] for p in positions]
+    positions = torch.linspace(0, len(levels) - 1, steps + 1, dtype=torch.float64)
+    if spacing == "grid":
+        return [levels[p] for p in positions.round().long().tolist()]
+    return [levels[0] + (int(p) if p.is_integer() else p) for p in positions.tolist()]
 
 
 def build_step_plan(s: SamplingConfig, iteration: int, generator: torch.Generator | None = None) -> StepPlan:
@@ -73,8 +91,8 @@ def build_step_plan(s: SamplingConfig, iteration: int, generator: torch.Generato
     if s.sde_window_size == 0:
         return StepPlan(tuple(range(n + 1)), tuple(range(n)), tuple(range(n - 1)))
     start = window_start(s, iteration, generator)
-    after = start + s.sde_window_size
-    visited = list(range(after)) + resample(list(range(after, n + 1)), s.post_window_steps)
+    after = min(start + s.sde_window_size, n - 1)  # the last transition, into the clean sample, is never trained
+    visited = list(range(after)) + resample(list(range(after, n + 1)), s.post_window_steps, s.post_window_spacing)
     window = tuple(range(start, after))
     return StepPlan(tuple(visited), window, window)
 

@@ -30,15 +30,16 @@ def test_every_window_position_ends_at_the_last_level(num_steps, window, post):
     for iteration in range(num_steps + 2):  # progressive: every start, then it wraps
         plan = build_step_plan(s, iteration)
         start = plan.sde_steps[0]
+        end = min(start + window, num_steps - 1)  # cut at the last trainable step, as MixGRPO
         starts.add(start)
-        assert plan.sde_steps == tuple(range(start, start + window)) == plan.trainable
+        assert plan.sde_steps == tuple(range(start, end)) == plan.trainable
         assert plan.visited[0] == 0 and plan.visited[-1] == num_steps  # noise to fully denoised
         assert list(plan.visited) == sorted(set(plan.visited))
-        assert plan.visited[:start + window + 1] == tuple(range(start + window + 1))  # window levels unchanged
-        tail = plan.num_transitions - start - window
+        assert plan.visited[:end + 1] == tuple(range(end + 1))  # window levels unchanged
+        tail = plan.num_transitions - end
         assert tail >= 1 and (post == 0 or tail <= post)
         assert max(plan.trainable) <= num_steps - 2  # the last transition is never trained
-    assert starts == set(range(num_steps - window))  # including the last trainable step
+    assert starts == set(range(num_steps - 1))  # every start up to the last trainable step
 
 
 def test_the_default_plan_is_every_step():
@@ -48,7 +49,11 @@ def test_the_default_plan_is_every_step():
 
 def test_progressive_stride_every_and_fixed():
     s = sampling(16, sde_window_size=4, sde_window_stride=2, sde_window_every=3)
-    assert [build_step_plan(s, i).sde_steps[0] for i in range(0, 30, 3)] == [0, 2, 4, 6, 8, 10, 0, 2, 4, 6]  # starts 0..11, wrapping
+    # Starts 0..14 (up to the last trainable step), then back to 0; the last windows are cut at 14.
+    plans = [build_step_plan(s, i) for i in range(0, 30, 3)]
+    assert [p.sde_steps[0] for p in plans] == [0, 2, 4, 6, 8, 10, 12, 14, 0, 2]
+    assert plans[6].sde_steps == (12, 13, 14) and plans[7].sde_steps == (14,)
+    assert build_step_plan(s, 2).sde_steps == build_step_plan(s, 0).sde_steps  # moved every 3 iterations
     fixed = sampling(16, sde_window_size=4, sde_window_schedule="fixed", sde_window_start=11)
     assert {build_step_plan(fixed, i).sde_steps[0] for i in range(5)} == {11}
 

@@ -95,7 +95,7 @@ class RectifiedFlowSampling:
     """`sampler` for a network that predicts the velocity (noise - data)."""
 
     def sampler(self, s: SamplingConfig) -> RectifiedFlowSampler:
-        return RectifiedFlowSampler(sigma_schedule(s.num_steps, s.shift), s.eta, s.sde_type)
+        return RectifiedFlowSampler(sigma_schedule(s.num_steps, s.shift), s.eta, s.sde_type, s.cps_log_prob, s.shift)
 
 
 def to_frames(pixels: torch.Tensor) -> torch.Tensor:

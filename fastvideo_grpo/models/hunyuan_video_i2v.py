@@ -40,6 +40,9 @@ class FirstFrameSampler:
     def levels(self) -> torch.Tensor:
         return self.inner.levels
 
+    def levels_at(self, positions) -> torch.Tensor:
+        return self.inner.levels_at(positions)
+
     def sde_step(self, output, x, levels, j, noise=None, prev_sample=None) -> StepResult:
         rest = self.inner.sde_step(output[:, :, 1:], x[:, :, 1:], levels, j,
                                    noise=None if noise is None else noise[:, :, 1:],
