@@ -142,7 +142,9 @@ class SamplingConfig:
     # SDE step (DanceGRPO). Only the window is trained; outside it ode_solver runs.
     sde_window_size: int = 0
     # Where the window is: "progressive" (MixGRPO) starts at step 0 and moves by
-    # sde_window_stride every sde_window_every iterations, wrapping; "random"
+    # sde_window_stride (at most sde_window_size) every sde_window_every iterations while its
+    # start is trainable (<= N-2), cut at N-2, then back to 0, so that a cycle trains every
+    # step 0..N-2 (MixGRPO's clip and roll back); "random"
     # (Flow-GRPO-Fast) draws a start per iteration from the seeded generator; "fixed"
     # starts at sde_window_start.
     sde_window_schedule: Literal["progressive", "random", "fixed"] = "progressive"
