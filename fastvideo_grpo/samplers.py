@@ -29,8 +29,9 @@ class Sampler(Protocol):
 
     def sde_step(self, output: torch.Tensor, x: torch.Tensor, levels: torch.Tensor, j: int,
                  noise: torch.Tensor | None = None, prev_sample: torch.Tensor | None = None) -> StepResult:
-        """Stochastic step j and the Gaussian log-prob of its result: rollout passes `noise`,
-        training the stored `prev_sample` (see `sde.sample_or_replay`)."""
+        """Stochastic step j and the log-prob of its result (Gaussian; for CPS as
+        `sampling.cps_log_prob` says): rollout passes `noise`, training the stored
+        `prev_sample` (see `sde.sample_or_replay`)."""
 
     def ode_step(self, output: torch.Tensor, x: torch.Tensor, levels: torch.Tensor, j: int) -> torch.Tensor:
         """Deterministic first-order step j: no noise, no log-prob."""
