@@ -575,10 +575,11 @@ def _check_unique_keys(node: yaml.Node, source: str, prefix: str = "") -> None:
             _check_unique_keys(item, source, prefix)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
     """Every value check at once: a ConfigError that lists every problem, so that a config
-    is fixed in one round trip, not one queue wait per typo."""
-    problems = config_problems(cfg)
+    is fixed in one round trip, not one queue wait per typo. Keys in `may_be_empty` (dotted)
+    are not reported for being empty."""
+    problems = [p for p in config_problems(cfg) if not any(p.startswith(f"{key}: ''") for key in may_be_empty)]
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

@@ -101,7 +101,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastvideo_grpo import grpo, nft
 from fastvideo_grpo.cli_args import number
-from fastvideo_grpo.config import Config, ConfigError, load_config, reference_kl_weight, to_dict
+from fastvideo_grpo.config import Config, ConfigError, load_config, reference_kl_weight, to_dict, validate
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
 from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
@@ -178,7 +178,6 @@ PUBLISHED = {
 
 # Inputs the planner never reads; the shipped full-size configs leave them empty.
 UNREAD_KEYS = ("model.path", "data.embeddings_dir", "data.image_latents_dir")
-UNREAD_MARKER = "<not read by the planner>"
 # Config keys that change no tensor of the tracked micro-batch: a knob that only sets these
 # reuses the tracked result.
 UNTRACKED_KEYS = (("sampling", "trajectory_device"), ("sampling", "decode_batch_size"),
@@ -210,19 +209,8 @@ class Cluster:
 def load_plan_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """The config exactly as the trainer loads it, except that the weight and data folders a
     full-size run needs may be empty (`UNREAD_KEYS`): the planner reads neither."""
-    marked: list[str] = []
-    while True:
-        try:
-            cfg = load_config(path, [*overrides, *(f"{key}={UNREAD_MARKER}" for key in marked)])
-            break
-        except ConfigError as e:
-            key = next((k for k in UNREAD_KEYS if str(e).startswith(f"{k}: ''") and k not in marked), None)
-            if key is None:
-                raise
-            marked.append(key)
-    for key in marked:
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, "")
+    cfg = load_config(path, overrides, check=False)
+    validate(cfg, may_be_empty=UNREAD_KEYS)
     return cfg
 
 
