@@ -50,8 +50,20 @@ def step_of(path: Path) -> int:
     return int(path.name.removeprefix("step_"))
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The step_<N> folders in `root`, oldest first. Anything else named step_* (a user's
+    step_6.bak or step_best) is not ours: it is left alone, with a note naming it."""
+    ours = []
+    for path in root.glob("step_*"):
+        if path.is_dir() and path.name.removeprefix("step_").isdecimal():
+            ours.append(path)
+        else:
+            logger.info("%s is not a checkpoint of this run (step_<N>, N a number): left alone", path)
+    return sorted(ours, key=step_of)
+
+
 def prune(root: Path, keep_last: int) -> None:
-    complete = sorted((p for p in root.glob("step_*") if p.is_dir()), key=step_of)
+    complete = step_folders(root)
     best = read_pointer(root / BEST) if (root / BEST).is_file() else None
     if best is None and (root / BEST).is_file():
         logger.warning("%s: keeping every checkpoint", damaged(root / BEST))
@@ -86,8 +98,8 @@ def best_checkpoint(output_dir: str | Path) -> Path:
 
 def newest_complete(root: Path) -> Path | None:
     """The newest step_N folder that holds a manifest (written last: the folder is complete)."""
-    complete = [p for p in root.glob("step_*") if (p / MANIFEST).is_file()]
-    return max(complete, key=step_of, default=None)
+    complete = [p for p in step_folders(root) if (p / MANIFEST).is_file()]
+    return complete[-1] if complete else None
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastvideo_grpo.checkpoint.folders import latest_checkpoint
+from fastvideo_grpo.checkpoint.folders import latest_checkpoint, step_folders
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, run_config_path
 from fastvideo_grpo.data.prompts import PromptSampler
@@ -23,7 +23,7 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
     A run never starts from scratch over an earlier run's checkpoints (it would overwrite
     them and its metrics): that is an error saying how to start fresh."""
     folder = Path(cfg.train.output_dir) / "checkpoints"
-    earlier = sorted(p.name for p in folder.glob("step_*") if p.is_dir()) if folder.is_dir() else []
+    earlier = [p.name for p in step_folders(folder)] if folder.is_dir() else []
     path = None
     if cfg.train.resume == "auto":
         path = latest_checkpoint(cfg.train.output_dir)
