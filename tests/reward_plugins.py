@@ -70,3 +70,12 @@ def rising_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
 
 register_reward(rule_reward("test_rising", rising_reward))
+
+
+def grad_reward(videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Like echo, but a leaf that requires grad (as a score made with torch.tensor(...,
+    requires_grad=True) is, even under torch.no_grad())."""
+    return videos.float().mean(dim=(1, 2, 3, 4)).requires_grad_()
+
+
+register_reward(rule_reward("test_grad", grad_reward))

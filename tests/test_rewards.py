@@ -1,5 +1,6 @@
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,12 +94,42 @@ def test_a_name_or_score_is_registered_once():
     assert "my_videoalign" not in REGISTRY
 
 
-def test_a_score_of_the_wrong_shape_names_the_reward(monkeypatch):
-    monkeypatch.setitem(REGISTRY, "bad", rule_reward("bad", lambda videos, prompts: torch.zeros(3)))
+EXPECTED = r"; expected a torch.Tensor of shape \[2\], one score per sample$"
+
+
+@pytest.mark.parametrize("returned, error", [
+    (torch.zeros(3), r"score 'bad' has shape \[3\]" + EXPECTED),
+    (torch.zeros(2, 1), r"score 'bad' has shape \[2, 1\]" + EXPECTED),
+    (torch.zeros(()), r"score 'bad' has shape \[\]" + EXPECTED),
+    (np.zeros(2), r"score 'bad' is a numpy.ndarray \(torch.from_numpy converts an array\)" + EXPECTED),
+    ([0.0, 1.0], r"score 'bad' is a list" + EXPECTED),
+    (torch.zeros(2, dtype=torch.complex64), r"score 'bad' is torch.complex64; expected real numbers$"),
+])
+def test_a_score_of_the_wrong_type_or_shape_is_one_line_naming_the_reward(monkeypatch, returned, error):
+    monkeypatch.setitem(REGISTRY, "bad", rule_reward("bad", lambda videos, prompts: returned))
     scorer = build_scorer(RewardConfig(weights={"bad": 1.0}))
-    with pytest.raises(RewardError, match=r"reward 'bad' returned no score 'bad' of shape \[2\] on a batch; "
-                                          r"got torch.Size\(\[3\]\)"):
+    with pytest.raises(RewardError, match=r"^reward 'bad' on a batch: " + error) as e:
         scorer(torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8), ["a", "b"])
+    assert "\n" not in str(e.value)
+
+
+def test_a_model_returning_no_dict_or_not_its_score_names_the_model(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "bad", RewardModel("bad", ("bad",), lambda cfg, section: lambda v, p: 1.0))
+    with pytest.raises(RewardError, match=r"^reward 'bad' on a batch: returned a float; expected a dict"):
+        build_scorer(RewardConfig(weights={"bad": 1.0}))(torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8), ["a", "b"])
+    monkeypatch.setitem(REGISTRY, "bad", RewardModel("bad", ("bad",), lambda cfg, section: lambda v, p: {"b": 1}))
+    with pytest.raises(RewardError, match=r"^reward 'bad' on a batch: returned no score 'bad' \(it returned \['b'\]\)"):
+        build_scorer(RewardConfig(weights={"bad": 1.0}))(torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8), ["a", "b"])
+
+
+def test_a_score_that_requires_grad_is_detached_and_integers_become_floats(monkeypatch):
+    weight = torch.ones((), requires_grad=True)
+    monkeypatch.setitem(REGISTRY, "grad", rule_reward("grad", lambda videos, prompts: videos.float().mean((1, 2, 3, 4)) * weight))
+    monkeypatch.setitem(REGISTRY, "count", rule_reward("count", lambda videos, prompts: torch.tensor([1, 2])))
+    scores = build_scorer(RewardConfig(weights={"grad": 1.0, "count": 1.0}))(
+        torch.full((2, 1, 4, 4, 3), 7, dtype=torch.uint8), ["a", "b"])
+    assert not scores["grad"].requires_grad and scores["grad"].tolist() == [7.0, 7.0]
+    assert scores["count"].dtype == torch.float32 and scores["count"].tolist() == [1.0, 2.0]
 
 
 PLUGIN = """
@@ -265,3 +296,14 @@ def test_mp4_round_trip_in_memory():
     # lossy, but the content survives: mean absolute error of a few grey levels
     assert (video.float() - frames.float()).abs().mean() < 6
     assert video[4, 16, 35, 1] > 200 and video[1, 16, 35, 1] < 50
+
+
+def test_training_on_an_inline_score_that_requires_grad(tiny_cfg):
+    from conftest import REWARD_PLUGINS
+    from fastvideo_grpo.trainer import train
+    from helpers import read_jsonl
+
+    tiny_cfg.reward.weights, tiny_cfg.reward.plugins = {"test_grad": 1.0}, [REWARD_PLUGINS]
+    tiny_cfg.train.iterations, tiny_cfg.train.sample_every = 1, 0
+    train(tiny_cfg)
+    assert len(read_jsonl(f"{tiny_cfg.train.output_dir}/metrics.jsonl")) == 1

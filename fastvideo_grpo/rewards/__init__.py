@@ -126,13 +126,36 @@ class Scorer:
             except Exception as e:
                 raise RewardError(f"reward {name!r} failed on {what}: {type(e).__name__}: {e}") from e
             for score in self.keep[name]:
-                value = returned.get(score) if isinstance(returned, dict) else None
-                if not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(prompts),):
-                    raise RewardError(f"reward {name!r} returned no score {score!r} of shape [{len(prompts)}] on "
-                                      f"{what}; got {getattr(value, 'shape', value)!r}")
-                value = value.float()
+                value = _checked_score(returned, name, score, len(prompts), what)
                 scores[score] = (value > self.thresholds[score]).float() if score in self.thresholds else value
         return {score: scores[score] for score in self.order}
+
+
+def _checked_score(returned: Any, model: str, score: str, count: int, what: str) -> torch.Tensor:
+    """`returned[score]` as a detached float tensor [count]. A reward's output enters training
+    here, so what is wrong with it is named here, not in the update it would break later (a
+    score that requires grad fails in backward, naming no reward)."""
+    where = f"reward {model!r} on {what}"
+    expected = f"expected a torch.Tensor of shape [{count}], one score per sample"
+    if not isinstance(returned, dict):
+        raise RewardError(f"{where}: returned a {_type_name(returned)}; expected a dict {{score name: tensor}}")
+    if score not in returned:
+        raise RewardError(f"{where}: returned no score {score!r} (it returned {sorted(map(str, returned))}); "
+                          f"{expected}")
+    value = returned[score]
+    if not isinstance(value, torch.Tensor):
+        hint = " (torch.from_numpy converts an array)" if type(value).__module__ == "numpy" else ""
+        raise RewardError(f"{where}: score {score!r} is a {_type_name(value)}{hint}; {expected}")
+    if tuple(value.shape) != (count,):
+        raise RewardError(f"{where}: score {score!r} has shape {list(value.shape)}; {expected}")
+    if value.is_complex():
+        raise RewardError(f"{where}: score {score!r} is {value.dtype}; expected real numbers")
+    return value.detach().float()
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def build_scorer(cfg: RewardConfig) -> Scorer:
