@@ -411,6 +411,12 @@ class ParallelConfig:
     # whole model during accumulation (fp32: 48 GB for the 12.8B HunyuanVideo); true: sharded
     # gradients throughout, one reduce-scatter per micro-batch.
     reduce_grads_every_micro_batch: bool = False
+    # A rank whose process stops (SIGSTOP, a frozen node) would hold the others in a
+    # collective for the process group's 30-minute timeout. Each rank sends a heartbeat
+    # through torchrun's store; one silent for this many seconds ends the job
+    # (fastvideo_grpo.parallel.watchdog). It beats beside the training thread, so a long
+    # step, checkpoint or compile never trips it. 0 turns it off; one process has none.
+    watchdog_seconds: float = 300.0
 
 
 @dataclass
@@ -704,6 +710,8 @@ def config_problems(cfg: Config) -> list[str]:
     require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
     require(cfg.logging.peak_tflops >= 0, "logging.peak_tflops", cfg.logging.peak_tflops,
             ">= 0 (0: looked up from the CUDA device's name)")
+    require(cfg.parallel.watchdog_seconds >= 0, "parallel.watchdog_seconds", cfg.parallel.watchdog_seconds,
+            "seconds > 0, or 0 to turn the watchdog off")
     require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
     require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")

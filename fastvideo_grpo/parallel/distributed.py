@@ -12,6 +12,8 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from fastvideo_grpo.parallel.watchdog import exit_with_launcher, start_watchdog, stop_watchdog
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,8 +66,11 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int = 1) -> World:
-    """From torchrun's env vars: nccl on GPU, gloo on CPU. Without torchrun: one process."""
+def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int = 1,
+                     watchdog_seconds: float = 0.0) -> World:
+    """From torchrun's env vars: nccl on GPU, gloo on CPU. Without torchrun: one process.
+    With watchdog_seconds > 0 and several ranks, a rank silent that long ends the job
+    (fastvideo_grpo.parallel.watchdog)."""
     dev = pick_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -74,6 +79,7 @@ def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int =
             raise ValueError(f"parallel.sp_size={sp_size} and parallel.dp_replicate={dp_replicate} need "
                              "a torchrun launch with enough ranks")
         return World(rank=0, world_size=1, device=dev, mesh=None)
+    exit_with_launcher()
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
@@ -87,6 +93,8 @@ def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int =
                             mesh_dim_names=("dp_replicate", "dp_shard", "sp"))
     mesh["dp_shard", "sp"]._flatten("dp_shard_sp")
     world = World(dist.get_rank(), world_size, dev, mesh, dp_replicate, dp_shard, sp_size)
+    if watchdog_seconds > 0 and world_size > 1:
+        start_watchdog(world.rank, world_size, watchdog_seconds)
     logger.info("rank %d/%d on %s: dp_replicate=%d dp_shard=%d sp=%d", world.rank, world_size, dev,
                 dp_replicate, dp_shard, sp_size)
     return world
@@ -145,5 +153,6 @@ def barrier(world: World) -> None:
 
 
 def shutdown() -> None:
+    stop_watchdog()
     if dist.is_initialized():
         dist.destroy_process_group()
