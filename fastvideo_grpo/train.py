@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 
 from fastvideo_grpo.config import Config, ConfigError, load_config
@@ -79,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = train(cfg)
     except Preempted as e:
-        mark_preempted()
-        log.warning("preempted: checkpoint written in %s", e.args[0])
-        return PREEMPTED_EXIT_CODE
+        if e.exit_code == PREEMPTED_EXIT_CODE:
+            mark_preempted()
+            log.warning("preempted: checkpoint written in %s", e.args[0])
+        else:
+            log.warning("stopped by %s: checkpoint written in %s; the same command resumes",
+                        signal.Signals(e.signal).name, e.args[0])
+        return e.exit_code
     log.info("done: outputs in %s", out)
     return 0
 

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,6 +58,7 @@ class Components(Learner):
     transformer_config: dict | None = None
     tracker: Tracker | None = None  # a no-op off the main rank
     health: HealthMonitor | None = None  # likewise
+    preemption: PreemptionFlag = field(default_factory=PreemptionFlag)  # its handlers live as long as the loop
 
 
 def setup(cfg: Config) -> Components:
@@ -101,9 +102,9 @@ def setup(cfg: Config) -> Components:
 def train(cfg: Config) -> Path:
     """Run (or resume) the configured iterations; returns the output folder.
 
-    Raises `Preempted` after checkpointing when SIGTERM or SIGUSR1 arrived before the last
-    iteration finished. The reward process, the tracker and the process group are closed
-    on every path out.
+    Raises `Preempted` after checkpointing when SIGTERM, SIGUSR1, SIGINT or SIGHUP arrived
+    before the last iteration finished. The reward process, the tracker and the process
+    group are closed, and the signal handlers restored, on every path out.
     """
     out = Path(cfg.train.output_dir)
     with run_folder_lock(out, held=int(os.environ.get("RANK", "0")) == 0):
@@ -113,6 +114,7 @@ def train(cfg: Config) -> Path:
             run_loop(c, cfg, out)
         finally:
             if c is not None:
+                c.preemption.restore()
                 if c.tracker is not None:
                     c.tracker.close()
                 c.scorer.close()
@@ -146,7 +148,7 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
                        "eval.early_stop_*", start - 1, reason)
         c.health.stopped_early(start - 1, reason)
         start = t.iterations
-    preemption = PreemptionFlag()
+    preemption = c.preemption
     preemption.install()
     show_bar = c.world.is_main and t.progress_bar and sys.stderr.isatty()
     bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, disable=not show_bar, desc="train",
@@ -195,7 +197,7 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
             barrier(c.world)
         if preempted:
             logger.warning("signal %s: checkpointed after iteration %d, stopping", preemption.signal, iteration)
-            raise Preempted(out)
+            raise Preempted(out, preemption.signal)
         if stop_reason:
             logger.warning("stopping early after iteration %d: %s", iteration, stop_reason)
             c.health.stopped_early(iteration, stop_reason)
