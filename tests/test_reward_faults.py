@@ -69,6 +69,7 @@ def test_a_restart_resends_every_batch_in_flight_not_only_the_awaited_one(monkey
     assert scores == [[float(v) for v in values] for values in batches]
     assert scorer.client.restarts == 1
     assert "resending requests [0, 1, 2, 3, 4, 5]" in caplog.text
+    assert f"(the reward process (pid {process.pid}) was killed by SIGKILL); restarting" in caplog.text
     scorer.close()
 
 
@@ -113,14 +114,19 @@ def test_close_does_not_hang_on_a_process_that_survives_sigkill(monkeypatch, cap
     assert "reward process (pid 4242) did not exit within 0.2s of SIGKILL" in caplog.text
 
 
-def test_the_reward_process_outlives_preemption_signals_while_starting_and_serving():
+# What stops a run after a checkpoint, as the trainer's whole process group gets it:
+# SIGTERM, SIGUSR1 (preemption), SIGINT (Ctrl-C), SIGHUP (a closed terminal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
+
+
+def test_the_reward_process_outlives_stop_signals_while_starting_and_serving():
     cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS], timeout_s=30)
     signalled, started, earlier = set(), threading.Event(), set(reward_children())
 
     def signal_as_soon_as_spawned():  # while the child imports, before it can install anything
         while not started.is_set():
             for pid in set(reward_children()) - earlier:
-                for sig in (signal.SIGTERM, signal.SIGUSR1):
+                for sig in STOP_SIGNALS:
                     os.kill(pid, sig)
                 signalled.add(pid)
             time.sleep(0.02)
@@ -133,7 +139,7 @@ def test_the_reward_process_outlives_preemption_signals_while_starting_and_servi
         started.set()
         signaller.join()
     assert signalled == {process.pid}
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in STOP_SIGNALS:
         os.kill(process.pid, sig)
     client = RewardClient(address, timeout_s=5.0)
     assert client.result(client.submit(videos_with_means([3, 4]), ["a", "b"]))["test_echo"].tolist() == [3.0, 4.0]
@@ -227,3 +233,29 @@ def test_sigterm_to_the_process_group_checkpoints_exits_75_and_leaves_no_reward_
     assert latest_checkpoint(out).name == f"step_{done}"
     assert json.loads(metrics.read_text().splitlines()[-1])["iteration"] == done - 1
     assert wait_until(lambda: not group_members(trainer.pid), timeout_s=5), group_members(trainer.pid)
+
+
+KILLS_ITSELF = """
+import multiprocessing, os, signal
+
+if multiprocessing.parent_process() is not None:  # in the reward process, not the trainer
+    os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_a_reward_process_killed_while_starting_names_the_signal(tmp_path):
+    plugin = tmp_path / "segfaults.py"
+    plugin.write_text(KILLS_ITSELF)
+    cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS, str(plugin)], timeout_s=60)
+    with pytest.raises(RewardError, match=r"^the reward process \(pid \d+\) was killed by SIGSEGV before it was ready$"):
+        start_reward_process(cfg)
+
+
+def test_remote_mode_with_nothing_listening_names_the_address():
+    from helpers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    cfg = RewardConfig(weights={"test_echo": 1.0}, plugins=[REWARD_PLUGINS], mode="remote", address=address)
+    with pytest.raises(RewardError, match=rf"^reward.address: could not connect to the reward server at {address}: "
+                                          r".*Connection refused.*; is a reward server .* listening there\?$"):
+        ServiceScorer(cfg, address)

@@ -60,7 +60,8 @@ def test_killed_reward_process_is_a_clear_error_within_the_timeout(monkeypatch):
     time.sleep(0.5)
     process.kill()
     start = time.monotonic()
-    with pytest.raises(RewardError, match=r"connection to the reward server .* lost.*requests \[0, 1\] are lost"):
+    with pytest.raises(RewardError, match=rf"connection to the reward server .* lost: .* \(the reward process \(pid "
+                                          rf"{process.pid}\) was killed by SIGKILL\); requests \[0, 1\] are lost"):
         scorer.result(ids)
     assert time.monotonic() - start < cfg.timeout_s
     scorer.close()

@@ -9,8 +9,9 @@ an error naming the reward that failed. Clients match replies by id, so replies 
 in any order; a request that times out, a dead server, or a failing reward raises
 `RewardError` in the trainer, never a made-up score.
 
-The per-node reward process lives and dies with its trainer: it ignores the preemption
-signals (SIGTERM, SIGUSR1) that reach its whole process group, because the trainer still
+The per-node reward process lives and dies with its trainer: it ignores the signals that
+stop a run after a checkpoint (SIGTERM, SIGUSR1, and Ctrl-C's SIGINT and a hangup's SIGHUP)
+when they reach its whole process group, because the trainer still
 needs its scores to finish the iteration it checkpoints after; the trainer kills it on
 close, and it exits by itself if the trainer dies without closing it.
 """
@@ -36,14 +37,15 @@ import torch
 import torch.distributed as dist
 
 from fastvideo_grpo.config import RewardConfig
+from fastvideo_grpo.preemption import STOP_SIGNALS
 from fastvideo_grpo.rewards import RewardError, Scorer, build_scorer
 from fastvideo_grpo.rewards.pairwise import take_whole_groups
 from fastvideo_grpo.rewards.protocol import frames_request, path_request, recv_message, request_video, send_message
 
 logger = logging.getLogger(__name__)
 
-# What schedulers send before preemption; the trainer defers them (fastvideo_grpo.preemption).
-PREEMPTION_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+# What stops a run after a checkpoint; the trainer defers them (fastvideo_grpo.preemption).
+PREEMPTION_SIGNALS = set(STOP_SIGNALS)
 # A SIGKILLed process is gone within milliseconds unless it is stuck in the kernel (a hung
 # GPU driver call); past this the trainer stops waiting for it rather than hang on exit.
 KILL_WAIT_S = 10.0
@@ -178,7 +180,7 @@ def _exit_with_parent() -> None:
 
 @contextlib.contextmanager
 def _preemption_signals_blocked():
-    """Block SIGTERM/SIGUSR1 in this thread while it spawns the reward process: the child
+    """Block PREEMPTION_SIGNALS in this thread while it spawns the reward process: the child
     inherits the mask through fork and exec, so a preemption signal that arrives while it
     imports (seconds) waits until it ignores them instead of killing it. This process loses
     none meanwhile: another of its threads takes them, or they wait for the unblock."""
@@ -228,9 +230,24 @@ def _wait_until_ready(process: mp.Process, status: mp.connection.Connection, tim
         return
     if "error" in message:
         raise RewardError(f"the reward process (pid {process.pid}) could not start: {message['error']}")
-    process.join(KILL_WAIT_S)
-    raise RewardError(f"the reward process (pid {process.pid}) exited with code {process.exitcode} before it "
-                      "was ready")
+    raise RewardError(f"{how_it_ended(process)} before it was ready")
+
+
+def how_it_ended(process: mp.Process, wait_s: float = KILL_WAIT_S) -> str:
+    """'the reward process (pid N) was killed by SIGKILL', or exited with code N, or is still
+    running after `wait_s` (a process whose pipe or socket closed is exiting: it is gone
+    within milliseconds unless stuck in the kernel)."""
+    process.join(wait_s)
+    what = f"the reward process (pid {process.pid})"
+    code = process.exitcode
+    if code is None:
+        return f"{what} is still running"
+    if code < 0:
+        try:
+            return f"{what} was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"{what} was killed by signal {-code}"
+    return f"{what} exited with code {code}"
 
 
 def stop_process(process: mp.Process) -> None:
@@ -246,9 +263,11 @@ def stop_process(process: mp.Process) -> None:
 class RewardClient:
     """A rank's connection to a reward server. `submit` returns at once; `result` waits."""
 
-    def __init__(self, address: str, timeout_s: float, restart=None, max_restarts: int = 0):
+    def __init__(self, address: str, timeout_s: float, restart=None, max_restarts: int = 0, why_lost=None):
         self.address, self.timeout_s = address, timeout_s
         self.restart, self.max_restarts, self.restarts = restart, max_restarts, 0
+        # () -> what became of the server, added to a lost connection's error (its process's end).
+        self.why_lost = why_lost
         self._ids = itertools.count()
         self._replies: dict[int, dict] = {}
         self._sent: dict[int, tuple[dict, bytes]] = {}
@@ -258,7 +277,10 @@ class RewardClient:
 
     def _connect(self) -> None:
         host, port = self.address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=self.timeout_s)
+        try:
+            self.sock = socket.create_connection((host, int(port)), timeout=self.timeout_s)
+        except (OSError, ValueError) as e:
+            raise RewardError(f"could not connect to the reward server at {self.address}: {e}") from e
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._broken = None
@@ -331,7 +353,7 @@ class RewardClient:
         """Called with the lock held after the connection broke: restart the server and
         resend every pending request, or raise. Every one, not only those awaited: the
         other rollout batches in flight were lost with the connection too."""
-        reason = self._broken
+        reason = self._broken if self.why_lost is None else f"{self._broken} ({self.why_lost()})"
         pending = [i for i in self._sent if i not in self._replies]
         if self.restart is None or self.restarts >= self.max_restarts:
             raise RewardError(f"{reason}; requests {pending} are lost (restarts used: {self.restarts})")
@@ -382,8 +404,15 @@ class ServiceScorer:
 
     def __init__(self, cfg: RewardConfig, address: str, process: mp.Process | None = None):
         self.cfg, self.process = cfg, process
-        restart = self._restart if process is not None else None
-        self.client = RewardClient(address, cfg.timeout_s, restart, cfg.max_restarts)
+        if process is None:
+            try:
+                self.client = RewardClient(address, cfg.timeout_s)
+            except RewardError as e:
+                raise RewardError(f"reward.address: {e}; is a reward server (python -m fastvideo_grpo.rewards.serve) "
+                                  "listening there?") from e
+        else:
+            self.client = RewardClient(address, cfg.timeout_s, self._restart, cfg.max_restarts,
+                                       lambda: how_it_ended(self.process, wait_s=1.0))
 
     def _restart(self) -> str:
         stop_process(self.process)
