@@ -5,6 +5,7 @@ counts requests and the most in flight at once, and refuses past a bounded numbe
 import base64
 import io
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +23,12 @@ MAX_REQUESTS = 40
 
 
 class FakeJudge:
-    """POST /v1/chat/completions -> reply(n, body) = (status, answer), n counting requests."""
+    """POST /v1/chat/completions -> reply(n, body) = (status, answer), n counting requests;
+    with byte_delay_s, the whole reply (status line and headers too) one byte at a time."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, byte_delay_s: float = 0.0):
         self.reply, self.requests, self.headers = reply, [], []
+        self.byte_delay_s = byte_delay_s
         self.active = self.peak = 0
         self.lock = threading.Lock()
         judge = self
@@ -50,6 +53,9 @@ class FakeJudge:
                 reply = answer if status != 200 else json.dumps(
                     {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
                 try:
+                    if judge.byte_delay_s:
+                        self.trickle(status, reply.encode())
+                        return
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json" if status == 200 else "text/plain")
                     self.send_header("Content-Length", str(len(reply.encode())))
@@ -57,6 +63,13 @@ class FakeJudge:
                     self.wfile.write(reply.encode())
                 except OSError:  # the client gave up (a timeout test)
                     pass
+
+            def trickle(self, status, body):
+                head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode()
+                for byte in head + body:
+                    self.wfile.write(bytes([byte]))
+                    time.sleep(judge.byte_delay_s)
 
             def log_message(self, *args):
                 pass
@@ -71,8 +84,8 @@ class FakeJudge:
 def judge_server():
     servers = []
 
-    def start(reply):
-        servers.append(FakeJudge(reply))
+    def start(reply, byte_delay_s=0.0):
+        servers.append(FakeJudge(reply, byte_delay_s))
         return servers[-1]
 
     yield start
@@ -155,6 +168,39 @@ def test_a_slow_answer_times_out_and_is_retried(judge_server):
     scorer = build_scorer(judge_cfg(server, timeout_s=0.3, retries=2))
     assert scorer(ramp_videos([50]), PROMPTS[:1])["vlm_judge"].tolist() == pytest.approx([0.5])
     assert len(server.requests) == 2
+
+
+def test_a_reply_trickled_byte_by_byte_trips_timeout_s_in_all(judge_server):
+    """Each byte comes well within timeout_s; the whole reply would take ~40 s."""
+    server = judge_server(lambda n, body: (200, final_score(body)), byte_delay_s=0.2)
+    scorer = build_scorer(judge_cfg(server, timeout_s=1.0, retries=1))
+    start = time.monotonic()
+    with pytest.raises(RewardError, match=r"vlm_judge request for sample 0 \(prompt 'a red fox'\): no answer from "
+                                          r"http://127.0.0.1:\d+/v1/chat/completions in 2 tries; the last: "
+                                          r"TimeoutException: no whole reply within timeout_s=1s$"):
+        scorer(ramp_videos([50]), PROMPTS[:1])
+    assert time.monotonic() - start < 2 * 1.0 + 0.01 + 1.5  # two tries, the backoff, slack
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("answer, score", [("Final Score: 1000000", "1e+06"), ("Final Score: 0", "0"),
+                                           ("Final Score: 10.5", "10.5")])
+def test_a_score_outside_the_templates_range_is_an_error_showing_request_and_answer(judge_server, answer, score):
+    server = judge_server(lambda n, body: (200, answer))
+    scorer = build_scorer(judge_cfg(server, retries=0))
+    with pytest.raises(RewardError, match=rf"^reward 'vlm_judge' failed on a batch: JudgeError: vlm_judge request for "
+                                          rf"sample 0 \(prompt 'a red fox'\): score {re.escape(score)} is outside score_range "
+                                          rf"\[1, 10\]; the answer: '{answer}'$"):
+        scorer(ramp_videos([50]), PROMPTS[:1])
+
+
+def test_the_sections_score_range_overrides_the_templates(judge_server):
+    server = judge_server(lambda n, body: (200, "Final Score: 90"))
+    scorer = build_scorer(judge_cfg(server, score_range=[0, 100], scale=100))
+    assert scorer(ramp_videos([50]), PROMPTS[:1])["vlm_judge"].tolist() == pytest.approx([0.9])
+    with pytest.raises(ConfigError, match=r"^reward.models.vlm_judge.score_range: \[5.0, 1.0\] is invalid; expected "
+                                          r"\[lowest, highest\]"):
+        check_reward_config(judge_cfg(server, score_range=[5, 1]))
 
 
 def test_a_503_is_retried(judge_server):

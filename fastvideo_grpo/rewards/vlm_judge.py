@@ -10,14 +10,16 @@ its score is each sample's win rate in its group (fastvideo_grpo.rewards.pairwis
 A template is a YAML file, built in (assets/reward_templates/<name>.yaml, each with how to
 serve its model) or given by path: `prompt` (the text, {prompt} standing for the caption),
 `mode` (pointwise or pairwise) and how its answer reads, `score_regex` or `json_field`
-(and `scale`, pointwise). The section's own score_regex / json_field / scale override the
-template's. The answer is read after its last </think>, if it has one: a regex's last
+(and, pointwise, `scale` and `score_range`, the [lowest, highest] score its answers may give).
+The section's own score_regex / json_field / scale / score_range override the template's. The answer is read after its last </think>, if it has one: a regex's last
 match counts (pointwise: the mean of the numbers its groups captured; pairwise: group 1 is
 1 or 2, the better video, and a match without group 1 is a tie), a JSON field is read from
-the last JSON object in the answer that has it (pairwise: 1, 2, or 0 / "tie").
+the last JSON object in the answer that has it (pairwise: 1, 2, or 0 / "tie"). A number
+outside score_range is an error, not a score.
 
-Requests run on up to max_concurrency threads. A connection error, a timeout, HTTP 429 or
-5xx is retried `retries` times, waiting backoff_s, then twice as long each time; a
+Requests run on up to max_concurrency threads. A try that has no whole reply within
+timeout_s (a server that stalls, or one that trickles its reply byte by byte), a connection
+error, HTTP 429 or 5xx is retried `retries` times, waiting backoff_s, then twice as long each time; a
 malformed answer, another HTTP error or the last failed try raise JudgeError naming the
 sample(s) and prompt and showing the answer. There is no default score.
 """
@@ -31,9 +33,11 @@ import logging
 import math
 import os
 import re
+import ssl
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -78,12 +82,15 @@ class JudgeConfig:
     # for a nested one, e.g. scores.overall); at most one of them.
     score_regex: str = ""
     json_field: str = ""
+    # [lowest, highest] score an answer may give (each number a score_regex captures),
+    # overriding the template's; [] takes the template's (none: any finite number).
+    score_range: list[float] = field(default_factory=list)
     max_tokens: int = 1024
     temperature: float = 0.0
     # Requests in flight at once.
     max_concurrency: int = 8
-    # Seconds a try may wait for the server without progress (to connect, or between
-    # bytes of the reply).
+    # Seconds a try may take in all: to connect, send, and receive the whole reply (a server
+    # that trickles its reply byte by byte trips it too).
     timeout_s: float = 120.0
     # Tries after the first on a connection error, a timeout, HTTP 429 or 5xx; the first
     # waits backoff_s, each next one twice as long.
@@ -109,6 +116,8 @@ class JudgeConfig:
                 f"empty when score_regex is set ({self.score_regex!r}): the answer is read one way")
         if self.score_regex:
             _compile(self.score_regex, f"{key}.score_regex")
+        if self.score_range:
+            _check_range(self.score_range, f"{key}.score_range")
         if not _is_path(self.prompt_template):
             require((TEMPLATES / f"{self.prompt_template}.yaml").is_file(), "prompt_template",
                     f"a template file's path or a built-in template: {builtin_templates()}")
@@ -144,6 +153,14 @@ class Template:
     score_regex: str = ""
     json_field: str = ""
     scale: float = 0.0
+    score_range: list[float] | None = None  # [lowest, highest] a pointwise answer's scores may be
+
+
+def _check_range(value: Any, key: str) -> None:
+    numbers = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not (numbers and value[0] < value[1]):
+        raise ConfigError(f"{key}: {value!r} is invalid; expected [lowest, highest], two finite numbers, lowest first")
 
 
 def builtin_templates() -> list[str]:
@@ -175,7 +192,7 @@ def load_template(name: str, key: str) -> Template:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: template {str(path)!r} is not valid YAML: {e}") from e
-    fields = {"prompt", "mode", "score_regex", "json_field", "scale"}
+    fields = {"prompt", "mode", "score_regex", "json_field", "scale", "score_range"}
     if not isinstance(raw, dict) or not {"prompt", "mode"} <= set(raw) or set(raw) - fields:
         raise ConfigError(f"{key}: template {str(path)!r} must be a mapping with `prompt` and `mode` and at most "
                           f"{sorted(fields)}; got {sorted(raw) if isinstance(raw, dict) else raw!r}")
@@ -191,6 +208,8 @@ def load_template(name: str, key: str) -> Template:
     ) if not ok]
     if wrong:
         raise ConfigError(f"{key}: template {str(path)!r} is invalid; expected: {'; '.join(wrong)}")
+    if t.score_range is not None:
+        _check_range(t.score_range, f"{key}: template {str(path)!r}: score_range")
     return t
 
 
@@ -200,6 +219,7 @@ class AnswerFormat:
 
     regex: re.Pattern | None
     json_field: str
+    score_range: tuple[float, float] | None = None  # pointwise scores outside it are errors
 
     @staticmethod
     def of(section: JudgeConfig, template: Template) -> "AnswerFormat":
@@ -210,7 +230,9 @@ class AnswerFormat:
         if bool(regex) == bool(field):
             raise ConfigError(f"{key}: the answer is read by exactly one of score_regex and json_field; template "
                               f"{section.prompt_template!r} gives {'both' if regex else 'neither'}, so set one in {key}")
-        return AnswerFormat(_compile(regex, f"{key}.score_regex") if regex else None, field)
+        score_range = section.score_range or template.score_range
+        return AnswerFormat(_compile(regex, f"{key}.score_regex") if regex else None, field,
+                            tuple(score_range) if score_range and template.mode == "pointwise" else None)
 
     def describe(self) -> str:
         return f"score_regex {self.regex.pattern!r}" if self.regex else f"json_field {self.json_field!r}"
@@ -229,6 +251,11 @@ class AnswerFormat:
         except (TypeError, ValueError):
             numbers = []
         if numbers and all(math.isfinite(n) for n in numbers):
+            low, high = self.score_range or (-math.inf, math.inf)
+            outside = [n for n in numbers if not low <= n <= high]
+            if outside:
+                raise JudgeError(f"{what}: score {outside[0]:g} is outside score_range [{low:g}, {high:g}]; the "
+                                 f"answer: {_shown(answer)}")
             return sum(numbers) / len(numbers)
         raise JudgeError(f"{what}: no score in the answer by {self.describe()}; the answer: {_shown(answer)}")
 
@@ -321,10 +348,8 @@ class JudgeClient:
                 raise ConfigError(f"{section.KEY}.api_key_env: the environment variable {section.api_key_env!r} "
                                   "is not set; expected the API key there")
             headers["Authorization"] = f"Bearer {api_key}"
-        self.section = section
-        limits = httpx.Limits(max_connections=section.max_concurrency,
-                              max_keepalive_connections=section.max_concurrency)
-        self.http = httpx.Client(timeout=section.timeout_s, headers=headers, limits=limits)
+        self.section, self.headers = section, headers
+        self.ssl = ssl.create_default_context()  # made once: a client per try is cheap then
         self.transient = httpx.TransportError  # connection errors and timeouts
         self.pool = ThreadPoolExecutor(section.max_concurrency, thread_name_prefix="vlm-judge")
 
@@ -338,7 +363,7 @@ class JudgeClient:
             if attempt:
                 time.sleep(s.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self.http.post(self.endpoint, json=payload)
+                response = self._post(payload)
             except self.transient as e:
                 failure = f"{type(e).__name__}: {e}"
             else:
@@ -349,6 +374,35 @@ class JudgeClient:
                     raise JudgeError(f"{what}: {self.endpoint} answered {failure}")
             logger.warning("%s: try %d of %d failed: %s", what, attempt + 1, s.retries + 1, failure)
         raise JudgeError(f"{what}: no answer from {self.endpoint} in {s.retries + 1} tries; the last: {failure}")
+
+    def _post(self, payload: dict):
+        """One try, given timeout_s in all. httpx's timeout bounds each wait for a byte, which
+        a server trickling its reply never trips; so the try runs on its own thread with its
+        own client, which is closed at the deadline (its thread then ends at its next byte
+        or read timeout) while this one raises."""
+        import httpx
+
+        timeout_s = self.section.timeout_s
+        client = httpx.Client(timeout=timeout_s, headers=self.headers, verify=self.ssl)
+        outcome = {}
+
+        def post() -> None:
+            try:
+                response = client.post(self.endpoint, json=payload)
+                response.read()
+                outcome["response"] = response
+            except BaseException as e:  # handed to the caller
+                outcome["error"] = e
+
+        thread = threading.Thread(target=post, daemon=True, name="vlm-judge-try")
+        thread.start()
+        thread.join(timeout_s)
+        client.close()
+        if thread.is_alive():
+            raise httpx.TimeoutException(f"no whole reply within timeout_s={timeout_s:g}s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["response"]
 
     def map(self, fn: Callable[[Any], Any], items: list) -> list:
         """[fn(item) for item in items] on the pool; the first error is raised (requests not
