@@ -10,34 +10,35 @@ its score is each sample's win rate in its group (fastvideo_grpo.rewards.pairwis
 A template is a YAML file, built in (assets/reward_templates/<name>.yaml, each with how to
 serve its model) or given by path: `prompt` (the text, {prompt} standing for the caption),
 `mode` (pointwise or pairwise) and how its answer reads, `score_regex` or `json_field`
-(and, pointwise, `scale` and `score_range`, the [lowest, highest] score its answers may give).
-The section's own score_regex / json_field / scale / score_range override the template's. The answer is read after its last </think>, if it has one: a regex's last
+(and, pointwise, `scale` and `score_range`, the [lowest, highest] score its answers may
+give). The section's own score_regex / json_field / scale / score_range override the
+template's. The answer is read after its last </think>, if it has one: a regex's last
 match counts (pointwise: the mean of the numbers its groups captured; pairwise: group 1 is
 1 or 2, the better video, and a match without group 1 is a tie), a JSON field is read from
 the last JSON object in the answer that has it (pairwise: 1, 2, or 0 / "tie"). A number
 outside score_range is an error, not a score.
 
-Requests run on up to max_concurrency threads. A try that has no whole reply within
-timeout_s (a server that stalls, or one that trickles its reply byte by byte), a connection
-error, HTTP 429 or 5xx is retried `retries` times, waiting backoff_s, then twice as long each time; a
-malformed answer, another HTTP error or the last failed try raise JudgeError naming the
-sample(s) and prompt and showing the answer. There is no default score.
+Requests run on up to max_concurrency threads. A try without the whole reply within
+timeout_s (a server that stalls, or trickles its reply byte by byte), a connection error,
+HTTP 429 or 5xx is retried `retries` times, waiting backoff_s, then twice as long each
+time; a malformed answer, another HTTP error or the last failed try raise JudgeError
+naming the sample(s) and prompt and showing the answer. There is no default score.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
 import math
 import os
 import re
-import ssl
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -82,9 +83,6 @@ class JudgeConfig:
     # for a nested one, e.g. scores.overall); at most one of them.
     score_regex: str = ""
     json_field: str = ""
-    # [lowest, highest] score an answer may give (each number a score_regex captures),
-    # overriding the template's; [] takes the template's (none: any finite number).
-    score_range: list[float] = field(default_factory=list)
     max_tokens: int = 1024
     temperature: float = 0.0
     # Requests in flight at once.
@@ -116,8 +114,6 @@ class JudgeConfig:
                 f"empty when score_regex is set ({self.score_regex!r}): the answer is read one way")
         if self.score_regex:
             _compile(self.score_regex, f"{key}.score_regex")
-        if self.score_range:
-            _check_range(self.score_range, f"{key}.score_range")
         if not _is_path(self.prompt_template):
             require((TEMPLATES / f"{self.prompt_template}.yaml").is_file(), "prompt_template",
                     f"a template file's path or a built-in template: {builtin_templates()}")
@@ -131,11 +127,16 @@ class VLMJudgeConfig(JudgeConfig):
     # The parsed number is divided by this (10 for a 1-10 score); 0 takes the template's
     # (1 if it has none).
     scale: float = 0.0
+    # [lowest, highest] score an answer may give (each number a score_regex captures; one
+    # outside is an error), overriding the template's; [] takes the template's (none: any).
+    score_range: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale < 0:
             raise ConfigError(f"{self.KEY}.scale: {self.scale!r} is invalid; expected > 0, or 0 for the template's")
+        if self.score_range:
+            _check_range(self.score_range, f"{self.KEY}.score_range")
 
 
 @dataclass(kw_only=True)
@@ -230,9 +231,9 @@ class AnswerFormat:
         if bool(regex) == bool(field):
             raise ConfigError(f"{key}: the answer is read by exactly one of score_regex and json_field; template "
                               f"{section.prompt_template!r} gives {'both' if regex else 'neither'}, so set one in {key}")
-        score_range = section.score_range or template.score_range
+        score_range = (section.score_range or template.score_range) if template.mode == "pointwise" else None
         return AnswerFormat(_compile(regex, f"{key}.score_regex") if regex else None, field,
-                            tuple(score_range) if score_range and template.mode == "pointwise" else None)
+                            tuple(score_range) if score_range else None)
 
     def describe(self) -> str:
         return f"score_regex {self.regex.pattern!r}" if self.regex else f"json_field {self.json_field!r}"
@@ -349,7 +350,7 @@ class JudgeClient:
                                   "is not set; expected the API key there")
             headers["Authorization"] = f"Bearer {api_key}"
         self.section, self.headers = section, headers
-        self.ssl = ssl.create_default_context()  # made once: a client per try is cheap then
+        self.ssl = httpx.create_ssl_context()  # made once: a client per try is cheap then
         self.transient = httpx.TransportError  # connection errors and timeouts
         self.pool = ThreadPoolExecutor(section.max_concurrency, thread_name_prefix="vlm-judge")
 
@@ -388,9 +389,7 @@ class JudgeClient:
 
         def post() -> None:
             try:
-                response = client.post(self.endpoint, json=payload)
-                response.read()
-                outcome["response"] = response
+                outcome["response"] = client.post(self.endpoint, json=payload)
             except BaseException as e:  # handed to the caller
                 outcome["error"] = e
 
