@@ -13,17 +13,12 @@ import pytest
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.parallel.watchdog import WATCHDOG_EXIT_CODE
+from test_reward_faults import running as alive
+from test_reward_faults import wait_until
 
 ARGS = ["sampling.group_size=2", "sampling.rollout_batch_size=2", "sampling.decode_batch_size=2",
         "train.prompts_per_iteration=1", "train.sample_every=0", "train.progress_bar=false", "checkpoint.every=0",
         "train.iterations=1000"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def workers(launcher: int) -> dict[int, int]:
@@ -38,21 +33,13 @@ def workers(launcher: int) -> dict[int, int]:
     return ranks
 
 
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 @pytest.fixture
 def two_ranks(tmp_path):
     """(command, ready file) -> torchrun of 2 workers running it, in their own session, once
-    `ready` exists: (launcher, {rank: pid}, stderr file). All is SIGKILLed after the test."""
+    `ready` exists: (launcher, {rank: pid}, stderr file). All is SIGKILLed after the test
+    (the workers apart: torchrun starts each in its own session)."""
     stderr = tmp_path / "stderr.txt"
-    launched = []
+    launched, pids = [], []
 
     def start(command, ready: Path):
         with stderr.open("w") as err:
@@ -64,6 +51,7 @@ def two_ranks(tmp_path):
         assert wait_until(lambda: launcher.poll() is not None or ready.exists(), 180)
         assert launcher.poll() is None, stderr.read_text()[-3000:]
         ranks = workers(launcher.pid)
+        pids.extend(ranks.values())
         assert sorted(ranks) == [0, 1], ranks
         return launcher, ranks, stderr
 
@@ -74,6 +62,9 @@ def two_ranks(tmp_path):
         except ProcessLookupError:
             pass
         launcher.wait()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def training(out: Path, *overrides) -> list[str]:
