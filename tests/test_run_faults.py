@@ -72,7 +72,7 @@ def start_training(out, *overrides) -> tuple[subprocess.Popen, Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
 def test_ctrl_c_and_hangup_checkpoint_then_stop_and_the_run_resumes(tmp_path, sig):
-    """~40 s each: the trainer's start in a subprocess."""
+    """Slow: the trainer's start in a subprocess."""
     out = tmp_path / "run"
     proc, log = start_training(out)
     proc.send_signal(sig)
@@ -87,7 +87,7 @@ def test_ctrl_c_and_hangup_checkpoint_then_stop_and_the_run_resumes(tmp_path, si
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    """~35 s: the trainer's start in a subprocess."""
+    """Slow: the trainer's start in a subprocess."""
     out = tmp_path / "run"
     proc, log = start_training(out, "train.prompts_per_iteration=4")  # iterations of seconds
     proc.send_signal(signal.SIGINT)

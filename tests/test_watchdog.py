@@ -91,14 +91,14 @@ def assert_ends_within_the_bound(launcher, ranks, stderr, stopped: int) -> None:
 
 
 def test_a_stopped_rank_ends_the_training_job_within_the_watchdog_bound(two_ranks, tmp_path):
-    """~45 s: a 2-rank start of the tiny trainer, then the 3 s bound. Rank 0 catches rank 1."""
+    """Slow (a 2-rank start of the tiny trainer), then the 3 s bound. Rank 0 catches rank 1."""
     out = tmp_path / "run"
     launcher, ranks, stderr = two_ranks(training(out, "parallel.watchdog_seconds=3"), out / "metrics.jsonl")
     assert_ends_within_the_bound(launcher, ranks, stderr, stopped=1)
 
 
 def test_a_busy_job_runs_past_the_bound_and_a_stopped_rank_0_is_caught_by_the_others(two_ranks, tmp_path):
-    """~35 s. The heartbeat is a thread's: ranks busy in collectives (or anything) beat on."""
+    """Slow (a 2-rank start). The heartbeat is a thread's: ranks busy in collectives (or anything) beat on."""
     ready = tmp_path / "ready"
     launcher, ranks, stderr = two_ranks(collective_loop(ready, 3), ready)
     time.sleep(7)
@@ -107,7 +107,7 @@ def test_a_busy_job_runs_past_the_bound_and_a_stopped_rank_0_is_caught_by_the_ot
 
 
 def test_workers_end_with_a_killed_launcher(two_ranks, tmp_path):
-    """~25 s: a 2-rank start."""
+    """Slow: a 2-rank start."""
     ready = tmp_path / "ready"
     launcher, ranks, _ = two_ranks(collective_loop(ready, 0), ready)  # the watchdog off: the kernel ends them
     launcher.kill()
