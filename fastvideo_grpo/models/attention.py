@@ -12,9 +12,9 @@ any mask, and SDPA leaves its flash kernel for the memory-efficient one. So:
   backend's masked kernel: flash-attn's varlen kernel over each row's valid keys, or SDPA
   with the mask.
 
-Backends are diffusers' (`dispatch_attention_fn`); whether one can run is whether its
-kernels import (diffusers' check in `set_attention_backend`), not the device: a flash-attn
-build on the Python path is used on any device that it computes on.
+Backends are diffusers' (`dispatch_attention_fn`), set on each processor; whether one can
+run is whether its kernels import (diffusers' check), not the device: a flash-attn build on
+the Python path is used on any device that it computes on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import collections
 import copy
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import (AttentionBackendName, _check_attention_backend_requirements,
+                                                 dispatch_attention_fn)
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
@@ -132,9 +133,9 @@ class MaskedTextAttention:
 def apply_attention(network: nn.Module, name: str) -> None:
     """Run every attention of `network` with model.attention's kernels."""
     unmasked, masked = BACKENDS[name]
-    if name != "sdpa":
-        try:
-            network.set_attention_backend(unmasked)  # raises where the kernels do not import
+    for backend in {unmasked, masked}:
+        try:  # diffusers' set_attention_backend check, without its process-wide default backend
+            _check_attention_backend_requirements(AttentionBackendName(backend))
         except RuntimeError as e:
             raise RuntimeError(f"model.attention={name!r}: {e}") from e
     all_ones = AllOnes()
