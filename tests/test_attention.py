@@ -121,13 +121,15 @@ def test_a_backend_whose_kernels_do_not_import_is_an_error_naming_the_key():
         apply_attention(network, "flash")
 
 
+# The varlen backends differ from flash in the kernel of a call without a mask alone.
+KERNEL_CASES = [("flash", family) for family in FAMILIES] + [
+    (attention, family) for attention in ("flash_varlen", "flash3_varlen") for family in ("hunyuan_video", "flux")]
+
+
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("attention", ["flash", "flash_varlen", "flash3_varlen"])
+@pytest.mark.parametrize("attention, family", KERNEL_CASES)
 def test_flash_attention_runs_without_a_mask_and_equals_masked_sdpa(attention, family, batch, flash_stub,
                                                                     sdpa_masks, monkeypatch):
-    if attention != "flash" and family not in ("hunyuan_video", "flux"):
-        pytest.skip("the varlen backends differ from flash in HunyuanVideo's kernel choice alone")
     cfg, policy, cond, x = _case(family, attention)
     rows = BATCHES[batch]
     with torch.no_grad():
@@ -186,7 +188,7 @@ def _stub_env(log) -> dict:
 
 def test_train_cli_runs_with_flash_on_cpu(tmp_path):
     """`python -m fastvideo_grpo.train ... model.attention=flash` with flash-attn on the path:
-    chosen because it imports, on a CPU run."""
+    chosen because it imports, on a CPU run. A subprocess: ~20 s."""
     log = tmp_path / "calls.jsonl"
     run(["-m", "fastvideo_grpo.train", "--config", CONFIGS / "tiny_t2v.yaml", "model.attention=flash",
          f"train.output_dir={tmp_path / 'run'}", "train.iterations=1", "train.prompts_per_iteration=2",
@@ -200,7 +202,7 @@ def test_train_cli_runs_with_flash_on_cpu(tmp_path):
 
 def test_sequence_parallel_flash_equals_masked_sdpa(tmp_path):
     """2 ranks, sp 2, flash (stubbed) against one process's masked SDPA: batch 1, and a batch
-    whose prompts differ in length; forward and gradients."""
+    whose prompts differ in length; forward and gradients. Two processes: ~30 s."""
     log = tmp_path / "calls.jsonl"
     report_path = tmp_path / "report.json"
     run([DIST / "sp_attention.py", report_path], nproc=2, env=_stub_env(log))
