@@ -62,8 +62,13 @@ class ModelConfig:
     size: Literal["tiny", "full"] = "full"
     # Compute dtype of the transformer and VAE forward passes.
     dtype: Literal["fp32", "bf16"] = "bf16"
-    # "sdpa" is torch's scaled_dot_product_attention; "flash" requires flash-attn (GPU).
-    attention: Literal["sdpa", "flash"] = "sdpa"
+    # Attention kernels (models/attention.py), usable wherever their package imports:
+    # "sdpa": torch's scaled_dot_product_attention (its flash kernel where no mask is left);
+    # "flash": flash-attn 2's flash_attn_func, and flash_attn_varlen_func for a batch whose
+    # prompts keep different numbers of text tokens; "flash_varlen": flash_attn_varlen_func
+    # for every call; "flash3", "flash3_varlen": the same with flash-attn 3
+    # (flash_attn_interface, Hopper). SD's UNet calls SDPA itself whatever the name.
+    attention: Literal["sdpa", "flash", "flash_varlen", "flash3", "flash3_varlen"] = "sdpa"
     # Decode in overlapping spatial/temporal tiles (diffusers' enable_tiling, as DanceGRPO
     # decodes): 53 frames at 480p do not fit untiled next to a training step. "auto": on at
     # full size, off for the tiny model.

@@ -97,14 +97,14 @@ COMMON = ["train.adam_eps=1e-4", "parallel.activation_checkpointing=true", "trai
           "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4"]
 
 
-def run(args, nproc=None, timeout=300):
-    """`python ARGS`, or `torchrun --nproc_per_node=NPROC ARGS`, one thread a process; fails
-    the test with the output's tail unless it exits 0."""
+def run(args, nproc=None, timeout=300, env=None):
+    """`python ARGS`, or `torchrun --nproc_per_node=NPROC ARGS`, one thread a process, with
+    `env` added to the environment; fails the test with the output's tail unless it exits 0."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     launcher = [sys.executable]
     if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]

@@ -43,7 +43,8 @@ def measured_micro_batch_peak(cfg, monkeypatch) -> int:
         parallelize(policy, world, cfg)
         optimizer, scheduler = build_optimizer(policy, cfg)
         group = cfg.sampling.group_size
-        cond = tiny_conditioning(cfg, ["a red ball rolling"], group)
+        # As long as the plan's text (data.max_text_tokens): a shorter prompt's is cropped.
+        cond = tiny_conditioning(cfg, [" ".join(["a red ball rolling"] * 4)], group)
         ro = tiny_rollout(cfg, policy, cond, cfg.sampling.rollout_batch_size)
         advantages = torch.randn(group)
         micro_batch = [[MicroBatch(samples=torch.arange(micro_batch_size(cfg)), step=ro.plan.trainable[0])]]
@@ -187,7 +188,8 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
         parallelize(old, world, cfg)
         optimizer, scheduler = build_optimizer(policy, cfg)
         group = cfg.sampling.group_size
-        cond = tiny_conditioning(cfg, ["a red ball rolling"], group)
+        # As long as the plan's text (data.max_text_tokens): a shorter prompt's is cropped.
+        cond = tiny_conditioning(cfg, [" ".join(["a red ball rolling"] * 4)], group)
         ro = tiny_rollout(cfg, old, cond, cfg.sampling.rollout_batch_size, shared_noise=False,
                           plan=ode_plan(cfg.sampling.num_steps), keep_trajectory=False)
         kept = torch.arange(group) < micro_batch_size(cfg)  # one micro-batch (one level: timestep_fraction)

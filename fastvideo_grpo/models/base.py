@@ -12,6 +12,7 @@ from torch import nn
 
 from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.attention import apply_attention
 from fastvideo_grpo.samplers import RectifiedFlowSampler, Sampler
 from fastvideo_grpo.sde import sigma_schedule
 
@@ -123,8 +124,7 @@ def load_pretrained(cfg: ModelConfig, network_cls: type, network_folder: str, va
 
 def place_on_device(network: nn.Module, vae: nn.Module, cfg: ModelConfig, device: torch.device) -> None:
     """Attention backend, device, and a frozen VAE in model.dtype (tiled per model.vae_tiling)."""
-    if cfg.attention == "flash":
-        network.set_attention_backend("flash")
+    apply_attention(network, cfg.attention)
     network.to(device)
     vae.to(device, DTYPES[cfg.dtype]).requires_grad_(False).eval()
     if cfg.vae_tiling == "on" or (cfg.vae_tiling == "auto" and cfg.size == "full"):

@@ -7,6 +7,7 @@ from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.attention import crop_text
 from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
                                         place_on_device, to_frames)
 from fastvideo_grpo.models.tiny.hunyuan_video import tiny_networks
@@ -46,14 +47,15 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         # Guidance-distilled checkpoints embed the guidance scale; others (I2V) have no such input.
         guidance = (torch.full((batch,), self.guidance, device=self.device, dtype=self.dtype)
                     if self.transformer.config.guidance_embeds else None)
+        text, text_mask = crop_text(cond.prompt_embeds, cond.attention_mask)
         # With FSDP mixed precision the weights are already bf16; unsharded they are fp32 and
         # autocast does the casting.
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.transformer(
                 hidden_states=latents.to(self.device, self.dtype),
                 timestep=timestep,
-                encoder_hidden_states=cond.prompt_embeds.to(self.device, self.dtype),
-                encoder_attention_mask=cond.attention_mask.to(self.device),
+                encoder_hidden_states=text.to(self.device, self.dtype),
+                encoder_attention_mask=text_mask.to(self.device),
                 pooled_projections=cond.pooled_embeds.to(self.device, self.dtype),
                 guidance=guidance,
                 return_dict=False,

@@ -18,6 +18,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
+from fastvideo_grpo.models.attention import MaskedTextAttention
 from fastvideo_grpo.parallel.distributed import World
 
 
@@ -167,6 +168,7 @@ def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
     processors = {}
     for name, processor in transformer.attn_processors.items():
         if name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
-            processor = UlyssesAttnProcessor(group, getattr(processor, "_attention_backend", None))
+            ulysses = UlyssesAttnProcessor(group, getattr(processor, "_attention_backend", None))
+            processor = processor.around(ulysses) if isinstance(processor, MaskedTextAttention) else ulysses
         processors[name] = processor
     transformer.set_attn_processor(processors)
