@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import HunyuanVideoPipeline
@@ -61,6 +62,49 @@ def test_embeddings_equal_the_pipelines_encode_prompt(tiny_folder, prompt_file, 
     log = caplog.text
     assert "1 prompts exceeded 12 tokens and were truncated" in log
     assert "1 prompts are duplicates" in log and "1 empty lines skipped" in log
+
+
+def assert_pipeline_needs_no_template(folder: Path) -> None:
+    """`HunyuanVideoPipeline.from_pretrained(folder)(prompt=...)` as written, with diffusers'
+    default template, gives finite frames, the same as with the folder's prompt_template.json."""
+    pipe = HunyuanVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    template = json.loads((folder / "prompt_template.json").read_text())
+    frames = [pipe(prompt="a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, output_type="np",
+                   generator=torch.Generator().manual_seed(0), **extra).frames
+              for extra in ({}, {"prompt_template": template})]
+    assert frames[0].shape == (1, 5, 32, 32, 3)
+    assert np.isfinite(frames[0]).all()
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
+def test_the_pipeline_crops_the_default_template_to_the_prompt(tiny_folder):
+    """The tiny Llama tokenizer splits the default template before the prompt into BOS and 94
+    pieces, as Llama-3 does: the default crop_start of 95 leaves the prompt's words and
+    <|eot_id|> (a shorter split crops the prompt away: an all-zero mask and NaN frames)."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    assert json.loads((tiny_folder / "prompt_template.json").read_text()) == DEFAULT_PROMPT_TEMPLATE
+    pipe = HunyuanVideoPipeline.from_pretrained(tiny_folder, transformer=None, vae=None)
+    prompts = ["a red ball bouncing on the floor", "a blue ocean wave"]
+    with torch.no_grad():
+        embeds, _, mask = pipe.encode_prompt(prompts, device="cpu", max_sequence_length=12)
+    assert mask.sum(1).tolist() == [len(p.split()) + 1 for p in prompts]
+    ids = pipe.tokenizer(DEFAULT_PROMPT_TEMPLATE["template"].format(prompts[0])).input_ids
+    prompt_ids = ids[DEFAULT_PROMPT_TEMPLATE["crop_start"]:]
+    assert pipe.tokenizer.convert_ids_to_tokens(prompt_ids) == ["a", "Ġred", "Ġball", "Ġbouncing", "Ġon", "Ġthe",
+                                                                "Ġfloor", "<|eot_id|>"]
+    assert_pipeline_needs_no_template(tiny_folder)
+
+
+def test_a_tokenizer_that_miscounts_the_default_template_is_refused():
+    from fastvideo_grpo.models.tiny.hunyuan_video import tiny_prompt_template
+    from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
+
+    whitespace = word_tokenizer(["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>",
+                                1024)
+    with pytest.raises(ValueError, match=r"takes 61 tokens before the prompt .* which crops 95: .* NaN frames"):
+        tiny_prompt_template(whitespace)
 
 
 def test_bf16_by_default_rerun_skips_and_overwrite_redoes(tiny_folder, prompt_file, tmp_path):
@@ -158,11 +202,7 @@ def test_training_and_pipeline_export_on_the_tiny_folder(tiny_folder, prompt_fil
     out = train(cfg)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     exported = export(out / "checkpoints/step_2", tmp_path / "export", base_model=tiny_folder)
-    pipe = HunyuanVideoPipeline.from_pretrained(exported)
-    template = json.loads((exported / "prompt_template.json").read_text())
-    frames = pipe(prompt="a red ball", prompt_template=template, height=32, width=32, num_frames=5,
-                  num_inference_steps=2, output_type="np").frames
-    assert frames.shape == (1, 5, 32, 32, 3)
+    assert_pipeline_needs_no_template(exported)
 
 
 def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):

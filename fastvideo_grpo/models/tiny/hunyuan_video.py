@@ -4,7 +4,9 @@ diffusers-format folder with tiny random weights.
 The folder is laid out like the real one (transformer/, vae/, text_encoder/ + tokenizer/
 (Llama), text_encoder_2/ + tokenizer_2/ (CLIP-L), scheduler/, model_index.json), so that
 preprocessing, training, export and `HunyuanVideoPipeline.from_pretrained` run end to end
-on CPU. `prompt_template.json` holds the template with this tokenizer's crop_start.
+on CPU. Its Llama tokenizer splits diffusers' default prompt template as Llama-3 does, so
+the pipeline needs no `prompt_template` argument; `prompt_template.json` holds that default
+for the tools that read a folder's template (preprocessing).
 """
 
 from __future__ import annotations
@@ -77,9 +79,15 @@ def tiny_model_config(seed: int = 0) -> ModelConfig:
 
 
 def tiny_prompt_template(tokenizer: PreTrainedTokenizerFast) -> dict:
-    """The default template with crop_start = this tokenizer's token count before the prompt."""
+    """diffusers' default template, once `tokenizer` is checked to take crop_start tokens (BOS
+    included) before the prompt: a pipeline called without a template crops that many."""
     prefix = DEFAULT_PROMPT_TEMPLATE["template"].split("{}")[0]
-    return {"template": DEFAULT_PROMPT_TEMPLATE["template"], "crop_start": len(tokenizer(prefix).input_ids) - 1}
+    crop_start = len(tokenizer(prefix).input_ids)
+    if crop_start != DEFAULT_PROMPT_TEMPLATE["crop_start"]:
+        raise ValueError(f"the tiny Llama tokenizer takes {crop_start} tokens before the prompt of diffusers' default "
+                         f"HunyuanVideo template, which crops {DEFAULT_PROMPT_TEMPLATE['crop_start']}: the pipeline "
+                         "would crop the prompt away and give NaN frames")
+    return dict(DEFAULT_PROMPT_TEMPLATE)
 
 
 def write_folder(path: str | Path, seed: int = 0) -> Path:

@@ -3,7 +3,7 @@ with a word-level tokenizer over a small vocabulary: unknown words map to one to
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast, T5Config,
                           T5EncoderModel)
 
@@ -50,10 +50,40 @@ def tiny_t5_text_encoder(hidden_size: int) -> tuple[T5EncoderModel, PreTrainedTo
     return model, tokenizer
 
 
+# Llama-3's pre-tokenizer (the Split regex of its tokenizer.json): words with their leading
+# space, digits in runs of up to 3, punctuation runs, newline runs.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def llama3_word_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """Llama-3's own pre-tokenization (its chat special tokens whole, its split regex, then
+    byte-level symbols: " red" -> "Ġred") with one token per piece, and only BOS added.
+
+    Every piece of diffusers' default HunyuanVideo template is a single token of Llama-3's
+    BPE vocabulary, so this tokenizer splits the text before the prompt as Llama-3 does: BOS
+    and 94 pieces, the template's crop_start of 95. The pipeline's default template then
+    crops exactly the template away here too (with fewer tokens it crops the prompt, and the
+    all-zero text mask gives NaN frames)."""
+    special = ["<pad>", "<unk>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    words = [form for word in WORDS for form in (word, "Ġ" + word)]  # the prompt's first word has no space
+    vocab = {token: i for i, token in enumerate(special + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(special)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", vocab["<|begin_of_text|>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|eot_id|>",
+                                   bos_token="<|begin_of_text|>", model_max_length=max_length, padding_side="right")
+
+
 def tiny_llama_text_encoder(hidden_size: int) -> tuple[LlamaModel, PreTrainedTokenizerFast]:
     """A 3-layer random Llama (HunyuanVideo's Llava-Llama-3 role) with its tokenizer."""
-    tokenizer = word_tokenizer(["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"], "<|begin_of_text|>",
-                               "<|eot_id|>", 1024)
+    tokenizer = llama3_word_tokenizer(1024)
     model = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=64,
                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id))
