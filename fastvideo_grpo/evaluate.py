@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -77,11 +78,12 @@ def rank_items(items: list[tuple[int, int]], rank: int, size: int) -> tuple[list
 
 def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: Config,
                     latent_shape: tuple[int, ...], scorer, world: World,
-                    grid_prompts: int = 0) -> tuple[list[dict], torch.Tensor | None]:
+                    grid_prompts: int = 0, progress: bool = False) -> tuple[list[dict], torch.Tensor | None]:
     """Sample and score `items` split over data-parallel ranks.
 
     Every rank returns all rows, sorted by (prompt, seed), and the grid of the first
     `grid_prompts` prompts' first-seed videos (uint8 [T, H', W', 3]; None if empty).
+    `progress`: the main rank logs a line per batch (its samples done, seconds, ETA).
     """
     e, s = cfg.eval, cfg.sampling
     num_steps = e.num_steps or s.num_steps
@@ -90,6 +92,10 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
     first_seed = min(seed for _, seed in items)
     mine, real = rank_items(items, world.dp_rank, world.dp_size)
     rows, grid = [], {}
+    if progress and world.is_main:
+        logger.info("evaluating %d samples, %d on each of %d data-parallel ranks, in batches of %d", len(items),
+                    len(mine), world.dp_size, e.batch_size)
+    started = time.perf_counter()
     for batch in batch_slices(len(mine), e.batch_size):
         chunk = mine[batch]
         prompts = [source.prompts[p] for p, _ in chunk]
@@ -105,6 +111,10 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
                          **{name: float(r[i]) for name, r in scores.items()}})
             if p < grid_prompts and seed == first_seed:
                 grid[p] = videos[i]
+        if progress and world.is_main:  # rank 0's share is never padded: its items are all real
+            elapsed = time.perf_counter() - started
+            eta = datetime.timedelta(seconds=round(elapsed / batch.stop * (len(mine) - batch.stop)))
+            logger.info("evaluated %d/%d samples in %.1f s, ETA %s", batch.stop, len(mine), elapsed, eta)
     # Sequence-parallel ranks of a data-parallel rank hold the same rows: keep one copy.
     merged_rows = {(r["prompt_index"], r["seed"]): r for part in all_gather_objects(rows, world) for r in part}
     merged_grid = {p: v for part in all_gather_objects(grid, world) for p, v in part.items()}
@@ -212,7 +222,7 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     scorer = build_reward_scorer(cfg.reward, world)
     try:
         rows, grid = evaluate_policy(policy, source, eval_items(count, list(seeds)), cfg, latent_shape, scorer,
-                                     world, grid_prompts)
+                                     world, grid_prompts, progress=True)
     finally:
         scorer.close()
     summary = None

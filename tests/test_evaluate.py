@@ -1,5 +1,7 @@
 import json
+import logging
 import math
+import re
 import statistics
 
 import pytest
@@ -20,10 +22,23 @@ def read_rows(folder):
     return read_jsonl(folder / "scores.jsonl")
 
 
-def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path):
+def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path, caplog):
     tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
+    tiny_cfg.eval.batch_size = 4
     for name in ("a", "b"):
-        evaluate(tiny_cfg, tmp_path / name, prompts=EVAL_PROMPTS, num_prompts=3, seeds=[0, 5], grid_prompts=2)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fastvideo_grpo.evaluate"):
+            evaluate(tiny_cfg, tmp_path / name, prompts=EVAL_PROMPTS, num_prompts=3, seeds=[0, 5], grid_prompts=2)
+    # A line at the start and one per batch of 4 of the 6 samples: done/total, seconds, ETA.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluat")]
+    assert len(lines) == 3, lines
+    assert lines[0] == "evaluating 6 samples, 6 on each of 1 data-parallel ranks, in batches of 4"
+    first = re.fullmatch(r"evaluated 4/6 samples in (\d+\.\d) s, ETA (\d+):(\d\d):(\d\d)", lines[1])
+    assert first, lines[1]
+    hours, minutes, seconds = map(int, first.groups()[1:])
+    # The 2 samples left at the 4 done's pace (the logged seconds are rounded to 0.1).
+    assert abs(3600 * hours + 60 * minutes + seconds - float(first[1]) / 4 * 2) <= 1
+    assert re.fullmatch(r"evaluated 6/6 samples in \d+\.\d s, ETA 0:00:00", lines[2]), lines[2]
     rows = read_rows(tmp_path / "a")
     assert [(r["prompt_index"], r["seed"]) for r in rows] == [(p, s) for p in range(3) for s in (0, 5)]
     assert rows == read_rows(tmp_path / "b")
@@ -65,7 +80,7 @@ def test_compare_pairs_rows_of_the_same_prompts_and_seeds(tmp_path):
     assert "| color | tuned |" in table and "+0.2000" in table
 
 
-def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_path):
+def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_path, caplog):
     """The in-loop evaluation after the last iteration scores the weights the final
     checkpoint holds: the CLI on that checkpoint, and on its diffusers export, gives the same numbers."""
     tiny_cfg.sampling.height = tiny_cfg.sampling.width = 16
@@ -75,7 +90,9 @@ def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_
     tiny_cfg.eval.prompts_file = EVAL_PROMPTS
     tiny_cfg.eval.num_prompts = 2
     tiny_cfg.eval.num_seeds = 2
-    out = train(tiny_cfg)
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.evaluate"):
+        out = train(tiny_cfg)
+    assert not [r for r in caplog.records if r.getMessage().startswith("evaluat")]  # short: no progress lines
     logged = read_jsonl(out / "eval.jsonl")
     assert [r["iteration"] for r in logged] == [1, 2]
     assert logged[0]["eval/color_mean"] != logged[1]["eval/color_mean"]
