@@ -101,8 +101,8 @@ def test_a_tokenizer_that_miscounts_the_default_template_is_refused():
     from fastvideo_grpo.models.tiny.hunyuan_video import tiny_prompt_template
     from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
 
-    whitespace = word_tokenizer(["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>",
-                                1024)
+    special = ["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"]
+    whitespace = word_tokenizer(special, "<|begin_of_text|>", "<|eot_id|>", 1024)  # BOS, 59 pieces, EOS
     with pytest.raises(ValueError, match=r"takes 61 tokens before the prompt .* which crops 95: .* NaN frames"):
         tiny_prompt_template(whitespace)
 
