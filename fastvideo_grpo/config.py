@@ -411,6 +411,9 @@ class ParallelConfig:
     # whole model during accumulation (fp32: 48 GB for the 12.8B HunyuanVideo); true: sharded
     # gradients throughout, one reduce-scatter per micro-batch.
     reduce_grads_every_micro_batch: bool = False
+    # How long any collective may wait before the job fails, for every process group (the
+    # device mesh's too): long enough for the slowest reward scoring or evaluation.
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -728,6 +731,7 @@ def config_problems(cfg: Config) -> list[str]:
         heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
         require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
                 f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
+    require(cfg.parallel.timeout_minutes > 0, "parallel.timeout_minutes", cfg.parallel.timeout_minutes, "> 0")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
             cfg.data.image_latents_dir,

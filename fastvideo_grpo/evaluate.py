@@ -197,7 +197,8 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     from fastvideo_grpo.rewards.service import build_reward_scorer
 
     check_reward_config(cfg.reward)  # before the policy is built
-    world = init_distributed(cfg.parallel.device)
+    world = init_distributed(cfg.parallel.device, timeout_minutes=cfg.parallel.timeout_minutes,
+                             needs_cuda=cfg.model.size != "tiny")
     source = held_out_source(cfg, prompts)
     count = min(num_prompts or len(source), len(source))
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)

@@ -65,7 +65,8 @@ def setup(cfg: Config) -> Components:
     check_model_config(cfg)  # before any model is built or process started
     check_reward_config(cfg.reward)
     check_pairwise_use(cfg)
-    world = init_distributed(p.device, p.sp_size, p.dp_replicate)
+    world = init_distributed(p.device, p.sp_size, p.dp_replicate, p.timeout_minutes,
+                             needs_cuda=cfg.model.size != "tiny")
     check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)

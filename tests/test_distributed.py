@@ -95,3 +95,13 @@ def test_optimizer_steps_per_iteration_do_not_depend_on_the_rank_count(tmp_path,
     expected = np.clip((rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-8), -5, 5)
     got = torch.cat(report["advantages"]).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_every_process_group_gets_the_configured_timeout(tmp_path):
+    """init_device_mesh builds its sub-groups with the backend's default timeout (NCCL's is
+    10 minutes) unless told otherwise; each must have parallel.timeout_minutes."""
+    path = tmp_path / "timeouts.json"
+    run([DIST / "group_timeouts.py", path, 7], nproc=2)
+    report = json.loads(path.read_text())
+    for mesh in ("sp", "hsdp"):
+        assert report[mesh] == {group: 7.0 for group in ("default", "dp_replicate", "dp_shard", "sp", "dp_shard_sp")}
