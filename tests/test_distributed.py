@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import COMMON, DIST, assert_same_training, run
+from helpers import COMMON, DIST, assert_same_training, read_jsonl, run
 
 TINY_T2V = ROOT / "assets/configs/tiny_t2v.yaml"
 
@@ -33,10 +33,16 @@ def test_hsdp_two_replicas_match_one_rank(single_rank_run, tmp_path):
     assert_same_training(single_rank_run, tmp_path)
 
 
-def test_sequence_parallel_training_matches_one_rank(single_rank_run, tmp_path):
+@pytest.mark.parametrize("mode", ["inline", "process"])
+def test_sequence_parallel_training_matches_one_rank(single_rank_run, tmp_path, mode):
+    """The two sp ranks hold the same 2 prompts x G=4 samples: each decodes and scores half
+    of them and they share the scores, so the run decodes and scores each video once."""
     run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=2", "parallel.sp_size=2",
-         f"train.output_dir={tmp_path}"], nproc=2)
+         f"reward.mode={mode}", f"train.output_dir={tmp_path}"], nproc=2)
     assert_same_training(single_rank_run, tmp_path)
+    for folder in (single_rank_run, tmp_path):
+        for record in read_jsonl(folder / "metrics.jsonl"):
+            assert record["videos_decoded"] == record["videos_scored"] == 2 * 4
 
 
 def test_sequence_parallel_forward_gradients_and_rollout(tmp_path):

@@ -36,6 +36,11 @@ class World:
         return self.rank // self.sp_size
 
     @property
+    def sp_rank(self) -> int:
+        """Place in the sp group: sp is the mesh's innermost dimension."""
+        return self.rank % self.sp_size
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
