@@ -351,6 +351,10 @@ class EvalConfig:
     batch_size: int = 1
     # Videos of the first grid_prompts prompts (first seed) are tiled into the logged grid.
     grid_prompts: int = 4
+    # Each grid video is shrunk by a whole factor (block means) to at most this many pixels
+    # on its longer side before it is sent to the rank that writes the grid (0: full size;
+    # 720p x 53 frames is 147 MB a video).
+    grid_max_side: int = 320
     # Early stop (0: off): stop, with a checkpoint, once the held-out reward (the weighted
     # sum of the rewards' means) has been more than early_stop_margin below its best for
     # early_stop_patience evaluations in a row. Each new best is checkpointed and marked
@@ -717,6 +721,7 @@ def config_problems(cfg: Config) -> list[str]:
     require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
     require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
     require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
+    require(e.grid_max_side >= 0, "eval.grid_max_side", e.grid_max_side, ">= 0")
     require(e.early_stop_patience >= 0, "eval.early_stop_patience", e.early_stop_patience, ">= 0")
     require(e.early_stop_margin >= 0, "eval.early_stop_margin", e.early_stop_margin, ">= 0")
     require(0 <= e.early_stop_diversity < 1, "eval.early_stop_diversity", e.early_stop_diversity, "in [0, 1)")

@@ -176,6 +176,16 @@ def all_gather_objects(obj, world: World | None) -> list:
     return gathered
 
 
+def gather_objects(obj, world: World | None) -> list | None:
+    """Every rank's picklable `obj`, in rank order, on the main rank alone (None elsewhere):
+    for what only the main rank writes, so that no other rank holds every rank's part."""
+    if world is None or world.mesh is None or world.world_size == 1:
+        return [obj]
+    gathered = [None] * world.world_size if world.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def all_finite(model: torch.nn.Module, world: World) -> bool:
     """Every rank's parameter shards are finite (one host sync, one all-reduce). Each rank
     counts its local shard: a sum over a sharded DTensor would be a collective per parameter."""
