@@ -91,12 +91,18 @@ def pick_device(requested: str, needs_cuda: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-def _group_options(backend: str, timeout: datetime.timedelta):
-    """Process-group options that carry `timeout`: a device mesh creates its groups with
-    the backend's default otherwise (NCCL's is 10 minutes, whatever init_process_group got)."""
-    options = dist.ProcessGroupNCCL.Options() if backend == "nccl" else dist.ProcessGroupGloo._Options()
+def _group_options(backend: str, timeout: datetime.timedelta) -> tuple | None:
+    """(backend, options carrying `timeout`) for the device mesh's groups, which otherwise get
+    the backend's default (NCCL's is 10 minutes, whatever init_process_group got); None for a
+    backend that has no timeout (the planner's fake one)."""
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+    elif backend == "gloo":
+        options = dist.ProcessGroupGloo._Options()
+    else:
+        return None
     options._timeout = timeout
-    return options
+    return backend, options
 
 
 def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int = 1, timeout_minutes: float = 30.0,
@@ -112,24 +118,24 @@ def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int =
                              "a torchrun launch with enough ranks")
         return World(rank=0, world_size=1, device=dev, mesh=None)
     timeout = datetime.timedelta(minutes=timeout_minutes)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    backend = dist.get_backend()
     world_size = dist.get_world_size()
     if world_size % (sp_size * dp_replicate):
         raise ValueError(
             f"parallel.sp_size={sp_size} x parallel.dp_replicate={dp_replicate} does not divide "
             f"the world size {world_size}")
     dp_shard = world_size // (sp_size * dp_replicate)
-    override = (backend, _group_options(backend, timeout))
+    override = _group_options(backend, timeout)
     # Under NCCL a dimension over every rank reuses the default group (which has the
     # timeout) unless overridden, and overriding it would build a second communicator of the
     # whole world. Gloo groups are cheap, and where CUDA is present the mesh builds a new one.
     shape = {"dp_replicate": dp_replicate, "dp_shard": dp_shard, "sp": sp_size}
-    overridden = {name for name, size in shape.items() if size != world_size or backend == "gloo"}
+    overridden = {name for name, size in shape.items() if override and (size != world_size or backend == "gloo")}
     mesh = init_device_mesh(dev.type, tuple(shape.values()), mesh_dim_names=tuple(shape),
                             backend_override={name: override for name in overridden})
-    flat_overridden = dp_shard * sp_size != world_size or backend == "gloo"
+    flat_overridden = override and (dp_shard * sp_size != world_size or backend == "gloo")
     mesh["dp_shard", "sp"]._flatten("dp_shard_sp", backend_override=override if flat_overridden else None)
     world = World(dist.get_rank(), world_size, dev, mesh, dp_replicate, dp_shard, sp_size)
     logger.info("rank %d/%d on %s: dp_replicate=%d dp_shard=%d sp=%d", world.rank, world_size, dev,
