@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -313,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("writing the model and embeddings to %s", out)
         write_model(out / "model", sizes, args.dry_run, device)
         write_embeddings(out / "embeddings", sizes)
+        shutil.rmtree(out / "run", ignore_errors=True)  # a previous smoke run's checkpoints would be resumed
         first, resumed = overrides(out, sizes, args.dry_run, 2), overrides(out, sizes, args.dry_run, 3)
         report["plan"] = planned(first, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the trainer gets the GPU to itself and its reward process
-        timeout = 300 if args.dry_run else 420
+        timeout = 300 if args.dry_run else 360
         logger.info("training 2 iterations")
         run_trainer(first, out / "train.log", timeout)
         logger.info("resuming for a third")

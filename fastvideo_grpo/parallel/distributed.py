@@ -127,16 +127,19 @@ def init_distributed(device: str = "auto", sp_size: int = 1, dp_replicate: int =
             f"parallel.sp_size={sp_size} x parallel.dp_replicate={dp_replicate} does not divide "
             f"the world size {world_size}")
     dp_shard = world_size // (sp_size * dp_replicate)
-    override = _group_options(backend, timeout)
-    # Under NCCL a dimension over every rank reuses the default group (which has the
-    # timeout) unless overridden, and overriding it would build a second communicator of the
-    # whole world. Gloo groups are cheap, and where CUDA is present the mesh builds a new one.
+    options = _group_options(backend, timeout)
+
+    def override(size: int) -> tuple | None:
+        # Under NCCL a dimension over every rank reuses the default group (which has the
+        # timeout) unless overridden, and overriding it would build a second communicator of
+        # the whole world. Gloo groups are cheap, and where CUDA is present the mesh builds a
+        # new one anyway.
+        return options if options is not None and (size != world_size or backend == "gloo") else None
+
     shape = {"dp_replicate": dp_replicate, "dp_shard": dp_shard, "sp": sp_size}
-    overridden = {name for name, size in shape.items() if override and (size != world_size or backend == "gloo")}
     mesh = init_device_mesh(dev.type, tuple(shape.values()), mesh_dim_names=tuple(shape),
-                            backend_override={name: override for name in overridden})
-    flat_overridden = override and (dp_shard * sp_size != world_size or backend == "gloo")
-    mesh["dp_shard", "sp"]._flatten("dp_shard_sp", backend_override=override if flat_overridden else None)
+                            backend_override={name: override(size) for name, size in shape.items() if override(size)})
+    mesh["dp_shard", "sp"]._flatten("dp_shard_sp", backend_override=override(dp_shard * sp_size))
     world = World(dist.get_rank(), world_size, dev, mesh, dp_replicate, dp_shard, sp_size)
     logger.info("rank %d/%d on %s: dp_replicate=%d dp_shard=%d sp=%d", world.rank, world_size, dev,
                 dp_replicate, dp_shard, sp_size)
