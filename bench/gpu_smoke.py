@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.data.embeddings import shard_name, write_manifest, write_shard  # noqa: E402
+from fastvideo_grpo.config import HUNYUAN_VIDEO_TOKEN_GEOMETRY, video_tokens  # noqa: E402
 from fastvideo_grpo.parallel.distributed import cuda_unusable_reason  # noqa: E402
-from fastvideo_grpo.parallel.sequence_parallel import video_tokens  # noqa: E402
 
 logger = logging.getLogger("gpu_smoke")
 CONFIG = ROOT / "assets/configs/hunyuan_t2v.yaml"
@@ -76,8 +76,6 @@ FULL = Sizes(heads=24, head_dim=128, text_tokens=256, text_dim=4096, pooled_dim=
              dual_blocks=2, single_blocks=2, dtype="bf16")
 DRY = Sizes(heads=4, head_dim=16, text_tokens=8, text_dim=32, pooled_dim=32, height=32, width=32, frames=5,
             dual_blocks=1, single_blocks=1, dtype="bf16")
-# The VAE's compression and the transformer's patches (both models' own).
-GEOMETRY = {"temporal": 4, "spatial": 8, "patch": 2, "patch_t": 1}
 
 
 def environment(device: torch.device) -> dict:
@@ -143,7 +141,7 @@ def attention_calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
 def time_attention(sizes: Sizes, device: torch.device, repeats: int) -> list[dict]:
     """Each backend at one sample's sequence (video + text tokens): milliseconds a call,
     TFLOP/s (4 S^2 H D per call), the kernels that ran."""
-    video = video_tokens(GEOMETRY, sizes.frames, sizes.height, sizes.width)
+    video = video_tokens(HUNYUAN_VIDEO_TOKEN_GEOMETRY, sizes.frames, sizes.height, sizes.width)
     seq = video + sizes.text_tokens
     q, k, v = (torch.randn(1, seq, sizes.heads, sizes.head_dim, device=device, dtype=torch.bfloat16)
                for _ in range(3))

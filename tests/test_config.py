@@ -174,24 +174,19 @@ def hunyuan_folder(path, heads=24):
     return path
 
 
-def test_sp_split_of_the_video_tokens_is_checked_before_any_process_or_model(tmp_path, monkeypatch):
+def test_sp_split_of_the_video_tokens_is_checked_with_the_config(tmp_path):
     """480x848x53: 14 latent frames x 30 x 53 patches = 22,260 tokens, which 8 does not divide.
     The nearest sizes that split change one of them: 14 x 28 x 53 (448) = 8 x 2597."""
-    from fastvideo_grpo import trainer
-
     common = ["model.size=full", f"model.path={hunyuan_folder(tmp_path)}", "data.embeddings_dir=/e",
               "reward.weights={color: 1.0}", "sampling.height=480", "sampling.width=848", "sampling.num_frames=53"]
-    started = []
-    monkeypatch.setattr(trainer, "init_distributed", lambda *a, **k: started.append("process group"))
     with pytest.raises(ConfigError) as info:
-        trainer.setup(load_config(None, [*common, "parallel.sp_size=8"]))
+        load_config(None, [*common, "parallel.sp_size=8"])
     assert str(info.value) == (
         "parallel.sp_size: 8 is invalid for sampling.height=480 x sampling.width=848 x sampling.num_frames=53: 22260 "
         "video tokens per sample, which 8 does not divide (sequence parallelism splits them evenly over the sp ranks); "
         "nearest sizes that split: sampling.height 448 or 512, sampling.width 832 or 864, sampling.num_frames 45 or 61")
-    assert started == []
     for size in ("sampling.height=448", "sampling.width=864", "sampling.num_frames=61"):  # each splits
-        trainer.check_model_config(load_config(None, [*common, size, "parallel.sp_size=8"]))
+        assert load_config(None, [*common, size, "parallel.sp_size=8"]).parallel.sp_size == 8
 
 
 def test_sp_token_count_is_what_the_patch_embedding_makes():
@@ -199,7 +194,7 @@ def test_sp_token_count_is_what_the_patch_embedding_makes():
     patch embedding produces for the same sizes."""
     import torch
 
-    from fastvideo_grpo.parallel.sequence_parallel import token_geometry, video_tokens
+    from fastvideo_grpo.config import token_geometry, video_tokens
     from helpers import tiny_policy
 
     cfg = load_config(TINY, ["sampling.num_frames=9", "sampling.height=48", "sampling.width=80"])

@@ -21,7 +21,6 @@ from fastvideo_grpo.models.stable_diffusion import build_stable_diffusion
 from fastvideo_grpo.models.tiny.flux import write_folder as write_tiny_flux
 from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_video
 from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_stable_diffusion
-from fastvideo_grpo.parallel.sequence_parallel import check_sequence_split
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,7 @@ def model_family(name: str) -> ModelFamily:
 
 
 def check_model_config(cfg: Config) -> None:
-    """model.family is registered, and supports parallel.sp_size > 1 if that is asked for,
-    with sampling sizes whose video tokens split over the sp ranks.
+    """model.family is registered, and supports parallel.sp_size > 1 if that is asked for.
     Builds nothing: train.py runs it with the config's own checks, before any process group
     or model exists."""
     family = model_family(cfg.model.family)
@@ -67,7 +65,6 @@ def check_model_config(cfg: Config) -> None:
         supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel)
         raise ConfigError(f"parallel.sp_size: {cfg.parallel.sp_size!r} is invalid; expected 1 for model.family "
                           f"{cfg.model.family!r}; sequence parallelism is implemented for {supported} only")
-    check_sequence_split(cfg)
 
 
 def build_policy(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> Policy:

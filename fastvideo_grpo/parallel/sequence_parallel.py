@@ -12,18 +12,12 @@ computes along with the data-parallel mean, is the full gradient.
 
 from __future__ import annotations
 
-import inspect
-import json
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
-from diffusers import AutoencoderKLHunyuanVideo
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from fastvideo_grpo.config import Config, ConfigError
 from fastvideo_grpo.parallel.distributed import World
 
 
@@ -176,68 +170,3 @@ def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
             processor = UlyssesAttnProcessor(group, getattr(processor, "_attention_backend", None))
         processors[name] = processor
     transformer.set_attn_processor(processors)
-
-
-def token_geometry(cfg: Config) -> dict[str, int] | None:
-    """The VAE's compression and the transformer's patch sizes, from model.path's configs (or
-    the tiny model's) without building anything; None when the folder has no such configs
-    (the model builder then names what is missing)."""
-    if cfg.model.size == "tiny":
-        from fastvideo_grpo.models.tiny.hunyuan_video import PATCH_SIZE, PATCH_SIZE_T
-
-        # The tiny VAE keeps the real architecture's compression, diffusers' defaults.
-        vae = {k: v.default for k, v in inspect.signature(AutoencoderKLHunyuanVideo).parameters.items()}
-        transformer = {"patch_size": PATCH_SIZE, "patch_size_t": PATCH_SIZE_T}
-    else:
-        try:
-            transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
-                                for part in ("transformer", "vae"))
-        except (OSError, ValueError):
-            return None
-    try:
-        return {"temporal": int(vae["temporal_compression_ratio"]), "spatial": int(vae["spatial_compression_ratio"]),
-                "patch": int(transformer["patch_size"]), "patch_t": int(transformer["patch_size_t"])}
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def video_tokens(geometry: dict[str, int], frames: int, height: int, width: int) -> int:
-    """Video tokens of one sample: latent frames, rows and columns, each cut into patches."""
-    g = geometry
-    return (((frames - 1) // g["temporal"] + 1) // g["patch_t"] * (height // g["spatial"] // g["patch"])
-            * (width // g["spatial"] // g["patch"]))
-
-
-def check_sequence_split(cfg: Config) -> None:
-    """The video tokens of a sample split evenly over parallel.sp_size ranks; otherwise a
-    ConfigError naming the sizes and the nearest that split, before any model is loaded
-    (the model itself would fail only at its first forward)."""
-    s, sp = cfg.sampling, cfg.parallel.sp_size
-    geometry = token_geometry(cfg)
-    if sp == 1 or geometry is None:
-        return
-    tokens = video_tokens(geometry, s.num_frames, s.height, s.width)
-    if tokens % sp == 0:
-        return
-    pixel_step = geometry["spatial"] * geometry["patch"]
-    frame_step = geometry["temporal"] * geometry["patch_t"]
-    sizes = {"num_frames": s.num_frames, "height": s.height, "width": s.width}
-    nearest = []
-    for key, step in (("height", pixel_step), ("width", pixel_step), ("num_frames", frame_step)):
-        first = 1 if key == "num_frames" else step  # a frame count is 1 + a multiple of the compression
-
-        def splits(value: int) -> bool:
-            size = {**sizes, key: value}
-            return video_tokens(geometry, size["num_frames"], size["height"], size["width"]) % sp == 0
-
-        base = first + (sizes[key] - first) // step * step
-        below = next((v for v in range(base, first - 1, -step) if v != sizes[key] and splits(v)), None)
-        above = next((v for v in range(base + step, base + step * (sp + 1), step) if splits(v)), None)
-        found = " or ".join(str(v) for v in (below, above) if v is not None)
-        if found:
-            nearest.append(f"sampling.{key} {found}")
-    raise ConfigError(
-        f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
-        f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
-        f"(sequence parallelism splits them evenly over the sp ranks); nearest sizes that split: "
-        f"{', '.join(nearest)}")

@@ -24,7 +24,6 @@ from fastvideo_grpo.models.tiny.text_encoders import tiny_clip_text_encoder, tin
 PROMPT_TEMPLATE_FILE = "prompt_template.json"
 TEXT_DIM = 32
 POOLED_DIM = 32
-PATCH_SIZE, PATCH_SIZE_T = 2, 1  # the real model's
 
 
 def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int, **config) -> HunyuanVideoTransformer3DModel:
@@ -44,8 +43,8 @@ def tiny_transformer(cfg: ModelConfig, text_dim: int, pooled_dim: int, **config)
         num_single_layers=cfg.tiny_single_layers,
         num_refiner_layers=1,
         mlp_ratio=2.0,
-        patch_size=PATCH_SIZE,
-        patch_size_t=PATCH_SIZE_T,
+        patch_size=2,
+        patch_size_t=1,
         text_embed_dim=text_dim,
         pooled_projection_dim=pooled_dim,
         rope_axes_dim=(2 * pairs_t, 2 * pairs_h, 2 * (pairs - pairs_t - pairs_h)),
