@@ -356,6 +356,10 @@ class EvalConfig:
     batch_size: int = 1
     # Videos of the first grid_prompts prompts (first seed) are tiled into the logged grid.
     grid_prompts: int = 4
+    # Each grid video is shrunk by a whole factor (block means) to at most this many pixels
+    # on its longer side before it is sent to the rank that writes the grid (0: full size;
+    # 720p x 53 frames is 147 MB a video).
+    grid_max_side: int = 320
     # Early stop (0: off): stop, with a checkpoint, once the held-out reward (the weighted
     # sum of the rewards' means) has been more than early_stop_margin below its best for
     # early_stop_patience evaluations in a row. Each new best is checkpointed and marked
@@ -422,6 +426,9 @@ class ParallelConfig:
     # (fastvideo_grpo.parallel.watchdog). It beats beside the training thread, so a long
     # step, checkpoint or compile never trips it. 0 turns it off; one process has none.
     watchdog_seconds: float = 300.0
+    # How long any collective may wait before the job fails, for every process group (the
+    # device mesh's too): long enough for the slowest reward scoring or evaluation.
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -727,6 +734,7 @@ def config_problems(cfg: Config) -> list[str]:
     require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
     require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
     require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
+    require(e.grid_max_side >= 0, "eval.grid_max_side", e.grid_max_side, ">= 0")
     require(e.early_stop_patience >= 0, "eval.early_stop_patience", e.early_stop_patience, ">= 0")
     require(e.early_stop_margin >= 0, "eval.early_stop_margin", e.early_stop_margin, ">= 0")
     require(0 <= e.early_stop_diversity < 1, "eval.early_stop_diversity", e.early_stop_diversity, "in [0, 1)")
@@ -741,6 +749,8 @@ def config_problems(cfg: Config) -> list[str]:
         heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
         require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
                 f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
+        problems += sequence_split_problems(cfg)
+    require(cfg.parallel.timeout_minutes > 0, "parallel.timeout_minutes", cfg.parallel.timeout_minutes, "> 0")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
     require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
             cfg.data.image_latents_dir,
@@ -755,6 +765,10 @@ def config_problems(cfg: Config) -> list[str]:
     return problems
 
 
+# HunyuanVideo's VAE compresses time by 4 and space by 8, its transformer cuts 2x2 patches.
+HUNYUAN_VIDEO_TOKEN_GEOMETRY = {"temporal": 4, "spatial": 8, "patch": 2, "patch_t": 1}
+
+
 def attention_heads(model_path: str) -> int | None:
     """num_attention_heads of model.path's transformer/config.json, read before any model is
     built; None when the folder has none (the model builder then names what is missing)."""
@@ -763,6 +777,60 @@ def attention_heads(model_path: str) -> int | None:
         return int(json.loads(file.read_text())["num_attention_heads"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def token_geometry(cfg: Config) -> dict[str, int] | None:
+    """HunyuanVideo's VAE compression and patch sizes: model.path's vae/ and transformer/
+    config.json, read before any model is built (the tiny model keeps the real ones); None
+    when they cannot be read (the model builder then names what is missing)."""
+    if cfg.model.size == "tiny":
+        return dict(HUNYUAN_VIDEO_TOKEN_GEOMETRY)
+    try:
+        transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
+                            for part in ("transformer", "vae"))
+        return {"temporal": int(vae["temporal_compression_ratio"]), "spatial": int(vae["spatial_compression_ratio"]),
+                "patch": int(transformer["patch_size"]), "patch_t": int(transformer["patch_size_t"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def video_tokens(geometry: dict[str, int], frames: int, height: int, width: int) -> int:
+    """Video tokens of one sample: latent frames, rows and columns, each cut into patches."""
+    g = geometry
+    return (((frames - 1) // g["temporal"] + 1) // g["patch_t"] * (height // g["spatial"] // g["patch"])
+            * (width // g["spatial"] // g["patch"]))
+
+
+def sequence_split_problems(cfg: Config) -> list[str]:
+    """HunyuanVideo's video tokens of a sample split evenly over parallel.sp_size ranks, or a
+    problem naming the sizes and the nearest that split: the model itself would fail only at
+    its first forward, after loading."""
+    s, sp = cfg.sampling, cfg.parallel.sp_size
+    geometry = token_geometry(cfg) if cfg.model.family == "hunyuan_video" else None
+    if geometry is None or video_tokens(geometry, s.num_frames, s.height, s.width) % sp == 0:
+        return []
+    sizes = {"num_frames": s.num_frames, "height": s.height, "width": s.width}
+    pixel_step = geometry["spatial"] * geometry["patch"]
+    nearest = []
+    for key, step in (("height", pixel_step), ("width", pixel_step),
+                      ("num_frames", geometry["temporal"] * geometry["patch_t"])):
+        first = 1 if key == "num_frames" else step  # a frame count is 1 + a multiple of the compression
+
+        def splits(value: int) -> bool:
+            size = {**sizes, key: value}
+            return video_tokens(geometry, size["num_frames"], size["height"], size["width"]) % sp == 0
+
+        base = first + (sizes[key] - first) // step * step
+        below = next((v for v in range(base, first - 1, -step) if v != sizes[key] and splits(v)), None)
+        above = next((v for v in range(base + step, base + step * (sp + 1), step) if splits(v)), None)
+        found = " or ".join(str(v) for v in (below, above) if v is not None)
+        if found:
+            nearest.append(f"sampling.{key} {found}")
+    tokens = video_tokens(geometry, s.num_frames, s.height, s.width)
+    return [f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
+            f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
+            f"(sequence parallelism splits them evenly over the sp ranks); nearest sizes that split: "
+            f"{', '.join(nearest)}"]
 
 
 def run_config_path(checkpoint: Path) -> Path | None:

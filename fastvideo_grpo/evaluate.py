@@ -45,8 +45,8 @@ from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import Policy, build_policy
-from fastvideo_grpo.outputs import append_metrics, tile_videos, write_video
-from fastvideo_grpo.parallel import World, all_gather_objects, barrier, init_distributed, shutdown
+from fastvideo_grpo.outputs import append_metrics, shrink_video, tile_videos, write_video
+from fastvideo_grpo.parallel import World, all_gather_objects, barrier, gather_objects, init_distributed, shutdown
 from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.rollout import batch_slices, decode_videos, sample_ode
 from fastvideo_grpo.seeding import make_generator
@@ -81,8 +81,9 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
                     grid_prompts: int = 0, progress: bool = False) -> tuple[list[dict], torch.Tensor | None]:
     """Sample and score `items` split over data-parallel ranks.
 
-    Every rank returns all rows, sorted by (prompt, seed), and the grid of the first
-    `grid_prompts` prompts' first-seed videos (uint8 [T, H', W', 3]; None if empty).
+    Every rank returns all rows, sorted by (prompt, seed); the main rank, which writes it,
+    also the grid of the first `grid_prompts` prompts' first-seed videos, each shrunk to
+    eval.grid_max_side (uint8 [T, H', W', 3]; None if empty, and on every other rank).
     `progress`: the main rank logs a line per batch (its samples done, seconds, ETA).
     """
     e, s = cfg.eval, cfg.sampling
@@ -109,17 +110,22 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
                 continue
             rows.append({"prompt_index": p, "seed": seed, "prompt": prompts[i],
                          **{name: float(r[i]) for name, r in scores.items()}})
-            if p < grid_prompts and seed == first_seed:
-                grid[p] = videos[i]
+            # Sequence-parallel ranks of a data-parallel rank hold the same videos: one sends them.
+            if p < grid_prompts and seed == first_seed and world.sp_rank == 0:
+                grid[p] = shrink_video(videos[i], e.grid_max_side)
         if progress and world.is_main:  # rank 0's share is never padded: its items are all real
             elapsed = time.perf_counter() - started
             eta = datetime.timedelta(seconds=round(elapsed / batch.stop * (len(mine) - batch.stop)))
             logger.info("evaluated %d/%d samples in %.1f s, ETA %s", batch.stop, len(mine), elapsed, eta)
     # Sequence-parallel ranks of a data-parallel rank hold the same rows: keep one copy.
     merged_rows = {(r["prompt_index"], r["seed"]): r for part in all_gather_objects(rows, world) for r in part}
-    merged_grid = {p: v for part in all_gather_objects(grid, world) for p, v in part.items()}
+    rows = [merged_rows[key] for key in sorted(merged_rows)]
+    parts = gather_objects(grid, world)
+    if parts is None:
+        return rows, None
+    merged_grid = {p: v for part in parts for p, v in part.items()}
     videos = [merged_grid[p] for p in sorted(merged_grid)]
-    return [merged_rows[key] for key in sorted(merged_rows)], tile_videos(torch.stack(videos)) if videos else None
+    return rows, tile_videos(torch.stack(videos)) if videos else None
 
 
 def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[int, ...], scorer, world: World,
@@ -207,7 +213,8 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     from fastvideo_grpo.rewards.service import build_reward_scorer
 
     check_reward_config(cfg.reward)  # before the policy is built
-    world = init_distributed(cfg.parallel.device, watchdog_seconds=cfg.parallel.watchdog_seconds)
+    world = init_distributed(cfg.parallel.device, timeout_minutes=cfg.parallel.timeout_minutes,
+                             needs_cuda=cfg.model.size != "tiny", watchdog_seconds=cfg.parallel.watchdog_seconds)
     source = held_out_source(cfg, prompts)
     count = min(num_prompts or len(source), len(source))
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)

@@ -86,6 +86,16 @@ def tile_videos(videos: torch.Tensor, columns: int = 0) -> torch.Tensor:
     return padded.view(rows, columns, t, h, w, c).permute(2, 0, 3, 1, 4, 5).reshape(t, rows * h, columns * w, c)
 
 
+def shrink_video(video: torch.Tensor, max_side: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> [T, H // f, W // f, 3], the means of f x f pixel blocks, with the
+    least whole f that brings the longer side to at most `max_side` (0: unchanged)."""
+    factor = math.ceil(max(video.shape[1:3]) / max_side) if max_side else 1
+    if factor <= 1:
+        return video
+    blocks = torch.nn.functional.avg_pool2d(video.permute(0, 3, 1, 2).float(), factor)
+    return blocks.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
 def draw_reward_curves(ax, runs: dict[str, list[dict]], key: str = "reward_mean", window: int = 10) -> None:
     """Raw values faintly, their trailing moving average (as the paper plots rewards) on top."""
     for label, records in runs.items():

@@ -720,8 +720,11 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     # The trainer's own count (flops.py), over the rows it would log as transformer_forwards_*;
     # a sequence-parallel group's ranks split each row's tokens (Ulysses: heads in attention).
     row_flops = forward_flops(policy.transformer, latent_shape, text_shape(cfg, policy)[0]) / p.sp_size
+    # A sequence-parallel group's ranks hold the same videos and decode a share each (round
+    # robin): the fullest rank's share.
+    decoded = math.ceil(cfg.train.prompts_per_iteration * s.group_size / p.sp_size)
     flops = {**iteration_flops(cfg, row_flops, forwards["rollout"], forwards["train"]),
-             "decode": cfg.train.prompts_per_iteration * s.group_size * decode_flops}
+             "decode": decoded * decode_flops}
     flops = {name: int(value) for name, value in flops.items()}
     flops["total"] = sum(flops.values())
     seconds = flops["total"] / (cluster.peak_tflops * 1e12 * cluster.mfu)

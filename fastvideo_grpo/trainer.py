@@ -32,8 +32,9 @@ from fastvideo_grpo.nft import build_old, nft_update, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize
+from fastvideo_grpo.parallel.sp_share import gather_sp_scores, sp_rows
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
-from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config
+from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config, pairwise_models
 from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
@@ -66,7 +67,8 @@ def setup(cfg: Config) -> Components:
     check_model_config(cfg)  # before any model is built or process started
     check_reward_config(cfg.reward)
     check_pairwise_use(cfg)
-    world = init_distributed(p.device, p.sp_size, p.dp_replicate, p.watchdog_seconds)
+    world = init_distributed(p.device, p.sp_size, p.dp_replicate, p.timeout_minutes,
+                             needs_cuda=cfg.model.size != "tiny", watchdog_seconds=p.watchdog_seconds)
     check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
@@ -222,22 +224,29 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     first_sample = world.dp_rank * len(batch_prompts)
 
     saving = world.is_main and t.sample_every > 0 and iteration % t.sample_every == 0
-    submitted, saved_videos = [], []
+    submitted, saved_videos, saved_rows = [], [], []
+    # Sequence-parallel ranks hold the same samples: each decodes and scores its share.
+    mine = sp_rows(len(batch_prompts), s.group_size if pairwise_models(cfg.reward) else 1, world)
 
     def decode_and_submit(batch: slice, final_latents: torch.Tensor) -> None:
         """Each rollout batch is decoded and sent for scoring at once; the reward process
         scores it while the next batch is sampled. A reward process gets each decode batch
         as soon as it is decoded, so that it scores the first while the rest decode and the
         last batch's scoring left after the rollout is one decode batch's."""
-        prompts = batch_prompts[batch]
-        chunks = batch_slices(len(prompts), s.decode_batch_size) if c.scorer.streams else [slice(None)]
+        rows = torch.arange(batch.start, batch.stop)[mine[batch]]
+        if not len(rows):
+            return
+        latents = final_latents[(rows - batch.start).to(final_latents.device)]
+        chunks = batch_slices(len(rows), s.decode_batch_size) if c.scorer.streams else [slice(None)]
         for chunk in chunks:
             with timer("decode", accumulate=True):
-                videos = decode_videos(policy, final_latents[chunk], s.decode_batch_size)
-            submitted.append(c.scorer.submit(videos, prompts[chunk]))
+                videos = decode_videos(policy, latents[chunk], s.decode_batch_size)
+            submitted.append((rows[chunk], c.scorer.submit(videos, [batch_prompts[i] for i in rows[chunk]])))
             if saving and sum(len(v) for v in saved_videos) < t.num_saved_samples:
                 saved_videos.append(videos)
+                saved_rows.append(rows[chunk])
 
+    timer.seconds["time_decode"] = 0.0  # also on an sp rank whose share is empty: every rank logs the same names
     with timer("rollout"):
         nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
         plan = iteration_plan(cfg, iteration)
@@ -245,8 +254,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
                      decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft, keep_trajectory=not nft)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
-        results = [c.scorer.result(handle) for handle in submitted]
-        rewards = {name: torch.cat([r[name] for r in results]) for name in results[0]}
+        results = [(rows, c.scorer.result(handle)) for rows, handle in submitted]
+        rewards = gather_sp_scores(results, len(batch_prompts), world)
         dropped = nonfinite_groups(rewards, batch_prompts, cfg, first_sample)
         # A dropped group keeps its place in the plan (every rank takes the same number of
         # optimizer steps) with reward 0 throughout, hence advantage 0: it adds no gradient.
@@ -267,14 +276,17 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
                           cfg, stats)
 
     if saving:
-        videos = torch.cat(saved_videos)[:t.num_saved_samples]
-        save_samples(Path(t.output_dir), iteration, videos, batch_prompts, scores.rewards, cfg)
+        videos, rows = torch.cat(saved_videos)[:t.num_saved_samples], torch.cat(saved_rows)[:t.num_saved_samples]
+        save_samples(Path(t.output_dir), iteration, videos, [batch_prompts[i] for i in rows],
+                     {name: r[rows] for name, r in scores.rewards.items()}, cfg)
         c.tracker.videos("samples", videos, iteration, s.fps)
 
     record_scores(stats, scores, dropped, cfg)
     record_rewards(stats, scores.rewards, cfg.reward.weights, s.group_size)
     stats.mean("group_diversity", group_diversity(ro.scored_latents, s.group_size))
     stats.total("transformer_forwards_rollout", ro.forward_rows)
+    stats.total("videos_decoded", sum(len(rows) for rows, _ in submitted))
+    stats.total("videos_scored", sum(len(next(iter(scored.values()))) for _, scored in results))
     for name, seconds in timer.seconds.items():
         stats.mean(name, seconds)
     record_memory(stats, world.device)

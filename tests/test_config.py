@@ -161,3 +161,45 @@ def test_cli_bad_key_exits_with_message(tmp_path):
     assert result.returncode == 2
     assert "train.bogus_key" in result.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def hunyuan_folder(path, heads=24):
+    """model.path with the transformer and VAE configs the sequence-parallel checks read."""
+    import json
+
+    for part, config in (("transformer", {"num_attention_heads": heads, "patch_size": 2, "patch_size_t": 1}),
+                         ("vae", {"temporal_compression_ratio": 4, "spatial_compression_ratio": 8})):
+        (path / part).mkdir()
+        (path / part / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_sp_split_of_the_video_tokens_is_checked_with_the_config(tmp_path):
+    """480x848x53: 14 latent frames x 30 x 53 patches = 22,260 tokens, which 8 does not divide.
+    The nearest sizes that split change one of them: 14 x 28 x 53 (448) = 8 x 2597."""
+    common = ["model.size=full", f"model.path={hunyuan_folder(tmp_path)}", "data.embeddings_dir=/e",
+              "reward.weights={color: 1.0}", "sampling.height=480", "sampling.width=848", "sampling.num_frames=53"]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*common, "parallel.sp_size=8"])
+    assert str(info.value) == (
+        "parallel.sp_size: 8 is invalid for sampling.height=480 x sampling.width=848 x sampling.num_frames=53: 22260 "
+        "video tokens per sample, which 8 does not divide (sequence parallelism splits them evenly over the sp ranks); "
+        "nearest sizes that split: sampling.height 448 or 512, sampling.width 832 or 864, sampling.num_frames 45 or 61")
+    for size in ("sampling.height=448", "sampling.width=864", "sampling.num_frames=61"):  # each splits
+        assert load_config(None, [*common, size, "parallel.sp_size=8"]).parallel.sp_size == 8
+
+
+def test_sp_token_count_is_what_the_patch_embedding_makes():
+    """The count the config check computes equals the video tokens the tiny transformer's
+    patch embedding produces for the same sizes."""
+    import torch
+
+    from fastvideo_grpo.config import token_geometry, video_tokens
+    from helpers import tiny_policy
+
+    cfg = load_config(TINY, ["sampling.num_frames=9", "sampling.height=48", "sampling.width=80"])
+    policy = tiny_policy(cfg)
+    s = cfg.sampling
+    latents = torch.zeros(1, *policy.latent_shape(s.num_frames, s.height, s.width))
+    tokens = policy.transformer.x_embedder(latents).shape[1]
+    assert tokens == video_tokens(token_geometry(cfg), s.num_frames, s.height, s.width) == 3 * 3 * 5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import COMMON, DIST, assert_same_training, run
+from helpers import COMMON, DIST, assert_same_training, read_jsonl, run
 
 TINY_T2V = ROOT / "assets/configs/tiny_t2v.yaml"
 
@@ -33,10 +33,16 @@ def test_hsdp_two_replicas_match_one_rank(single_rank_run, tmp_path):
     assert_same_training(single_rank_run, tmp_path)
 
 
-def test_sequence_parallel_training_matches_one_rank(single_rank_run, tmp_path):
+@pytest.mark.parametrize("mode", ["inline", "process"])
+def test_sequence_parallel_training_matches_one_rank(single_rank_run, tmp_path, mode):
+    """The two sp ranks hold the same 2 prompts x G=4 samples: each decodes and scores half
+    of them and they share the scores, so the run decodes and scores each video once."""
     run([DIST / "train_run.py", *COMMON, "train.prompts_per_iteration=2", "parallel.sp_size=2",
-         f"train.output_dir={tmp_path}"], nproc=2)
+         f"reward.mode={mode}", f"train.output_dir={tmp_path}"], nproc=2)
     assert_same_training(single_rank_run, tmp_path)
+    for folder in (single_rank_run, tmp_path):
+        for record in read_jsonl(folder / "metrics.jsonl"):
+            assert record["videos_decoded"] == record["videos_scored"] == 2 * 4
 
 
 def test_sequence_parallel_forward_gradients_and_rollout(tmp_path):
@@ -95,3 +101,13 @@ def test_optimizer_steps_per_iteration_do_not_depend_on_the_rank_count(tmp_path,
     expected = np.clip((rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-8), -5, 5)
     got = torch.cat(report["advantages"]).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_every_process_group_gets_the_configured_timeout(tmp_path):
+    """init_device_mesh builds its sub-groups with the backend's default timeout (NCCL's is
+    10 minutes) unless told otherwise; each must have parallel.timeout_minutes."""
+    path = tmp_path / "timeouts.json"
+    run([DIST / "group_timeouts.py", path, 7], nproc=2)
+    report = json.loads(path.read_text())
+    for mesh in ("sp", "hsdp"):
+        assert report[mesh] == {group: 7.0 for group in ("default", "dp_replicate", "dp_shard", "sp", "dp_shard_sp")}

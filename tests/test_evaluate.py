@@ -128,3 +128,37 @@ def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
     assert [r["prompt_index"] for r in two] == [0, 1, 2]
     assert two == one
     assert in_loop["eval/color_mean"] == pytest.approx(sum(r["color"] for r in one) / 3, abs=1e-5)
+
+
+def test_shrunk_grid_video_is_the_mean_of_pixel_blocks():
+    import torch
+
+    from fastvideo_grpo.outputs import shrink_video
+
+    video = torch.randint(0, 256, (2, 7, 10, 3), dtype=torch.uint8)
+    assert shrink_video(video, 10) is video and shrink_video(video, 0) is video
+    shrunk = shrink_video(video, 4)  # 10 / 4 -> a factor of 3: 7 x 10 -> 2 x 3, the rest cropped
+    blocks = video[:, :6, :9].double().reshape(2, 2, 3, 3, 3, 3).mean(dim=(2, 4))
+    assert shrunk.dtype == torch.uint8 and shrunk.shape == (2, 2, 3, 3)
+    assert torch.equal(shrunk, blocks.round().to(torch.uint8))
+
+
+def test_two_rank_evaluation_writes_the_one_rank_grid_and_only_the_writer_gets_videos(tmp_path):
+    """Rank 1 samples prompt 1 of the grid; it sends that video to rank 0, which writes the
+    grid, and receives no video of any other rank."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from helpers import DIST, run
+
+    args = ["--config", ROOT / "assets/configs/tiny_t2v.yaml", "--prompts", EVAL_PROMPTS, "--num-prompts", "3",
+            "--grid", "3", "--output-dir", tmp_path, "sampling.height=32", "sampling.width=32", "eval.grid_max_side=16"]
+    for name, nproc in (("one", None), ("two", 2)):
+        run([DIST / "eval_grid.py", tmp_path / f"{name}_report", *args, "--name", name], nproc=nproc)
+    received = {rank: read_jsonl(tmp_path / "two_report" / f"rank{rank}.json")[0]["videos_received"] for rank in (0, 1)}
+    assert received == {0: 1, 1: 0}
+    assert read_rows(tmp_path / "one") == read_rows(tmp_path / "two")
+    one, two = (iio.imread(tmp_path / name / "grid.mp4", index=None) for name in ("one", "two"))
+    assert one.shape[1:] == (2 * 16, 2 * 16, 3)  # 3 prompts tile 2 x 2, each shrunk from 32 to 16 pixels
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(iio.imread(tmp_path / "one" / "grid.png"), iio.imread(tmp_path / "two" / "grid.png"))

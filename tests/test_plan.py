@@ -246,3 +246,11 @@ def test_nft_old_policy_is_a_full_copy_or_with_lora_an_adapter(nft_plan):
     trained_pairs = 2 * 8 * 4
     assert lora["forwards"]["train"] == 3 * trained_pairs
     assert lora["flops"]["train"] == trained_pairs * (2 + 2) * TINY_ROW_FLOPS
+
+
+def test_sequence_parallel_ranks_plan_a_share_of_the_decode_each(tiny_plan):
+    """tiny_t2v's 4 prompts x G=8 videos: decoded once per sp group, half of them per rank at sp 2."""
+    sp2 = plan(TINY, ["parallel.sp_size=2"], Cluster(nodes=1, gpus_per_node=2, gpu_memory_gb=80, reserve_gb=0),
+               knobs=False)
+    per_video = tiny_plan["flops"]["decode"] / 32
+    assert sp2["flops"]["decode"] == 16 * per_video
