@@ -34,7 +34,7 @@ from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.samplers import Sampler
 from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.update import Learner, build_reference, optimizer_step, trained_weights
+from fastvideo_grpo.update import Learner, frozen_copy, optimizer_step, trained_weights
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
@@ -51,11 +51,12 @@ def build_old(policy: Policy, m: ModelConfig) -> Policy:
     """The old policy, equal to the policy at the start (call after its LoRA is applied). With
     LoRA, as the reference does, a second adapter on the policy's own network: the base
     weights are held, sharded and all-gathered once, and the old policy's forward is the
-    policy's with that adapter active. Without, a frozen full copy of the network."""
+    policy's with that adapter active. Without, a frozen full copy of the network, on the
+    meta device until it is sharded like the policy and filled (`update.fill_frozen`)."""
     if m.lora_rank > 0:
         add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha)
         return AdapterPolicy(policy, OLD)
-    return build_reference(policy)
+    return frozen_copy(policy)
 
 
 def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,

@@ -41,7 +41,7 @@ from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_conf
 from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste
 from fastvideo_grpo.step_plan import iteration_plan
 from fastvideo_grpo.tracking import IterationLog, PhaseTimer, Tracker, record_memory
-from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, build_reference, follow_kl,
+from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, fill_frozen, follow_kl, frozen_copy,
                                    plan_micro_batches, update_policy)
 
 logger = logging.getLogger(__name__)
@@ -76,17 +76,19 @@ def setup(cfg: Config) -> Components:
     nft = t.algorithm == "nft"
     wants_reference = reference_kl_weight(cfg) > 0
     # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
-    reference = build_reference(policy) if wants_reference and not resets_reference(cfg) else None
+    # Frozen copies are shapes on the meta device until the policy is sharded, then filled shard to shard.
+    reference = frozen_copy(policy) if wants_reference and not resets_reference(cfg) else None
     transformer_config = diffusers_config(policy.transformer)
     if cfg.model.lora_rank > 0:
         apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
     if wants_reference and reference is None:
-        reference = build_reference(policy)
+        reference = frozen_copy(policy)
     old = build_old(policy, cfg.model) if nft else None
     parallelize(policy, world, cfg)
     for frozen in (reference, old):
         if frozen is not None and frozen.transformer is not policy.transformer:  # not a second adapter
             parallelize(frozen, world, cfg)
+            fill_frozen(frozen, policy)
     optimizer, scheduler = build_optimizer(policy, cfg)
     sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from fastvideo_grpo import grpo
 from fastvideo_grpo.config import Config, GRPOConfig
@@ -206,10 +208,50 @@ def warmup_factor(step: int, warmup: int) -> float:
     return step / warmup if step < warmup else 1.0
 
 
+def frozen_copy(policy: Policy) -> Policy:
+    """A frozen copy of the policy's network as it is now (the KL reference, NFT's old
+    policy), on the meta device: shapes, no storage. It shares everything but the network.
+    Made before sharding, it is sharded like the policy and then filled shard to shard by
+    `fill_frozen`, so that no rank ever holds a whole copy of the network."""
+    network = policy.transformer
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+            for p in network.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in network.buffers()})
+    frozen = copy.copy(policy)
+    frozen.transformer = copy.deepcopy(network, memo).requires_grad_(False).eval()
+    return frozen
+
+
+def _without_base_layer(name: str) -> str:
+    """LoRA moves a wrapped linear's weight to `<linear>.base_layer.weight`: a copy taken
+    before the adapter was added names it `<linear>.weight`."""
+    return name.replace(".base_layer.", ".")
+
+
+@torch.no_grad()
+def fill_frozen(frozen: Policy, policy: Policy) -> None:
+    """Storage for a `frozen_copy` where the policy's weights are, and their values: each
+    rank's local shard into the copy's local shard when both are sharded alike (parallelize
+    the copy first), the whole tensor when neither is."""
+    source = {_without_base_layer(name): t for name, t in
+              (*policy.transformer.named_parameters(), *policy.transformer.named_buffers())}
+    device = next(iter(source.values())).device  # a DTensor's is its local shard's
+    frozen.transformer.to_empty(device=device)
+    for name, t in (*frozen.transformer.named_parameters(), *frozen.transformer.named_buffers()):
+        key = _without_base_layer(name)
+        if key not in source:
+            raise RuntimeError(f"frozen copy of {type(policy.transformer).__name__}: the policy has no {key!r} "
+                               "to fill it from")
+        if isinstance(t, DTensor) != isinstance(source[key], DTensor):
+            raise RuntimeError(f"frozen copy: {name} and the policy's {key} are not sharded alike; parallelize "
+                               "both before filling")
+        t.copy_(source[key].detach())  # DTensors of one placement: a local copy, no communication
+
+
 def build_reference(policy: Policy) -> Policy:
-    """A frozen copy of the initial policy for the KL penalty; shares everything but the network."""
-    reference = copy.copy(policy)
-    reference.transformer = copy.deepcopy(policy.transformer).requires_grad_(False).eval()
+    """A frozen copy of an unsharded policy, filled at once (`frozen_copy`, `fill_frozen`)."""
+    reference = frozen_copy(policy)
+    fill_frozen(reference, policy)
     return reference
 
 

@@ -123,9 +123,10 @@ def load_pretrained(cfg: ModelConfig, network_cls: type, network_folder: str, va
 
 
 def place_on_device(network: nn.Module, vae: nn.Module, cfg: ModelConfig, device: torch.device) -> None:
-    """Attention backend, device, and a frozen VAE in model.dtype (tiled per model.vae_tiling)."""
+    """Attention backend, and a frozen VAE in model.dtype (tiled per model.vae_tiling) on
+    `device`. The network stays where it was loaded (host memory): `parallel.parallelize`
+    places it, sharded block by block under FSDP, so that no rank holds it whole on the device."""
     apply_attention(network, cfg.attention)
-    network.to(device)
     vae.to(device, DTYPES[cfg.dtype]).requires_grad_(False).eval()
     if cfg.vae_tiling == "on" or (cfg.vae_tiling == "auto" and cfg.size == "full"):
         vae.enable_tiling()

@@ -51,6 +51,10 @@ def apply_compile(blocks: list[nn.Module]) -> None:
 
 
 def parallelize(policy: Policy, world: World, cfg: Config) -> None:
+    """Apply the parallelism to the policy's network and place it on the training device:
+    whole without a mesh; under FSDP2 each block's weights move to the device as that block
+    is sharded and only the rank's shards stay, so the network (loaded in host memory)
+    is never whole on the device."""
     if world.sp_size > 1:
         from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
 
@@ -61,6 +65,8 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     if world.mesh is not None:
         dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
         apply_fsdp(policy.transformer, policy.blocks, world, dtype, cfg.parallel.cpu_offload)
+    elif not any(p.is_meta for p in policy.transformer.parameters()):  # a frozen copy is placed when filled
+        policy.transformer.to(world.device)
     if cfg.model.compile:
         apply_compile(policy.blocks)
 

@@ -1,0 +1,68 @@
+"""Setup never holds a whole network on the training device: the policy is sharded block by
+block as it is placed, and the frozen copies (KL reference, NFT's old policy) are made on
+the meta device, sharded like the policy and filled shard to shard."""
+
+import json
+
+import torch
+
+from conftest import ROOT
+from fastvideo_grpo.config import load_config
+from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.update import fill_frozen, frozen_copy
+from helpers import COMMON, DIST, run, tiny_policy
+
+
+def test_frozen_copies_are_sharded_like_the_policy_and_no_whole_copy_is_made(tmp_path):
+    path = tmp_path / "frozen.json"
+    run([DIST / "frozen_copies.py", path, *COMMON, "train.algorithm=nft", "sampling.shared_noise=false",
+         "nft.kl_weight=0.1", f"train.output_dir={tmp_path / 'run'}"], nproc=2)
+    report = json.loads(path.read_text())
+    for role in ("reference", "old"):
+        assert report[role] == {"names_match": True, "sharded_alike": True, "equal": True, "frozen": True}, role
+    # Nothing larger than one rank's shard of a parameter was allocated after loading: a
+    # deep copy of the unsharded network allocates each whole parameter.
+    assert report["largest_shard"] < report["largest_parameter"]
+    assert report["largest_allocation"] <= report["largest_shard"], report
+
+
+def test_a_frozen_copy_has_no_storage_until_filled_and_then_equals_the_policy(tiny_cfg):
+    policy = tiny_policy(tiny_cfg)
+    frozen = frozen_copy(policy)
+    assert all(p.is_meta and not p.requires_grad for p in frozen.transformer.parameters())
+    assert all(p.device.type == "cpu" for p in policy.transformer.parameters())  # the policy's untouched
+    fill_frozen(frozen, policy)
+    ours = dict(policy.transformer.named_parameters())
+    for name, p in frozen.transformer.named_parameters():
+        assert torch.equal(p, ours[name]) and p.data_ptr() != ours[name].data_ptr(), name
+
+
+def test_a_copy_taken_before_lora_fills_from_the_wrapped_base_weights(tiny_cfg):
+    from fastvideo_grpo.models.lora import apply_lora
+
+    policy = tiny_policy(tiny_cfg)
+    frozen = frozen_copy(policy)
+    apply_lora(policy.transformer, 2, 2)
+    with torch.no_grad():
+        for name, p in policy.transformer.named_parameters():
+            if ".base_layer." in name:
+                p.add_(1.0)
+    fill_frozen(frozen, policy)
+    ours = dict(policy.transformer.named_parameters())
+    for name, p in frozen.transformer.named_parameters():
+        source = ours.get(name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias"), ours.get(name))
+        assert source is not None and torch.equal(p, source), name
+
+
+def test_the_network_stays_in_host_memory_until_parallelize_places_it(tiny_cfg):
+    """The VAE goes to the device at once; the network only when parallelize shards or places it."""
+    from fastvideo_grpo.parallel import World
+    from fastvideo_grpo.parallel.fsdp import parallelize
+
+    cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", ["parallel.activation_checkpointing=false"])
+    device = torch.device("meta")  # a stand-in for the GPU
+    policy = build_policy(cfg.model, device, cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim)
+    assert all(p.device.type == "cpu" for p in policy.transformer.parameters())
+    assert all(p.is_meta for p in policy.vae.parameters())
+    parallelize(policy, World(0, 1, device, None), cfg)
+    assert all(p.is_meta for p in policy.transformer.parameters())
