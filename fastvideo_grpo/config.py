@@ -416,10 +416,22 @@ class ParallelConfig:
     activation_checkpointing: bool = True
     cpu_offload: bool = False
     # Reduce-scatter gradients after every micro-batch instead of once per optimizer step.
-    # false: one reduction per step, but every rank holds the unsharded gradient of the
-    # whole model during accumulation (fp32: 48 GB for the 12.8B HunyuanVideo); true: sharded
-    # gradients throughout, one reduce-scatter per micro-batch.
-    reduce_grads_every_micro_batch: bool = False
+    # true: sharded gradients throughout, at one reduce-scatter per micro-batch (overlapped
+    # with the backward); false: one reduction per step, but every rank holds the unsharded
+    # gradient of the whole trained model while it accumulates, in the fp32 reduce dtype
+    # (47.8 GB for the 12.8B HunyuanVideo: no full-size config fits an 80 GB GPU with it).
+    reduce_grads_every_micro_batch: bool = True
+    # The rollout's forwards (no autograd): "always" reshards each block after its forward
+    # (FSDP2's default: every forward all-gathers the whole network again); "never" gathers
+    # each block once per rollout and holds the network unsharded in the compute dtype
+    # (25.6 GB at 12.8B bf16) until the rollout ends; "auto": never when that takes at most
+    # half the device memory free at the rollout's start, else always
+    # (parallel.fsdp.rollout_keeps_gathered; `python -m fastvideo_grpo.plan` says which).
+    rollout_reshard: Literal["auto", "always", "never"] = "auto"
+    # Ranks of a node that load the network into host memory at a time: each holds it whole
+    # in fp32 (51 GB at 12.8B) until it is sharded onto its GPU, while the node's other ranks
+    # wait their turn. 0: all at once (host memory: ranks per node x the fp32 network).
+    loaders_per_node: int = 1
     # A rank whose process stops (SIGSTOP, a frozen node) would hold the others in a
     # collective for the process group's 30-minute timeout. Each rank sends a heartbeat
     # through torchrun's store; one silent for this many seconds ends the job
@@ -696,6 +708,8 @@ def config_problems(cfg: Config) -> list[str]:
         require(name in cfg.reward.weights, f"reward.binary_thresholds.{name}", name,
                 f"one of the rewards in reward.weights {sorted(cfg.reward.weights)}")
     require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
+    require(cfg.parallel.loaders_per_node >= 0, "parallel.loaders_per_node", cfg.parallel.loaders_per_node,
+            ">= 0 (0: every rank of a node at once)")
     require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
     require(t.lr > 0, "train.lr", t.lr, "> 0")
     require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, ">= 0")

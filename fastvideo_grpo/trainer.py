@@ -31,7 +31,8 @@ from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.nft import build_old, nft_update, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
-from fastvideo_grpo.parallel.fsdp import parallelize
+from fastvideo_grpo.parallel.fsdp import parallelize, rollout_gathering
+from fastvideo_grpo.parallel.loading import loading_turn
 from fastvideo_grpo.parallel.sp_share import gather_sp_scores, sp_rows
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config, pairwise_models
@@ -72,19 +73,20 @@ def setup(cfg: Config) -> Components:
     check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
-    policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
     nft = t.algorithm == "nft"
     wants_reference = reference_kl_weight(cfg) > 0
-    # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
-    # Frozen copies are shapes on the meta device until the policy is sharded, then filled shard to shard.
-    reference = frozen_copy(policy) if wants_reference and not resets_reference(cfg) else None
-    transformer_config = diffusers_config(policy.transformer)
-    if cfg.model.lora_rank > 0:
-        apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
-    if wants_reference and reference is None:
-        reference = frozen_copy(policy)
-    old = build_old(policy, cfg.model) if nft else None
-    parallelize(policy, world, cfg)
+    with loading_turn(world, p.loaders_per_node):  # the whole network in host memory until it is sharded
+        policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
+        # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
+        # Frozen copies are shapes on the meta device until the policy is sharded, then filled shard to shard.
+        reference = frozen_copy(policy) if wants_reference and not resets_reference(cfg) else None
+        transformer_config = diffusers_config(policy.transformer)
+        if cfg.model.lora_rank > 0:
+            apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
+        if wants_reference and reference is None:
+            reference = frozen_copy(policy)
+        old = build_old(policy, cfg.model) if nft else None
+        parallelize(policy, world, cfg)
     for frozen in (reference, old):
         if frozen is not None and frozen.transformer is not policy.transformer:  # not a second adapter
             parallelize(frozen, world, cfg)
@@ -252,8 +254,10 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     with timer("rollout"):
         nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
         plan = iteration_plan(cfg, iteration)
-        ro = rollout(c.old if nft else policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
-                     decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft, keep_trajectory=not nft)
+        sampling_policy = c.old if nft else policy
+        with rollout_gathering(sampling_policy.transformer, cfg, world.device):
+            ro = rollout(sampling_policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
+                         decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft, keep_trajectory=not nft)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [(rows, c.scorer.result(handle)) for rows, handle in submitted]

@@ -66,3 +66,52 @@ def test_the_network_stays_in_host_memory_until_parallelize_places_it(tiny_cfg):
     assert all(p.is_meta for p in policy.vae.parameters())
     parallelize(policy, World(0, 1, device, None), cfg)
     assert all(p.is_meta for p in policy.transformer.parameters())
+
+
+def test_the_ranks_of_a_node_load_the_network_in_turns(tmp_path):
+    """parallel.loaders_per_node=1: rank 1 starts loading once rank 0 has sharded its
+    network (one fp32 copy in host memory at a time); 0: both at once."""
+    spans = {}
+    for per_node in (1, 0):
+        out = tmp_path / str(per_node)
+        run([DIST / "loading_turns.py", *COMMON, f"parallel.loaders_per_node={per_node}", f"train.output_dir={out}"],
+            nproc=2)
+        spans[per_node] = [json.loads((out / f"load-{rank}.json").read_text()) for rank in (0, 1)]
+    first, second = spans[1]
+    assert first["end"] <= second["start"]
+    first, second = spans[0]
+    assert second["start"] < first["end"] and first["start"] < second["end"]
+
+
+def test_loading_turns():
+    from fastvideo_grpo.parallel.loading import loading_turns
+
+    assert [loading_turns(1, r, 8) for r in (0, 3, 7)] == [(0, 8), (3, 8), (7, 8)]
+    assert [loading_turns(3, r, 8) for r in (0, 2, 3, 7)] == [(0, 3), (0, 3), (1, 3), (2, 3)]
+    assert loading_turns(0, 5, 8) == loading_turns(8, 5, 8) == (0, 1)
+
+
+def test_the_rollout_gathers_the_network_once_unless_it_reshards(tmp_path):
+    """parallel.rollout_reshard=always: every forward all-gathers every block (the root's
+    own weights stay gathered, FSDP2's root rule); never: each block once per rollout; auto
+    on CPU: never. The latents are the same, and the network is sharded again after."""
+    path = tmp_path / "gathers.pt"
+    run([DIST / "rollout_gathers.py", path, "sampling.group_size=4", "sampling.num_steps=4"], nproc=2)
+    report = torch.load(path)
+    blocks = report["blocks"]
+    always, never, auto = report["always"], report["never"], report["auto"]
+    assert always["forwards"] == never["forwards"] >= 4
+    assert always["all_gathers"] == 1 + always["forwards"] * blocks
+    assert never["all_gathers"] == 1 + blocks == auto["all_gathers"]
+    assert torch.equal(always["latents"], never["latents"])
+    assert always["resharded"] and never["resharded"] and auto["resharded"]
+
+
+def test_auto_keeps_the_network_gathered_when_it_takes_at_most_half_the_free_memory():
+    from fastvideo_grpo.parallel.fsdp import rollout_keeps_gathered
+
+    gb = 2**30
+    assert rollout_keeps_gathered("auto", 25 * gb, 60 * gb)
+    assert not rollout_keeps_gathered("auto", 25 * gb, 40 * gb)
+    assert rollout_keeps_gathered("auto", 25 * gb, None)  # CPU
+    assert rollout_keeps_gathered("never", 25 * gb, 1) and not rollout_keeps_gathered("always", 1, 60 * gb)

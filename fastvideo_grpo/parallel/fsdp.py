@@ -4,6 +4,7 @@ then torch.compile per block."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -50,6 +51,11 @@ def apply_compile(blocks: list[nn.Module]) -> None:
         block.compile()
 
 
+def fsdp_param_dtype(cfg: Config) -> torch.dtype:
+    """The dtype FSDP2 gathers and computes the parameters in: bf16 for model.dtype=bf16, else fp32."""
+    return torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
+
+
 def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     """Apply the parallelism to the policy's network and place it on the training device:
     whole without a mesh; under FSDP2 each block's weights move to the device as that block
@@ -63,8 +69,7 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     if cfg.parallel.activation_checkpointing and any(p.requires_grad for p in policy.transformer.parameters()):
         apply_activation_checkpointing(policy.transformer)
     if world.mesh is not None:
-        dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
-        apply_fsdp(policy.transformer, policy.blocks, world, dtype, cfg.parallel.cpu_offload)
+        apply_fsdp(policy.transformer, policy.blocks, world, fsdp_param_dtype(cfg), cfg.parallel.cpu_offload)
     elif not any(p.is_meta for p in policy.transformer.parameters()):  # a frozen copy is placed when filled
         policy.transformer.to(world.device)
     if cfg.model.compile:
@@ -79,6 +84,45 @@ def reshard(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+def rollout_keeps_gathered(setting: str, gathered_bytes: int, free_bytes: int | None) -> bool:
+    """Whether the rollout holds the network unsharded (parallel.rollout_reshard): `never`
+    reshards, so it does; `always` does not; `auto` does when the gathered network
+    (`gathered_bytes`, in the compute dtype) takes at most half the device memory not yet
+    allocated at the rollout's start (`free_bytes`), leaving the other half to the rollout's
+    activations and the VAE decode; with no device memory to budget (None: CPU), it does."""
+    if setting != "auto":
+        return setting == "never"
+    return free_bytes is None or 2 * gathered_bytes <= free_bytes
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Device memory not allocated by tensors (the caching allocator's cache counts as
+    free); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory - torch.cuda.memory_allocated(device)
+
+
+@contextmanager
+def rollout_gathering(model: nn.Module, cfg: Config, device: torch.device):
+    """Run a rollout with the FSDP2 blocks of `model` unsharded from their first forward to
+    its end (one all-gather per block per rollout instead of one per forward) when
+    `rollout_keeps_gathered` says so for parallel.rollout_reshard; the whole network is
+    resharded when it ends."""
+    blocks = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    gathered = sum(p.numel() for p in model.parameters()) * fsdp_param_dtype(cfg).itemsize
+    keep = blocks and rollout_keeps_gathered(cfg.parallel.rollout_reshard, gathered, free_device_bytes(device))
+    for block in blocks if keep else ():
+        block.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for block in blocks if keep else ():
+            block.set_reshard_after_forward(True, recurse=False)
+        if blocks:  # the root's own weights too, which FSDP2 keeps gathered after a forward
+            reshard(model)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
