@@ -4,6 +4,7 @@ the meta device, sharded like the policy and filled shard to shard."""
 
 import json
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -115,3 +116,36 @@ def test_auto_keeps_the_network_gathered_when_it_takes_at_most_half_the_free_mem
     assert not rollout_keeps_gathered("auto", 25 * gb, 40 * gb)
     assert rollout_keeps_gathered("auto", 25 * gb, None)  # CPU
     assert rollout_keeps_gathered("never", 25 * gb, 1) and not rollout_keeps_gathered("always", 1, 60 * gb)
+
+
+@pytest.mark.parametrize("config", ["tiny_t2v.yaml", "tiny_flux_t2i.yaml"])
+def test_the_rope_tables_reach_the_attention_in_fp32_under_bf16_fsdp(config, monkeypatch):
+    """FSDP2's cast_forward_inputs would round the (cos, sin) tables to bf16 on every block;
+    the blocks' other floating inputs are still cast to the compute dtype."""
+    import torch.distributed as dist
+
+    from fastvideo_grpo.parallel import init_distributed
+    from fastvideo_grpo.parallel.fsdp import parallelize
+    from helpers import tiny_conditioning
+
+    cfg = load_config(ROOT / "assets/configs" / config, ["model.dtype=bf16"])
+    monkeypatch.setenv("RANK", "0")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        policy = tiny_policy(cfg)
+        parallelize(policy, init_distributed("cpu", 1, 1), cfg)
+        seen = {}
+
+        def record(module, args, kwargs):
+            seen.setdefault("rope", {t.dtype for t in kwargs["image_rotary_emb"]})
+            seen.setdefault("hidden", kwargs["hidden_states"].dtype)
+
+        for block in policy.blocks:
+            block.attn.register_forward_pre_hook(record, with_kwargs=True)
+        s = cfg.sampling
+        latents = torch.randn(1, *policy.latent_shape(s.num_frames, s.height, s.width))
+        with torch.no_grad():
+            policy.predict(latents, 0.5, tiny_conditioning(cfg, ["a red ball"], 1))
+    finally:
+        dist.destroy_process_group()
+    assert seen == {"rope": {torch.float32}, "hidden": torch.bfloat16}

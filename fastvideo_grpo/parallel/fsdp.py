@@ -3,6 +3,7 @@ then torch.compile per block."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import contextmanager
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.utils._pytree import tree_map_only
 
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.models import check_model_config
@@ -19,17 +21,40 @@ from fastvideo_grpo.parallel.distributed import World
 logger = logging.getLogger(__name__)
 
 
+# diffusers' names for the RoPE (cos, sin) tables in its blocks' forwards (FLUX, HunyuanVideo).
+ROTARY_ARGUMENTS = ("image_rotary_emb", "freqs_cis")
+
+
+def cast_block_inputs(block: nn.Module, dtype: torch.dtype) -> None:
+    """What FSDP2's cast_forward_inputs does to a block's inputs (floating tensors to the
+    compute dtype), except to the RoPE tables: diffusers' pipelines compute the rotation in
+    fp32 from fp32 tables, which a bf16 cast would round (0.4% on the tiny model's output)."""
+    names = list(inspect.signature(block.forward).parameters)
+
+    def cast(value):
+        return tree_map_only(torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t, value)
+
+    def hook(module, args, kwargs):
+        args = tuple(a if i < len(names) and names[i] in ROTARY_ARGUMENTS else cast(a) for i, a in enumerate(args))
+        return args, {k: v if k in ROTARY_ARGUMENTS else cast(v) for k, v in kwargs.items()}
+
+    block.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def apply_fsdp(model: nn.Module, blocks: list[nn.Module], world: World, param_dtype: torch.dtype,
                cpu_offload: bool) -> None:
     """fully_shard each block, then the root; bf16 compute with fp32 gradient reduction on GPU.
 
     The root does not cast its inputs: the adapters pass latents and embeddings in the compute
-    dtype themselves, and the timestep in fp32, which a bf16 cast would round (981 -> 980)."""
+    dtype themselves, and the timestep in fp32, which a bf16 cast would round (981 -> 980).
+    The blocks cast theirs but for the RoPE tables (`cast_block_inputs`)."""
     param_dtype = param_dtype if param_dtype != torch.float32 else None
     offload = {"offload_policy": CPUOffloadPolicy(pin_memory=world.device.type == "cuda")} if cpu_offload else {}
-    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     root_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in blocks:
+        if param_dtype is not None:
+            cast_block_inputs(block, param_dtype)
         fully_shard(block, mesh=world.dp_mesh, mp_policy=block_policy, **offload)
     fully_shard(model, mesh=world.dp_mesh, mp_policy=root_policy, **offload)
 
