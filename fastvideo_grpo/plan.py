@@ -114,7 +114,7 @@ from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
 from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
-from fastvideo_grpo.parallel.fsdp import parallelize, reshard
+from fastvideo_grpo.parallel.fsdp import fsdp_param_dtype, parallelize, reshard, rollout_keeps_gathered
 from fastvideo_grpo.rollout import rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan, iteration_plan
 
@@ -184,15 +184,29 @@ UNREAD_KEYS = ("model.path", "data.embeddings_dir", "data.image_latents_dir")
 # Config keys that change no tensor of the tracked micro-batch: a knob that only sets these
 # reuses the tracked result.
 UNTRACKED_KEYS = (("sampling", "trajectory_device"), ("sampling", "decode_batch_size"),
-                  ("parallel", "reduce_grads_every_micro_batch"), ("parallel", "device"))
+                  ("parallel", "reduce_grads_every_micro_batch"), ("parallel", "device"),
+                  ("parallel", "rollout_reshard"), ("parallel", "loaders_per_node"))
 # The tracker's categories (FSDPMemTracker's reference types) -> the plan's.
 TRACKED = {"Sharded Param": "sharded_parameters", "Unsharded Param": "unsharded_parameters",
            "Sharded Grad": "gradients", "Unsharded Grad": "gradients", "OptState": "optimizer_state",
            "Activation": "activations", "Inputs": "activations", "Buffer": "activations", "Temp": "temporary",
            "All Gather": "communication", "Reduce Scatter": "communication"}
-CATEGORIES = ("sharded_parameters", "unsharded_parameters", "gradients", "accumulated_gradient", "optimizer_state",
-              "activations", "temporary", "communication", "trajectory", "vae_weights", "vae_decode", "ema",
-              "reference", "old_policy", "reserved")
+CATEGORIES = ("sharded_parameters", "loading", "unsharded_parameters", "rollout_gathered", "gradients",
+              "accumulated_gradient", "optimizer_state", "activations", "temporary", "communication", "trajectory",
+              "vae_weights", "vae_decode", "ema", "reference", "old_policy", "reward_model", "cuda_context",
+              "nccl_buffers", "fragmentation", "reserved")
+# Assumed, not planned: the reserve's items (or --reserve-gb's one number).
+ASSUMED = ("cuda_context", "nccl_buffers", "fragmentation", "reserved")
+# The CUDA context with cuBLAS/cuDNN's kernels and workspaces, per GPU.
+CUDA_CONTEXT_BYTES = int(0.75 * GB)
+# One NCCL communicator's buffers (channels x peers x protocol buffers; NVLS on H100 takes more).
+NCCL_COMMUNICATOR_BYTES = int(0.5 * GB)
+# The caching allocator's fragmentation: cached blocks no request of the moment fits, as a
+# fraction of the allocated bytes.
+FRAGMENTATION = 0.10
+# A reward model's GPU memory: weights and a batch of reward.max_batch videos' activations.
+# VideoAlign: Qwen2-VL-2B in bf16 (4.1 GB of weights). A model not listed is noted, not counted.
+REWARD_GPU_GB = {"videoalign": 6.0}
 
 
 @dataclass(frozen=True)
@@ -202,11 +216,17 @@ class Cluster:
     gpu_memory_gb: float
     peak_tflops: float = 989.0  # H100/H800 SXM bf16 dense
     mfu: float = 0.35
-    reserve_gb: float = 2.0
+    reserve_gb: float | None = None  # None: the itemised estimate (CUDA context, NCCL, fragmentation)
+    ranks_per_node: int = 0  # training processes per node; 0: one per GPU
+    host_memory_gb: float = 1024.0
+
+    @property
+    def node_ranks(self) -> int:
+        return self.ranks_per_node or self.gpus_per_node
 
     @property
     def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
+        return self.nodes * self.node_ranks
 
 
 def load_plan_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -660,6 +680,137 @@ def tracking_key(cfg: Config, world_size: int) -> str:
     return json.dumps([raw, world_size], sort_keys=True, default=str)
 
 
+def communicators(mesh: dict) -> int:
+    """NCCL communicators a rank holds: the default group (metrics, barriers), FSDP's (with
+    HSDP its shard and replicate groups) and the sequence-parallel group; none alone."""
+    if mesh["world_size"] == 1:
+        return 0
+    return 1 + (mesh["dp_shard"] * mesh["sp_size"] > 1) + (mesh["dp_replicate"] > 1) + (mesh["sp_size"] > 1)
+
+
+def with_reserve(phase: dict[str, int], cluster: Cluster, mesh: dict) -> dict[str, int]:
+    """The phase with what no tensor of it holds: --reserve-gb when given, else the CUDA
+    context, the NCCL communicators' buffers and the allocator's fragmentation (a fraction of
+    the phase's tensors), each assumed."""
+    if cluster.reserve_gb is not None:
+        return {**phase, "reserved": int(cluster.reserve_gb * GB)}
+    return {**phase, "cuda_context": CUDA_CONTEXT_BYTES, "nccl_buffers": communicators(mesh) * NCCL_COMMUNICATOR_BYTES,
+            "fragmentation": int(FRAGMENTATION * sum(phase.values()))}
+
+
+def largest_unit_bytes(policy: Policy) -> int:
+    """fp32 bytes of the largest FSDP unit, a block or the root's own parameters:
+    `parallelize` moves each unit whole from host memory to the device, then keeps its shards."""
+    blocks = [sum(q.numel() for q in block.parameters()) for block in policy.blocks]
+    root = sum(q.numel() for q in policy.transformer.parameters()) - sum(blocks)
+    return 4 * max([root, *blocks])
+
+
+def setup_phase(tracked: TrackedStep, largest_unit: int, shared: dict[str, int]) -> dict[str, int]:
+    """The device at setup's peak (trainer.setup): the policy's fp32 shards beside, first,
+    the unit being sharded whole, then the frozen copies' shards and the EMA (each made
+    shard to shard after the last unit), whichever is more; and the VAE."""
+    copies = {name: shared[name] for name in ("reference", "old_policy", "ema")}
+    moment = {"loading": largest_unit} if largest_unit > sum(copies.values()) else copies
+    return {"sharded_parameters": tracked.at_rest["sharded_parameters"], **moment, "vae_weights": shared["vae_weights"]}
+
+
+def host_per_node(cfg: Config, cluster: Cluster, parameters: int, host_per_rank: dict[str, int]) -> dict[str, int]:
+    """A node's host memory: while loading, parallel.loaders_per_node ranks at a time each
+    hold the whole fp32 network (`model.base.load_pretrained`) until its shards are on the
+    device; after, every rank's host share (trajectory, offloaded state)."""
+    ranks = cluster.node_ranks
+    loaders = min(cfg.parallel.loaders_per_node or ranks, ranks)
+    return {"loading": loaders * 4 * parameters, "training": ranks * sum(host_per_rank.values())}
+
+
+def reward_placement(cfg: Config, cluster: Cluster) -> dict:
+    """Where the reward models run and what they take there. A reward process
+    (reward.mode=process) runs on reward.device of every node: a GPU below --ranks-per-node
+    is also a training rank's, which then holds both and makes every collective wait while
+    it scores; inline scoring puts the models on every rank's reward.device."""
+    from fastvideo_grpo.rewards import REGISTRY, load_plugins
+
+    r = cfg.reward
+    load_plugins(r.plugins)
+    owners = {score: model for model in REGISTRY.values() for score in model.scores}
+    used = [owners[name] for name in r.weights if name in owners]
+    models = sorted({model.name for model in used if model.config is not None})  # rule rewards hold no model
+    on_gpu = r.mode != "remote" and r.device.startswith("cuda")
+    gpu = (int(r.device.partition(":")[2] or 0) if on_gpu and r.mode == "process" else None)
+    if gpu is not None and gpu >= cluster.gpus_per_node:
+        raise ConfigError(f"reward.device: {r.device!r} is not a GPU of a node of {cluster.gpus_per_node} "
+                          "(--gpus-per-node)")
+    shared = r.mode == "inline" and on_gpu or gpu is not None and gpu < cluster.node_ranks
+    return {"mode": r.mode, "device": r.device, "models": models,
+            "gpu_gb": sum(REWARD_GPU_GB.get(m, 0.0) for m in models) if on_gpu else 0.0,
+            "unestimated": [m for m in models if m not in REWARD_GPU_GB] if on_gpu else [],
+            "gpu": gpu, "shared_with_training_rank": bool(shared)}
+
+
+def rollout_gathering_plan(cfg: Config, cluster: Cluster, parameters: int, decode: dict[str, int]) -> dict:
+    """parallel.rollout_reshard as the trainer resolves it (`fsdp.rollout_keeps_gathered`)
+    from the decode phase's tensors at the rollout's start: whether the rollout holds the
+    network gathered in the compute dtype, and how many bytes that is."""
+    gathered = parameters * fsdp_param_dtype(cfg).itemsize
+    allocated = sum(v for name, v in decode.items() if name != "vae_decode")
+    keeps = rollout_keeps_gathered(cfg.parallel.rollout_reshard, gathered, int(cluster.gpu_memory_gb * GB) - allocated)
+    return {"setting": cfg.parallel.rollout_reshard, "keeps_gathered": keeps, "gathered_gb": round(gathered / GB, 6)}
+
+
+def memory_notes(cfg: Config, cluster: Cluster, phases: dict[str, dict[str, int]], rollout_gathering: dict,
+                 node_host: dict[str, int], fits: dict[str, bool]) -> list[str]:
+    """What the reserve, the setup peak, the rollout's gathering and the host memory rest on,
+    and which limit a plan that does not fit exceeds."""
+    setup = phases["setup"]
+    notes = []
+    if cluster.reserve_gb is not None:
+        notes.append(f"reserved {cluster.reserve_gb:g} GB is assumed (--reserve-gb), not planned")
+    else:
+        notes.append(f"reserve (assumed): CUDA context {CUDA_CONTEXT_BYTES / GB:g} GB, "
+                     f"{setup['nccl_buffers'] // NCCL_COMMUNICATOR_BYTES} NCCL communicator(s) x "
+                     f"{NCCL_COMMUNICATOR_BYTES / GB:g} GB, allocator fragmentation {FRAGMENTATION:.0%} of each phase's "
+                     "tensors (--reserve-gb replaces them with one number)")
+    moment = ("the largest FSDP unit whole in fp32 while it is sharded" if "loading" in setup
+              else "the frozen copies' and EMA's shards")
+    notes.append(f"setup peak {sum(setup.values()) / GB:.2f} GB: the policy's fp32 shards, {moment}, the VAE"
+                 + (" - it does not fit: the run would not start" if sum(setup.values()) > cluster.gpu_memory_gb * GB
+                    else ""))
+    gathered = rollout_gathering["gathered_gb"]
+    notes.append(f"parallel.rollout_reshard={rollout_gathering['setting']}: " + (
+        f"the rollout gathers each block once and holds the network ({gathered:.2f} GB, decode phase)"
+        if rollout_gathering["keeps_gathered"] else
+        f"the rollout all-gathers every block at every forward (holding the {gathered:.2f} GB network would take more "
+        "than half the memory free at its start)"))
+    ranks = cluster.node_ranks
+    loaders = min(cfg.parallel.loaders_per_node or ranks, ranks)
+    notes.append(f"host memory per node: {node_host['loading'] / GB:.1f} GB while loading ({loaders} of {ranks} ranks "
+                 f"at a time hold the fp32 network, parallel.loaders_per_node), {node_host['training'] / GB:.1f} GB "
+                 f"while training, of {cluster.host_memory_gb:g} GB (--host-memory-gb)"
+                 + ("" if fits["host"] else " - it does not fit"))
+    return notes
+
+
+def reward_notes(reward: dict, cluster: Cluster) -> list[str]:
+    """Where the reward models run, and whether that GPU is a training rank's."""
+    notes = []
+    if reward["unestimated"]:
+        notes.append(f"no GPU estimate for reward model(s) {reward['unestimated']} (plan.REWARD_GPU_GB): not counted")
+    if reward["mode"] == "inline" and reward["shared_with_training_rank"]:
+        notes.append(f"inline scoring: every rank holds its reward models on reward.device={reward['device']} "
+                     f"({reward['gpu_gb']:g} GB, counted)")
+    elif reward["shared_with_training_rank"]:
+        spare = cluster.gpus_per_node - 1
+        notes.append(f"reward.device={reward['device']} is local rank {reward['gpu']}'s GPU: that rank holds the reward "
+                     f"models ({reward['gpu_gb']:g} GB, counted in its peak) and every collective waits for it while "
+                     f"it scores (a straggler); keep a GPU for the reward process: --ranks-per-node {spare} "
+                     f"(torchrun --nproc_per_node {spare}) with reward.device=cuda:{spare}")
+    elif reward["gpu"] is not None:
+        notes.append(f"the reward process has GPU {reward['gpu']} of each node to itself: {reward['gpu_gb']:g} GB of "
+                     f"{cluster.gpu_memory_gb:g} GB")
+    return notes
+
+
 def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict | None = None,
          knobs: bool = True) -> dict:
     """The plan of config file `config` with `overrides` on `cluster`: the keys of the module
@@ -674,6 +825,8 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
         apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
     parameters = sum(q.numel() for q in policy.transformer.parameters())
     trainable = sum(q.numel() for q in policy.transformer.parameters() if q.requires_grad)
+    largest_unit = largest_unit_bytes(policy)
+    reward = reward_placement(cfg, cluster)
     heads = policy.transformer.config.get("num_attention_heads")
     if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
         raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
@@ -699,22 +852,36 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
               "vae_weights": sum(q.numel() * q.element_size() for q in policy.vae.parameters()),
               "ema": tracked.trainable_sharded_bytes if cfg.train.ema_decay > 0 else 0,
               "reference": tracked.sharded_bytes if reference_kl_weight(cfg) > 0 else 0,
-              "old_policy": tracked.old_policy_bytes,
-              "reserved": int(cluster.reserve_gb * GB)}
+              "old_policy": tracked.old_policy_bytes}
+    if reward["shared_with_training_rank"]:  # the planned rank is the one beside the reward models
+        shared["reward_model"] = int(reward["gpu_gb"] * GB)
+    setup = setup_phase(tracked, largest_unit, shared)
+    if "reward_model" in shared:
+        setup["reward_model"] = shared["reward_model"]
     train = {**tracked.peak, "accumulated_gradient": 4 * trainable if accumulating else 0, **shared}
     decode = {"sharded_parameters": tracked.at_rest["sharded_parameters"],
               "optimizer_state": tracked.at_rest["optimizer_state"], "vae_decode": decode_bytes, **shared}
+    rollout_gathering = rollout_gathering_plan(cfg, cluster, parameters, decode)
+    if rollout_gathering["keeps_gathered"]:
+        decode["rollout_gathered"] = parameters * fsdp_param_dtype(cfg).itemsize
     host = {"trajectory": trajectory_host}
     if p.cpu_offload:  # FSDP2's CPUOffloadPolicy keeps the shards, their gradients and AdamW's state on the host
-        for phase in (train, decode):
+        for phase in (setup, train, decode):
             for name in ("sharded_parameters", "gradients", "optimizer_state"):
                 if name in phase:
                     host[name] = max(host.get(name, 0), phase[name])
                     phase[name] = 0
-    phases = {"train": train, "decode": decode}
+    phases = {name: with_reserve(phase, cluster, mesh) for name, phase in
+              (("setup", setup), ("train", train), ("decode", decode))}
     totals = {name: sum(values.values()) for name, values in phases.items()}
     peak_phase = max(totals, key=totals.get)
     peak = totals[peak_phase]
+    node_host = host_per_node(cfg, cluster, parameters, host)
+    host_peak = max(node_host.values())
+    reward_gpu = int(reward["gpu_gb"] * GB) + CUDA_CONTEXT_BYTES  # a reward GPU of its own
+    fits = {"gpu": peak <= cluster.gpu_memory_gb * GB, "host": host_peak <= cluster.host_memory_gb * GB,
+            "reward_gpu": reward["gpu"] is None or reward["shared_with_training_rank"]
+            or reward_gpu <= cluster.gpu_memory_gb * GB}
 
     forwards = logged_forwards(cfg, plan_, rows_per_sample(policy))
     # The trainer's own count (flops.py), over the rows it would log as transformer_forwards_*;
@@ -729,8 +896,8 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     flops["total"] = sum(flops.values())
     seconds = flops["total"] / (cluster.peak_tflops * 1e12 * cluster.mfu)
 
-    notes = ["the rollout's forward (no autograd) stays below the training step; the decode runs with the "
-             "transformer resharded", f"reserved {cluster.reserve_gb:g} GB is assumed (--reserve-gb), not planned"]
+    notes = ["the rollout's forward (no autograd) stays below the training step",
+             *memory_notes(cfg, cluster, phases, rollout_gathering, node_host, fits), *reward_notes(reward, cluster)]
     if accumulating:
         notes.append(f"parallel.reduce_grads_every_micro_batch=false with {micro_batches_per_step(cfg, plan_)} "
                      "micro-batches per optimizer step: the unsharded gradient is held in fp32 between them")
@@ -740,20 +907,26 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     if p.cpu_offload:
         notes.append("parallel.cpu_offload: the sharded parameters, gradients and optimizer state are counted in "
                      "host_gb (estimated)")
-    if cfg.reward.mode == "process" and cfg.reward.device.startswith("cuda"):
-        notes.append(f"the reward process runs on reward.device={cfg.reward.device} of every node, beside that GPU's "
-                     "training rank; its models are not in these numbers")
+    reserve = {name: v for name, v in phases[peak_phase].items() if name in ASSUMED}
     result = {
         "config": str(config), "overrides": list(overrides), "family": cfg.model.family, "architecture": source,
-        "world": {"nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node, **mesh},
-        "gpu_memory_gb": cluster.gpu_memory_gb, "reserve_gb": cluster.reserve_gb,
-        "fits": peak <= cluster.gpu_memory_gb * GB, "headroom_gb": round(cluster.gpu_memory_gb - peak / GB, 6),
+        "world": {"nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node, "ranks_per_node": cluster.node_ranks,
+                  **mesh},
+        "gpu_memory_gb": cluster.gpu_memory_gb, "reserve_gb": round(sum(reserve.values()) / GB, 6),
+        "reserve_items_gb": _gb(reserve),
+        "fits": all(fits.values()), "fits_by": fits, "headroom_gb": round(cluster.gpu_memory_gb - peak / GB, 6),
         "parameters": parameters, "trainable_parameters": trainable,
         "peak_gb": round(peak / GB, 6), "peak_phase": peak_phase,
+        "setup_peak_gb": round(totals["setup"] / GB, 6),
         "micro_batch_peak_gb": round(sum(tracked.peak.values()) / GB, 6),
         "memory_gb": _gb(phases[peak_phase]), "memory_by_phase_gb": {k: _gb(v) for k, v in phases.items()},
-        "host_gb": _gb(host), "tracked": sorted({*TRACKED.values(), *(["old_policy"] * is_nft(cfg))}),
-        "estimated": ["trajectory", "accumulated_gradient", "vae_weights", "vae_decode", "ema", "reference"],
+        "host_gb": _gb(host), "host_memory_gb": cluster.host_memory_gb,
+        "host_per_node_gb": {k: round(v / GB, 6) for k, v in node_host.items()},
+        "host_peak_per_node_gb": round(host_peak / GB, 6),
+        "reward": reward, "rollout_reshard": rollout_gathering,
+        "tracked": sorted({*TRACKED.values(), *(["old_policy"] * is_nft(cfg))}),
+        "estimated": ["loading", "rollout_gathered", "trajectory", "accumulated_gradient", "vae_weights", "vae_decode",
+                      "ema", "reference", "reward_model"],
         "flops": flops, "forwards": forwards,
         "seconds_per_iteration": round(seconds, 1), "peak_tflops": cluster.peak_tflops, "mfu": cluster.mfu,
         "knobs": [], "knobs_checked": [], "notes": notes, "plan_seconds": 0.0, "plan_cpu_seconds": 0.0,
@@ -801,7 +974,7 @@ def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tu
 # budget, the knob is reported as a lower bound without re-planning (a re-plan at 13B costs
 # ~30 s). Sequence parallelism, more nodes and CPU offload change neither the unsharded
 # gradient nor a dp rank's samples.
-UNCHANGED = ("accumulated_gradient", "trajectory", "vae_weights", "reserved")
+UNCHANGED = ("accumulated_gradient", "trajectory", "vae_weights", "reward_model", "cuda_context", "reserved")
 UNCHANGED_BY = {"parallel.activation_checkpointing": UNCHANGED + ("sharded_parameters", "gradients", "optimizer_state",
                                                                  "old_policy"),
                 "parallel.sp_size": UNCHANGED, "--nodes": UNCHANGED, "parallel.cpu_offload": UNCHANGED}
@@ -867,23 +1040,28 @@ def render(result: dict) -> str:
         f"  {w['nodes']} nodes x {w['gpus_per_node']} GPUs of {result['gpu_memory_gb']:g} GB: dp_replicate "
         f"{w['dp_replicate']} x dp_shard {w['dp_shard']} x sp {w['sp_size']}",
         "",
-        f"  {'per-rank memory, ' + unit:<26}{'training step':>14}{'VAE decode':>12}  source",
+        f"  {'per-rank memory, ' + unit:<26}{'setup':>10}{'training step':>14}{'rollout/decode':>16}  source",
     ]
+    columns = (("setup", 10), ("train", 14), ("decode", 16))
     for name in CATEGORIES:
-        row = [phases[phase].get(name, 0.0) * scale for phase in ("train", "decode")]
+        row = [phases[phase].get(name, 0.0) * scale for phase, _ in columns]
         if any(row):
-            cells = "".join(f"{v:>{width}.2f}" if v else f"{'-':>{width}}" for v, width in zip(row, (14, 12)))
-            source = "assumed" if name == "reserved" else "estimate" if name in estimated else "tracked"
+            cells = "".join(f"{v:>{width}.2f}" if v else f"{'-':>{width}}" for v, (_, width) in zip(row, columns))
+            source = "assumed" if name in ASSUMED else "estimate" if name in estimated else "tracked"
             lines.append(f"  {name.replace('_', ' '):<26}{cells}  {source}")
-    totals = [sum(phases[phase].values()) * scale for phase in ("train", "decode")]
-    lines.append(f"  {'total':<26}{totals[0]:>14.2f}{totals[1]:>12.2f}")
+    totals = "".join(f"{sum(phases[phase].values()) * scale:>{width}.2f}" for phase, width in columns)
+    lines.append(f"  {'total':<26}{totals}")
     host = {k: v for k, v in result["host_gb"].items() if v}
     if host:
-        lines.append(f"  host memory, {unit}: " + ", ".join(f"{k.replace('_', ' ')} {v * scale:.2f}"
-                                                          for k, v in host.items()))
-    verdict = "fits" if result["fits"] else "does NOT fit"
-    lines += ["", f"  {verdict}: peak {result['peak_gb'] * scale:.2f} {unit} ({result['peak_phase']}), headroom "
-              f"{result['headroom_gb'] * scale:.2f} {unit} of {result['gpu_memory_gb'] * scale:g} {unit}"]
+        lines.append(f"  host memory per rank, {unit}: " + ", ".join(f"{k.replace('_', ' ')} {v * scale:.2f}"
+                                                                   for k, v in host.items()))
+    failed = [{"gpu": "GPU memory", "host": "host memory", "reward_gpu": "the reward GPU"}[k]
+              for k, ok in result["fits_by"].items() if not ok]
+    verdict = "fits" if result["fits"] else f"does NOT fit ({', '.join(failed)})"
+    lines += ["", f"  {verdict}: peak {result['peak_gb'] * scale:.2f} {unit} ({result['peak_phase']}), setup peak "
+              f"{result['setup_peak_gb'] * scale:.2f} {unit}, headroom {result['headroom_gb'] * scale:.2f} {unit} of "
+              f"{result['gpu_memory_gb'] * scale:g} {unit}; host peak per node {result['host_peak_per_node_gb']:.1f} GB "
+              f"of {result['host_memory_gb']:g} GB"]
     f, n = result["flops"], result["forwards"]
     lines.append(f"  per rank per iteration: rollout {_flops(f['rollout'])} ({n['rollout']} rows), training "
                  f"{_flops(f['train'])} ({n['train']} rows, frozen networks' included), decode {_flops(f['decode'])}")
@@ -916,21 +1094,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="dense bf16 peak (H100/H800 SXM: 989)")
     parser.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=0.35,
                         help="model FLOPs utilisation assumed for the time, in (0, 1]")
-    parser.add_argument("--reserve-gb", type=number(float, 0), default=2.0,
-                        help="per GPU, for the CUDA context, NCCL and allocator fragmentation")
+    parser.add_argument("--reserve-gb", type=number(float, 0), default=None,
+                        help="per GPU, for the CUDA context, NCCL and allocator fragmentation (default: an itemised "
+                             "estimate of each)")
+    parser.add_argument("--ranks-per-node", type=number(int, 0, MAX_GPUS), default=0,
+                        help="training processes per node (torchrun --nproc_per_node; default: one per GPU)")
+    parser.add_argument("--host-memory-gb", type=number(float, 0, low_open=True), default=1024.0,
+                        help="host memory per node")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.nodes * args.gpus_per_node > MAX_GPUS:
         parser.error(f"--nodes {args.nodes} x --gpus-per-node {args.gpus_per_node} = "
                      f"{args.nodes * args.gpus_per_node} GPUs; at most {MAX_GPUS} are planned (the fake process "
                      "group costs about a millisecond of CPU a rank)")
-    if args.reserve_gb >= args.gpu_memory_gb:
+    if args.reserve_gb is not None and args.reserve_gb >= args.gpu_memory_gb:
         parser.error(f"--reserve-gb {args.reserve_gb:g} leaves nothing of --gpu-memory-gb {args.gpu_memory_gb:g}")
+    if args.ranks_per_node > args.gpus_per_node:
+        parser.error(f"--ranks-per-node {args.ranks_per_node}: expected at most --gpus-per-node ({args.gpus_per_node})")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")
     logging.getLogger("diffusers").setLevel(logging.ERROR)
-    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.peak_tflops, args.mfu, args.reserve_gb)
+    cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.peak_tflops, args.mfu, args.reserve_gb,
+                      args.ranks_per_node, args.host_memory_gb)
     try:
         result = plan(args.config, args.overrides, cluster)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -202,12 +202,14 @@ def layout_problems(cfg: Config, world_size: int | None, gpus_per_node: int | No
 
 def job_shape_from_env() -> tuple[int | None, int | None]:
     """(ranks, GPUs per node) of the job this runs in, from SLURM's or the launcher's
-    variables; None where they do not say."""
+    variables; None where they do not say. A node may run fewer ranks than it has GPUs (the
+    launch keeps one for the reward process)."""
     per_node = os.environ.get("NPROC_PER_NODE") or os.environ.get("SLURM_GPUS_ON_NODE")
+    gpus = os.environ.get("GPUS_PER_NODE") or os.environ.get("SLURM_GPUS_ON_NODE") or per_node
     nodes = os.environ.get("SLURM_NNODES") or os.environ.get("NNODES") or "1"
     if not per_node:
         return None, None
     try:
-        return int(nodes) * int(per_node), int(per_node)
+        return int(nodes) * int(per_node), int(gpus)
     except ValueError:
         return None, None

@@ -17,7 +17,10 @@
 #   VIDEOALIGN_PATH VideoReward checkpoint folder (sets reward.models.videoalign.path)
 #   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.models.videoalign.base)
 #   OUTPUT_DIR      run folder (sets train.output_dir)
-#   NPROC_PER_NODE  processes per node (default: GPUs on the node, else 1)
+#   REWARD_GPUS     GPUs per node kept for the reward process (default 1: every shipped
+#                   config scores on reward.device cuda:7, a GPU no training rank shares)
+#   NPROC_PER_NODE  training processes per node (default: GPUs on the node less REWARD_GPUS,
+#                   at least 1)
 #   MASTER_PORT     rendezvous port under SLURM (default 20000 + job id mod 20000, so
 #                   jobs that share a node do not take each other's port)
 #   TORCHRUN        launcher (default: torchrun from PATH)
@@ -58,7 +61,11 @@ gpus_on_node() {
         echo 1
     fi
 }
-export NPROC_PER_NODE=${NPROC_PER_NODE:-$(gpus_on_node)}
+# A training rank on the reward process's GPU would hold both and make every collective
+# wait while it scores (`python -m fastvideo_grpo.plan --ranks-per-node` checks the placement).
+REWARD_GPUS=${REWARD_GPUS:-1}
+export GPUS_PER_NODE=$(gpus_on_node)
+export NPROC_PER_NODE=${NPROC_PER_NODE:-$(( GPUS_PER_NODE > REWARD_GPUS ? GPUS_PER_NODE - REWARD_GPUS : 1 ))}
 export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
 TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
 
