@@ -1,12 +1,13 @@
 """Will it fit? A config's per-rank memory and time, planned on a CPU before any GPU is paid for.
 
     python -m fastvideo_grpo.plan --config C [section.key=value ...] --nodes N --gpus-per-node G \\
-        --gpu-memory-gb M [--peak-tflops T] [--mfu F] [--reserve-gb R] [--json]
+        --gpu-memory-gb M [--ranks-per-node P] [--host-memory-gb H] [--peak-tflops T] [--mfu F] \\
+        [--reserve-gb R] [--json]
 
 The configured network is built at full size on the meta device (shapes, no storage) from
 `model.path`'s transformer/ (or unet/) config.json when that folder exists, else from the
 family's released config (`PUBLISHED`). The planned world is stood up in this process with
-the fake process group (rank 0 of nodes x GPUs, no communication), the trainer's own mesh
+the fake process group (rank 0 of nodes x ranks per node, no communication), the trainer's own mesh
 (`init_distributed`) and parallelism (`parallelize`: sequence parallelism, activation
 checkpointing, FSDP2 per block then root, bf16 parameters, fp32 reduction) are applied to
 it, the weights become fake tensors, and one training micro-batch runs under
@@ -18,7 +19,7 @@ the local shards; the step state it creates is added to the forward/backward pea
 later step, and with train.adam_implementation=foreach its one fp32 temporary per shard to
 the step's; for_loop holds one shard's at a time, fused none). Not modelled: the CUDA caching
 allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
-block longer than on CPU) - what --reserve-gb is for. Attention is torch's SDPA on CPU whatever
+block longer than on CPU) - what the fragmentation item of the reserve is for. Attention is torch's SDPA on CPU whatever
 model.attention names: flash-attn's kernels, as SDPA's flash and memory-efficient ones, hold
 O(tokens) memory (the output and its log-sum-exp), never the [tokens, tokens] scores. The
 text is planned at its full length: a run crops it to the longest prompt of each forward.
@@ -49,11 +50,27 @@ What the tracker does not see is estimated from shapes and labelled so:
   a copy of the sharded fp32 weights each (the reference's forward is not included);
 - with parallel.cpu_offload the sharded parameters, gradients and optimizer state are moved to
   the host column;
-- `reserved`: --reserve-gb for the CUDA context, NCCL buffers and allocator fragmentation (assumed).
+- `loading`: the largest FSDP unit (a block, or the root's own weights) whole in fp32, as
+  `parallelize` moves it from host memory to the device before keeping its shards;
+- `rollout_gathered`: the network in the compute dtype, when parallel.rollout_reshard keeps it
+  gathered through the rollout (`fsdp.rollout_keeps_gathered`, from the decode phase's
+  tensors at the rollout's start; reported under `rollout_reshard`);
+- `reward_model`: the reward models' GPU memory (`REWARD_GPU_GB`), on the planned rank when
+  reward.device is its GPU (a reward process on a GPU below --ranks-per-node, or inline
+  scoring on CUDA); a reward GPU of its own is checked on its own (`reward`, fits_by.reward_gpu);
+- the reserve, assumed: `cuda_context` (CUDA_CONTEXT_BYTES), `nccl_buffers`
+  (NCCL_COMMUNICATOR_BYTES per communicator of the mesh) and `fragmentation` (FRAGMENTATION
+  of each phase's tensors); --reserve-gb replaces them with one `reserved` number.
 
-Two phases peak: the training micro-batch (tracked + trajectory + accumulated gradient + VAE
-weights + EMA/reference/old policy) and the VAE decode during rollout (persistent state + trajectory +
-VAE). The rollout's forward runs without autograd and stays below the training step. GB are
+Three phases peak: setup (the policy's fp32 shards beside the unit being sharded, or then the
+frozen copies' and EMA's shards, and the VAE: `setup_phase`), the training micro-batch
+(tracked + trajectory + accumulated gradient + VAE weights + EMA/reference/old policy) and the
+rollout's VAE decode (persistent state + trajectory + VAE + the gathered network). The
+rollout's forward runs without autograd: fewer activations than the training step's, beside
+the decode phase's state. A node's host
+memory peaks while it loads: parallel.loaders_per_node ranks at a time each hold the fp32
+network (`host_per_node`). The plan fits when the peak phase fits --gpu-memory-gb, the
+node's host peak --host-memory-gb and a reward GPU of its own the reward models. GB are
 2**30 bytes. FLOPs per rank per iteration, the count the trainer logs its TFLOP/s from
 (flops.py, one row's forward from the network's config): rollout = forwards (the step plan's,
 a shared prefix once per group; NFT: G x N per prompt) x one forward; training = forward + backward (2 forwards, 1
@@ -62,10 +79,14 @@ forward per frozen network (KL reference, NFT's old policy); decode = FLOPs per 
 of the small decode x voxels x the tiles' overlap. Seconds = FLOPs / (peak TFLOPS x MFU).
 
 `--json` prints one object with these keys: config, overrides, family, architecture,
-world {nodes, gpus_per_node, world_size, dp_replicate, dp_shard, sp_size}, gpu_memory_gb,
-reserve_gb, fits, headroom_gb, parameters, trainable_parameters, peak_gb, peak_phase,
-micro_batch_peak_gb (the tracked step alone), memory_gb {category: GB at the peak phase},
-memory_by_phase_gb {phase: {category: GB}}, host_gb {category: GB}, tracked, estimated
+world {nodes, gpus_per_node, ranks_per_node, world_size, dp_replicate, dp_shard, sp_size},
+gpu_memory_gb, reserve_gb (the reserve at the peak phase), reserve_items_gb {item: GB}, fits,
+fits_by {gpu, host, reward_gpu}, headroom_gb, parameters, trainable_parameters, peak_gb,
+peak_phase, setup_peak_gb, micro_batch_peak_gb (the tracked step alone), memory_gb {category:
+GB at the peak phase}, memory_by_phase_gb {setup, train, decode: {category: GB}}, host_gb
+{category: GB per rank}, host_memory_gb, host_per_node_gb {loading, training},
+host_peak_per_node_gb, reward {mode, device, models, gpu_gb, unestimated, gpu,
+shared_with_training_rank}, rollout_reshard {setting, keeps_gathered, gathered_gb}, tracked, estimated
 (category names; old_policy is tracked), flops {rollout, train, decode, total}, forwards
 {rollout, train} (rows through the network per rank, as the trainer counts them in
 transformer_forwards_rollout / _train: CFG's second row and the frozen networks' forwards included),
@@ -896,7 +917,8 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     flops["total"] = sum(flops.values())
     seconds = flops["total"] / (cluster.peak_tflops * 1e12 * cluster.mfu)
 
-    notes = ["the rollout's forward (no autograd) stays below the training step",
+    notes = ["the rollout's forward (no autograd) holds fewer activations than the training step, beside the "
+             "rollout/decode phase's state",
              *memory_notes(cfg, cluster, phases, rollout_gathering, node_host, fits), *reward_notes(reward, cluster)]
     if accumulating:
         notes.append(f"parallel.reduce_grads_every_micro_batch=false with {micro_batches_per_step(cfg, plan_)} "

@@ -179,7 +179,7 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
     from fastvideo_grpo.nft import build_old, nft_update
     from fastvideo_grpo.step_plan import ode_plan
     from fastvideo_grpo.parallel.fsdp import reshard
-    from fastvideo_grpo.update import Learner
+    from fastvideo_grpo.update import Learner, fill_frozen
 
     monkeypatch.setenv("RANK", "0")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -189,6 +189,7 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
         old = build_old(policy, cfg.model)
         parallelize(policy, world, cfg)
         parallelize(old, world, cfg)
+        fill_frozen(old, policy)
         optimizer, scheduler = build_optimizer(policy, cfg)
         group = cfg.sampling.group_size
         # As long as the plan's text (data.max_text_tokens): a shorter prompt's is cropped.
