@@ -424,12 +424,12 @@ class ParallelConfig:
     # The rollout's forwards (no autograd): "always" reshards each block after its forward
     # (FSDP2's default: every forward all-gathers the whole network again); "never" gathers
     # each block once per rollout and holds the network unsharded in the compute dtype
-    # (25.6 GB at 12.8B bf16) until the rollout ends; "auto": never when that takes at most
+    # (23.9 GB at 12.8B in bf16) until the rollout ends; "auto": never when that takes at most
     # half the device memory free at the rollout's start, else always
     # (parallel.fsdp.rollout_keeps_gathered; `python -m fastvideo_grpo.plan` says which).
     rollout_reshard: Literal["auto", "always", "never"] = "auto"
     # Ranks of a node that load the network into host memory at a time: each holds it whole
-    # in fp32 (51 GB at 12.8B) until it is sharded onto its GPU, while the node's other ranks
+    # in fp32 (47.8 GB at 12.8B) until it is sharded onto its GPU, while the node's other ranks
     # wait their turn. 0: all at once (host memory: ranks per node x the fp32 network).
     loaders_per_node: int = 1
     # A rank whose process stops (SIGSTOP, a frozen node) would hold the others in a

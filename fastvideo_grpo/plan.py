@@ -226,8 +226,10 @@ NCCL_COMMUNICATOR_BYTES = int(0.5 * GB)
 # fraction of the allocated bytes.
 FRAGMENTATION = 0.10
 # A reward model's GPU memory: weights and a batch of reward.max_batch videos' activations.
-# VideoAlign: Qwen2-VL-2B in bf16 (4.1 GB of weights). A model not listed is noted, not counted.
-REWARD_GPU_GB = {"videoalign": 6.0}
+# VideoAlign: Qwen2-VL-2B in bf16 (4.1 GB of weights); HPS-v2.1 and PickScore: a ViT-H-14
+# CLIP in fp32 (3.7 GB); clip: a ViT-L/14 CLIP in fp32 (1.6 GB; model.path may name another).
+# A model not listed is noted, not counted.
+REWARD_GPU_GB = {"videoalign": 6.0, "hps": 5.0, "pickscore": 5.0, "clip": 2.5}
 
 
 @dataclass(frozen=True)
