@@ -19,10 +19,11 @@ the local shards; the step state it creates is added to the forward/backward pea
 later step, and with train.adam_implementation=foreach its one fp32 temporary per shard to
 the step's; for_loop holds one shard's at a time, fused none). Not modelled: the CUDA caching
 allocator and the streams on which FSDP2 overlaps its collectives on GPU (a buffer may live a
-block longer than on CPU) - what the fragmentation item of the reserve is for. Attention is torch's SDPA on CPU whatever
-model.attention names: flash-attn's kernels, as SDPA's flash and memory-efficient ones, hold
-O(tokens) memory (the output and its log-sum-exp), never the [tokens, tokens] scores. The
-text is planned at its full length: a run crops it to the longest prompt of each forward.
+block longer than on CPU) - what the fragmentation item of the reserve is for. Attention is
+torch's SDPA on CPU whatever model.attention names: flash-attn's kernels, as SDPA's flash and
+memory-efficient ones, hold O(tokens) memory (the output and its log-sum-exp), never the
+[tokens, tokens] scores. The text is planned at its full length: a run crops it to the
+longest prompt of each forward.
 
 NFT's old policy is built as the trainer builds it (`nft.build_old`) and tracked with the
 policy: `old_policy` is its shards - with LoRA a second frozen adapter on the policy's own
