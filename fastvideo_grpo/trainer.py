@@ -303,5 +303,5 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         metrics["kl_weight"] = c.kl_weight  # the weight this iteration trained with
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
-    metrics.update(throughput(cfg, policy.transformer, c.latent_shape, cond.prompt_embeds.shape[1], metrics, world))
+    metrics.update(throughput(cfg, policy.transformer, c.latent_shape, policy.text_tokens(cond), metrics, world))
     return metrics

@@ -38,7 +38,7 @@ def test_one_rows_forward_is_what_flop_counter_mode_counts(config):
     with torch.no_grad(), counter() as count:
         policy.predict(x, 0.5, cond)
     rows = x.shape[0] * (2 if cfg.model.cfg_scale > 1 else 1)
-    counted = forward_flops(policy.transformer, tuple(x.shape[1:]), cond.prompt_embeds.shape[1])
+    counted = forward_flops(policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
     assert counted == pytest.approx(count.get_total_flops() / rows, rel=0.01)
 
 
@@ -96,7 +96,7 @@ def test_a_training_micro_batch_is_three_forwards_and_a_recompute_with_checkpoin
                                 prev_sample=torch.randn_like(x))
         loss, _ = grpo.clipped_loss(step.log_prob - step.log_prob.detach(), torch.tensor([1.0, -1.0]), 0.2)
         loss.backward()
-    row = forward_flops(policy.transformer, tuple(x.shape[1:]), cond.prompt_embeds.shape[1])
+    row = forward_flops(policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
     predicted = iteration_flops(cfg, row, 0, x.shape[0])["train"]
     assert predicted == pytest.approx(count.get_total_flops(), rel=0.05)
     assert predicted == (4 if checkpointing else 3) * x.shape[0] * row
@@ -149,14 +149,19 @@ def test_the_peak_is_looked_up_by_cuda_device_name_for_bf16_runs(monkeypatch):
 
 
 def test_a_run_logs_tflops_per_gpu_and_mfu_from_its_forward_counts(tmp_path):
+    prompt = "a red ball bouncing on the floor"
+    (tmp_path / "prompts.txt").write_text(prompt + "\n")
     cfg = tiny("tiny_t2v.yaml", f"train.output_dir={tmp_path / 'run'}", "train.iterations=1", "train.progress_bar=false",
                "train.sample_every=0", "checkpoint.every=0", "train.prompts_per_iteration=1",
-               "sampling.group_size=4", "sampling.rollout_batch_size=4", "logging.peak_tflops=0.001")
+               "sampling.group_size=4", "sampling.rollout_batch_size=4", "logging.peak_tflops=0.001",
+               f"data.prompts_file={tmp_path / 'prompts.txt'}")
     (row,) = read_jsonl(train(cfg) / "metrics.jsonl")
     policy = tiny_policy(cfg)
     s = cfg.sampling
-    flops = forward_flops(policy.transformer, policy.latent_shape(s.num_frames, s.height, s.width),
-                          cfg.data.max_text_tokens)
+    # The network runs over the prompt's own tokens, not the padded max_text_tokens.
+    tokens = int(tiny_conditioning(cfg, [prompt], 1).attention_mask.sum())
+    assert policy.text_tokens(tiny_conditioning(cfg, [prompt], 1)) == tokens < cfg.data.max_text_tokens
+    flops = forward_flops(policy.transformer, policy.latent_shape(s.num_frames, s.height, s.width), tokens)
     executed = flops * (row["transformer_forwards_rollout"] + 3 * row["transformer_forwards_train"])
     assert row["transformer_forwards_rollout"] == 4 * 8
     assert row["tflops_per_gpu"] == pytest.approx(executed / row["time_iteration"] / 1e12, rel=1e-9)

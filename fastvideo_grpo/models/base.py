@@ -88,6 +88,9 @@ class Policy(Protocol):
     def sampler(self, s: SamplingConfig) -> Sampler:
         """The family's sampler for these settings (`samplers.py`): noise levels, SDE and ODE steps."""
 
+    def text_tokens(self, cond: TextConditioning) -> int:
+        """How many text tokens a forward on `cond` runs its network over (FLOP counts)."""
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents [B, *latent_shape] -> uint8 video frames [B, T, H, W, 3] on CPU."""
 

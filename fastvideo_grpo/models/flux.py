@@ -64,6 +64,9 @@ class FluxPolicy(RectifiedFlowSampling):
             raise ValueError(f"sampling.height/width={height}x{width}: FLUX needs multiples of {patch}")
         return self.vae.config.latent_channels, height // self.spatial_ratio, width // self.spatial_ratio
 
+    def text_tokens(self, cond: TextConditioning) -> int:
+        return cond.prompt_embeds.shape[1]
+
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
 

@@ -40,6 +40,10 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
 
+    def text_tokens(self, cond: TextConditioning) -> int:
+        """The longest prompt's: `_forward` crops the padding no row attends to."""
+        return crop_text(cond.prompt_embeds, cond.attention_mask)[0].shape[1]
+
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
         # fp32, as HunyuanVideoPipeline passes it: in bf16, t*1000 rounds by up to 2 (750 -> 752).

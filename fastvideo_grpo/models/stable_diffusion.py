@@ -67,6 +67,9 @@ class StableDiffusionPolicy:
             )[0]
         return out.float()
 
+    def text_tokens(self, cond: TextConditioning) -> int:
+        return cond.prompt_embeds.shape[1]
+
     def predict(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         """The (guided) noise prediction eps at timestep t."""
         return guided_prediction(lambda x, c: self._forward(x, t, c), latents, cond, self.cfg_scale)
