@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench ablations clean
+.PHONY: install demo test test-fast bench ablations clean
 
 $(STAMP): setup.py requirements.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 # Two workers: the tests are single-threaded (conftest), the machine has two cores.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The unit tier: everything but the tests conftest.py marks slow (multi-process, SLURM, full runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
