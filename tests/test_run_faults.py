@@ -108,12 +108,17 @@ def test_sigint_and_sighup_ignored_at_start_stay_ignored():
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # As in a terminal's foreground process (pytest-xdist's workers start with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     flag = PreemptionFlag()
     try:
         flag.install()
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) == flag._handle
+        flag.restore()
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
     finally:
         flag.restore()
         signal.signal(signal.SIGHUP, before[signal.SIGHUP])
+        signal.signal(signal.SIGINT, before[signal.SIGINT])
     assert {sig: signal.getsignal(sig) for sig in before} == before
