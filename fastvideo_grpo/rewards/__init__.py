@@ -24,7 +24,7 @@ from fastvideo_grpo.rewards.registry import (REGISTRY, RewardModel, ScoreFn, loa
                                              rule_reward)
 
 # The built-in reward models: each module registers its own when imported.
-for _module in ("clip_score", "hps", "pickscore", "rules", "videoalign", "vlm_judge"):
+for _module in ("clip_score", "hps", "pickscore", "rules", "shapes", "videoalign", "vlm_judge"):
     importlib.import_module(f"{__name__}.{_module}")
 
 
