@@ -35,6 +35,8 @@ SQUARE_FILL = 0.88
 # moving group's is >= 0.12 over the frames compared).
 CENTER_RADIUS = 0.14
 STILL_DISPLACEMENT = 0.05
+# An object's shape is read from its pixels at least this fraction of its brightest.
+HALF_MAX = 0.5
 # Frames averaged at each end of the video for the displacement.
 END_FRAMES = 3
 
@@ -77,7 +79,7 @@ def components(mask: torch.Tensor) -> torch.Tensor:
 
 
 def classify_shape(ys: torch.Tensor, xs: torch.Tensor) -> str:
-    """Pixel coordinates of one component -> circle, square or triangle."""
+    """Pixel coordinates of one object -> circle, square or triangle."""
     top, bottom = ys.min().item(), ys.max().item()
     left, right = xs.min().item(), xs.max().item()
     area = ys.numel()
@@ -93,6 +95,7 @@ def detect(video: torch.Tensor) -> list[Detection]:
     """uint8 [T, H, W, 3] -> the objects of each frame."""
     t, h, w = video.shape[:3]
     colors = color_labels(video)
+    peak = video.amax(dim=-1).float()  # [T, H, W]
     labels = components(colors > 0)
     min_area = max(1, round(MIN_AREA_FRACTION * h * w))
     frames = []
@@ -104,7 +107,11 @@ def detect(video: torch.Tensor) -> list[Detection]:
                 continue
             ys, xs = torch.nonzero(labels[f] == label, as_tuple=True)
             found.colors.append(PALETTE[colors[f, ys, xs].mode().values.item() - 1])
-            found.shapes.append(classify_shape(ys, xs))
+            # The geometry of the half-maximum region: a blurred edge widens the foreground
+            # (and rounds a square's corners) but keeps its half-maximum contour in place.
+            level = peak[f, ys, xs]
+            solid = level >= HALF_MAX * level.max()
+            found.shapes.append(classify_shape(ys[solid], xs[solid]))
             found.centroids.append(((xs.float().mean().item() + 0.5) / w, (ys.float().mean().item() + 0.5) / h))
         frames.append(found)
     return frames

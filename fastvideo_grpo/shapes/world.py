@@ -10,7 +10,7 @@ those forms parses back to the scene it names:
 
 with count "a", "two" or "three" (the plural shape for two and three). Videos are
 SIZE x SIZE pixels, NUM_FRAMES frames at FPS frames per second; a moving group travels
-about 12 pixels (a fifth of the frame) from the first frame to the last.
+about 9 pixels (a seventh of the frame) from the first frame to the last.
 
 Some colour-shape-count triples are held out (`HELD_OUT`): pretraining never sees them, so
 RL and evaluation on them measure generalisation to new combinations of known attributes.
@@ -50,9 +50,9 @@ ANCHORS = {"left": (0.22, 0.5), "right": (0.78, 0.5), "top": (0.5, 0.22), "botto
            "center": (0.5, 0.5)}
 STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 # Pixels per frame of a moving group, object half-sizes and the gap between objects.
-SPEED = (1.25, 1.75)
-RADIUS = (5.0, 7.0)
-GAP = 4.0
+SPEED = (0.9, 1.3)
+RADIUS = (5.5, 7.5)
+GAP = 5.0
 JITTER = 2.0
 
 # Held out of pretraining: six colour-shape-count triples, one per colour, chosen so that
