@@ -55,7 +55,9 @@ class ModelConfig:
     # A name in models.registry.FAMILIES; models.check_model_config checks it (and whether the
     # family supports parallel.sp_size > 1), as config cannot import the models it configures.
     family: str = "hunyuan_video"
-    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). Empty when size is "tiny".
+    # Local diffusers-format folder (transformer/ or unet/, vae/, ...). With size "tiny", empty
+    # (random weights) or a pretrained tiny folder (assets/shapes_model) whose transformer and
+    # VAE are loaded, with its text_encoder.json's settings for the in-process text encoder.
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
     # weights (tests, demo); "full" loads `path`.

@@ -209,7 +209,7 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
              grid_prompts: int = 4) -> dict | None:
     """Evaluate and write `output`/{scores.jsonl, summary.json, grid.*}; returns the summary
     on the main rank. The model is replicated on every rank (no FSDP)."""
-    from fastvideo_grpo.rewards import check_reward_config
+    from fastvideo_grpo.rewards import check_reward_config, with_all_scores
     from fastvideo_grpo.rewards.service import build_reward_scorer
 
     check_reward_config(cfg.reward)  # before the policy is built
@@ -226,7 +226,7 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
         policy.transformer.to(DTYPES[cfg.model.dtype])
     s = cfg.sampling
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
-    scorer = build_reward_scorer(cfg.reward, world)
+    scorer = build_reward_scorer(with_all_scores(cfg.reward), world)
     try:
         rows, grid = evaluate_policy(policy, source, eval_items(count, list(seeds)), cfg, latent_shape, scorer,
                                      world, grid_prompts, progress=True)

@@ -33,31 +33,28 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TEXT_ENCODER_FILE, TinyTextEncoder
 from fastvideo_grpo.outputs import plot_reward_curve
 from fastvideo_grpo.shapes.vae import LATENT_CHANNELS, pool_latents, shapes_vae
 from fastvideo_grpo.shapes.world import render, split_scenes
 
 logger = logging.getLogger(__name__)
 
-TEXT_ENCODER_FILE = "text_encoder.json"
-
-
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-3
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
     # Save the folder every this many steps (and at the end).
     save_every: int = 100
     threads: int = 2
     # The transformer: hidden size heads * head_dim, on latent patches of patch_size^2.
     heads: int = 4
-    head_dim: int = 32
+    head_dim: int = 16
     layers: int = 2
     single_layers: int = 2
     mlp_ratio: float = 2.0

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from fastvideo_grpo.config import Config
+import json
+from pathlib import Path
+
+from fastvideo_grpo.config import Config, ConfigError
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.preprocess import read_prompt_file
-from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TEXT_ENCODER_FILE, TinyTextEncoder
+
+
+def check_tiny_text_encoder(cfg: Config) -> None:
+    """A pretrained tiny folder (model.path) was trained on the encoder its text_encoder.json
+    describes; any other would feed it embeddings it never saw. Raises ConfigError."""
+    file = Path(cfg.model.path) / TEXT_ENCODER_FILE
+    if not cfg.model.path or not file.is_file():
+        return
+    sections = {"model": cfg.model, "data": cfg.data}
+    for key, value in json.loads(file.read_text()).items():
+        section = next((name for name, s in sections.items() if hasattr(s, key)), None)
+        if section is not None and getattr(sections[section], key) != value:
+            raise ConfigError(f"{section}.{key}={getattr(sections[section], key)!r} does not match {file}: the "
+                              f"model was trained with {value!r}")
 
 
 def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | WithImageLatents:
@@ -15,6 +32,7 @@ def build_prompt_source(cfg: Config) -> EmbeddingDataset | TinyRandomPrompts | W
     if cfg.data.embeddings_dir:
         source = EmbeddingDataset(cfg.data.embeddings_dir)
     else:
+        check_tiny_text_encoder(cfg)
         encoder = TinyTextEncoder(cfg.model.tiny_text_dim, cfg.model.tiny_pooled_dim, cfg.data.max_text_tokens,
                                   seed=cfg.model.init_seed)
         source = TinyRandomPrompts(read_prompt_file(cfg.data.prompts_file)[0], encoder)

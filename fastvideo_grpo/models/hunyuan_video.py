@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
-from fastvideo_grpo.config import ModelConfig
+from fastvideo_grpo.config import ConfigError, ModelConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.attention import crop_text
 from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
@@ -72,11 +72,26 @@ class HunyuanVideoPolicy(RectifiedFlowSampling):
         return to_frames(self.vae.decode(z, return_dict=False)[0])
 
 
+def check_text_dims(cfg: ModelConfig, transformer: HunyuanVideoTransformer3DModel, text_dim: int,
+                    pooled_dim: int) -> None:
+    expected = {"model.tiny_text_dim": (text_dim, transformer.config.text_embed_dim),
+                "model.tiny_pooled_dim": (pooled_dim, transformer.config.pooled_projection_dim)}
+    for key, (given, folder) in expected.items():
+        if given != folder:
+            raise ConfigError(f"{key}={given} does not match model.path={cfg.path}: its transformer takes "
+                              f"{folder}-dim text embeddings")
+
+
 def build_hunyuan_video(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int,
                         policy_cls: type[HunyuanVideoPolicy] = HunyuanVideoPolicy,
                         **tiny_config) -> HunyuanVideoPolicy:
     """`policy_cls` and `tiny_config` (overrides of the tiny transformer) serve the variants (I2V)."""
-    if cfg.size == "tiny":
+    if cfg.size == "tiny" and cfg.path:
+        # A pretrained tiny model (assets/shapes_model): the folder's architecture and weights.
+        transformer, vae = load_pretrained(cfg, HunyuanVideoTransformer3DModel, "transformer",
+                                           AutoencoderKLHunyuanVideo, "HunyuanVideo")
+        check_text_dims(cfg, transformer, text_dim, pooled_dim)
+    elif cfg.size == "tiny":
         transformer, vae = tiny_networks(cfg, text_dim, pooled_dim, **tiny_config)
     else:
         transformer, vae = load_pretrained(cfg, HunyuanVideoTransformer3DModel, "transformer",

@@ -158,10 +158,19 @@ def _type_name(value: Any) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+def with_all_scores(cfg: RewardConfig) -> RewardConfig:
+    """`cfg` whose weights also hold, at weight 0, every other score of the models it uses,
+    so that a scorer built from it returns them all (an evaluation reports the shapes
+    reward's six scores whichever of them is weighted)."""
+    owners = {score: model for model in REGISTRY.values() for score in model.scores}
+    extra = {s: 0.0 for name in cfg.weights if name in owners for s in owners[name].scores if s not in cfg.weights}
+    return dataclasses.replace(cfg, weights={**cfg.weights, **extra})
+
+
 def build_scorer(cfg: RewardConfig) -> Scorer:
     """One callable that scores a batch with every configured reward, in this process."""
     return Scorer(cfg)
 
 
 __all__ = ["REGISTRY", "RewardError", "RewardFn", "RewardModel", "ScoreFn", "Scorer", "build_scorer", "check_pairwise_use",
-           "check_reward_config", "pairwise_models", "register_reward", "rule_reward"]
+           "check_reward_config", "pairwise_models", "register_reward", "rule_reward", "with_all_scores"]

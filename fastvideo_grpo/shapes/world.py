@@ -198,3 +198,14 @@ def sample_scenes(scenes: list[Scene], count: int, seed: int) -> list[Scene]:
     """`count` scenes drawn uniformly with replacement, seeded."""
     rng = np.random.default_rng(seed)
     return [scenes[i] for i in rng.integers(len(scenes), size=count)]
+
+
+def prompt_sets(size: int, seed: int = 0) -> dict[str, list[str]]:
+    """Captions naming a position and a motion, so that every attribute counts: "heldout"
+    and "rl", `size` each and disjoint, from the held-out triples; "seen", `size`, from the
+    pretraining ones. assets/prompts/shapes_{heldout,rl,seen}.txt are prompt_sets(48)."""
+    rng = np.random.default_rng(seed)
+    named = [s for s in all_scenes() if s.position is not None]
+    held = [named[i].caption() for i in rng.permutation(len(named)) if named[i].triple in HELD_OUT]
+    seen = [named[i].caption() for i in rng.permutation(len(named)) if named[i].triple not in HELD_OUT]
+    return {"heldout": held[:size], "rl": held[size:2 * size], "seen": seen[:size]}
