@@ -51,7 +51,9 @@ class PretrainConfig:
     ema_decay: float = 0.995
     # Save the folder every this many steps (and at the end).
     save_every: int = 100
-    threads: int = 2
+    # One thread: on shared cores two OpenMP threads wait on each other at every barrier
+    # (measured 8x slower per step than one while other processes ran).
+    threads: int = 1
     # The transformer: hidden size heads * head_dim, on latent patches of patch_size^2.
     heads: int = 4
     head_dim: int = 16
