@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -176,7 +176,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> float:
             logger.info("step %d/%d loss %.4f (smoothed %.4f) %.2f s/step", step, cfg.steps, value, smoothed,
                         (time.time() - start) / step)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            plot_reward_curve({"pretrain": rows}, out / "loss.png", key="loss", window=50)
+            curve = [{"iteration": r["step"], "loss": r["loss"]} for r in rows]
+            plot_reward_curve({"pretrain": curve}, out / "loss.png", key="loss", window=50)
             save_folder(out, cfg, model, ema, step, smoothed)
     return smoothed
 

@@ -1,0 +1,154 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from fastvideo_grpo.config import RewardConfig
+from fastvideo_grpo.rewards import REGISTRY, RewardError, build_scorer, with_all_scores
+from fastvideo_grpo.shapes.detect import SCORES, detect, score_scene, shapes_scores
+from fastvideo_grpo.shapes.vae import pool_latents, shapes_vae
+from fastvideo_grpo.shapes.world import (COLORS, DIRECTIONS, HELD_OUT, NUM_FRAMES, POSITIONS, SHAPES, SIZE, Scene,
+                                         all_scenes, parse_caption, render, sample_scenes, split_scenes)
+
+
+def test_every_caption_parses_back_to_its_scene():
+    scenes = all_scenes()
+    # 3 counts x 6 colours x 3 shapes x (4 moving + 5 still + 20 placed and moving) forms
+    assert len(scenes) == len(set(scenes)) == 54 * 29
+    for scene in scenes:
+        assert parse_caption(scene.caption()) == scene
+    assert Scene(2, "red", "square", None, "left").caption() == "two red squares moving left"
+    assert Scene(1, "blue", "circle", "top", None).caption() == "a blue circle at the top, still"
+    assert Scene(3, "white", "triangle", "center", "up").caption() == "three white triangles at the center moving up"
+
+
+@pytest.mark.parametrize("caption, problem", [
+    ("a red squares moving left", "'a' takes the singular shape"),
+    ("two red square moving left", "'two' takes the plural shape"),
+    ("a red box moving left", "shape 'box'"),
+    ("an orange circle moving up", "in none of the forms"),
+    ("a orange circle moving up", "colour 'orange'"),
+    ("a red circle at the top", "in none of the forms"),
+    ("a red circle, still", "a still group needs 'at the {position}'"),
+    ("a red circle at the middle, still", "position 'middle'"),
+    ("a red circle moving sideways", "direction 'sideways'"),
+])
+def test_a_caption_outside_the_forms_is_named_with_what_is_wrong(caption, problem):
+    with pytest.raises(ValueError) as e:
+        parse_caption(caption)
+    message = str(e.value)
+    assert "\n" not in message and repr(caption) in message and problem in message
+
+
+def test_held_out_triples_never_reach_pretraining_but_their_pairs_do():
+    train, held = split_scenes(held_out=False), split_scenes(held_out=True)
+    assert {s.triple for s in held} == HELD_OUT and not {s.triple for s in train} & HELD_OUT
+    assert len(train) + len(held) == len(all_scenes())
+    seen = {s.triple for s in train}
+    for color, shape, count in HELD_OUT:
+        assert any(c == color and s == shape for c, s, _ in seen)
+        assert any(c == color and n == count for c, _, n in seen)
+        assert any(s == shape and n == count for _, s, n in seen)
+
+
+def test_rendering_is_seeded():
+    scene = Scene(3, "green", "triangle", None, "down")
+    video = render(scene, 7)
+    assert video.shape == (NUM_FRAMES, SIZE, SIZE, 3) and video.dtype == np.uint8
+    assert np.array_equal(video, render(scene, 7)) and not np.array_equal(video, render(scene, 8))
+
+
+def detector_accuracy(videos, scenes):
+    totals = dict.fromkeys(SCORES, 0.0)
+    for video, scene in zip(videos, scenes):
+        for name, value in score_scene(detect(video), scene).items():
+            totals[name] += value
+    return {name: total / len(scenes) for name, total in totals.items()}
+
+
+def test_detector_reads_generated_videos_at_least_98_percent_right():
+    """300 seeded scenes of every form (~10 s)."""
+    scenes = sample_scenes(all_scenes(), 300, seed=0)
+    videos = [torch.from_numpy(render(s, i)) for i, s in enumerate(scenes)]
+    accuracy = detector_accuracy(videos, scenes)
+    assert all(value >= 0.98 for value in accuracy.values()), accuracy
+
+
+def wrong(scene: Scene, attribute: str) -> Scene:
+    """The scene with one attribute changed to another value."""
+    options = {"color": list(COLORS), "shape": list(SHAPES), "count": [1, 2, 3], "position": list(POSITIONS),
+               "direction": [None, *DIRECTIONS]}[attribute]
+    value = getattr(scene, attribute)
+    return Scene(**{**scene.__dict__, attribute: options[(options.index(value) + 1) % len(options)]})
+
+
+@pytest.mark.parametrize("attribute, score", [("color", "shapes_color"), ("shape", "shapes_shape"),
+                                              ("count", "shapes_count"), ("position", "shapes_position"),
+                                              ("direction", "shapes_motion")])
+def test_a_video_with_one_attribute_wrong_scores_0_there_and_1_elsewhere(attribute, score):
+    scenes = [Scene(c, col, sh, pos, d) for (c, col, sh), pos, d in zip(
+        itertools.product([1, 2, 3], ["red", "blue", "white"], SHAPES), itertools.cycle(POSITIONS),
+        itertools.cycle([None, "left", "up", "right", "down"]))]
+    videos = torch.stack([torch.from_numpy(render(wrong(s, attribute), i)) for i, s in enumerate(scenes)])
+    scores = shapes_scores(videos, [s.caption() for s in scenes])
+    assert scores[score].tolist() == [0.0] * len(scenes)
+    assert scores["shapes_all"].tolist() == [0.0] * len(scenes)
+    for other in set(SCORES) - {score, "shapes_all"}:
+        assert scores[other].mean().item() >= 0.95, other
+
+
+def test_an_empty_video_scores_0():
+    video = torch.from_numpy(render(Scene(1, "red", "circle", "top", None), 0))
+    video[:] = video[0, 0, 0]  # the background alone
+    scores = shapes_scores(video[None], ["a red circle at the top, still"])
+    assert {name: value.tolist() for name, value in scores.items()} == {name: [0.0] for name in SCORES}
+
+
+def test_one_registry_entry_gives_all_six_scores_and_names_a_caption_it_cannot_parse():
+    assert REGISTRY["shapes"].scores == SCORES
+    cfg = with_all_scores(RewardConfig(weights={"shapes_all": 1.0}))
+    assert cfg.weights == {"shapes_all": 1.0, **{s: 0.0 for s in SCORES if s != "shapes_all"}}
+    scorer = build_scorer(cfg)
+    scene = Scene(2, "yellow", "square", "left", "down")
+    videos = torch.from_numpy(render(scene, 3))[None]
+    assert {k: v.tolist() for k, v in scorer(videos, [scene.caption()]).items()} == {s: [1.0] for s in SCORES}
+    with pytest.raises(RewardError) as e:
+        scorer(videos, ["a yellow squares moving down"])
+    assert "\n" not in str(e.value) and "'a yellow squares moving down'" in str(e.value)
+
+
+def test_the_vae_encodes_by_pooling_and_decodes_what_the_detector_reads():
+    scenes = [Scene(1, "purple", "triangle", "right", None), Scene(3, "green", "square", None, "left"),
+              Scene(2, "white", "circle", "bottom", "up")]
+    videos = torch.stack([torch.from_numpy(render(s, i)) for i, s in enumerate(scenes)])
+    vae = shapes_vae()
+    pixels = videos.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.sample()
+        decoded = vae.decode(latents).sample
+    assert latents.shape == (3, 3, 3, SIZE // 2, SIZE // 2)
+    torch.testing.assert_close(latents, pool_latents(videos), atol=1e-3, rtol=0)
+    # Frame 0 is only pooled over 2x2 pixels: a still object's interior comes back exactly.
+    assert (decoded[0] - pixels[0]).abs().amax(dim=0)[0].median() < 1e-2
+    frames = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+    assert detector_accuracy(frames, scenes)["shapes_all"] == 1.0
+
+
+def test_the_reward_process_gives_the_same_six_scores_as_inline():
+    from fastvideo_grpo.rewards.service import ServiceScorer, start_reward_process
+
+    cfg = with_all_scores(RewardConfig(weights={"shapes_color": 1.0}, timeout_s=60))
+    scenes = [Scene(1, "red", "circle", "top", None), Scene(2, "blue", "triangle", None, "up")]
+    videos = torch.stack([torch.from_numpy(render(s, 0)) for s in scenes])
+    videos[1] = torch.from_numpy(render(wrong(scenes[1], "count"), 0))
+    captions = [s.caption() for s in scenes]
+    process, address = start_reward_process(cfg)
+    scorer = ServiceScorer(cfg, address, process)
+    try:
+        served = scorer.result(scorer.submit(videos, captions))
+    finally:
+        scorer.close()
+    inline = build_scorer(cfg)(videos, captions)
+    assert {k: v.tolist() for k, v in served.items()} == {k: v.tolist() for k, v in inline.items()}
+    assert served["shapes_count"].tolist() == [1.0, 0.0] and served["shapes_all"].tolist() == [1.0, 0.0]
