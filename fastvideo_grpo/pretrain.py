@@ -60,8 +60,10 @@ class PretrainConfig:
     layers: int = 2
     single_layers: int = 2
     mlp_ratio: float = 2.0
-    # 8: 4x4 tokens per latent frame of 32x32 (16x16 pixels each), 48 tokens a video.
-    patch_size: int = 8
+    # 4: 8x8 tokens per latent frame of 32x32 (8x8 pixels each), 192 tokens a video. A token
+    # holds 3 * 4 * 4 = 48 latent values, fewer than the hidden size: at high noise the
+    # velocity is mostly the input itself, which a narrower token would have to squeeze.
+    patch_size: int = 4
     # The text encoder (fastvideo_grpo.models.tiny.hashing_text_encoder), as a run's model
     # and data sections name it: model.tiny_text_dim, model.tiny_pooled_dim, model.init_seed,
     # data.max_text_tokens.

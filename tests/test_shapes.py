@@ -152,3 +152,21 @@ def test_the_reward_process_gives_the_same_six_scores_as_inline():
     inline = build_scorer(cfg)(videos, captions)
     assert {k: v.tolist() for k, v in served.items()} == {k: v.tolist() for k, v in inline.items()}
     assert served["shapes_count"].tolist() == [1.0, 0.0] and served["shapes_all"].tolist() == [1.0, 0.0]
+
+
+def test_the_shipped_model_loads_and_scores_what_its_card_says(tmp_path):
+    """assets/shapes_model/heldout_check.json: the first held-out prompts' scores, as
+    assets/shapes_model/README.md reports them (8 samples, a few seconds)."""
+    import json
+
+    from conftest import ROOT
+    from fastvideo_grpo.config import load_config
+    from fastvideo_grpo.evaluate import evaluate
+
+    folder = ROOT / "assets/shapes_model"
+    check = json.loads((folder / "heldout_check.json").read_text())
+    cfg = load_config(ROOT / "assets/configs/shapes_t2v.yaml", [
+        f"model.path={folder}", "reward.weights={shapes_all: 1.0}", f"train.output_dir={tmp_path / 'run'}"])
+    summary = evaluate(cfg, tmp_path / "eval", diffusers_path=str(folder), prompts=str(ROOT / check["prompts"]),
+                       num_prompts=check["num_prompts"], seeds=check["seeds"], grid_prompts=0)
+    assert {name: summary["rewards"][name]["mean"] for name in SCORES} == check["means"]
