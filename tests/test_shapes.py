@@ -170,3 +170,24 @@ def test_the_shipped_model_loads_and_scores_what_its_card_says(tmp_path):
     summary = evaluate(cfg, tmp_path / "eval", diffusers_path=str(folder), prompts=str(ROOT / check["prompts"]),
                        num_prompts=check["num_prompts"], seeds=check["seeds"], grid_prompts=0)
     assert {name: summary["rewards"][name]["mean"] for name in SCORES} == check["means"]
+
+
+def test_before_after_stacks_the_two_grids_and_reports_both_accuracies(tmp_path):
+    import json
+
+    import imageio
+
+    from fastvideo_grpo.shapes.before_after import GAP, before_after
+
+    for name, value, mean in (("before", 10, 0.25), ("after", 200, 0.5)):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        imageio.imwrite(folder / "grid.png", np.full((8, 16, 3), value, dtype=np.uint8))
+        (folder / "summary.json").write_text(json.dumps({"rewards": {"shapes_all": {"mean": mean}}}))
+    assert before_after(tmp_path) == {"shapes_all": (0.25, 0.5)}
+    picture = imageio.imread(tmp_path / "before_after.png")
+    assert picture.shape == (16 + GAP, 16, 3)
+    assert (picture[:8] == 10).all() and (picture[8 + GAP:] == 200).all()
+    (tmp_path / "eval" / "after" / "grid.png").unlink()
+    with pytest.raises(FileNotFoundError, match="after/grid.png does not exist"):
+        before_after(tmp_path)
