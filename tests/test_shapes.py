@@ -177,7 +177,7 @@ def test_before_after_stacks_the_two_grids_and_reports_both_accuracies(tmp_path)
 
     import imageio
 
-    from fastvideo_grpo.shapes.before_after import GAP, before_after
+    from fastvideo_grpo.shapes.before_after import GAP, SCALE, before_after
 
     for name, value, mean in (("before", 10, 0.25), ("after", 200, 0.5)):
         folder = tmp_path / "eval" / name
@@ -185,7 +185,7 @@ def test_before_after_stacks_the_two_grids_and_reports_both_accuracies(tmp_path)
         imageio.imwrite(folder / "grid.png", np.full((8, 16, 3), value, dtype=np.uint8))
         (folder / "summary.json").write_text(json.dumps({"rewards": {"shapes_all": {"mean": mean}}}))
     assert before_after(tmp_path) == {"shapes_all": (0.25, 0.5)}
-    picture = imageio.imread(tmp_path / "before_after.png")
+    picture = imageio.imread(tmp_path / "before_after.png")[::SCALE, ::SCALE]
     assert picture.shape == (16 + GAP, 16, 3)
     assert (picture[:8] == 10).all() and (picture[8 + GAP:] == 200).all()
     (tmp_path / "eval" / "after" / "grid.png").unlink()

@@ -5,7 +5,7 @@
 Stacks RUN/eval/before/grid.png (the pretrained model) over RUN/eval/after/grid.png (the
 trained one) into RUN/before_after.png, beside RUN/reward_curve.png: the same held-out
 prompts from the same initial noise (the evaluation seeds each sample by its prompt index),
-the middle frame of each video. Logs both runs' held-out accuracies.
+the middle frame of each video, magnified SCALE times. Logs both runs' held-out accuracies.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import numpy as np
 from fastvideo_grpo.shapes.detect import SCORES
 
 logger = logging.getLogger(__name__)
-# Gray rows between the two grids.
+# Gray rows between the two grids, and the nearest-neighbour magnification of the picture
+# (a 64x64 video is small on a screen).
 GAP = 4
+SCALE = 4
 
 
 def before_after(run: Path) -> dict[str, tuple[float, float]]:
@@ -40,7 +42,8 @@ def before_after(run: Path) -> dict[str, tuple[float, float]]:
         raise ValueError(f"{run}/eval: the before and after grids differ in shape ({grids[0].shape} vs "
                          f"{grids[1].shape}); evaluate both with the same --grid")
     gap = np.full((GAP, *grids[0].shape[1:]), 128, dtype=grids[0].dtype)
-    imageio.imwrite(run / "before_after.png", np.concatenate([grids[0], gap, grids[1]]))
+    picture = np.concatenate([grids[0], gap, grids[1]])
+    imageio.imwrite(run / "before_after.png", picture.repeat(SCALE, axis=0).repeat(SCALE, axis=1))
     return {s: (means[0][s]["mean"], means[1][s]["mean"]) for s in SCORES if s in means[0] and s in means[1]}
 
 
