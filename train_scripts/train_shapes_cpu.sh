@@ -11,11 +11,11 @@ CONFIG=${CONFIG:-assets/configs/shapes_t2v.yaml}
 HELD_OUT=${HELD_OUT:-assets/prompts/shapes_heldout.txt}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/shapes_demo}
 # Every attribute counts in the reported accuracy: all six scores are written whichever is weighted.
-EVAL=(--config "$CONFIG" --prompts "$HELD_OUT" --output-dir "$OUTPUT_DIR/eval" "reward.weights={shapes_all: 1.0}")
+EVAL=(--config "$CONFIG" --prompts "$HELD_OUT" --output-dir "$OUTPUT_DIR/eval")
 
 if [ ! -f "$OUTPUT_DIR/eval/before/summary.json" ]; then
-    python -m fastvideo_grpo.evaluate "${EVAL[@]}" --name before "$@"
+    python -m fastvideo_grpo.evaluate "${EVAL[@]}" --name before "reward.weights={shapes_all: 1.0}" "$@"
 fi
 python -m fastvideo_grpo.train --config "$CONFIG" train.output_dir="$OUTPUT_DIR" train.resume=never "$@"
-python -m fastvideo_grpo.evaluate "${EVAL[@]}" --checkpoint "$OUTPUT_DIR" --name after "$@"
+python -m fastvideo_grpo.evaluate "${EVAL[@]}" --checkpoint "$OUTPUT_DIR" --name after "reward.weights={shapes_all: 1.0}" "$@"
 python -m fastvideo_grpo.shapes.before_after "$OUTPUT_DIR"
