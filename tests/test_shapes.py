@@ -191,3 +191,20 @@ def test_before_after_stacks_the_two_grids_and_reports_both_accuracies(tmp_path)
     (tmp_path / "eval" / "after" / "grid.png").unlink()
     with pytest.raises(FileNotFoundError, match="after/grid.png does not exist"):
         before_after(tmp_path)
+
+
+def test_a_run_whose_text_encoder_differs_from_the_shipped_models_is_refused():
+    from conftest import ROOT
+    from fastvideo_grpo.config import ConfigError, load_config
+    from fastvideo_grpo.data.sources import build_prompt_source
+    from fastvideo_grpo.models.hunyuan_video import build_hunyuan_video
+
+    overrides = [f"model.path={ROOT / 'assets/shapes_model'}", f"data.prompts_file={ROOT / 'assets/prompts/shapes_rl.txt'}"]
+    cfg = load_config(ROOT / "assets/configs/shapes_t2v.yaml", overrides)
+    assert len(build_prompt_source(cfg)) == 48
+    for key, value in (("data.max_text_tokens", 16), ("model.init_seed", 1), ("model.tiny_text_dim", 16)):
+        bad = load_config(ROOT / "assets/configs/shapes_t2v.yaml", [*overrides, f"{key}={value}"])
+        with pytest.raises(ConfigError, match=rf"{key}={value} does not match .*text_encoder.json"):
+            build_prompt_source(bad)
+    with pytest.raises(ConfigError, match=r"model.tiny_pooled_dim=8 does not match .*takes 32-dim"):
+        build_hunyuan_video(cfg.model, torch.device("cpu"), 32, 8)
