@@ -50,14 +50,20 @@ class ConfigError(ValueError):
     pass
 
 
+# In a pretrained tiny folder: the settings of the in-process text encoder it was trained
+# with (tiny_text_dim, tiny_pooled_dim, init_seed, max_text_tokens).
+TINY_TEXT_ENCODER_FILE = "text_encoder.json"
+
+
 @dataclass
 class ModelConfig:
     # A name in models.registry.FAMILIES; models.check_model_config checks it (and whether the
     # family supports parallel.sp_size > 1), as config cannot import the models it configures.
     family: str = "hunyuan_video"
     # Local diffusers-format folder (transformer/ or unet/, vae/, ...). With size "tiny", empty
-    # (random weights) or a pretrained tiny folder (assets/shapes_model) whose transformer and
-    # VAE are loaded, with its text_encoder.json's settings for the in-process text encoder.
+    # (random weights) or a pretrained tiny HunyuanVideo folder (assets/shapes_model) whose
+    # transformer and VAE are loaded, and whose TINY_TEXT_ENCODER_FILE holds the settings of
+    # the in-process text encoder it was trained with.
     path: str = ""
     # "tiny" builds a small model of the same architecture from config with seeded random
     # weights (tests, demo); "full" loads `path`.
@@ -773,9 +779,11 @@ def config_problems(cfg: Config) -> list[str]:
             "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
-    require(cfg.model.size == "full" or not cfg.model.path, "model.path", cfg.model.path,
-            "empty with model.size: tiny, which builds the tiny model in process and would ignore this folder; "
-            "set model.size=full to train the folder's model")
+    pretrained_tiny = cfg.model.family == "hunyuan_video" and (Path(cfg.model.path) / TINY_TEXT_ENCODER_FILE).is_file()
+    require(cfg.model.size == "full" or not cfg.model.path or pretrained_tiny, "model.path", cfg.model.path,
+            "empty with model.size: tiny, which builds the tiny model in process and would ignore this folder "
+            f"(unless it is a pretrained tiny HunyuanVideo folder holding {TINY_TEXT_ENCODER_FILE}, as "
+            "assets/shapes_model); set model.size=full to train the folder's model")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
     return problems

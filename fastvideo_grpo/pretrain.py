@@ -33,7 +33,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
 from fastvideo_grpo.ema import init_ema, update_ema
-from fastvideo_grpo.models.tiny.hashing_text_encoder import TEXT_ENCODER_FILE, TinyTextEncoder
+from fastvideo_grpo.config import TINY_TEXT_ENCODER_FILE
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 from fastvideo_grpo.outputs import plot_reward_curve
 from fastvideo_grpo.shapes.vae import LATENT_CHANNELS, pool_latents, shapes_vae
 from fastvideo_grpo.shapes.world import render, split_scenes
@@ -132,7 +133,7 @@ def save_folder(out: Path, cfg: PretrainConfig, model: HunyuanVideoTransformer3D
             p.copy_(weights[name])
     shapes_vae().save_pretrained(tmp / "vae")
     FlowMatchEulerDiscreteScheduler(shift=cfg.shift).save_pretrained(tmp / "scheduler")
-    (tmp / TEXT_ENCODER_FILE).write_text(json.dumps(
+    (tmp / TINY_TEXT_ENCODER_FILE).write_text(json.dumps(
         {"class": "fastvideo_grpo.models.tiny.hashing_text_encoder.TinyTextEncoder", "tiny_text_dim": cfg.text_dim,
          "tiny_pooled_dim": cfg.pooled_dim, "init_seed": cfg.text_seed, "max_text_tokens": cfg.max_text_tokens},
         indent=2) + "\n")

@@ -199,7 +199,8 @@ def test_a_run_whose_text_encoder_differs_from_the_shipped_models_is_refused():
     from fastvideo_grpo.data.sources import build_prompt_source
     from fastvideo_grpo.models.hunyuan_video import build_hunyuan_video
 
-    overrides = [f"model.path={ROOT / 'assets/shapes_model'}", f"data.prompts_file={ROOT / 'assets/prompts/shapes_rl.txt'}"]
+    overrides = [f"model.path={ROOT / 'assets/shapes_model'}",
+                 f"data.prompts_file={ROOT / 'assets/prompts/shapes_rl.txt'}"]
     cfg = load_config(ROOT / "assets/configs/shapes_t2v.yaml", overrides)
     assert len(build_prompt_source(cfg)) == 48
     for key, value in (("data.max_text_tokens", 16), ("model.init_seed", 1), ("model.tiny_text_dim", 16)):

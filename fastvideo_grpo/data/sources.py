@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastvideo_grpo.config import Config, ConfigError
+from fastvideo_grpo.config import TINY_TEXT_ENCODER_FILE, Config, ConfigError
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, ImageLatents, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.preprocess import read_prompt_file
-from fastvideo_grpo.models.tiny.hashing_text_encoder import TEXT_ENCODER_FILE, TinyTextEncoder
+from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 
 
 def check_tiny_text_encoder(cfg: Config) -> None:
     """A pretrained tiny folder (model.path) was trained on the encoder its text_encoder.json
     describes; any other would feed it embeddings it never saw. Raises ConfigError."""
-    file = Path(cfg.model.path) / TEXT_ENCODER_FILE
+    file = Path(cfg.model.path) / TINY_TEXT_ENCODER_FILE
     if not cfg.model.path or not file.is_file():
         return
     sections = {"model": cfg.model, "data": cfg.data}

@@ -14,9 +14,6 @@ import torch
 from fastvideo_grpo.models.base import TextConditioning
 
 VOCAB_SIZE = 4096
-# In a pretrained tiny folder: the settings it was trained with ({"tiny_text_dim", "tiny_pooled_dim",
-# "init_seed", "max_text_tokens"}), which a run's model and data sections must match.
-TEXT_ENCODER_FILE = "text_encoder.json"
 
 
 class TinyTextEncoder:
