@@ -277,7 +277,11 @@ def planned_policy(cfg: Config) -> tuple[Policy, str]:
                           f"(families with one: {sorted(PUBLISHED)})")
     pub = PUBLISHED[m.family]
     root = Path(m.path) if m.path else None
-    if root is not None and root.is_dir():
+    if root is not None and not root.is_dir():
+        # A typo would otherwise plan the released architecture instead of the user's folder.
+        raise FileNotFoundError(f"model.path={m.path}: no such folder (leave model.path empty to plan the released "
+                                f"{pub.name} architecture)")
+    if root is not None:
         configs = []
         for sub in (pub.folder, "vae"):
             file = root / sub / "config.json"
@@ -289,7 +293,7 @@ def planned_policy(cfg: Config) -> tuple[Policy, str]:
         source = f"{root / pub.folder / 'config.json'}"
     else:
         network_config, vae_config = pub.network_config, pub.vae_config
-        source = f"released {pub.name} config (model.path names no folder)"
+        source = f"released {pub.name} config (model.path is empty)"
     with torch.device("meta"):
         network = pub.network.from_config(network_config)
         vae = pub.vae.from_config(vae_config).to(DTYPES[m.dtype])
@@ -936,7 +940,9 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     result = {
         "config": str(config), "overrides": list(overrides), "family": cfg.model.family, "architecture": source,
         "world": {"nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node, "ranks_per_node": cluster.node_ranks,
-                  **mesh},
+                  **mesh, "prompts_per_dp_rank": cfg.train.prompts_per_iteration, "group_size": s.group_size,
+                  "global_batch": cfg.train.prompts_per_iteration * s.group_size * mesh["dp_replicate"]
+                  * mesh["dp_shard"]},
         "gpu_memory_gb": cluster.gpu_memory_gb, "reserve_gb": round(sum(reserve.values()) / GB, 6),
         "reserve_items_gb": _gb(reserve),
         "fits": all(fits.values()), "fits_by": fits, "headroom_gb": round(cluster.gpu_memory_gb - peak / GB, 6),
@@ -1019,6 +1025,7 @@ def check_knobs(config, overrides: list[str], base: dict, cfg: Config, cluster: 
             checked.append({"override": name, "peak_gb": round(floor, 6), "headroom_gb": round(
                 cluster.gpu_memory_gb - floor, 6), "fits": False, "lower_bound": True})
             return
+        logger.info("re-planning with %s", name)
         try:
             result = plan(config, [*overrides, *extra], target, cache, knobs=False)
         except (ConfigError, ValueError) as e:
@@ -1064,6 +1071,8 @@ def render(result: dict) -> str:
         f"trained); architecture: {result['architecture']}",
         f"  {w['nodes']} nodes x {w['gpus_per_node']} GPUs of {result['gpu_memory_gb']:g} GB: dp_replicate "
         f"{w['dp_replicate']} x dp_shard {w['dp_shard']} x sp {w['sp_size']}",
+        f"  global batch: {w['prompts_per_dp_rank']} prompts per dp rank x G={w['group_size']} x "
+        f"{w['dp_replicate'] * w['dp_shard']} dp ranks = {w['global_batch']} videos per iteration",
         "",
         f"  {'per-rank memory, ' + unit:<26}{'setup':>10}{'training step':>14}{'rollout/decode':>16}  source",
     ]
@@ -1140,8 +1149,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")
     logging.getLogger("diffusers").setLevel(logging.ERROR)
+    logging.getLogger("fastvideo_grpo.plan").setLevel(logging.INFO)  # progress: a plan takes a minute at full size
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.peak_tflops, args.mfu, args.reserve_gb,
                       args.ranks_per_node, args.host_memory_gb)
+    logger.info("planning %s on %d nodes x %d GPUs: one training micro-batch traced on fake tensors (about a "
+                "minute at full size, again for each knob if it does not fit)", args.config, args.nodes,
+                args.gpus_per_node)
     try:
         result = plan(args.config, args.overrides, cluster)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -243,3 +243,21 @@ def test_user_errors_end_a_command_with_one_line_not_a_traceback(tmp_path):
         errors = [line for line in result.stderr.splitlines() if " ERROR " in line or "error:" in line]
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+
+
+def test_plan_refuses_a_model_folder_that_is_not_there_and_says_what_it_plans(tmp_path, capsys, caplog):
+    from conftest import ROOT
+    from fastvideo_grpo.plan import main as plan_main
+
+    config = str(ROOT / "assets/configs/tiny_t2v.yaml")
+    with caplog.at_level(logging.ERROR):
+        assert plan_main(["--config", str(ROOT / "assets/configs/hunyuan_t2v.yaml"), f"model.path={tmp_path / 'typo'}",
+                          "--gpu-memory-gb", "80"]) == 2
+    assert f"model.path={tmp_path / 'typo'}: no such folder" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.plan"):
+        assert plan_main(["--config", config, "--nodes", "1", "--gpus-per-node", "1", "--gpu-memory-gb", "80",
+                          "train.prompts_per_iteration=2"]) == 0
+    assert "planning" in caplog.text and "traced on fake tensors" in caplog.text
+    group = load_config(config).sampling.group_size
+    assert f"global batch: 2 prompts per dp rank x G={group} x 1 dp ranks = {2 * group} videos" in capsys.readouterr().out
