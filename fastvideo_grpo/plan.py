@@ -108,7 +108,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +136,7 @@ from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
 from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import fsdp_param_dtype, parallelize, reshard, rollout_keeps_gathered
+from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.rollout import rows_per_sample
 from fastvideo_grpo.step_plan import StepPlan, iteration_plan
 
@@ -1146,8 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ranks_per_node > args.gpus_per_node:
         parser.error(f"--ranks-per-node {args.ranks_per_node}: expected at most --gpus-per-node ({args.gpus_per_node})")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")
+    silence_library_noise()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     logging.getLogger("fastvideo_grpo.plan").setLevel(logging.INFO)  # progress: a plan takes a minute at full size
     cluster = Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.peak_tflops, args.mfu, args.reserve_gb,
