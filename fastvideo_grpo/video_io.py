@@ -3,7 +3,7 @@
 PyAV decodes the same frames as imageio-ffmpeg, bit for bit, on odd sizes (33x17, 97x61)
 and widths that are not multiples of 32, in 0.10-0.47 of its time, the fastest of the
 decoders measured on a 480x480x53 video, and ships its own FFmpeg in its wheel
-(bench/video_decoders.py, bench/RESULTS.md; the README says why not decord2 or torchcodec).
+(bench/video_decoders.py, bench/RESULTS.md; docs/evaluation.md says why not decord2 or torchcodec).
 """
 
 from __future__ import annotations
