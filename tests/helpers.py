@@ -1,5 +1,6 @@
 """Shared builders for tests: the tiny policy and its conditioning; waiting on a run; mp4 bytes;
-multi-process runs and their comparison; first-frame latents for image-to-video."""
+multi-process runs and their comparison; first-frame latents for image-to-video; what a
+written PNG shows."""
 
 import json
 import socket
@@ -202,3 +203,24 @@ def tiny_clip(model_folder, processor_folder, logit_scale: float | None = None):
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=CLIP_MEAN,
                        image_std=CLIP_STD).save_pretrained(processor_folder)
     return model.eval(), tok
+
+
+def read_png(path):
+    """The decoded image, uint8 [H, W, 3] (alpha dropped); an error for anything but a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path}: {image.format}, expected PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def curve_pixels(image, index: int):
+    """(rows, columns) of the pixels drawn exactly in the index-th colour of matplotlib's
+    default cycle: the opaque line of the index-th run of a reward-curve plot."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    colour = to_rgb(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][index])
+    return np.nonzero((image == np.round(np.array(colour) * 255).astype(np.uint8)).all(axis=-1))

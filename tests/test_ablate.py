@@ -3,6 +3,7 @@ import json
 from fastvideo_grpo.ablate import EXPERIMENTS, main, wall_time_table
 
 from conftest import ROOT
+from helpers import curve_pixels, read_png
 
 
 def test_quick_grid_writes_table_and_curves(tmp_path, monkeypatch):
@@ -14,7 +15,20 @@ def test_quick_grid_writes_table_and_curves(tmp_path, monkeypatch):
             assert f"| {experiment} | {setting.name} |" in table
     results = json.loads((tmp_path / "results.json").read_text())
     assert all(len(s["runs"]) == 1 for s in results["settings"].values())
-    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # One panel per experiment, three a row (5 x 3.6 inches each at 90 dpi); each shows its
+    # settings' curves (the last drawn, never covered, in the cycle's colour of its index),
+    # and the cells no experiment fills stay blank.
+    image = read_png(tmp_path / "curves.png")
+    columns = min(3, len(EXPERIMENTS))
+    rows = -(-len(EXPERIMENTS) // columns)
+    assert image.shape == (324 * rows, 450 * columns, 3)
+    for index, (experiment, (_, settings)) in enumerate(EXPERIMENTS.items()):
+        row, column = divmod(index, columns)
+        panel = image[324 * row:324 * (row + 1), 450 * column:450 * (column + 1)]
+        assert len(curve_pixels(panel, len(settings) - 1)[0]) > 0, experiment
+    for index in range(len(EXPERIMENTS), rows * columns):
+        row, column = divmod(index, columns)
+        assert (image[324 * row:324 * (row + 1), 450 * column:450 * (column + 1)] == 255).all()
 
 
 def test_wall_time_table_times_each_seed_and_the_seed_averaged_curve():

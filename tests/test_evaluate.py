@@ -13,7 +13,8 @@ from fastvideo_grpo.export import export
 from fastvideo_grpo.trainer import train
 
 from conftest import ROOT
-from helpers import read_jsonl
+from helpers import read_jsonl, read_png
+from fastvideo_grpo.video_io import read_video
 
 EVAL_PROMPTS = str(ROOT / "assets/prompts/tiny_eval.txt")
 
@@ -47,8 +48,16 @@ def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path, c
     color = summary["rewards"]["color"]
     assert color["n"] == 6
     assert color["mean"] == pytest.approx(sum(r["color"] for r in rows) / 6)
-    assert (tmp_path / "a" / "grid.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "a" / "grid.mp4").stat().st_size > 0
+    # The grid: the first 2 prompts' seed-0 videos side by side (16 x 16 each, under
+    # eval.grid_max_side), grid.png its middle frame.
+    grid = read_video(tmp_path / "a" / "grid.mp4")
+    assert grid.shape == (tiny_cfg.sampling.num_frames, 16, 32, 3)
+    image = read_png(tmp_path / "a" / "grid.png")
+    assert image.shape == (16, 32, 3)
+    left, right = image[:, :16].astype(int), image[:, 16:].astype(int)
+    assert abs(left - right).mean() > 1  # two prompts, two different samples
+    # mp4 is lossy: its middle frame is near the PNG, not equal.
+    assert abs(grid[grid.shape[0] // 2].numpy().astype(int) - image).mean() < 12
 
 
 def test_mean_ci_is_the_normal_interval():

@@ -31,7 +31,9 @@ from fastvideo_grpo.models import model_family
 from fastvideo_grpo.parallel import World
 from fastvideo_grpo.rewards import REGISTRY
 from fastvideo_grpo.trainer import Components, setup, train
-from helpers import COMMON, DIST, assert_same_training, read_jsonl, run, smooth_image, tiny_policy, write_image_latents
+from fastvideo_grpo.video_io import read_video
+from helpers import (COMMON, DIST, assert_same_training, curve_pixels, read_jsonl, read_png, run, smooth_image, tiny_policy,
+                     write_image_latents)
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 CONFIGS = ROOT / "assets/configs"
@@ -281,8 +283,11 @@ def test_two_iterations_train_with_ratio_one_at_the_first_update(case, trained):
     # train.sample_every=2: the first iteration's samples only.
     samples = sorted(p.name for p in (out / "samples").glob("*.mp4"))
     assert samples == ["iter_000000_0.mp4", "iter_000000_1.mp4"]
-    assert all((out / "samples" / name).stat().st_size > 0 for name in samples)
-    assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(read_video(out / "samples" / name).shape == (s.num_frames, s.height, s.width, 3) for name in samples)
+    # The run's reward curve: one run, so one curve, in the cycle's first colour.
+    curve = read_png(out / "reward_curve.png")
+    assert curve.shape == (400, 600, 3)
+    assert len(curve_pixels(curve, 0)[0]) > 50 and len(curve_pixels(curve, 1)[0]) == 0
     assert load_config(out / "config.yaml").train.iterations == 2
 
 

@@ -24,21 +24,49 @@ def test_every_tiny_folder_loads_as_its_family(tmp_path, capsys, name):
     folder = capsys.readouterr().out.strip()
     assert json.loads((tmp_path / name / "model_index.json").read_text())["_class_name"] == FAMILIES[name].pipeline
     policy = build_policy(ModelConfig(family=name, path=folder, dtype="fp32"), torch.device("cpu"), 0, 0)
-    assert len(policy.blocks) > 0 and all(p.dtype == torch.float32 for p in policy.transformer.parameters())
+    assert all(p.dtype == torch.float32 for p in policy.transformer.parameters())
+    # The blocks are the network's own block lists, found by name, and together hold every
+    # parameter under them.
+    names = block_names(policy)
+    assert None not in names and len(set(names)) == len(names)
+    assert {n.split(".")[0] for n in names} == {n.split(".")[0] for n in BLOCKS[name]}
+    in_blocks = {id(p) for block in policy.blocks for p in block.parameters()}
+    prefixes = tuple(f"{n.split('.')[0]}." for n in names)
+    under = [n for n, p in policy.transformer.named_parameters() if n.startswith(prefixes)]
+    assert under and all(id(p) in in_blocks for n, p in policy.transformer.named_parameters() if n in under)
+
+
+# The units FSDP shards and activation checkpointing wraps, by their names in the network, for
+# tiny_layers=2 and tiny_single_layers=3: the transformers' double blocks then their single
+# blocks, as many as asked; the tiny UNet's two levels of down and up blocks around its middle.
+TRANSFORMER_BLOCKS = [f"transformer_blocks.{i}" for i in range(2)] + [f"single_transformer_blocks.{i}" for i in range(3)]
+BLOCKS = {"hunyuan_video": TRANSFORMER_BLOCKS, "hunyuan_video_i2v": TRANSFORMER_BLOCKS, "flux": TRANSFORMER_BLOCKS,
+          "stable_diffusion": ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]}
+
+
+def block_names(policy) -> list[str | None]:
+    names = {id(module): name for name, module in policy.transformer.named_modules()}
+    return [names.get(id(block)) for block in policy.blocks]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_every_family_builds_its_tiny_model(name):
-    policy = build_policy(ModelConfig(family=name, size="tiny", tiny_heads=4, tiny_head_dim=16),
-                          torch.device("cpu"), 16, 8)
-    assert len(policy.blocks) > 0
+def test_every_family_builds_its_tiny_model_with_the_blocks_its_config_asks_for(name):
+    policy = build_policy(ModelConfig(family=name, size="tiny", tiny_heads=4, tiny_head_dim=16, tiny_layers=2,
+                                      tiny_single_layers=3), torch.device("cpu"), 16, 8)
+    assert block_names(policy) == BLOCKS[name]
 
 
-def test_the_tiny_cli_offers_the_families_with_a_folder():
+def test_the_tiny_cli_offers_the_families_with_a_folder(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
-        tiny_main(["no_such_family", "/unused"])
+        tiny_main(["no_such_family", str(tmp_path / "unused")])
     assert info.value.code == 2
-    assert set(WITH_FOLDER) == {"hunyuan_video", "flux", "stable_diffusion"}
+    choices = ", ".join(f"'{name}'" for name in WITH_FOLDER)
+    assert f"argument family: invalid choice: 'no_such_family' (choose from {choices})" in capsys.readouterr().err
+    # A family without a tiny folder writer (its tiny model is built in process) is refused too.
+    for name in (n for n, family in FAMILIES.items() if family.write_tiny_folder is None):
+        with pytest.raises(SystemExit):
+            tiny_main([name, str(tmp_path / name)])
+    assert not any(tmp_path.iterdir())
 
 
 def test_an_unknown_family_names_model_family_before_anything_is_built():
