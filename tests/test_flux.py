@@ -89,12 +89,18 @@ def test_sequence_parallel_is_refused_for_flux():
         check_model_config(load_config(TINY, ["parallel.sp_size=2"]))
 
 
-def test_paper_config_loads_with_its_paths():
-    cfg = load_config(ROOT / "assets/configs/flux_t2i.yaml", [
-        "model.path=/models/flux", "data.embeddings_dir=/data/emb", "reward.models.hps.path=/hps.pt",
-        "reward.models.clip.path=/clip"])
+def test_paper_config_plans_the_released_flux_on_one_frame_latents():
+    from fastvideo_grpo.plan import load_plan_config, planned_policy
+    from fastvideo_grpo.rewards import check_reward_config
+
+    cfg = load_plan_config(ROOT / "assets/configs/flux_t2i.yaml", ["reward.models.hps.path=/hps.pt",
+                                                                   "reward.models.clip.path=/clip"])
+    check_reward_config(cfg.reward)  # both reward sections, with their paths set
+    policy, source = planned_policy(cfg)
+    assert "released" in source and policy.transformer.config.guidance_embeds
+    # Images: 16-channel latents at 1/8 of the size, no frame axis, as FluxPipeline makes them
+    # (decode gives one-frame videos).
     s = cfg.sampling
-    assert (s.height, s.width, s.num_frames, s.num_steps) == (720, 720, 1, 16)
-    assert (s.eta, s.shift, s.group_size) == (0.3, 3.0, 12)
-    assert cfg.grpo.timestep_fraction == 0.6 and cfg.train.lr == 1e-5 and cfg.train.grad_clip == 1.0
-    assert cfg.reward.weights == {"hps": 1.0, "clip": 1.0} and cfg.model.guidance_scale == 3.5
+    assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, s.height // 8, s.width // 8)
+    with pytest.raises(ConfigError, match="parallel.sp_size.*'flux'"):
+        check_model_config(load_plan_config(ROOT / "assets/configs/flux_t2i.yaml", ["parallel.sp_size=2"]))

@@ -19,8 +19,14 @@ def test_one_frame_latents_decode_to_one_frame_images():
     assert images.dtype == torch.uint8 and images.shape == (2, 1, 64, 64, 3)
 
 
-def test_paper_config_loads_with_its_paths():
-    cfg = load_config(ROOT / "assets/configs/hunyuan_t2i.yaml", [
-        "model.path=/models/hunyuan", "data.embeddings_dir=/data/emb", "reward.models.hps.path=/hps.pt"])
-    assert cfg.model.family == "hunyuan_video" and cfg.sampling.num_frames == 1
-    assert cfg.reward.weights == {"hps": 1.0}
+def test_paper_config_plans_the_released_hunyuan_video_on_one_frame_latents():
+    from fastvideo_grpo.plan import load_plan_config, planned_policy
+    from fastvideo_grpo.rewards import check_reward_config
+
+    cfg = load_plan_config(ROOT / "assets/configs/hunyuan_t2i.yaml", ["reward.models.hps.path=/hps.pt"])
+    check_reward_config(cfg.reward)  # HPS's section, with its path set
+    policy, source = planned_policy(cfg)
+    assert "released" in source
+    # One frame: one latent frame (the causal VAE keeps the first frame alone), 1/8 of the size.
+    s = cfg.sampling
+    assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, 1, s.height // 8, s.width // 8)
