@@ -60,8 +60,10 @@ def test_the_tiny_cli_offers_the_families_with_a_folder(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         tiny_main(["no_such_family", str(tmp_path / "unused")])
     assert info.value.code == 2
-    choices = ", ".join(f"'{name}'" for name in WITH_FOLDER)
-    assert f"argument family: invalid choice: 'no_such_family' (choose from {choices})" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "argument family: invalid choice: 'no_such_family'" in error
+    offered = error.split("choose from", 1)[1]
+    assert [name for name in FAMILIES if name in offered.replace("'", " ").split()] == WITH_FOLDER
     # A family without a tiny folder writer (its tiny model is built in process) is refused too.
     for name in (n for n, family in FAMILIES.items() if family.write_tiny_folder is None):
         with pytest.raises(SystemExit):
