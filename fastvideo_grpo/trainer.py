@@ -22,7 +22,7 @@ from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.early_stop import EarlyStop
 from fastvideo_grpo.ema import init_ema
-from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
+from fastvideo_grpo.training.evaluation import evaluate_in_loop, held_out_source
 from fastvideo_grpo.flops import throughput
 from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats

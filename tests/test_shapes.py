@@ -161,7 +161,7 @@ def test_the_shipped_model_loads_and_scores_what_its_card_says(tmp_path):
 
     from conftest import ROOT
     from fastvideo_grpo.config import load_config
-    from fastvideo_grpo.evaluate import evaluate
+    from fastvideo_grpo.cli.evaluate import evaluate
 
     folder = ROOT / "assets/shapes_model"
     check = json.loads((folder / "heldout_check.json").read_text())
