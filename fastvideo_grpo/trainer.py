@@ -36,7 +36,7 @@ from fastvideo_grpo.parallel.loading import loading_turn
 from fastvideo_grpo.parallel.sp_share import gather_sp_scores, sp_rows
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config, pairwise_models
-from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
+from fastvideo_grpo.rewards.scorers import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste

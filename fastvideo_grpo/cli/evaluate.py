@@ -90,7 +90,7 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     """Evaluate and write `output`/{scores.jsonl, summary.json, grid.*}; returns the summary
     on the main rank. The model is replicated on every rank (no FSDP)."""
     from fastvideo_grpo.rewards import check_reward_config, with_all_scores
-    from fastvideo_grpo.rewards.service import build_reward_scorer
+    from fastvideo_grpo.rewards.scorers import build_reward_scorer
 
     check_reward_config(cfg.reward)  # before the policy is built
     world = init_distributed(cfg.parallel.device, timeout_minutes=cfg.parallel.timeout_minutes,
@@ -249,7 +249,7 @@ def evaluate_videos(cfg: Config, output: Path, videos: str, captions: str, send_
     """Score the video files `videos` (a folder or a glob) with their --captions and the
     configured rewards; writes `output`/{scores.jsonl, summary.json} and returns the summary."""
     from fastvideo_grpo.rewards import check_reward_config, pairwise_models
-    from fastvideo_grpo.rewards.service import build_reward_scorer
+    from fastvideo_grpo.rewards.scorers import build_reward_scorer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--videos scores in one process; run it without torchrun")
