@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from fastvideo_grpo.cli.evaluate import evaluate
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import evaluate
 from fastvideo_grpo.stats import mean_ci
 from fastvideo_grpo.outputs import draw_reward_curves, read_metrics
 

@@ -22,7 +22,7 @@ from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.early_stop import EarlyStop
 from fastvideo_grpo.ema import init_ema
-from fastvideo_grpo.evaluate import evaluate_in_loop, held_out_source
+from fastvideo_grpo.training.evaluation import evaluate_in_loop, held_out_source
 from fastvideo_grpo.flops import throughput
 from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
@@ -36,7 +36,7 @@ from fastvideo_grpo.parallel.loading import loading_turn
 from fastvideo_grpo.parallel.sp_share import gather_sp_scores, sp_rows
 from fastvideo_grpo.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config, pairwise_models
-from fastvideo_grpo.rewards.service import InlineScorer, ServiceScorer, build_reward_scorer
+from fastvideo_grpo.rewards.scorers import InlineScorer, ServiceScorer, build_reward_scorer
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste

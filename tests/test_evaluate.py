@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import compare, evaluate, main
+from fastvideo_grpo.cli.evaluate import compare, evaluate, main
 from fastvideo_grpo.stats import delta_ci, mean_ci
 from fastvideo_grpo.export import export
 from fastvideo_grpo.trainer import train
@@ -28,7 +28,7 @@ def test_base_model_rows_per_prompt_and_seed_deterministic(tiny_cfg, tmp_path, c
     tiny_cfg.eval.batch_size = 4
     for name in ("a", "b"):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="fastvideo_grpo.evaluate"):
+        with caplog.at_level(logging.INFO, logger="fastvideo_grpo.training.evaluation"):
             evaluate(tiny_cfg, tmp_path / name, prompts=EVAL_PROMPTS, num_prompts=3, seeds=[0, 5], grid_prompts=2)
     # A line at the start and one per batch of 4 of the 6 samples: done/total, seconds, ETA.
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluat")]
@@ -99,7 +99,7 @@ def test_eval_in_loop_matches_checkpoint_and_diffusers_evaluation(tiny_cfg, tmp_
     tiny_cfg.eval.prompts_file = EVAL_PROMPTS
     tiny_cfg.eval.num_prompts = 2
     tiny_cfg.eval.num_seeds = 2
-    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.evaluate"):
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.training.evaluation"):
         out = train(tiny_cfg)
     assert not [r for r in caplog.records if r.getMessage().startswith("evaluat")]  # short: no progress lines
     logged = read_jsonl(out / "eval.jsonl")

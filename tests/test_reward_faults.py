@@ -18,9 +18,11 @@ from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE
 from fastvideo_grpo.rewards import REGISTRY, RewardError, RewardModel, check_reward_config
-from fastvideo_grpo.rewards import service
+from fastvideo_grpo.rewards import process as reward_process
+from fastvideo_grpo.rewards.client import RewardClient, RewardTimeout
+from fastvideo_grpo.rewards.process import start_reward_process
+from fastvideo_grpo.rewards.scorers import ServiceScorer
 from fastvideo_grpo.rewards.serve import main as serve_main
-from fastvideo_grpo.rewards.service import RewardClient, RewardTimeout, ServiceScorer, start_reward_process
 from test_reward_service import videos_with_means
 
 
@@ -64,7 +66,7 @@ def test_a_restart_resends_every_batch_in_flight_not_only_the_awaited_one(monkey
     batches = [[10 * b + i for i in range(2)] for b in range(3)]
     handles = [scorer.submit(videos_with_means(values), ["a", "b"]) for values in batches]
     process.kill()  # before the first batch's 0.3 s of scoring is over: all six requests are pending
-    with caplog.at_level(logging.WARNING, logger="fastvideo_grpo.rewards.service"):
+    with caplog.at_level(logging.WARNING, logger="fastvideo_grpo.rewards.client"):
         scores = [scorer.result(ids)["test_sleep"].tolist() for ids in handles]
     assert scores == [[float(v) for v in values] for values in batches]
     assert scorer.client.restarts == 1
@@ -104,7 +106,7 @@ class Unkillable:
 
 
 def test_close_does_not_hang_on_a_process_that_survives_sigkill(monkeypatch, caplog):
-    monkeypatch.setattr(service, "KILL_WAIT_S", 0.2)
+    monkeypatch.setattr(reward_process, "KILL_WAIT_S", 0.2)
     with socket.create_server(("127.0.0.1", 0)) as listener:  # connects; never answers
         scorer = ServiceScorer(RewardConfig(timeout_s=5.0), f"127.0.0.1:{listener.getsockname()[1]}", Unkillable())
         closing = threading.Thread(target=scorer.close, daemon=True)
@@ -145,13 +147,13 @@ def test_the_reward_process_outlives_stop_signals_while_starting_and_serving():
     assert client.result(client.submit(videos_with_means([3, 4]), ["a", "b"]))["test_echo"].tolist() == [3.0, 4.0]
     assert process.is_alive()
     client.close()
-    service.stop_process(process)
+    reward_process.stop_process(process)
 
 
 START_AND_WAIT = f"""
 import sys, time
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.rewards.service import start_reward_process
+from fastvideo_grpo.rewards.process import start_reward_process
 process, _ = start_reward_process(RewardConfig(weights={{"test_echo": 1.0}}, plugins=[{REWARD_PLUGINS!r}], timeout_s=30))
 print(process.pid, flush=True)
 time.sleep(120)

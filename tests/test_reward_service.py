@@ -7,7 +7,9 @@ import torch
 from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.config import RewardConfig, load_config
 from fastvideo_grpo.rewards import RewardError
-from fastvideo_grpo.rewards.service import RewardClient, ServiceScorer, start_reward_process
+from fastvideo_grpo.rewards.client import RewardClient
+from fastvideo_grpo.rewards.process import start_reward_process
+from fastvideo_grpo.rewards.scorers import ServiceScorer
 
 
 def videos_with_means(values):
@@ -143,7 +145,7 @@ def test_process_mode_scores_equal_inline_and_overlap_with_rollout(tmp_path, mon
 def test_reward_process_gets_each_decode_batch_as_decoded(tmp_path, monkeypatch):
     """With a reward process each decode batch is sent as soon as it is decoded; in-line,
     each rollout batch is scored in one call. The iteration's numbers are the same."""
-    from fastvideo_grpo.rewards.service import InlineScorer
+    from fastvideo_grpo.rewards.scorers import InlineScorer
 
     sizes = {}
     for cls in (InlineScorer, ServiceScorer):

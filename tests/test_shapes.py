@@ -136,7 +136,8 @@ def test_the_vae_encodes_by_pooling_and_decodes_what_the_detector_reads():
 
 
 def test_the_reward_process_gives_the_same_six_scores_as_inline():
-    from fastvideo_grpo.rewards.service import ServiceScorer, start_reward_process
+    from fastvideo_grpo.rewards.process import start_reward_process
+    from fastvideo_grpo.rewards.scorers import ServiceScorer
 
     cfg = with_all_scores(RewardConfig(weights={"shapes_color": 1.0}, timeout_s=60))
     scenes = [Scene(1, "red", "circle", "top", None), Scene(2, "blue", "triangle", None, "up")]
@@ -161,7 +162,7 @@ def test_the_shipped_model_loads_and_scores_what_its_card_says(tmp_path):
 
     from conftest import ROOT
     from fastvideo_grpo.config import load_config
-    from fastvideo_grpo.evaluate import evaluate
+    from fastvideo_grpo.cli.evaluate import evaluate
 
     folder = ROOT / "assets/shapes_model"
     check = json.loads((folder / "heldout_check.json").read_text())

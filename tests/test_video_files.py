@@ -12,9 +12,10 @@ import torch
 
 from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import evaluate_videos, main
+from fastvideo_grpo.cli.evaluate import evaluate_videos, main
 from fastvideo_grpo.rewards import RewardError
-from fastvideo_grpo.rewards.service import ServiceScorer, start_reward_process
+from fastvideo_grpo.rewards.process import start_reward_process
+from fastvideo_grpo.rewards.scorers import ServiceScorer
 from fastvideo_grpo.video_io import VideoReadError, read_video
 from helpers import read_jsonl
 

@@ -16,8 +16,8 @@ import torch
 
 from fastvideo_grpo.config import ConfigError, RewardConfig
 from fastvideo_grpo.rewards import RewardError, build_scorer, check_reward_config
-from fastvideo_grpo.rewards.vlm_judge import (AnswerFormat, VLMJudgeConfig, VLMPairwiseConfig, builtin_templates,
-                                              load_template)
+from fastvideo_grpo.rewards.judge_templates import AnswerFormat, builtin_templates, load_template
+from fastvideo_grpo.rewards.vlm_judge import VLMJudgeConfig, VLMPairwiseConfig
 
 MAX_REQUESTS = 40
 
@@ -151,7 +151,7 @@ def test_scores_are_parsed_and_scaled_with_the_frames_and_caption_sent(judge_ser
 
 
 def test_jpeg_frames_by_default():
-    from fastvideo_grpo.rewards.vlm_judge import encode_frames
+    from fastvideo_grpo.rewards.judge_client import encode_frames
 
     (url,) = encode_frames(ramp_videos([100], frames=1)[0], 8, 32, "jpeg")
     assert url.startswith("data:image/jpeg;base64,")

@@ -16,7 +16,7 @@ import sys
 
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.rewards import check_reward_config
-from fastvideo_grpo.rewards.service import serve
+from fastvideo_grpo.rewards.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:

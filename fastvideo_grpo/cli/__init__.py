@@ -1,0 +1,1 @@
+"""Command lines: train, evaluate, export, plan, plot, ablate."""

@@ -1,0 +1,1 @@
+"""The training loop and what it keeps: run state, health, tracking, evaluation."""
