@@ -215,7 +215,7 @@ def overrides(out: Path, sizes: Sizes, dry_run: bool, iterations: int) -> list[s
         f"model.path={out / 'model'}", f"model.dtype={sizes.dtype}", f"data.embeddings_dir={out / 'embeddings'}",
         f"parallel.device={'cpu' if dry_run else 'cuda'}", "parallel.activation_checkpointing=true",
         f"sampling.height={sizes.height}", f"sampling.width={sizes.width}", f"sampling.num_frames={sizes.frames}",
-        "sampling.num_steps=4", "sampling.group_size=2", "grpo.best_of=0",
+        "sampling.num_steps=4", "sampling.group_size=2", "policy_update.best_of=0",
         "reward.weights={smoke_conv: 1.0}", f"reward.plugins=[{REWARD_PLUGIN}]", "reward.mode=process",
         f"reward.device={'cpu' if dry_run else 'cuda:0'}",
         f"train.iterations={iterations}", "train.prompts_per_iteration=1", "train.gradient_accumulation_steps=2",

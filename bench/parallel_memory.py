@@ -58,7 +58,7 @@ def measure(sp_size: int) -> dict:
     from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
     from fastvideo_grpo.parallel import init_distributed
     from fastvideo_grpo.parallel.fsdp import apply_fsdp
-    from fastvideo_grpo.update import build_optimizer
+    from fastvideo_grpo.algorithms.learner import build_optimizer
 
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", MODEL + LONG_VIDEO + [f"parallel.sp_size={sp_size}"])
     world = init_distributed("cpu", sp_size=sp_size)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.config import load_config  # noqa: E402
-from fastvideo_grpo.grpo import num_trained_timesteps  # noqa: E402
+from fastvideo_grpo.algorithms.learner import num_trained_timesteps  # noqa: E402
 from fastvideo_grpo.trainer import setup, train_iteration  # noqa: E402
 
 # A tiny model scaled up until the transformer dominates: ~26M parameters, 8 latent frames
@@ -94,7 +94,7 @@ def main() -> None:
         # Rows of the step plan (every step SDE by default; an SDE window with sampling.sde_window_size).
         rollout_rows, train_rows = counted["transformer_forwards_rollout"], counted["transformer_forwards_train"]
         if not s.sde_window_size:
-            trained = num_trained_timesteps(s.num_steps - 1, cfg.grpo.timestep_fraction)
+            trained = num_trained_timesteps(s.num_steps - 1, cfg.policy_update.timestep_fraction)
             assert rollout_rows + train_rows == branches * (samples * s.num_steps + samples * trained)
         assert calls_per_iteration == rollout_rows + train_rows, \
             f"{calls_per_iteration} samples through the transformer, the trainer counted {rollout_rows + train_rows}"

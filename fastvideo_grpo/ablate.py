@@ -83,13 +83,13 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
     "initial_noise": ("shared initial noise within a group is essential; independent noise destabilises", [
         Setting("shared"), Setting("independent", ("sampling.shared_noise=false",))]),
     "objective": ("GRPO (group-normalised advantages) trains; DDPO-style batch normalisation diverges on RF", [
-        Setting("GRPO (group)"), Setting("DDPO-style (batch)", ("grpo.advantage_mode=batch",))]),
+        Setting("GRPO (group)"), Setting("DDPO-style (batch)", ("policy_update.advantage_mode=batch",))]),
     "timesteps": ("random 60% keeps quality; first 30% matters most but alone degrades", [
         Setting("random 0.6"),
-        Setting("first 0.3", ("grpo.timestep_selection=first", "grpo.timestep_fraction=0.3")),
-        Setting("random 0.3", ("grpo.timestep_fraction=0.3",)),
-        Setting("last 0.4", ("grpo.timestep_selection=last", "grpo.timestep_fraction=0.4")),
-        Setting("all 1.0", ("grpo.timestep_fraction=1.0",))]),
+        Setting("first 0.3", ("grpo.timestep_selection=first", "policy_update.timestep_fraction=0.3")),
+        Setting("random 0.3", ("policy_update.timestep_fraction=0.3",)),
+        Setting("last 0.4", ("grpo.timestep_selection=last", "policy_update.timestep_fraction=0.4")),
+        Setting("all 1.0", ("policy_update.timestep_fraction=1.0",))]),
     "eta": ("noise level: lower than 0.3 hurts (the tiny model's own default is 0.7)", [
         Setting("eta 0.7"), _eta(0.1), _eta(0.3), _eta(0.5)]),
     "rewards": ("several rewards: aggregate advantages; binary (thresholded) rewards also train", [
@@ -99,9 +99,9 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
                 "transformer calls", [
         Setting("every step SDE, 60%"),
         Setting("window 2 progressive, dpmpp_2m", ("sampling.sde_window_size=2", "sampling.ode_solver=dpmpp_2m",
-                                                   "grpo.timestep_fraction=1.0")),
+                                                   "policy_update.timestep_fraction=1.0")),
         Setting("window 2 random, CPS", ("sampling.sde_window_size=2", "sampling.sde_window_schedule=random",
-                                         "sampling.sde_type=cps", "grpo.timestep_fraction=1.0"))]),
+                                         "sampling.sde_type=cps", "policy_update.timestep_fraction=1.0"))]),
     "algorithm": ("DiffusionNFT (forward process, deterministic rollouts) reaches GRPO's final held-out ODE reward "
                   "in half the wall time", [
         Setting("GRPO", EVAL_CURVE), _nft("1.0e-3"), _nft("1.0e-3", steps=4), _nft("2.0e-3", steps=4),
@@ -111,7 +111,7 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
             "(beta 0.5) and more trained levels (3 of 4, the reference's fraction 0.99)", [
         _nft("1.0e-3", steps=4), _nft("1.0e-3", "nft.decay_type=0", steps=4),
         _nft("1.0e-3", "nft.decay_type=2", steps=4), _nft("1.0e-3", "nft.beta=0.5", steps=4),
-        _nft("1.0e-3", "grpo.timestep_fraction=0.99", steps=4)]),
+        _nft("1.0e-3", "policy_update.timestep_fraction=0.99", steps=4)]),
     "guards": ("the guards against collapse and hacking (GRPO-Guard's ratio normalisation and step reweighting, an "
                "adaptive KL to a reference that resets, early stop on the held-out reward) cost no final reward", [
         Setting("no guard"),
@@ -121,7 +121,7 @@ EXPERIMENTS: dict[str, tuple[str, list[Setting]]] = {
         Setting("early stop (best of eval every 10)", ("eval.every=10", "eval.num_prompts=4",
                                                        "eval.early_stop_patience=5", "eval.early_stop_margin=0.05"))]),
     "best_of": ("best-of-N (top + bottom of N) converges faster for more sampling", [
-        Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "grpo.best_of=8"))]),
+        Setting("G=8"), Setting("N=16 -> best 4 + worst 4", ("sampling.group_size=16", "policy_update.best_of=8"))]),
 }
 
 QUICK = {"seeds": 1, "iterations": 4, "eval_prompts": 2, "eval_seeds": 1}
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     unique = {s.key: s for e in args.experiments for s in EXPERIMENTS[e][1]}
     # Costliest first (best-of samples twice as much), so parallel workers finish together.
     tasks = sorted(((s, seed) for s in unique.values() for seed in seeds),
-                   key=lambda task: "grpo.best_of=8" not in task[0].overrides)
+                   key=lambda task: "policy_update.best_of=8" not in task[0].overrides)
     started = time.perf_counter()
     logger.info("%d settings x %d seeds, %d iterations each, %d parallel jobs", len(unique), len(seeds),
                 iterations, args.jobs)

@@ -194,18 +194,26 @@ class SamplingConfig:
 
 
 @dataclass
-class GRPOConfig:
-    clip_range: float = 1e-4
+class PolicyUpdateConfig:
+    # What every algorithm's update reads (train.algorithm: grpo and nft alike).
+    # Advantages are clipped to [-adv_clip_max, adv_clip_max] (NFT also scales its loss by it).
     adv_clip_max: float = 5.0
+    # Each kept sample trains max(1, int(N * timestep_fraction)) of its N trainable timesteps
+    # (GRPO: the rollout's trainable transitions; NFT: the sampler's levels).
     timestep_fraction: float = 0.6
-    # Which of the N-1 trainable transitions are trained: a random subset per rollout
-    # batch, or the first / last ones (ablations).
-    timestep_selection: Literal["random", "first", "last"] = "random"
     # Train on the best_of/2 highest and best_of/2 lowest advantage samples of each
     # group (0 trains all G).
     best_of: int = 0
     # Normalise advantages per group (GRPO) or over the whole batch (DDPO-style ablation).
     advantage_mode: Literal["group", "batch"] = "group"
+
+
+@dataclass
+class GRPOConfig:
+    clip_range: float = 1e-4
+    # Which of the trainable transitions are trained (policy_update.timestep_fraction of
+    # them): a random subset per rollout batch, or the first / last ones (ablations).
+    timestep_selection: Literal["random", "first", "last"] = "random"
     # KL penalty to the frozen initial policy; 0 disables it and no reference is loaded.
     kl_weight: float = 0.0
     # How the KL weight moves: "constant" (kl_weight throughout), "linear" (kl_weight to
@@ -315,9 +323,10 @@ class TrainConfig:
     # When the EMA is updated: once per iteration, after its optimizer steps, as DanceGRPO's
     # FLUX trainer does (the default), or after every optimizer step.
     ema_update: Literal["iteration", "optimizer_step"] = "iteration"
-    # The training algorithm: clipped GRPO on the SDE rollout's log-probs, or DiffusionNFT
-    # (nft.py) on the forward process of deterministic rollouts (the `nft` section).
-    algorithm: Literal["grpo", "nft"] = "grpo"
+    # The training algorithm, a name in algorithms.ALGORITHMS: "grpo", clipped GRPO on the SDE
+    # rollout's log-probs (the `grpo` section), or "nft", DiffusionNFT (algorithms/nft.py) on the
+    # forward process of deterministic rollouts (the `nft` section). Both read `policy_update`.
+    algorithm: str = "grpo"
 
 
 @dataclass
@@ -456,6 +465,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    policy_update: PolicyUpdateConfig = field(default_factory=PolicyUpdateConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -465,12 +475,6 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)
-
-
-def reference_kl_weight(cfg: Config) -> float:
-    """The configured algorithm's KL weight (grpo.kl_weight, or nft.kl_weight under NFT): a
-    frozen reference is built when it is > 0."""
-    return cfg.nft.kl_weight if cfg.train.algorithm == "nft" else cfg.grpo.kl_weight
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -550,6 +554,8 @@ def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
         key = f"{prefix}{name}"
         if key in MOVED_KEYS:
             raise ConfigError(f"{key} moved to {MOVED_KEYS[key]}")
+        if prefix == "grpo." and name in _fields(PolicyUpdateConfig):  # both algorithms read these now
+            raise ConfigError(f"{key} moved to policy_update.{name}")
         if name not in known:
             raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(known)}")
         annotation = hints[name]
@@ -624,13 +630,18 @@ def validate(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
         raise ConfigError(f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def problem(key: str, value: Any, expected: str) -> str:
+    """A config problem as validate reports it."""
+    return f"{key}: {value!r} is invalid; expected {expected}"
+
+
 def config_problems(cfg: Config) -> list[str]:
-    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    s, g, u, t = cfg.sampling, cfg.grpo, cfg.policy_update, cfg.train
     problems: list[str] = []
 
     def require(ok: bool, key: str, value: Any, expected: str) -> None:
         if not ok:
-            problems.append(f"{key}: {value!r} is invalid; expected {expected}")
+            problems.append(problem(key, value, expected))
 
     require(s.num_steps >= 2, "sampling.num_steps", s.num_steps, ">= 2")
     require(s.eta >= 0, "sampling.eta", s.eta, ">= 0")
@@ -643,7 +654,7 @@ def config_problems(cfg: Config) -> list[str]:
     for key in ("height", "width"):
         value = getattr(s, key)
         require(value >= 16 and value % 16 == 0, f"sampling.{key}", value, "a multiple of 16")
-    require(0 < g.timestep_fraction <= 1, "grpo.timestep_fraction", g.timestep_fraction, "in (0, 1]")
+    require(0 < u.timestep_fraction <= 1, "policy_update.timestep_fraction", u.timestep_fraction, "in (0, 1]")
     require(0 <= s.sde_window_size <= s.num_steps - 1, "sampling.sde_window_size", s.sde_window_size,
             f"0 (every step) or a window of at most sampling.num_steps - 1 = {s.num_steps - 1} steps "
             "(the last step, into the clean sample, is never trained)")
@@ -679,9 +690,13 @@ def config_problems(cfg: Config) -> list[str]:
     require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
     require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
     require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
-    require(t.algorithm != "nft" or not s.shared_noise, "sampling.shared_noise", s.shared_noise,
-            "false with train.algorithm=nft: its rollout is deterministic, so one initial noise per group "
-            "would give G equal samples")
+    # Imported here: the algorithms import this module.
+    from fastvideo_grpo.algorithms import ALGORITHMS
+
+    if t.algorithm in ALGORITHMS:
+        problems += ALGORITHMS[t.algorithm].config_problems(cfg)
+    else:
+        require(False, "train.algorithm", t.algorithm, f"one of {sorted(ALGORITHMS)}")
     h = cfg.health
     for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
         require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
@@ -689,12 +704,12 @@ def config_problems(cfg: Config) -> list[str]:
     require(h.window >= 1, "health.window", h.window, ">= 1")
     require(s.sde_type != "cps" or s.eta <= 1, "sampling.eta", s.eta,
             "in (0, 1] for sampling.sde_type=cps (its noise is sigma_next * sin(eta * pi / 2))")
-    require(int((s.num_steps - 1) * g.timestep_fraction) >= 1, "grpo.timestep_fraction",
-            g.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
+    require(int((s.num_steps - 1) * u.timestep_fraction) >= 1, "policy_update.timestep_fraction",
+            u.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
     require(g.clip_range > 0, "grpo.clip_range", g.clip_range, "> 0")
-    require(g.adv_clip_max > 0, "grpo.adv_clip_max", g.adv_clip_max, "> 0")
-    require(g.best_of == 0 or (g.best_of % 2 == 0 and 2 <= g.best_of <= s.group_size),
-            "grpo.best_of", g.best_of, f"0 or an even number <= sampling.group_size ({s.group_size})")
+    require(u.adv_clip_max > 0, "policy_update.adv_clip_max", u.adv_clip_max, "> 0")
+    require(u.best_of == 0 or (u.best_of % 2 == 0 and 2 <= u.best_of <= s.group_size),
+            "policy_update.best_of", u.best_of, f"0 or an even number <= sampling.group_size ({s.group_size})")
     require(g.kl_weight >= 0, "grpo.kl_weight", g.kl_weight, ">= 0")
     moves_kl = g.kl_schedule != "constant" or g.reference_reset_every > 0 or g.reference_reset_kl > 0
     require(not moves_kl or g.kl_weight > 0, "grpo.kl_weight", g.kl_weight,
@@ -704,10 +719,6 @@ def config_problems(cfg: Config) -> list[str]:
             "> 0 with grpo.kl_schedule=adaptive")
     require(g.reference_reset_every >= 0, "grpo.reference_reset_every", g.reference_reset_every, ">= 0")
     require(g.reference_reset_kl >= 0, "grpo.reference_reset_kl", g.reference_reset_kl, ">= 0")
-    for key in ("ratio_norm", "step_reweight", "kl_schedule", "reference_reset_every", "reference_reset_kl"):
-        default = getattr(GRPOConfig, key)
-        require(t.algorithm == "grpo" or getattr(g, key) == default, f"grpo.{key}", getattr(g, key),
-                f"{default!r} with train.algorithm={t.algorithm} (a GRPO guard)")
     require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
     require(len(cfg.reward.weights) > 0, "reward.weights", cfg.reward.weights, "at least one reward")
     require(any(w != 0 for w in cfg.reward.weights.values()), "reward.weights", cfg.reward.weights,
@@ -726,8 +737,9 @@ def config_problems(cfg: Config) -> list[str]:
     require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
     require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", t.max_nonfinite_steps, ">= 1")
     require(cfg.reward.max_restarts >= 0, "reward.max_restarts", cfg.reward.max_restarts, ">= 0")
-    require(cfg.reward.on_nonfinite != "drop_group" or g.advantage_mode == "group", "reward.on_nonfinite",
-            cfg.reward.on_nonfinite, "'error' with grpo.advantage_mode=batch (a dropped group has no batch statistics)")
+    require(cfg.reward.on_nonfinite != "drop_group" or u.advantage_mode == "group", "reward.on_nonfinite",
+            cfg.reward.on_nonfinite,
+            "'error' with policy_update.advantage_mode=batch (a dropped group has no batch statistics)")
     m = cfg.model
     for key in ("tiny_layers", "tiny_heads", "tiny_head_dim", "tiny_text_dim", "tiny_pooled_dim", "tiny_vae_channels"):
         require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")

@@ -27,7 +27,8 @@ from diffusers import FluxTransformer2DModel, HunyuanVideoTransformer3DModel, UN
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from fastvideo_grpo.config import Config, reference_kl_weight
+from fastvideo_grpo.algorithms import algorithm_of
+from fastvideo_grpo.config import Config
 from fastvideo_grpo.parallel import World
 
 # Dense bf16 peak TFLOP/s of one accelerator, by a substring of torch.cuda.get_device_name,
@@ -148,8 +149,9 @@ def forward_flops(network: nn.Module, latent_shape: tuple[int, ...], text_tokens
 
 def frozen_forwards(cfg: Config) -> int:
     """Forwards of frozen networks per trained forward, as the trainer counts them in
-    transformer_forwards_train: GRPO's KL reference; NFT's old policy and its KL reference."""
-    return int(cfg.train.algorithm == "nft") + int(reference_kl_weight(cfg) > 0)
+    transformer_forwards_train: the algorithm's old policy (NFT's) and its KL reference."""
+    algorithm = algorithm_of(cfg)
+    return int(algorithm.old_policy) + int(algorithm.reference_weight(cfg) > 0)
 
 
 def train_passes(cfg: Config) -> int:

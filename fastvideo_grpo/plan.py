@@ -14,7 +14,8 @@ it, the weights become fake tensors, and one training micro-batch runs under
 `FSDPMemTracker`: for GRPO the adapter's `predict` at the configured latent shape, the
 sampler's SDE step and the clipped GRPO loss; for NFT (train.algorithm=nft) the clean
 latents noised afresh, the policy's `predict`, the old policy's without autograd and
-`nft.nft_loss` (nft.micro_batch_loss); then backward, gradient clipping and the AdamW step (fused, on
+`nft.nft_loss` (nft.micro_batch_loss; GRPO's is grpo.micro_batch_loss, the update's own); then
+backward, gradient clipping and the AdamW step (fused, on
 the local shards; the step state it creates is added to the forward/backward peak, as at any
 later step, and with train.adam_implementation=foreach its one fp32 temporary per shard to
 the step's; for_loop holds one shard's at a time, fused none). Not modelled: the CUDA caching
@@ -25,13 +26,13 @@ memory-efficient ones, hold O(tokens) memory (the output and its log-sum-exp), n
 [tokens, tokens] scores. The text is planned at its full length: a run crops it to the
 longest prompt of each forward.
 
-NFT's old policy is built as the trainer builds it (`nft.build_old`) and tracked with the
+NFT's old policy is built as the trainer builds it (`learner.build_old`) and tracked with the
 policy: `old_policy` is its shards - with LoRA a second frozen adapter on the policy's own
 network (the adapter's weights only), else a frozen full copy (the sharded fp32 weights,
 and its forward all-gathers its own blocks). NFT's rollout plan is `step_plan.ode_plan` (every
 step deterministic, sampled by the old policy); its micro-batches are nft.micro_batch_size
 (else sampling.rollout_batch_size) samples at one level, train.gradient_accumulation_steps
-samples an optimizer step, each kept sample trained at max(1, int(N x grpo.timestep_fraction))
+samples an optimizer step, each kept sample trained at max(1, int(N x policy_update.timestep_fraction))
 levels.
 
 What the tracker does not see is estimated from shapes and labelled so:
@@ -123,9 +124,10 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastvideo_grpo import grpo, nft
+from fastvideo_grpo.algorithms import algorithm_of, grpo, nft
+from fastvideo_grpo.algorithms.learner import build_old
 from fastvideo_grpo.cli_args import number
-from fastvideo_grpo.config import Config, ConfigError, load_config, reference_kl_weight, to_dict, validate
+from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict, validate
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
 from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
@@ -138,7 +140,7 @@ from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import fsdp_param_dtype, parallelize, reshard, rollout_keeps_gathered
 from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.rollout import rows_per_sample
-from fastvideo_grpo.step_plan import StepPlan, iteration_plan
+from fastvideo_grpo.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -381,20 +383,15 @@ class TrackedStep:
     old_policy_bytes: int = 0  # NFT: this rank's fp32 shards of the old policy's own weights (tracked)
 
 
-def is_nft(cfg: Config) -> bool:
-    return cfg.train.algorithm == "nft"
-
-
 def kept_per_prompt(cfg: Config) -> int:
-    """Samples of a group that train: grpo.best_of of them (NFT too), else the whole group."""
-    return cfg.grpo.best_of or cfg.sampling.group_size
+    """Samples of a group that train: policy_update.best_of of them, else the whole group."""
+    return cfg.policy_update.best_of or cfg.sampling.group_size
 
 
 def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
     """Timesteps each kept sample trains at: NFT draws them from all the sampler's levels,
     GRPO from the plan's trainable transitions."""
-    transitions = cfg.sampling.num_steps if is_nft(cfg) else len(plan.trainable)
-    return grpo.num_trained_timesteps(transitions, cfg.grpo.timestep_fraction)
+    return algorithm_of(cfg).trained_timesteps(cfg, plan)
 
 
 def samples_per_step(cfg: Config) -> int:
@@ -405,7 +402,7 @@ def samples_per_step(cfg: Config) -> int:
 def micro_batch_limit(cfg: Config) -> int:
     """Most samples of one micro-batch of a step: GRPO's mirror the rollout batches (a stored
     log-prob matches only the same batch's forward); NFT's are nft.micro_batch_size."""
-    return nft.micro_batch_samples(cfg) if is_nft(cfg) else cfg.sampling.rollout_batch_size
+    return algorithm_of(cfg).micro_batch_samples(cfg)
 
 
 def micro_batch_size(cfg: Config) -> int:
@@ -453,8 +450,9 @@ class MicroBatchTrace:
 
 def grpo_micro_batch(cfg: Config, policy: Policy, plan: StepPlan, samples: int,
                      latent_shape: tuple[int, ...]) -> MicroBatchTrace:
-    """update.py's micro-batch: predict at the first trained transition, the SDE step to the
-    stored next latent, the clipped loss."""
+    """The GRPO update's micro-batch through grpo.micro_batch_loss: predict at the first
+    trained transition, the SDE step to the stored next latent, the clipped loss. The KL
+    reference's forward is left out, as NFT's (its weights are estimated)."""
     s = cfg.sampling
     sampler = _as_numbers(policy.sampler(s))
     schedule = plan.schedule(policy.sampler(s)).tolist()
@@ -466,9 +464,8 @@ def grpo_micro_batch(cfg: Config, policy: Policy, plan: StepPlan, samples: int,
 
     def loss(trajectory, old_log_prob, advantages, cond):
         x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()  # the trainer indexes the store: copies
-        output = policy.predict(x, schedule[step], cond.select(slice(0, samples)))
-        result = sampler.sde_step(output, x, schedule, step, prev_sample=x_next)
-        return grpo.clipped_loss(result.log_prob - old_log_prob, advantages, cfg.grpo.clip_range)[0]
+        return grpo.micro_batch_loss(policy, None, sampler, schedule, step, x, x_next, old_log_prob, advantages,
+                                     cond.select(slice(0, samples)), cfg.grpo.clip_range).loss
 
     return MicroBatchTrace(inputs, loss)
 
@@ -488,7 +485,7 @@ def nft_micro_batch(cfg: Config, policy: Policy, old: Policy, samples: int,
         x0 = scored.clone()  # the trainer indexes the rollout's scored latents: a copy
         eps = torch.randn_like(x0)
         return nft.micro_batch_loss(policy, old, None, sampler, sampler.levels, 0, x0, eps, advantages,
-                                    cond.select(slice(0, samples)), cfg.nft, cfg.grpo.adv_clip_max).loss
+                                    cond.select(slice(0, samples)), cfg.nft, cfg.policy_update.adv_clip_max).loss
 
     return MicroBatchTrace(inputs, loss)
 
@@ -504,7 +501,7 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     FSDPMemTracker, as the trainer runs it (`grpo_micro_batch`, `nft_micro_batch`), then
     backward (gradient sync on: the last micro-batch of a step), clipping and the AdamW step,
     on each rank's local shards (the DTensors' own tensors, without DTensor's dispatch per op).
-    NFT's old policy is built as setup builds it (`nft.build_old`): with LoRA a second adapter
+    NFT's old policy is built as setup builds it (`learner.build_old`): with LoRA a second adapter
     on the policy's network, else a frozen copy parallelised like the policy, which the
     tracker follows too (its forward all-gathers its own blocks); either way its shards are
     reported as old_policy, not as sharded_parameters.
@@ -520,9 +517,9 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
     # Eager: the plan is the eager model's memory (model.compile's fused kernels hold less).
     eager = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False))
     old = None
-    if is_nft(cfg):
+    if algorithm_of(cfg).old_policy:
         with torch.device("meta"):  # a second adapter's new layers on the meta device too
-            old = nft.build_old(policy, cfg.model)  # after LoRA, before FSDP, as setup builds it
+            old = build_old(policy, cfg.model)  # after LoRA, before FSDP, as setup builds it
     copied = old is not None and old.transformer is not policy.transformer
     parallelize(policy, world, eager)
     if copied:
@@ -691,7 +688,7 @@ def trajectory_bytes(cfg: Config, policy: Policy, plan: StepPlan) -> tuple[int, 
     samples = cfg.train.prompts_per_iteration * s.group_size
     latent = math.prod(policy.latent_shape(s.num_frames, s.height, s.width))
     steps = plan.num_transitions
-    stored = 0 if is_nft(cfg) else samples * ((steps + 1) * latent + steps) * 4
+    stored = samples * ((steps + 1) * latent + steps) * 4 if algorithm_of(cfg).keep_trajectory else 0
     tokens, dim, pooled, dtype = text_shape(cfg, policy)
     per_cond = (tokens * dim + pooled) * torch.finfo(dtype).bits // 8 + tokens * 8
     resident = samples * (latent * 4 + per_cond * (2 if cfg.model.cfg_scale > 1 else 1))
@@ -859,7 +856,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
         raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
                           "attention heads (Ulysses splits heads over sp ranks)")
-    plan_ = iteration_plan(cfg, 0)
+    plan_ = algorithm_of(cfg).step_plan(cfg, 0)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     key = tracking_key(cfg, cluster.world_size)
     with fake_world(cfg, cluster.world_size) as world:
@@ -879,7 +876,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     shared = {"trajectory": trajectory,
               "vae_weights": sum(q.numel() * q.element_size() for q in policy.vae.parameters()),
               "ema": tracked.trainable_sharded_bytes if cfg.train.ema_decay > 0 else 0,
-              "reference": tracked.sharded_bytes if reference_kl_weight(cfg) > 0 else 0,
+              "reference": tracked.sharded_bytes if algorithm_of(cfg).reference_weight(cfg) > 0 else 0,
               "old_policy": tracked.old_policy_bytes}
     if reward["shared_with_training_rank"]:  # the planned rank is the one beside the reward models
         shared["reward_model"] = int(reward["gpu_gb"] * GB)
@@ -955,7 +952,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
         "host_per_node_gb": {k: round(v / GB, 6) for k, v in node_host.items()},
         "host_peak_per_node_gb": round(host_peak / GB, 6),
         "reward": reward, "rollout_reshard": rollout_gathering,
-        "tracked": sorted({*TRACKED.values(), *(["old_policy"] * is_nft(cfg))}),
+        "tracked": sorted({*TRACKED.values(), *(["old_policy"] * algorithm_of(cfg).old_policy)}),
         "estimated": ["loading", "rollout_gathered", "trajectory", "accumulated_gradient", "vae_weights", "vae_decode",
                       "ema", "reference", "reward_model"],
         "flops": flops, "forwards": forwards,
@@ -986,8 +983,7 @@ def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tu
         candidates.append((["sampling.trajectory_device=cpu"], cluster))
     if s.decode_batch_size > 1:
         candidates.append((["sampling.decode_batch_size=1"], cluster))
-    if is_nft(cfg) and nft.micro_batch_samples(cfg) > 1:  # NFT trains free of the rollout's batches
-        candidates.append((["nft.micro_batch_size=1"], cluster))
+    candidates += [([knob], cluster) for knob in algorithm_of(cfg).memory_knobs(cfg)]
     if s.rollout_batch_size > 1:
         candidates.append((["sampling.rollout_batch_size=1"], cluster))
     if FAMILIES[cfg.model.family].sequence_parallel:

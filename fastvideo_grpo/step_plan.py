@@ -103,9 +103,6 @@ def ode_plan(num_steps: int) -> StepPlan:
 
 
 def iteration_plan(cfg: Config, iteration: int) -> StepPlan:
-    """The plan iteration `iteration`'s rollout follows: DiffusionNFT's old policy samples
-    deterministic trajectories, GRPO follows the sampling section's SDE window, drawn from
-    the iteration's own generator."""
-    if cfg.train.algorithm == "nft":
-        return ode_plan(cfg.sampling.num_steps)
+    """The sampling section's SDE window for iteration `iteration`'s rollout, drawn from the
+    iteration's own generator (GRPO's plan; an algorithm may follow another)."""
     return build_step_plan(cfg.sampling, iteration, make_generator(cfg.train.seed, iteration, 4))

@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastvideo_grpo import grpo
-from fastvideo_grpo.advantages import advantages_of, nonfinite_groups, record_scores
+from fastvideo_grpo.algorithms import Algorithm, algorithm_of
+from fastvideo_grpo.algorithms.advantages import advantages_of, kept_samples, nonfinite_groups, record_scores
+from fastvideo_grpo.algorithms.learner import (Learner, build_old, build_optimizer, fill_frozen, frozen_copy,
+                                               moved_copies)
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
-from fastvideo_grpo.checkpoint.run import resets_reference, resume_run, save_run
-from fastvideo_grpo.config import Config, reference_kl_weight
+from fastvideo_grpo.checkpoint.run import NonFiniteTraining, resume_run, save_run
+from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
@@ -28,7 +30,6 @@ from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.lora import apply_lora
-from fastvideo_grpo.nft import build_old, nft_update, update_old
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize, rollout_gathering
@@ -40,10 +41,7 @@ from fastvideo_grpo.rewards.scorers import InlineScorer, ServiceScorer, build_re
 from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
 from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
 from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste
-from fastvideo_grpo.step_plan import iteration_plan
 from fastvideo_grpo.tracking import IterationLog, PhaseTimer, Tracker, record_memory
-from fastvideo_grpo.update import (Learner, NonFiniteTraining, build_optimizer, fill_frozen, follow_kl, frozen_copy,
-                                   plan_micro_batches, update_policy)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +51,7 @@ class Components(Learner):
     """Everything an iteration needs, built once by `setup`: the learner and what feeds it."""
 
     world: World
+    algorithm: Algorithm
     scorer: InlineScorer | ServiceScorer
     sampler: PromptSampler
     source: EmbeddingDataset | TinyRandomPrompts | WithImageLatents
@@ -73,19 +72,19 @@ def setup(cfg: Config) -> Components:
     check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
-    nft = t.algorithm == "nft"
-    wants_reference = reference_kl_weight(cfg) > 0
+    algorithm = algorithm_of(cfg)
+    wants_reference = algorithm.reference_weight(cfg) > 0
     with loading_turn(world, p.loaders_per_node):  # the whole network in host memory until it is sharded
         policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
         # A reference that resets to the policy copies its LoRA adapters too, so it is built after them.
         # Frozen copies are shapes on the meta device until the policy is sharded, then filled shard to shard.
-        reference = frozen_copy(policy) if wants_reference and not resets_reference(cfg) else None
+        reference = frozen_copy(policy) if wants_reference and not algorithm.resets_reference(cfg) else None
         transformer_config = diffusers_config(policy.transformer)
         if cfg.model.lora_rank > 0:
             apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
         if wants_reference and reference is None:
             reference = frozen_copy(policy)
-        old = build_old(policy, cfg.model) if nft else None
+        old = build_old(policy, cfg.model) if algorithm.old_policy else None
         parallelize(policy, world, cfg)
     for frozen in (reference, old):
         if frozen is not None and frozen.transformer is not policy.transformer:  # not a second adapter
@@ -100,8 +99,8 @@ def setup(cfg: Config) -> Components:
                 t.prompts_per_iteration * s.group_size * world.dp_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(policy=policy, reference=reference, old=old, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                      kl_weight=cfg.grpo.kl_weight,
-                      world=world, scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
+                      kl_weight=algorithm.reference_weight(cfg), world=world, algorithm=algorithm,
+                      scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
                       latent_shape=latent_shape, transformer_config=transformer_config)
 
 
@@ -131,7 +130,7 @@ def train(cfg: Config) -> Path:
 def start_run(c: Components, cfg: Config, out: Path) -> int:
     """Resume, then on rank 0 write the run config and trim the logs to the resumed
     iteration; returns the first iteration to run."""
-    start = resume_run(c, c.sampler, c.world, cfg)
+    start = resume_run(c, c.sampler, c.world, cfg, moved_copies(c, c.algorithm.resets_reference(cfg)))
     if c.world.is_main:
         write_run_config(out, cfg)
         trim_logs(out, start)
@@ -160,12 +159,10 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
     bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, disable=not show_bar, desc="train",
                unit="it")
     lines = IterationLog(start, t.iterations) if c.world.is_main and not show_bar else None
+    resets = c.algorithm.resets_reference(cfg)
     for iteration in bar:
         metrics = train_iteration(iteration, c, cfg)
-        if c.reference is not None and t.algorithm == "grpo":
-            reset = follow_kl(c, cfg.grpo, iteration, metrics.get("kl"))
-            if resets_reference(cfg):
-                metrics["reference_reset"] = int(reset)
+        c.algorithm.end_iteration(c, cfg, iteration, metrics)
         early_stop.observe_iteration(metrics)
         # Memory goes to the logs, not to metrics.jsonl: it differs between runs.
         logged = {k: metrics.pop(k) for k in list(metrics) if k.startswith("memory/")}
@@ -179,7 +176,7 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         c.tracker.scalars({**metrics, **logged}, iteration)
         done = iteration + 1
         if c.nonfinite_streak >= t.max_nonfinite_steps:
-            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
+            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config, moved_copies(c, resets))
             raise NonFiniteTraining(
                 f"{c.nonfinite_streak} optimizer steps in a row had a NaN or inf gradient (train.max_nonfinite_steps="
                 f"{t.max_nonfinite_steps}), the last in iteration {iteration}; the weights are the last finite ones, "
@@ -195,7 +192,7 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         every = cfg.checkpoint.every
         if preempted or is_best or stop_reason or done == t.iterations or (every and done % every == 0):
             started = time.perf_counter()
-            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config)
+            save_run(c, c.sampler, c.world, cfg, done, c.transformer_config, moved_copies(c, resets))
             c.tracker.scalars({"time_checkpoint": time.perf_counter() - started}, iteration)
         if is_best:
             if c.world.is_main:
@@ -218,7 +215,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     """Sample groups, score them, update the policy; returns the iteration's metrics, reduced
     over ranks (every rank returns the same)."""
     s, t = cfg.sampling, cfg.train
-    world, policy = c.world, c.policy
+    world, policy, algorithm = c.world, c.policy, c.algorithm
     timer, stats = PhaseTimer(world.device), IterationStats(world.device)
     start = time.perf_counter()
     indices = c.sampler.next_indices()
@@ -252,12 +249,12 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
 
     timer.seconds["time_decode"] = 0.0  # also on an sp rank whose share is empty: every rank logs the same names
     with timer("rollout"):
-        nft = t.algorithm == "nft"  # DiffusionNFT: the old policy samples deterministic trajectories
-        plan = iteration_plan(cfg, iteration)
-        sampling_policy = c.old if nft else policy
+        plan = algorithm.step_plan(cfg, iteration)
+        sampling_policy = c.old if algorithm.old_policy else policy
         with rollout_gathering(sampling_policy.transformer, cfg, world.device):
             ro = rollout(sampling_policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,
-                         decode_and_submit, keep_means=cfg.grpo.ratio_norm and not nft, keep_trajectory=not nft)
+                         decode_and_submit, keep_means=algorithm.keep_means(cfg),
+                         keep_trajectory=algorithm.keep_trajectory)
     timer.seconds["time_rollout"] -= timer.seconds["time_decode"]
     with timer("reward"):
         results = [(rows, c.scorer.result(handle)) for rows, handle in submitted]
@@ -267,19 +264,9 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
         # optimizer steps) with reward 0 throughout, hence advantage 0: it adds no gradient.
         rewards = {name: torch.where(dropped, torch.zeros_like(r), r) for name, r in rewards.items()}
         scores = advantages_of(rewards, cfg, world)
-    kept = torch.ones(len(batch_prompts), dtype=torch.bool)
-    if cfg.grpo.best_of:
-        kept = torch.zeros_like(kept)
-        kept[grpo.best_of_indices(scores.advantages, s.group_size, cfg.grpo.best_of)] = True
-    if cfg.grpo.kl_schedule == "linear" and not nft:
-        c.kl_weight = grpo.linear_kl_weight(cfg.grpo.kl_weight, cfg.grpo.kl_weight_final, iteration, t.iterations)
+    kept = kept_samples(scores.advantages, cfg)
     with timer("train"):
-        if nft:
-            nft_update(c, c.old, ro, cond, scores.advantages, kept, cfg, stats, seed_parts, first_sample)
-            stats.mean("old_decay", update_old(c.old, policy, c.scheduler.last_epoch, cfg.nft.decay_type))
-        else:
-            update_policy(c, ro, cond, scores.advantages, plan_micro_batches(ro, kept, cfg, seed_parts, first_sample),
-                          cfg, stats)
+        algorithm.update(c, ro, cond, scores.advantages, kept, cfg, stats, iteration, seed_parts, first_sample)
 
     if saving:
         videos, rows = torch.cat(saved_videos)[:t.num_saved_samples], torch.cat(saved_rows)[:t.num_saved_samples]
@@ -299,8 +286,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     metrics = {"iteration": iteration, **stats.reduce(world)}
     finish_iteration_stats(metrics, world)
     metrics["lr"] = c.scheduler.get_last_lr()[0]
-    if c.reference is not None and not nft:
-        metrics["kl_weight"] = c.kl_weight  # the weight this iteration trained with
+    metrics.update(algorithm.iteration_metrics(c))
     metrics["time_iteration"] = time.perf_counter() - start
     metrics["samples_per_s"] = len(batch_prompts) * world.dp_size / metrics["time_iteration"]
     metrics.update(throughput(cfg, policy.transformer, c.latent_shape, policy.text_tokens(cond), metrics, world))

@@ -52,7 +52,8 @@ def run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, cfg) ->
     """One update_policy call in this process; its statistics, reduced."""
     from fastvideo_grpo.metrics import IterationStats
     from fastvideo_grpo.parallel import World
-    from fastvideo_grpo.update import Learner, update_policy
+    from fastvideo_grpo.algorithms.grpo import update_policy
+    from fastvideo_grpo.algorithms.learner import Learner
 
     stats = IterationStats()
     learner = Learner(policy=policy, reference=None, optimizer=optimizer, scheduler=scheduler)

@@ -10,7 +10,8 @@ from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import NEGATIVE, EmbeddingDataset, TinyRandomPrompts
 from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from fastvideo_grpo.algorithms.grpo import plan_micro_batches
+from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_policy, tiny_rollout
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))

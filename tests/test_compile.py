@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
-from fastvideo_grpo import grpo
+from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import latest_checkpoint, saved_keys
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel.fsdp import apply_compile

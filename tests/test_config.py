@@ -22,9 +22,9 @@ def test_defaults_are_the_papers_hunyuan_video_settings():
     cfg = load_config(None, ["model.path=/models/hunyuan", "data.embeddings_dir=/data/embeddings",
                              "reward.models.videoalign.path=/models/VideoReward",
                              "reward.models.videoalign.base=/models/Qwen2-VL"])
-    s, g, t = cfg.sampling, cfg.grpo, cfg.train
+    s, u, t = cfg.sampling, cfg.policy_update, cfg.train
     assert (s.height, s.width, s.num_frames, s.num_steps, s.eta, s.shift, s.group_size) == (480, 480, 53, 16, 0.25, 5.0, 24)
-    assert (g.best_of, g.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
+    assert (u.best_of, u.timestep_fraction, t.lr, t.grad_clip) == (0, 0.6, 1e-5, 1.0)
     assert cfg.reward.weights == {"videoalign_vq": 1.0} and cfg.reward.video_fps == s.fps == 8
     # Two overrides of one reward section merge, as they do in any section.
     assert cfg.reward.models == {"videoalign": {"path": "/models/VideoReward", "base": "/models/Qwen2-VL"}}
@@ -44,7 +44,7 @@ def test_paper_configs_take_the_released_scripts_optimizer_steps(name):
         "model.path=/m", "data.embeddings_dir=/e", "data.image_latents_dir=/i", "reward.models.hps.path=/h.pt",
         "reward.models.clip.path=/c", "reward.models.videoalign.path=/v", "reward.models.videoalign.base=/b"])
     check_reward_config(cfg.reward)  # the file's reward sections, with the paths set
-    kept = cfg.train.prompts_per_iteration * (cfg.grpo.best_of or cfg.sampling.group_size)
+    kept = cfg.train.prompts_per_iteration * (cfg.policy_update.best_of or cfg.sampling.group_size)
     assert math.ceil(kept / cfg.train.gradient_accumulation_steps) == RELEASED_STEPS[name]
 
 
@@ -59,7 +59,8 @@ def test_nft_flagship_configs_are_the_grpo_ones_with_the_references_rollout(name
     check_reward_config(cfg.reward)
     s = cfg.sampling
     assert cfg.train.algorithm == "nft" and cfg.model.cfg_scale == 1.0 and not s.shared_noise
-    assert (s.num_steps, s.ode_solver, cfg.grpo.best_of, cfg.grpo.timestep_fraction) == (10, "dpmpp_2m", 0, 0.99)
+    u = cfg.policy_update
+    assert (s.num_steps, s.ode_solver, u.best_of, u.timestep_fraction) == (10, "dpmpp_2m", 0, 0.99)
     assert (cfg.nft.beta, cfg.nft.decay_type, cfg.nft.kl_weight) == (1.0, 1, 0.0)
     for section in ("model", "reward"):
         assert getattr(cfg, section) == getattr(grpo_cfg, section), section
@@ -75,8 +76,8 @@ def test_nft_flagship_configs_are_the_grpo_ones_with_the_references_rollout(name
     ("nosection.lr=1", "nosection"),
     ("sampling.sde_type=ito", "sampling.sde_type: 'ito' is not one of ['dance', 'flow_grpo', 'cps']"),
     ("sampling.group_size=two", "sampling.group_size: expected an integer"),
-    ("grpo.best_of=3", "grpo.best_of"),
-    ("grpo.timestep_fraction=1.5", "grpo.timestep_fraction"),
+    ("policy_update.best_of=3", "policy_update.best_of"),
+    ("policy_update.timestep_fraction=1.5", "policy_update.timestep_fraction"),
     ("sampling.num_frames=6", "sampling.num_frames"),
     ("reward.binary_thresholds={pickscore: 0.3}", "reward.binary_thresholds.pickscore"),
     ("reward.plugins=my_rewards.py", "reward.plugins: expected a list, e.g. [a, b], got 'my_rewards.py'"),

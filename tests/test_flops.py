@@ -6,7 +6,7 @@ from diffusers import FluxTransformer2DModel, HunyuanVideoTransformer3DModel
 
 from conftest import ROOT
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
-from fastvideo_grpo import grpo
+from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.flops import counter, forward_flops, iteration_flops, peak_tflops, throughput
 from fastvideo_grpo.parallel import World

@@ -3,8 +3,8 @@ import statistics
 import pytest
 import torch
 
-from fastvideo_grpo import grpo
-from fastvideo_grpo.advantages import advantages_of
+from fastvideo_grpo.algorithms import advantages, grpo
+from fastvideo_grpo.algorithms.advantages import advantages_of
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.parallel import World
 
@@ -13,7 +13,7 @@ def compute_advantages(rewards, weights, group_size, adv_clip_max, mode="group")
     """The trainer's advantages (advantages.advantages_of) on one rank."""
     cfg = Config()
     cfg.reward.weights, cfg.sampling.group_size = weights, group_size
-    cfg.grpo.adv_clip_max, cfg.grpo.advantage_mode = adv_clip_max, mode
+    cfg.policy_update.adv_clip_max, cfg.policy_update.advantage_mode = adv_clip_max, mode
     return advantages_of(rewards, cfg, World(0, 1, torch.device("cpu"), None)).advantages
 
 
@@ -37,10 +37,10 @@ def test_group_advantages_against_statistics_module():
 def test_zero_std_group_gives_zero_not_nan():
     # 0.1 is not exact in binary: a naive (r - mean) / (0 + 1e-8) gives rounding noise * 1e8.
     rewards = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.2, 0.7])
-    adv = grpo.normalize_rewards(rewards, group_size=3)
+    adv = advantages.normalize_rewards(rewards, group_size=3)
     assert torch.equal(adv[:3], torch.zeros(3))
     assert torch.isfinite(adv).all() and adv[3:].abs().sum() > 0
-    assert grpo.zero_std_fraction(rewards, 3) == 0.5
+    assert advantages.zero_std_fraction(rewards, 3) == 0.5
 
 
 def test_advantage_clip_and_batch_mode():
@@ -104,7 +104,7 @@ def test_random_timesteps_differ_between_draws():
 def test_best_of_keeps_top_and_bottom_of_each_group():
     adv = torch.tensor([0.5, -1.0, 2.0, 0.1, -0.3, 1.5,   # group 0
                         3.0, 2.0, 1.0, 0.0, -1.0, -2.0])  # group 1
-    idx = grpo.best_of_indices(adv, group_size=6, keep=4)
+    idx = advantages.best_of_indices(adv, group_size=6, keep=4)
     # group 0: bottom two -1.0 (1), -0.3 (4); top two 2.0 (2), 1.5 (5)
     assert idx.tolist() == [1, 2, 4, 5, 6, 7, 10, 11]
 

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fastvideo_grpo import grpo, trainer
+from fastvideo_grpo import trainer
+from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import best_checkpoint, latest_checkpoint
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.early_stop import EarlyStop, held_out_score
 from fastvideo_grpo.outputs import append_metrics
 from fastvideo_grpo.samplers import DDIMSampler, RectifiedFlowSampler
 from fastvideo_grpo.sde import ddim_timesteps, sigma_schedule
-from fastvideo_grpo.update import build_reference, reset_to_policy
+from fastvideo_grpo.algorithms.learner import build_reference, reset_to_policy
 from helpers import TIMING, read_jsonl, tiny_policy
 
 

@@ -141,7 +141,7 @@ def test_the_right_warning_fires_within_five_iterations_of_a_faulty_run(tmp_path
         monkeypatch.setattr(trainer, "group_diversity", converging)
     if fault == "exploding_update":
         import fastvideo_grpo.trainer as trainer
-        from fastvideo_grpo import grpo
+        from fastvideo_grpo.algorithms import grpo
 
         current, real_iteration, real_loss = [0], trainer.train_iteration, grpo.clipped_loss
 

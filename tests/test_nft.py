@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import ROOT
+from fastvideo_grpo.algorithms.learner import build_old, build_reference
+from fastvideo_grpo.algorithms.nft import nft_loss, return_decay, update_old
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models.lora import OLD, apply_lora
-from fastvideo_grpo.nft import build_old, nft_loss, return_decay, update_old
 from fastvideo_grpo.trainer import train
-from fastvideo_grpo.update import build_reference
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
 
 

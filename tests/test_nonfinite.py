@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo import rewards as reward_registry
-from fastvideo_grpo import grpo, trainer
+from fastvideo_grpo import trainer
+from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.checkpoint.run import save_run
 from fastvideo_grpo.config import ConfigError, load_config
@@ -59,13 +60,13 @@ def test_drop_group_leaves_the_group_out_and_counts_it(tmp_path, monkeypatch):
     cfg = small_cfg(tmp_path, "train.iterations=2", "reward.on_nonfinite=drop_group")
     c = trainer.setup(cfg)
     captured = {}
-    original = trainer.update_policy
+    original = grpo.update_policy
 
     def capture(learner, ro, cond, advantages, *args):
         captured["advantages"] = advantages.clone()
         return original(learner, ro, cond, advantages, *args)
 
-    monkeypatch.setattr(trainer, "update_policy", capture)
+    monkeypatch.setattr(grpo, "update_policy", capture)
     metrics = trainer.train_iteration(0, c, cfg)
     c.scorer.close()
     assert metrics["dropped_groups"] == 1
@@ -129,7 +130,7 @@ def test_a_checkpoint_of_nonfinite_weights_is_refused(tmp_path):
     with torch.no_grad():
         next(c.policy.transformer.parameters())[0] = float("nan")
     with pytest.raises(trainer.NonFiniteTraining, match="hold NaN or inf; not checkpointing"):
-        save_run(c, c.sampler, c.world, cfg, 1)
+        save_run(c, c.sampler, c.world, cfg, 1, None, {})
     c.scorer.close()
     assert latest_checkpoint(tmp_path) is None
 

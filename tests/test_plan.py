@@ -16,7 +16,8 @@ from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import init_distributed
 from fastvideo_grpo.parallel.fsdp import parallelize, set_gradient_sync
 from fastvideo_grpo.plan import Cluster, load_plan_config, micro_batch_size, plan, planned_policy
-from fastvideo_grpo.update import MicroBatch, build_optimizer
+from fastvideo_grpo.algorithms.grpo import MicroBatch
+from fastvideo_grpo.algorithms.learner import build_optimizer
 
 TINY = ROOT / "assets/configs/tiny_t2v.yaml"
 ONE_RANK = Cluster(nodes=1, gpus_per_node=1, gpu_memory_gb=80, reserve_gb=0)
@@ -175,11 +176,11 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
     """(FSDPMemTracker's peak over one real NFT micro-batch of nft_update on one gloo rank,
     after a first one; the bytes of the one-prompt rollout store it trains from, as the
     trainer keeps it: the scored latents and the conditioning)."""
+    from fastvideo_grpo.algorithms.learner import Learner, build_old, fill_frozen
+    from fastvideo_grpo.algorithms.nft import nft_update
     from fastvideo_grpo.metrics import IterationStats
-    from fastvideo_grpo.nft import build_old, nft_update
-    from fastvideo_grpo.step_plan import ode_plan
     from fastvideo_grpo.parallel.fsdp import reshard
-    from fastvideo_grpo.update import Learner, fill_frozen
+    from fastvideo_grpo.step_plan import ode_plan
 
     monkeypatch.setenv("RANK", "0")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -217,7 +218,7 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
 
 def test_nft_micro_batch_and_store_match_a_real_nft_update(monkeypatch):
     """One level per sample (timestep_fraction 0.15: int(8 x 0.15) = 1), so the update is one micro-batch."""
-    overrides = [*NFT, "grpo.timestep_fraction=0.15"]
+    overrides = [*NFT, "policy_update.timestep_fraction=0.15"]
     planned = plan(TINY, overrides, ONE_RANK, knobs=False)
     measured, store = measured_nft_micro_batch(load_config(TINY, overrides), monkeypatch)
     peak = planned["micro_batch_peak_gb"] * 2**30

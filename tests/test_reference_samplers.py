@@ -17,7 +17,8 @@ from fastvideo_grpo.sde import ddim_timesteps, scaled_linear_alphas_cumprod, sde
 from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.solvers import DPMSolverPP2M, Point
 from fastvideo_grpo.step_plan import build_step_plan
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from fastvideo_grpo.algorithms.grpo import plan_micro_batches
+from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
 
 TINY = ROOT / "assets/configs/tiny_t2v.yaml"
@@ -106,7 +107,7 @@ def test_the_flow_grpo_cps_log_prob_is_refused_where_it_means_nothing(override):
 
 def test_flow_grpo_cps_windowed_training_keeps_the_exact_ratio(tmp_path):
     cfg = load_config(TINY, [f"train.output_dir={tmp_path}", "sampling.group_size=4", "sampling.sde_window_size=2",
-                             "grpo.timestep_fraction=1.0", "sampling.sde_type=cps", "sampling.eta=0.8",
+                             "policy_update.timestep_fraction=1.0", "sampling.sde_type=cps", "sampling.eta=0.8",
                              "sampling.cps_log_prob=flow_grpo", "train.gradient_accumulation_steps=1000"])
     policy = tiny_policy(cfg)
     cond = tiny_conditioning(cfg, ["a red ball", "a blue cube"], 4)

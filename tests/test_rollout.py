@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from fastvideo_grpo.algorithms.grpo import plan_micro_batches
+from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue sky", "a green field"]
@@ -97,7 +98,7 @@ def test_micro_batch_plan_counts_samples_and_mirrors_rollout_batches(tiny_cfg):
     kept = torch.ones(2 * g, dtype=torch.bool)
     kept[[0, 7]] = False
     plan = plan_micro_batches(ro, kept, tiny_cfg, (0, 0))
-    trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
+    trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.policy_update.timestep_fraction)
     # 6 kept samples, 4 per optimizer step: [1, 2, 3, 4] then [5, 6]; within a step, one
     # micro-batch per (rollout batch part, trained timestep).
     assert len(plan) == 2
@@ -122,7 +123,7 @@ def test_optimizer_steps_per_iteration_count_samples(tiny_cfg, kept_count, per_s
     kept = torch.zeros(2 * g, dtype=torch.bool)
     kept[torch.randperm(2 * g, generator=torch.Generator().manual_seed(kept_count))[:kept_count]] = True
     plan = plan_micro_batches(ro, kept, tiny_cfg, (0, 0))
-    trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
+    trained = int((tiny_cfg.sampling.num_steps - 1) * tiny_cfg.policy_update.timestep_fraction)
     assert len(plan) == math.ceil(kept_count / per_step)
     seen = []
     for step in plan:
@@ -197,12 +198,12 @@ def test_a_host_trajectory_trains_exactly_as_one_on_the_device(tiny_cfg):
 
 @pytest.mark.parametrize("every_micro_batch", [False, True])
 def test_gradient_reduction_per_micro_batch_is_a_choice(tiny_cfg, monkeypatch, every_micro_batch):
-    from fastvideo_grpo import update
+    from fastvideo_grpo.algorithms import grpo
 
     tiny_cfg.parallel.reduce_grads_every_micro_batch = every_micro_batch
     tiny_cfg.train.gradient_accumulation_steps = 1000  # one optimizer step over every micro-batch
     calls = []
-    monkeypatch.setattr(update, "set_gradient_sync", lambda model, enabled: calls.append(enabled))
+    monkeypatch.setattr(grpo, "set_gradient_sync", lambda model, enabled: calls.append(enabled))
     g = tiny_cfg.sampling.group_size
     policy = tiny_policy(tiny_cfg)
     cond = tiny_conditioning(tiny_cfg, PROMPTS[:1], g)

@@ -17,7 +17,7 @@ from helpers import read_jsonl
 from fastvideo_grpo.checkpoint.run import resume_run
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.trainer import setup, train
-from fastvideo_grpo.update import build_optimizer
+from fastvideo_grpo.algorithms.learner import build_optimizer
 
 # One optimizer step per iteration.
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
@@ -56,7 +56,7 @@ def test_a_resumed_run_trains_with_its_changed_lr_and_says_so(two_iterations, tm
     out = shutil.copytree(two_iterations, tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="fastvideo_grpo"):
         c = setup(small_cfg(out, "train.iterations=3", "train.lr=5e-4"))
-        assert resume_run(c, c.sampler, c.world, small_cfg(out, "train.iterations=3", "train.lr=5e-4")) == 2
+        assert resume_run(c, c.sampler, c.world, small_cfg(out, "train.iterations=3", "train.lr=5e-4"), {}) == 2
     # The third optimizer step (index 2) of the warmup, at the new lr.
     assert [g["lr"] for g in c.optimizer.param_groups] == [5e-4 * 2 / 4]
     assert "with a changed config: train.iterations 2 -> 3, train.lr 0.001 -> 0.0005" in caplog.text
@@ -72,7 +72,7 @@ def test_a_resumed_run_with_a_changed_warmup_follows_the_new_schedule(two_iterat
     out = shutil.copytree(two_iterations, tmp_path / "run")
     cfg = small_cfg(out, "train.iterations=3", "train.lr_warmup_steps=8")
     c = setup(cfg)
-    resume_run(c, c.sampler, c.world, cfg)
+    resume_run(c, c.sampler, c.world, cfg, {})
     assert c.optimizer.param_groups[0]["lr"] == 1e-3 * 2 / 8
     assert c.scheduler.get_last_lr() == [1e-3 * 2 / 8]
 

@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.models import build_policy
-from fastvideo_grpo.update import fill_frozen, frozen_copy
+from fastvideo_grpo.algorithms.learner import fill_frozen, frozen_copy
 from helpers import COMMON, DIST, run, tiny_policy
 
 

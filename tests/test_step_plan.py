@@ -11,7 +11,8 @@ from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.sde import sigma_schedule
 from fastvideo_grpo.seeding import make_generator
 from fastvideo_grpo.step_plan import build_step_plan
-from fastvideo_grpo.update import build_optimizer, plan_micro_batches
+from fastvideo_grpo.algorithms.grpo import plan_micro_batches
+from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue cube"]
@@ -86,7 +87,7 @@ def test_impossible_plans_are_config_errors(override, key):
 def windowed_cfg(tmp_path, *overrides):
     return load_config(ROOT / "assets/configs/tiny_t2v.yaml", [
         f"train.output_dir={tmp_path}", "sampling.group_size=4", "sampling.sde_window_size=2",
-        "grpo.timestep_fraction=1.0", *overrides])
+        "policy_update.timestep_fraction=1.0", *overrides])
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])

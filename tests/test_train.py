@@ -27,7 +27,7 @@ def test_forward_calls_are_rollout_plus_trained_steps(tiny_cfg):
         trainer.build_policy = original
     s = tiny_cfg.sampling
     samples = tiny_cfg.train.prompts_per_iteration * s.group_size
-    trained = int((s.num_steps - 1) * tiny_cfg.grpo.timestep_fraction)
+    trained = int((s.num_steps - 1) * tiny_cfg.policy_update.timestep_fraction)
     assert sum(counted) == samples * s.num_steps + samples * trained
     assert len(counted) == (samples // s.rollout_batch_size) * (s.num_steps + trained)
 

@@ -1,59 +1,24 @@
-"""GRPO math: group advantages, best-of-N selection, timestep subsets, clipped loss."""
+"""GRPO (DanceGRPO) on the SDE rollout's log-probs: its math (timestep subsets, the clipped
+loss, GRPO-Guard's ratio normalisation and step reweighting, the KL schedules), the
+micro-batch plan of an iteration's optimizer steps, and the update over it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-# A group whose rewards differ by less than this carries no preference signal.
-ZERO_STD = 1e-6
-
-
-def normalize_rewards(rewards: torch.Tensor, group_size: int, mode: str = "group") -> torch.Tensor:
-    """(r - mean) / (std + 1e-8) within each group of `group_size` consecutive samples.
-
-    `mode="batch"` normalises over the whole batch instead (DDPO-style). A group (or batch)
-    whose std is ~0 gets advantage 0, never NaN or a rounding artefact.
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    r = rewards.double().view(-1, group_size) if mode == "group" else rewards.double().view(1, -1)
-    mean = r.mean(dim=1, keepdim=True)
-    std = r.std(dim=1, keepdim=True)
-    adv = (r - mean) / (std + 1e-8)
-    adv = torch.where(std < ZERO_STD, torch.zeros_like(adv), adv)
-    return adv.reshape(-1).float()
-
-
-def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    return (rewards.double().view(-1, group_size).std(dim=1) < ZERO_STD).float().mean().item()
-
-
-def aggregate_advantages(normalized: dict[str, torch.Tensor], weights: dict[str, float],
-                         adv_clip_max: float) -> torch.Tensor:
-    """clamp(sum_k w_k * A_k, +-adv_clip_max) of already normalised rewards A_k. [B]."""
-    total = sum(weights[name] * normalized[name] for name in weights)
-    return total.clamp(-adv_clip_max, adv_clip_max)
-
-
-def best_of_indices(advantages: torch.Tensor, group_size: int, keep: int) -> torch.Tensor:
-    """Indices (into the flat batch) of the keep/2 highest and keep/2 lowest of each group.
-
-    Returned in ascending order so that kept samples stay grouped and ordered.
-    """
-    adv = advantages.view(-1, group_size)
-    order = adv.argsort(dim=1, stable=True)
-    half = keep // 2
-    picked = torch.cat([order[:, :half], order[:, -half:]], dim=1)
-    offsets = torch.arange(adv.shape[0]).unsqueeze(1) * group_size
-    return (picked + offsets).reshape(-1).sort().values
-
-
-def num_trained_timesteps(trainable: int, fraction: float) -> int:
-    """int(trainable * fraction) of the trainable transitions, at least one."""
-    return max(1, int(trainable * fraction))
-
+from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, reset_to_policy
+from fastvideo_grpo.config import Config, GRPOConfig
+from fastvideo_grpo.ema import update_ema
+from fastvideo_grpo.health import declare_ratio_stats, record_ratio
+from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.models import Policy, TextConditioning
+from fastvideo_grpo.parallel.fsdp import set_gradient_sync
+from fastvideo_grpo.rollout import Rollout, rows_per_sample
+from fastvideo_grpo.seeding import make_generator
+from fastvideo_grpo.step_plan import StepPlan
 
 def select_timesteps(trainable: Sequence[int], fraction: float, selection: str,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -138,3 +103,187 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tenso
     """KL between the policy's and the reference's Gaussian steps (same std), per sample. [B]."""
     sq = (mean.float() - ref_mean.float()) ** 2
     return sq.mean(dim=tuple(range(1, sq.ndim))) / (2 * std.float() ** 2)
+
+
+@dataclass
+class MicroBatchLoss:
+    loss: torch.Tensor  # the clipped loss (times the step's weight), plus the KL term with a reference
+    ratio: torch.Tensor  # [B] pi / pi_old of the stored next latents
+    log_prob: torch.Tensor  # [B] the policy's log-prob of them, with autograd
+    kl: torch.Tensor | None  # the mean KL to the reference's step, with a reference
+
+
+def micro_batch_loss(policy: Policy, reference: Policy | None, sampler, schedule, k: int, x: torch.Tensor,
+                     x_next: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                     cond: TextConditioning, clip_range: float, kl_weight: float = 0.0,
+                     old_mean: torch.Tensor | None = None, weight: float | None = None) -> MicroBatchLoss:
+    """One micro-batch at transition k: the policy's SDE step from the stored x to the stored
+    x_next, its log-ratio to the rollout's log-prob (normalised with GRPO-Guard when the old
+    step's mean is given), the clipped loss, and the reference's step without autograd."""
+    t_k = float(schedule[k])
+    step = sampler.sde_step(policy.predict(x, t_k, cond), x, schedule, k, prev_sample=x_next)
+    log_ratio = step.log_prob - old_log_prob
+    if old_mean is not None:
+        log_ratio = normalized_log_ratio(log_ratio, step.mean, old_mean, step.std)
+    loss, ratio = clipped_loss(log_ratio, advantages, clip_range)
+    if weight is not None:
+        loss = loss * weight
+    kl = None
+    if reference is not None:
+        with torch.no_grad():
+            ref = sampler.sde_step(reference.predict(x, t_k, cond), x, schedule, k, prev_sample=x_next)
+        kl = kl_to_reference(step.mean, ref.mean, step.std).mean()
+        loss = loss + kl_weight * kl
+    return MicroBatchLoss(loss, ratio, step.log_prob, kl)
+
+
+@dataclass
+class MicroBatch:
+    samples: torch.Tensor  # indices into the rollout's batch dim
+    step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
+
+
+def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
+                       first_sample: int = 0) -> list[list[MicroBatch]]:
+    """The optimizer steps of an iteration, each a list of micro-batches.
+
+    As in the released scripts, `train.gradient_accumulation_steps` counts samples: each
+    optimizer step takes that many kept samples (in order; the last step takes the rest),
+    each with all its trained transitions, so a sample never straddles two steps and the
+    step count, ceil(kept / gradient_accumulation_steps), is the same on every rank.
+    Within a step, a micro-batch is the step's samples of one rollout batch at one trained
+    transition: when it is the whole rollout batch, its forward is bit-identical to the
+    rollout's, so the stored log-probs are the old policy's and none is recomputed.
+    A rollout batch's timesteps are drawn from a generator seeded by its first global sample index.
+    """
+    steps_of_batch = {}
+    for batch in ro.batches:
+        generator = make_generator(*seed_parts, 2, first_sample + batch.start)
+        steps_of_batch[batch.start] = select_timesteps(ro.plan.trainable, cfg.policy_update.timestep_fraction,
+                                                       cfg.grpo.timestep_selection, generator).tolist()
+    kept_samples = torch.nonzero(kept).flatten()
+    per_step = cfg.train.gradient_accumulation_steps
+    plan = []
+    for start in range(0, len(kept_samples), per_step):
+        window = kept_samples[start:start + per_step]
+        micro_batches = []
+        for batch in ro.batches:
+            samples = window[(window >= batch.start) & (window < batch.stop)]
+            if len(samples):
+                micro_batches += [MicroBatch(samples, k) for k in steps_of_batch[batch.start]]
+        plan.append(micro_batches)
+    return plan
+
+
+def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
+                  plan: list[list[MicroBatch]], cfg: Config, stats: IterationStats) -> None:
+    """One optimizer step per entry of the plan; its loss is the mean over its (sample,
+    trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
+    The EMA follows every optimizer step (train.ema_update=optimizer_step) or the update.
+
+    A step whose gradient norm (global over ranks, so every rank decides alike) is NaN or inf
+    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. `stats`
+    counts skipped steps (`nonfinite_steps`); `learner.nonfinite_streak` counts the run of
+    them, and the update stops when it reaches train.max_nonfinite_steps."""
+    g, t = cfg.grpo, cfg.train
+    policy, reference = learner.policy, learner.reference
+    device = ro.scored_latents.device  # the training device, wherever the trajectory is kept
+    advantages = advantages.to(device)
+    weights = {}
+    if g.step_reweight:
+        scales = step_gradient_scales(ro.sampler, ro.schedule, ro.plan.trainable, ro.latents[:1, 0].to(device),
+                                      g.ratio_norm)
+        weights = step_weights(scales)
+    stats.max("ratio_dev_first_update", 0.0)
+    stats.max("logprob_drift_first_update", 0.0)
+    declare_ratio_stats(stats)
+    steps = skipped = 0
+    # Rows through the transformer per forward call: CFG doubles the batch.
+    rows_each = rows_per_sample(policy)
+    forward_rows = 0
+    for step_index, chunk in enumerate(plan):
+        window_samples = sum(len(mb.samples) for mb in chunk)
+        for position, mb in enumerate(chunk):
+            set_gradient_sync(policy.transformer,
+                              position == len(chunk) - 1 or cfg.parallel.reduce_grads_every_micro_batch)
+            idx, rows = mb.samples.to(device), mb.samples.to(ro.latents.device)
+            x, x_next = ro.latents[rows, mb.step].to(device), ro.latents[rows, mb.step + 1].to(device)
+            old_log_prob = ro.log_probs[rows, mb.step].to(device)
+            old_mean = ro.old_mean(rows, mb.step).to(device) if g.ratio_norm else None
+            step = micro_batch_loss(policy, reference, ro.sampler, ro.schedule, mb.step, x, x_next, old_log_prob,
+                                    advantages[idx], cond.select(mb.samples), g.clip_range, learner.kl_weight,
+                                    old_mean, weights.get(mb.step))
+            forward_rows += len(idx) * rows_each * (1 if reference is None else 2)
+            if step.kl is not None:
+                stats.mean("kl", step.kl)
+            (step.loss * len(mb.samples) / window_samples).backward()
+            deviation = (step.ratio.detach() - 1).abs()
+            stats.mean("loss", step.loss)
+            stats.mean("ratio_mean", step.ratio.mean())
+            stats.max("ratio_max_dev", deviation.max())
+            if step_index == 0:
+                stats.max("ratio_dev_first_update", deviation.max())
+                stats.max("logprob_drift_first_update", (step.log_prob.detach() - old_log_prob).abs().max())
+            record_ratio(stats, step.ratio, mb.step, ro.plan.num_transitions, g.clip_range)
+            stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
+        stepped = optimizer_step(learner, cfg, stats, step_index)
+        steps, skipped = steps + stepped, skipped + (not stepped)
+        if learner.nonfinite_streak >= t.max_nonfinite_steps:
+            break  # every rank sees the same global norm, so all stop here together
+        if learner.ema is not None and t.ema_update == "optimizer_step" and stepped:
+            update_ema(learner.ema, policy.transformer, t.ema_decay)
+    if learner.ema is not None and t.ema_update == "iteration" and steps > 0:
+        update_ema(learner.ema, policy.transformer, t.ema_decay)
+    stats.total("transformer_forwards_train", forward_rows)
+    stats.mean("optimizer_steps", steps)
+    stats.mean("nonfinite_steps", skipped)
+
+
+def follow_kl(learner: Learner, g: GRPOConfig, iteration: int, kl: float | None) -> bool:
+    """After an iteration with a KL reference: the adaptive weight follows the iteration's
+    mean KL, and the reference resets to the policy every g.reference_reset_every
+    iterations or once the KL exceeds g.reference_reset_kl. Returns whether it reset."""
+    if g.kl_schedule == "adaptive" and kl is not None:
+        learner.kl_weight = adaptive_kl_weight(learner.kl_weight, kl, g.kl_target)
+    every, limit = g.reference_reset_every, g.reference_reset_kl
+    reset = (every > 0 and (iteration + 1) % every == 0) or (limit > 0 and kl is not None and kl > limit)
+    if reset:
+        reset_to_policy(learner.reference, learner.policy)
+    return reset
+
+
+def update(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor, kept: torch.Tensor,
+           cfg: Config, stats: IterationStats, iteration: int, seed_parts: tuple[int, ...], first_sample: int) -> None:
+    """The iteration's KL weight (grpo.kl_schedule=linear), then the clipped steps over the
+    kept samples' planned micro-batches."""
+    g = cfg.grpo
+    if g.kl_schedule == "linear":
+        learner.kl_weight = linear_kl_weight(g.kl_weight, g.kl_weight_final, iteration, cfg.train.iterations)
+    update_policy(learner, ro, cond, advantages, plan_micro_batches(ro, kept, cfg, seed_parts, first_sample), cfg,
+                  stats)
+
+
+def resets_reference(cfg: Config) -> bool:
+    """Whether the KL reference follows the policy (and so is checkpointed with the run)."""
+    g = cfg.grpo
+    return g.kl_weight > 0 and (g.reference_reset_every > 0 or g.reference_reset_kl > 0)
+
+
+def iteration_metrics(learner: Learner) -> dict[str, float]:
+    """With a reference, the KL weight the iteration trained with."""
+    return {"kl_weight": learner.kl_weight} if learner.reference is not None else {}
+
+
+def end_iteration(learner: Learner, cfg: Config, iteration: int, metrics: dict) -> None:
+    """With a reference, the KL weight follows the iteration's KL (`follow_kl`), and
+    `reference_reset` records whether the reference was reset."""
+    if learner.reference is None:
+        return
+    reset = follow_kl(learner, cfg.grpo, iteration, metrics.get("kl"))
+    if resets_reference(cfg):
+        metrics["reference_reset"] = int(reset)
+
+
+def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
+    """Transitions each kept sample trains at, drawn from the plan's trainable ones."""
+    return num_trained_timesteps(len(plan.trainable), cfg.policy_update.timestep_fraction)

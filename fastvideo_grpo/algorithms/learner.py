@@ -1,5 +1,6 @@
-"""The policy update of an iteration: the optimizer, the micro-batch plan of its optimizer
-steps, and the clipped GRPO steps over it, with non-finite steps skipped."""
+"""The learner both algorithms train with: the policy, its optimizer and LR schedule, the
+EMA, the frozen copies (a KL reference, an old policy), and the optimizer step that skips a
+non-finite gradient."""
 
 from __future__ import annotations
 
@@ -12,67 +13,20 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from fastvideo_grpo import grpo
-from fastvideo_grpo.config import Config, GRPOConfig
-from fastvideo_grpo.ema import update_ema
-from fastvideo_grpo.health import declare_ratio_stats, record_ratio
+from fastvideo_grpo.config import Config, ModelConfig
 from fastvideo_grpo.metrics import IterationStats
-from fastvideo_grpo.models import Policy, TextConditioning
-from fastvideo_grpo.models.lora import adapter_weights
-from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard, set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, rows_per_sample
-from fastvideo_grpo.seeding import make_generator
+from fastvideo_grpo.models import Policy
+from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter, adapter_weights
+from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteTraining(RuntimeError):
-    """Too many optimizer steps in a row had a NaN or inf gradient."""
-
-
-@dataclass
-class MicroBatch:
-    samples: torch.Tensor  # indices into the rollout's batch dim
-    step: int  # the trained transition k: sigmas[k] -> sigmas[k+1]
-
-
-def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts: tuple[int, ...],
-                       first_sample: int = 0) -> list[list[MicroBatch]]:
-    """The optimizer steps of an iteration, each a list of micro-batches.
-
-    As in the released scripts, `train.gradient_accumulation_steps` counts samples: each
-    optimizer step takes that many kept samples (in order; the last step takes the rest),
-    each with all its trained transitions, so a sample never straddles two steps and the
-    step count, ceil(kept / gradient_accumulation_steps), is the same on every rank.
-    Within a step, a micro-batch is the step's samples of one rollout batch at one trained
-    transition: when it is the whole rollout batch, its forward is bit-identical to the
-    rollout's, so the stored log-probs are the old policy's and none is recomputed.
-    A rollout batch's timesteps are drawn from a generator seeded by its first global sample index.
-    """
-    steps_of_batch = {}
-    for batch in ro.batches:
-        generator = make_generator(*seed_parts, 2, first_sample + batch.start)
-        steps_of_batch[batch.start] = grpo.select_timesteps(ro.plan.trainable, cfg.grpo.timestep_fraction,
-                                                            cfg.grpo.timestep_selection, generator).tolist()
-    kept_samples = torch.nonzero(kept).flatten()
-    per_step = cfg.train.gradient_accumulation_steps
-    plan = []
-    for start in range(0, len(kept_samples), per_step):
-        window = kept_samples[start:start + per_step]
-        micro_batches = []
-        for batch in ro.batches:
-            samples = window[(window >= batch.start) & (window < batch.stop)]
-            if len(samples):
-                micro_batches += [MicroBatch(samples, k) for k in steps_of_batch[batch.start]]
-        plan.append(micro_batches)
-    return plan
-
-
 @dataclass(kw_only=True)
 class Learner:
-    """What an update changes: the policy, its optimizer and LR schedule, the EMA (and NFT's
-    old policy), and the count of non-finite optimizer steps in a row (it runs on across
-    iterations)."""
+    """What an update changes: the policy, its optimizer and LR schedule, the EMA (and an
+    algorithm's old policy), and the count of non-finite optimizer steps in a row (it runs on
+    across iterations)."""
 
     policy: Policy
     reference: Policy | None  # frozen initial policy of the KL penalty
@@ -80,83 +34,14 @@ class Learner:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: dict[str, torch.Tensor] | None = None
     nonfinite_streak: int = 0
-    old: Policy | None = None  # DiffusionNFT's old policy: it samples, and moves slowly toward the policy
-    kl_weight: float = 0.0  # GRPO's KL weight now (grpo.kl_schedule moves it)
+    old: Policy | None = None  # an old policy (DiffusionNFT's): it samples, and moves slowly toward the policy
+    kl_weight: float = 0.0  # the KL weight now: the algorithm's reference weight at first (grpo.kl_schedule moves it)
 
 
-def update_policy(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor,
-                  plan: list[list[MicroBatch]], cfg: Config, stats: IterationStats) -> None:
-    """One optimizer step per entry of the plan; its loss is the mean over its (sample,
-    trained transition) pairs, as the reference's 1 / (gradient_accumulation_steps * T).
-    The EMA follows every optimizer step (train.ema_update=optimizer_step) or the update.
-
-    A step whose gradient norm (global over ranks, so every rank decides alike) is NaN or inf
-    is skipped: weights, optimizer state, LR schedule and EMA stay as they were. `stats`
-    counts skipped steps (`nonfinite_steps`); `learner.nonfinite_streak` counts the run of
-    them, and the update stops when it reaches train.max_nonfinite_steps."""
-    g, t = cfg.grpo, cfg.train
-    policy, reference = learner.policy, learner.reference
-    device = ro.scored_latents.device  # the training device, wherever the trajectory is kept
-    advantages = advantages.to(device)
-    weights = {}
-    if g.step_reweight:
-        scales = grpo.step_gradient_scales(ro.sampler, ro.schedule, ro.plan.trainable, ro.latents[:1, 0].to(device),
-                                           g.ratio_norm)
-        weights = grpo.step_weights(scales)
-    stats.max("ratio_dev_first_update", 0.0)
-    stats.max("logprob_drift_first_update", 0.0)
-    declare_ratio_stats(stats)
-    steps = skipped = 0
-    # Rows through the transformer per forward call: CFG doubles the batch.
-    rows_each = rows_per_sample(policy)
-    forward_rows = 0
-    for step_index, chunk in enumerate(plan):
-        window_samples = sum(len(mb.samples) for mb in chunk)
-        for position, mb in enumerate(chunk):
-            set_gradient_sync(policy.transformer,
-                              position == len(chunk) - 1 or cfg.parallel.reduce_grads_every_micro_batch)
-            idx, rows = mb.samples.to(device), mb.samples.to(ro.latents.device)
-            x, x_next = ro.latents[rows, mb.step].to(device), ro.latents[rows, mb.step + 1].to(device)
-            old_log_prob = ro.log_probs[rows, mb.step].to(device)
-            mb_cond = cond.select(mb.samples)
-            t_k = float(ro.schedule[mb.step])
-            step = ro.sampler.sde_step(policy.predict(x, t_k, mb_cond), x, ro.schedule, mb.step, prev_sample=x_next)
-            forward_rows += len(idx) * rows_each * (1 if reference is None else 2)
-            log_ratio = step.log_prob - old_log_prob
-            if g.ratio_norm:
-                old_mean = ro.old_mean(rows, mb.step).to(device)
-                log_ratio = grpo.normalized_log_ratio(log_ratio, step.mean, old_mean, step.std)
-            loss, ratio = grpo.clipped_loss(log_ratio, advantages[idx], g.clip_range)
-            if weights:
-                loss = loss * weights[mb.step]
-            if reference is not None:
-                with torch.no_grad():
-                    ref = ro.sampler.sde_step(reference.predict(x, t_k, mb_cond), x, ro.schedule, mb.step,
-                                              prev_sample=x_next)
-                kl = grpo.kl_to_reference(step.mean, ref.mean, step.std).mean()
-                loss = loss + learner.kl_weight * kl
-                stats.mean("kl", kl)
-            (loss * len(mb.samples) / window_samples).backward()
-            deviation = (ratio.detach() - 1).abs()
-            stats.mean("loss", loss)
-            stats.mean("ratio_mean", ratio.mean())
-            stats.max("ratio_max_dev", deviation.max())
-            if step_index == 0:
-                stats.max("ratio_dev_first_update", deviation.max())
-                stats.max("logprob_drift_first_update", (step.log_prob.detach() - old_log_prob).abs().max())
-            record_ratio(stats, ratio, mb.step, ro.plan.num_transitions, g.clip_range)
-            stats.mean("clip_frac", (deviation > g.clip_range).float().mean())
-        stepped = optimizer_step(learner, cfg, stats, step_index)
-        steps, skipped = steps + stepped, skipped + (not stepped)
-        if learner.nonfinite_streak >= t.max_nonfinite_steps:
-            break  # every rank sees the same global norm, so all stop here together
-        if learner.ema is not None and t.ema_update == "optimizer_step" and stepped:
-            update_ema(learner.ema, policy.transformer, t.ema_decay)
-    if learner.ema is not None and t.ema_update == "iteration" and steps > 0:
-        update_ema(learner.ema, policy.transformer, t.ema_decay)
-    stats.total("transformer_forwards_train", forward_rows)
-    stats.mean("optimizer_steps", steps)
-    stats.mean("nonfinite_steps", skipped)
+def num_trained_timesteps(trainable: int, fraction: float) -> int:
+    """int(trainable * fraction) of the trainable transitions (policy_update.timestep_fraction),
+    at least one."""
+    return max(1, int(trainable * fraction))
 
 
 def optimizer_step(learner: Learner, cfg: Config, stats: IterationStats, step_index: int) -> bool:
@@ -190,17 +75,6 @@ def build_optimizer(policy: Policy, cfg: Config):
     return optimizer, scheduler
 
 
-def set_base_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
-    """Make a schedule restored from a checkpoint (whose base lr torch keeps) follow `lr`, from
-    its current step on: a resumed run trains with its own train.lr (and warmup, the schedule's
-    function being this run's). With the checkpoint's lr it sets the value the schedule holds."""
-    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
-    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = lr
-        group["lr"] = lr * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-
-
 def warmup_factor(step: int, warmup: int) -> float:
     """lr multiplier before optimizer step `step` (from 0): step / warmup during the warmup,
     then 1. The first step trains at lr 0, as diffusers' constant_with_warmup schedule (the
@@ -209,7 +83,7 @@ def warmup_factor(step: int, warmup: int) -> float:
 
 
 def frozen_copy(policy: Policy) -> Policy:
-    """A frozen copy of the policy's network as it is now (the KL reference, NFT's old
+    """A frozen copy of the policy's network as it is now (the KL reference, an old
     policy), on the meta device: shapes, no storage. It shares everything but the network.
     Made before sharding, it is sharded like the policy and then filled shard to shard by
     `fill_frozen`, so that no rank ever holds a whole copy of the network."""
@@ -255,8 +129,20 @@ def build_reference(policy: Policy) -> Policy:
     return reference
 
 
+def build_old(policy: Policy, m: ModelConfig) -> Policy:
+    """The old policy, equal to the policy at the start (call after its LoRA is applied). With
+    LoRA, as DiffusionNFT's reference does, a second adapter on the policy's own network: the
+    base weights are held, sharded and all-gathered once, and the old policy's forward is the
+    policy's with that adapter active. Without, a frozen full copy of the network, on the
+    meta device until it is sharded like the policy and filled (`fill_frozen`)."""
+    if m.lora_rank > 0:
+        add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha)
+        return AdapterPolicy(policy, OLD)
+    return frozen_copy(policy)
+
+
 def trained_weights(copy_of_policy: Policy, policy: Policy) -> dict[str, torch.Tensor]:
-    """The weights of a frozen copy (NFT's old policy, a reset KL reference) that the policy
+    """The weights of a frozen copy (an old policy, a reset KL reference) that the policy
     trains: all that differs from the initial model, so all a checkpoint must hold of it (in
     place: loading fills them). For a second adapter on the policy's own network, that
     adapter's weights, under the names of the trained adapter's."""
@@ -276,14 +162,12 @@ def reset_to_policy(copy_of_policy: Policy, policy: Policy) -> None:
             copies[name].copy_(p.detach())
 
 
-def follow_kl(learner: Learner, g: GRPOConfig, iteration: int, kl: float | None) -> bool:
-    """After an iteration with a KL reference: the adaptive weight follows the iteration's
-    mean KL, and the reference resets to the policy every g.reference_reset_every
-    iterations or once the KL exceeds g.reference_reset_kl. Returns whether it reset."""
-    if g.kl_schedule == "adaptive" and kl is not None:
-        learner.kl_weight = grpo.adaptive_kl_weight(learner.kl_weight, kl, g.kl_target)
-    every, limit = g.reference_reset_every, g.reference_reset_kl
-    reset = (every > 0 and (iteration + 1) % every == 0) or (limit > 0 and kl is not None and kl > limit)
-    if reset:
-        reset_to_policy(learner.reference, learner.policy)
-    return reset
+def moved_copies(learner: Learner, reference_resets: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The frozen copies that are no longer the initial model, by the name a checkpoint keeps
+    them under: the old policy, and the KL reference once it may have been reset."""
+    moved = {}
+    if learner.old is not None:
+        moved["old"] = trained_weights(learner.old, learner.policy)
+    if learner.reference is not None and reference_resets:
+        moved["reference"] = trained_weights(learner.reference, learner.policy)
+    return moved

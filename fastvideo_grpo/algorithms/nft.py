@@ -24,17 +24,16 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvideo_grpo import grpo
-from fastvideo_grpo.config import Config, ModelConfig, NFTConfig
+from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, trained_weights
+from fastvideo_grpo.config import Config, GRPOConfig, NFTConfig, problem
 from fastvideo_grpo.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
-from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.samplers import Sampler
 from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.update import Learner, frozen_copy, optimizer_step, trained_weights
+from fastvideo_grpo.step_plan import StepPlan, ode_plan
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
@@ -45,18 +44,6 @@ def return_decay(step: int, decay_type: int) -> float:
     rising linearly to the ceiling (type 0: always 0, the old policy is the last one)."""
     flat, rate, ceiling = DECAYS[decay_type]
     return 0.0 if step < flat else min((step - flat) * rate, ceiling)
-
-
-def build_old(policy: Policy, m: ModelConfig) -> Policy:
-    """The old policy, equal to the policy at the start (call after its LoRA is applied). With
-    LoRA, as the reference does, a second adapter on the policy's own network: the base
-    weights are held, sharded and all-gathered once, and the old policy's forward is the
-    policy's with that adapter active. Without, a frozen full copy of the network, on the
-    meta device until it is sharded like the policy and filled (`update.fill_frozen`)."""
-    if m.lora_rank > 0:
-        add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha)
-        return AdapterPolicy(policy, OLD)
-    return frozen_copy(policy)
 
 
 def nft_loss(output: torch.Tensor, old_output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
@@ -116,13 +103,13 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                first_sample: int) -> None:
     """One optimizer step per train.gradient_accumulation_steps kept samples. A micro-batch
     is nft.micro_batch_size samples at one timestep (its samples share it, so one forward
-    serves them); each sample trains int(N * grpo.timestep_fraction) of the N levels, drawn
+    serves them); each sample trains int(N * policy_update.timestep_fraction) of the N levels, drawn
     per micro-batch from a generator seeded by its first global sample index."""
-    n, g, t = cfg.nft, cfg.grpo, cfg.train
+    n, u, t = cfg.nft, cfg.policy_update, cfg.train
     policy, reference, sampler = learner.policy, learner.reference, ro.sampler
     device = ro.scored_latents.device
     levels = sampler.levels
-    count = grpo.num_trained_timesteps(len(levels) - 1, g.timestep_fraction)
+    count = num_trained_timesteps(len(levels) - 1, u.timestep_fraction)
     samples = torch.nonzero(kept).flatten()
     advantages = advantages.to(device)
     size = micro_batch_samples(cfg)
@@ -139,7 +126,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                 x0 = ro.scored_latents[chunk.to(device)]
                 eps = torch.randn(x0.shape, generator=gen).to(device)
                 step = micro_batch_loss(policy, old, reference, sampler, levels, j, x0, eps,
-                                        advantages[chunk.to(device)], cond.select(chunk), n, g.adv_clip_max)
+                                        advantages[chunk.to(device)], cond.select(chunk), n, u.adv_clip_max)
                 forward_rows += len(chunk) * rows_each * (3 if reference is not None else 2)
                 if step.kl is not None:
                     stats.mean("kl", step.kl)
@@ -165,3 +152,42 @@ def update_old(old: Policy, policy: Policy, optimizer_steps: int, decay_type: in
     for name, p in trained_weights(old, policy).items():
         p.lerp_(current[name].detach(), 1.0 - decay)
     return decay
+
+
+def update(learner: Learner, ro: Rollout, cond: TextConditioning, advantages: torch.Tensor, kept: torch.Tensor,
+           cfg: Config, stats: IterationStats, iteration: int, seed_parts: tuple[int, ...], first_sample: int) -> None:
+    """The iteration's update, then the old policy's step toward the policy (`old_decay`)."""
+    nft_update(learner, learner.old, ro, cond, advantages, kept, cfg, stats, seed_parts, first_sample)
+    stats.mean("old_decay", update_old(learner.old, learner.policy, learner.scheduler.last_epoch, cfg.nft.decay_type))
+
+
+def step_plan(cfg: Config, iteration: int) -> StepPlan:
+    """The old policy samples deterministic trajectories: every step an ODE step."""
+    return ode_plan(cfg.sampling.num_steps)
+
+
+def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
+    """Levels each kept sample trains at, drawn from all the sampler's N levels."""
+    return num_trained_timesteps(cfg.sampling.num_steps, cfg.policy_update.timestep_fraction)
+
+
+def memory_knobs(cfg: Config) -> list[str]:
+    """Overrides that lower a rank's memory under NFT alone: its micro-batches are free of the
+    rollout's batches."""
+    return ["nft.micro_batch_size=1"] if micro_batch_samples(cfg) > 1 else []
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """What NFT cannot train with: one noise per group (its rollout is deterministic) and
+    GRPO's guards, which it never reads."""
+    problems = []
+    if cfg.sampling.shared_noise:
+        problems.append(problem("sampling.shared_noise", True,
+                                f"false with train.algorithm={cfg.train.algorithm}: its rollout is deterministic, so "
+                                "one initial noise per group would give G equal samples"))
+    for key in ("ratio_norm", "step_reweight", "kl_schedule", "reference_reset_every", "reference_reset_kl"):
+        value, default = getattr(cfg.grpo, key), getattr(GRPOConfig, key)
+        if value != default:
+            problems.append(problem(f"grpo.{key}", value,
+                                    f"{default!r} with train.algorithm={cfg.train.algorithm} (a GRPO guard)"))
+    return problems

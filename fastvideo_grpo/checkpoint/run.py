@@ -1,24 +1,43 @@
-"""What a training run saves and resumes: the learner (weights, optimizer, EMA, NFT's old
-policy, a KL reference that resets, the KL weight), its LR schedule and the prompt
+"""What a training run saves and resumes: the learner (weights, optimizer, EMA, the frozen
+copies that moved from the initial model, the KL weight), its LR schedule and the prompt
 sampler's position."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from fastvideo_grpo.checkpoint.folders import latest_checkpoint, step_folders
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, run_config_path
 from fastvideo_grpo.data.prompts import PromptSampler
+from fastvideo_grpo.models import Policy
 from fastvideo_grpo.parallel import World, all_finite
 from fastvideo_grpo.run_config import check_resumed_config
-from fastvideo_grpo.update import Learner, NonFiniteTraining, set_base_lr, trained_weights
 
 
-def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config) -> int:
+class NonFiniteTraining(RuntimeError):
+    """Too many optimizer steps in a row had a NaN or inf gradient, or the weights to save hold one."""
+
+
+class Saved(Protocol):
+    """What a run checkpoints of its learner (algorithms.learner.Learner is one)."""
+
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: dict[str, torch.Tensor] | None
+    kl_weight: float
+
+
+def resume_run(learner: Saved, sampler: PromptSampler, world: World, cfg: Config,
+               moved: dict[str, dict[str, torch.Tensor]]) -> int:
     """Load the checkpoint `train.resume` asks for; returns the first iteration to run. The
     config may differ from the checkpoint's run only in what run_config.RESUMABLE lists, and
-    train.lr then takes effect at once.
+    train.lr then takes effect at once. `moved`: the frozen copies' trained weights by name
+    (learner.moved_copies), loaded in place.
 
     A run never starts from scratch over an earlier run's checkpoints (it would overwrite
     them and its metrics): that is an error saying how to start fresh."""
@@ -37,7 +56,7 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
         return 0
     check_resumed_config(cfg, run_config_path(path), path)
     state = load_checkpoint(path, learner.policy.transformer, learner.optimizer, world, learner.ema,
-                            verify=cfg.checkpoint.verify, extra=_extra(learner, cfg))
+                            verify=cfg.checkpoint.verify, extra=moved)
     learner.scheduler.load_state_dict(state["scheduler"])
     set_base_lr(learner.scheduler, cfg.train.lr)
     learner.kl_weight = state.get("kl_weight", learner.kl_weight)
@@ -45,29 +64,25 @@ def resume_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Conf
     return state["iteration"]
 
 
-def save_run(learner: Learner, sampler: PromptSampler, world: World, cfg: Config, iteration: int,
-             transformer_config: dict | None = None) -> None:
-    """Save after `iteration` iterations; a non-finite weight is never written."""
+def save_run(learner: Saved, sampler: PromptSampler, world: World, cfg: Config, iteration: int,
+             transformer_config: dict | None, moved: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Save after `iteration` iterations, with the frozen copies' trained weights `moved`
+    (learner.moved_copies); a non-finite weight is never written."""
     if not all_finite(learner.policy.transformer, world):
         raise NonFiniteTraining(f"after iteration {iteration - 1} the weights hold NaN or inf; not checkpointing "
                                 f"them over {cfg.train.output_dir}/checkpoints (the last checkpoint is intact)")
     trainer_state = {"scheduler": learner.scheduler.state_dict(), "sampler": sampler.state_dict(),
                      "kl_weight": learner.kl_weight}
     save_checkpoint(cfg.train.output_dir, iteration, learner.policy.transformer, learner.optimizer, trainer_state, world,
-                    cfg.checkpoint.keep_last, learner.ema, transformer_config, _extra(learner, cfg))
+                    cfg.checkpoint.keep_last, learner.ema, transformer_config, moved)
 
 
-def resets_reference(cfg: Config) -> bool:
-    g = cfg.grpo
-    return cfg.train.algorithm == "grpo" and g.kl_weight > 0 and (g.reference_reset_every > 0 or g.reference_reset_kl > 0)
-
-
-def _extra(learner: Learner, cfg: Config) -> dict[str, dict]:
-    """The frozen copies that are no longer the initial model: NFT's old policy, and the KL
-    reference once it may have been reset."""
-    extra = {}
-    if learner.old is not None:
-        extra["old"] = trained_weights(learner.old, learner.policy)
-    if learner.reference is not None and resets_reference(cfg):
-        extra["reference"] = trained_weights(learner.reference, learner.policy)
-    return extra
+def set_base_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Make a schedule restored from a checkpoint (whose base lr torch keeps) follow `lr`, from
+    its current step on: a resumed run trains with its own train.lr (and warmup, the schedule's
+    function being this run's). With the checkpoint's lr it sets the value the schedule holds."""
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

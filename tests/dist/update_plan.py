@@ -22,7 +22,7 @@ def main():
     c = trainer.setup(cfg)
     metrics = trainer.train_iteration(0, c, cfg)
     count = cfg.train.prompts_per_iteration * cfg.sampling.group_size
-    cfg.grpo.advantage_mode = "batch"
+    cfg.policy_update.advantage_mode = "batch"
     advantages = trainer.advantages_of({"color": rank_rewards(c.world.dp_rank, count)}, cfg, c.world).advantages
     gathered = [advantages]
     if dist.is_initialized():
