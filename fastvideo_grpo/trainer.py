@@ -1,4 +1,4 @@
-"""The GRPO loop: prompts -> rollout -> decode -> score -> advantages -> update -> log."""
+"""The training loop: prompts -> rollout -> decode -> score -> advantages -> update -> log."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def tiny_plan():
 
 
 def measured_micro_batch_peak(cfg, monkeypatch) -> int:
-    """FSDPMemTracker's peak over one real micro-batch of update.py's update on one gloo rank,
+    """FSDPMemTracker's peak over one real micro-batch of GRPO's update on one gloo rank,
     after a first one (so AdamW's state exists, as at any later step)."""
     monkeypatch.setenv("RANK", "0")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

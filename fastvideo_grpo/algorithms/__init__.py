@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fastvideo_grpo.algorithms import grpo, nft
+from fastvideo_grpo.algorithms.learner import Learner
 from fastvideo_grpo.config import Config, ConfigError
 from fastvideo_grpo.step_plan import StepPlan, iteration_plan
 
@@ -21,12 +22,12 @@ class Algorithm:
     name: str
     # The rollout: its step plan for an iteration, whether it keeps every SDE step's mean
     # (GRPO-Guard's ratio normalisation) and the whole trajectory (else only the scored
-    # latents), and whether the old policy samples it instead of the policy.
+    # latents).
     step_plan: Callable[[Config, int], StepPlan]
     keep_means: Callable[[Config], bool]
     keep_trajectory: bool
-    # A slow copy of the policy (learner.build_old) that samples the rollouts and is forwarded
-    # beside the policy in training.
+    # A slow copy of the policy (learner.build_old) that samples the rollouts instead of the
+    # policy and is forwarded beside it in training.
     old_policy: bool
     # The KL weight to a frozen reference (> 0 builds one), and whether that reference
     # follows the policy (built after LoRA, checkpointed with the run).
@@ -35,8 +36,8 @@ class Algorithm:
     update: Callable[..., None]
     # Per iteration: metrics the update's stats do not hold, and what follows the iteration's
     # metrics (a KL weight that adapts, a reference that resets).
-    iteration_metrics: Callable[[object], dict[str, float]]
-    end_iteration: Callable[[object, Config, int, dict], None]
+    iteration_metrics: Callable[[Learner], dict[str, float]]
+    end_iteration: Callable[[Learner, Config, int, dict], None]
     # The planner's questions: timesteps each kept sample trains at, samples of a training
     # micro-batch at most, and overrides that lower memory under this algorithm alone.
     trained_timesteps: Callable[[Config, StepPlan], int]
