@@ -696,7 +696,7 @@ def config_problems(cfg: Config) -> list[str]:
     if t.algorithm in ALGORITHMS:
         problems += ALGORITHMS[t.algorithm].config_problems(cfg)
     else:
-        require(False, "train.algorithm", t.algorithm, f"one of {sorted(ALGORITHMS)}")
+        problems.append(problem("train.algorithm", t.algorithm, f"one of {sorted(ALGORITHMS)}"))
     h = cfg.health
     for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
         require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
