@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.data.embeddings import EmbeddingDataset  # noqa: E402
-from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video.tiny import write_folder as write_tiny_hunyuan_folder  # noqa: E402
 from fastvideo_grpo.models.tiny.text_encoders import WORDS  # noqa: E402
 
 NUM_PROMPTS = 2048

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.data.embeddings import shard_name, write_manifest, write_shard  # noqa: E402
-from fastvideo_grpo.config import HUNYUAN_VIDEO_TOKEN_GEOMETRY, video_tokens  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video.checks import HUNYUAN_VIDEO_TOKEN_GEOMETRY, video_tokens  # noqa: E402
 from fastvideo_grpo.parallel.distributed import cuda_unusable_reason  # noqa: E402
 
 logger = logging.getLogger("gpu_smoke")
@@ -71,7 +71,7 @@ class Sizes:
     dtype: str
 
 
-# HunyuanVideo's own widths (plan.HUNYUAN_VIDEO) at 480p; the dry run's are the tiny model's.
+# HunyuanVideo's own widths (models/hunyuan_video/published.py) at 480p; the dry run's are the tiny model's.
 FULL = Sizes(heads=24, head_dim=128, text_tokens=256, text_dim=4096, pooled_dim=768, height=480, width=848, frames=53,
              dual_blocks=2, single_blocks=2, dtype="bf16")
 DRY = Sizes(heads=4, head_dim=16, text_tokens=8, text_dim=32, pooled_dim=32, height=32, width=32, frames=5,
@@ -171,14 +171,14 @@ def time_attention(sizes: Sizes, device: torch.device, repeats: int) -> list[dic
 
 def write_model(folder: Path, sizes: Sizes, dry_run: bool, device: torch.device) -> Path:
     """A diffusers folder (transformer/, vae/) of HunyuanVideo cut to a few blocks, random
-    weights: the published widths (plan.HUNYUAN_VIDEO) and VAE, or the tiny model's."""
+    weights: the published widths (models/hunyuan_video/published.py) and VAE, or the tiny model's."""
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
-    from fastvideo_grpo.plan import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE
+    from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE
 
     torch.manual_seed(0)
     if dry_run:
-        from fastvideo_grpo.models.tiny.hunyuan_video import tiny_model_config, tiny_networks
+        from fastvideo_grpo.models.hunyuan_video.tiny import tiny_model_config, tiny_networks
 
         transformer, vae = tiny_networks(tiny_model_config(), sizes.text_dim, sizes.pooled_dim)
     else:

@@ -66,7 +66,7 @@ def measure(sp_size: int) -> dict:
     policy = build_policy(m, world.device, m.tiny_text_dim, m.tiny_pooled_dim)
     # The SP measurement is of activations alone: shard nothing but the sequence.
     if sp_size > 1:
-        from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
+        from fastvideo_grpo.models.hunyuan_video.sequence_parallel import apply_sequence_parallel
 
         apply_sequence_parallel(policy.transformer, world)
     x = torch.randn(1, *policy.latent_shape(cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width))

@@ -7,36 +7,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import torch
-from diffusers import FluxPipeline
-
-from fastvideo_grpo.data.preprocess import load_text_pipeline, main, text_shard_tensors
-
-
-TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-
-
-def flux_encoder(args: argparse.Namespace, device: torch.device):
-    pipe = load_text_pipeline(FluxPipeline, args.model_path, device, TEXT_COMPONENTS, transformer=None, vae=None)
-
-    def encode(prompts: list[str]):
-        with torch.no_grad():
-            embeds, pooled, _text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=device,
-                                                           max_sequence_length=args.max_tokens)
-        # T5 attends to its padding in FLUX; the mask records the real tokens.
-        tokens = pipe.tokenizer_2(prompts, padding="max_length", max_length=args.max_tokens, truncation=True,
-                                  return_tensors="pt").attention_mask
-        truncated = sum(len(ids) > args.max_tokens for ids in pipe.tokenizer_2(prompts).input_ids)
-        return text_shard_tensors(embeds, tokens, pooled), truncated
-
-    return encode
+from fastvideo_grpo.data.preprocess import family_main
 
 
 def run(argv: list[str] | None = None) -> int:
-    return main(__doc__.split("\n\n")[0], flux_encoder, 512, argv)
+    return family_main("flux", __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

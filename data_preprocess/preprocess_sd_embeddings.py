@@ -8,36 +8,13 @@ pooled tensor is stored empty ([n, 0]).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import torch
-from diffusers import StableDiffusionPipeline
-
-from fastvideo_grpo.data.preprocess import load_text_pipeline, main, text_shard_tensors
-
-
-def sd_encoder(args: argparse.Namespace, device: torch.device):
-    pipe = load_text_pipeline(StableDiffusionPipeline, args.model_path, device, ("text_encoder", "tokenizer"),
-                              unet=None, vae=None, safety_checker=None, feature_extractor=None,
-                              requires_safety_checker=False)
-    max_tokens = pipe.tokenizer.model_max_length
-    if args.max_tokens != max_tokens:
-        raise ValueError(f"--max-tokens {args.max_tokens}: Stable Diffusion's CLIP encodes {max_tokens} tokens")
-
-    def encode(prompts: list[str]):
-        with torch.no_grad():
-            embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
-        tokens = pipe.tokenizer(prompts, padding="max_length", max_length=max_tokens, truncation=True,
-                                return_tensors="pt").attention_mask
-        truncated = sum(len(ids) > max_tokens for ids in pipe.tokenizer(prompts).input_ids)
-        return text_shard_tensors(embeds, tokens, torch.zeros(len(prompts), 0)), truncated
-
-    return encode
+from fastvideo_grpo.data.preprocess import family_main
 
 
 def run(argv: list[str] | None = None) -> int:
-    return main(__doc__.split("\n\n")[0], sd_encoder, 77, argv)
+    return family_main("stable_diffusion", __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ class ModelConfig:
     # A name in models.registry.FAMILIES; models.check_model_config checks it (and whether the
     # family supports parallel.sp_size > 1), as config cannot import the models it configures.
     family: str = "hunyuan_video"
+    # Modules, or paths of .py files, imported before model.family is looked up (trainer and
+    # every rank, planner, export); each registers families with
+    # fastvideo_grpo.models.register_family.
+    plugins: list[str] = field(default_factory=list)
     # Local diffusers-format folder (transformer/ or unet/, vae/, ...). With size "tiny", empty
     # (random weights) or a pretrained tiny HunyuanVideo folder (assets/shapes_model) whose
     # transformer and VAE are loaded, and whose TINY_TEXT_ENCODER_FILE holds the settings of
@@ -535,25 +539,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
 
 
-# Keys of earlier versions -> where they live now: an old config fails naming the new key.
-MOVED_KEYS = {
-    "reward.clip_path": "reward.models.clip.path",
-    "reward.hps_path": "reward.models.hps.path",
-    "reward.hps_model": "reward.models.hps.model",
-    "reward.videoalign_path": "reward.models.videoalign.path",
-    "reward.videoalign_base": "reward.models.videoalign.base",
-    "reward.videoalign_use_norm": "reward.models.videoalign.use_norm",
-    "reward.videoalign_dtype": "reward.models.videoalign.dtype",
-}
-
-
 def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     known = _fields(type(obj))
     for name, value in updates.items():
         key = f"{prefix}{name}"
-        if key in MOVED_KEYS:
-            raise ConfigError(f"{key} moved to {MOVED_KEYS[key]}")
         if prefix == "grpo." and name in _fields(PolicyUpdateConfig):  # both algorithms read these now
             raise ConfigError(f"{key} moved to policy_update.{name}")
         if name not in known:
@@ -623,7 +613,13 @@ def validate(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
     """Every value check at once: a ConfigError that lists every problem, so that a config
     is fixed in one round trip, not one queue wait per typo. Keys in `may_be_empty` (dotted)
     are not reported for being empty."""
-    problems = [p for p in config_problems(cfg) if not any(p.startswith(f"{key}: ''") for key in may_be_empty)]
+    raise_problems(config_problems(cfg), may_be_empty)
+
+
+def raise_problems(problems: list[str], may_be_empty: tuple[str, ...] = ()) -> None:
+    """A ConfigError naming each problem, if any; those of keys in `may_be_empty` (dotted)
+    for being empty are left out."""
+    problems = [p for p in problems if not any(p.startswith(f"{key}: ''") for key in may_be_empty)]
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
@@ -783,26 +779,19 @@ def config_problems(cfg: Config) -> list[str]:
         heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
         require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
                 f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
-        problems += sequence_split_problems(cfg)
     require(cfg.parallel.timeout_minutes > 0, "parallel.timeout_minutes", cfg.parallel.timeout_minutes, "> 0")
     require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
-    require(cfg.model.family != "hunyuan_video_i2v" or bool(cfg.data.image_latents_dir), "data.image_latents_dir",
-            cfg.data.image_latents_dir,
-            "first-frame latents (data_preprocess/preprocess_latents.py) for image-to-video")
     require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
             "a local diffusers-format folder when model.size is 'full'")
-    pretrained_tiny = cfg.model.family == "hunyuan_video" and (Path(cfg.model.path) / TINY_TEXT_ENCODER_FILE).is_file()
+    # Whether model.family loads such a folder, models.check_model_config checks.
+    pretrained_tiny = (Path(cfg.model.path) / TINY_TEXT_ENCODER_FILE).is_file()
     require(cfg.model.size == "full" or not cfg.model.path or pretrained_tiny, "model.path", cfg.model.path,
             "empty with model.size: tiny, which builds the tiny model in process and would ignore this folder "
-            f"(unless it is a pretrained tiny HunyuanVideo folder holding {TINY_TEXT_ENCODER_FILE}, as "
-            "assets/shapes_model); set model.size=full to train the folder's model")
+            f"(unless it is a pretrained tiny folder holding {TINY_TEXT_ENCODER_FILE}, as assets/shapes_model); "
+            "set model.size=full to train the folder's model")
     require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
             cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
     return problems
-
-
-# HunyuanVideo's VAE compresses time by 4 and space by 8, its transformer cuts 2x2 patches.
-HUNYUAN_VIDEO_TOKEN_GEOMETRY = {"temporal": 4, "spatial": 8, "patch": 2, "patch_t": 1}
 
 
 def attention_heads(model_path: str) -> int | None:
@@ -813,60 +802,6 @@ def attention_heads(model_path: str) -> int | None:
         return int(json.loads(file.read_text())["num_attention_heads"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def token_geometry(cfg: Config) -> dict[str, int] | None:
-    """HunyuanVideo's VAE compression and patch sizes: model.path's vae/ and transformer/
-    config.json, read before any model is built (the tiny model keeps the real ones); None
-    when they cannot be read (the model builder then names what is missing)."""
-    if cfg.model.size == "tiny":
-        return dict(HUNYUAN_VIDEO_TOKEN_GEOMETRY)
-    try:
-        transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
-                            for part in ("transformer", "vae"))
-        return {"temporal": int(vae["temporal_compression_ratio"]), "spatial": int(vae["spatial_compression_ratio"]),
-                "patch": int(transformer["patch_size"]), "patch_t": int(transformer["patch_size_t"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def video_tokens(geometry: dict[str, int], frames: int, height: int, width: int) -> int:
-    """Video tokens of one sample: latent frames, rows and columns, each cut into patches."""
-    g = geometry
-    return (((frames - 1) // g["temporal"] + 1) // g["patch_t"] * (height // g["spatial"] // g["patch"])
-            * (width // g["spatial"] // g["patch"]))
-
-
-def sequence_split_problems(cfg: Config) -> list[str]:
-    """HunyuanVideo's video tokens of a sample split evenly over parallel.sp_size ranks, or a
-    problem naming the sizes and the nearest that split: the model itself would fail only at
-    its first forward, after loading."""
-    s, sp = cfg.sampling, cfg.parallel.sp_size
-    geometry = token_geometry(cfg) if cfg.model.family == "hunyuan_video" else None
-    if geometry is None or video_tokens(geometry, s.num_frames, s.height, s.width) % sp == 0:
-        return []
-    sizes = {"num_frames": s.num_frames, "height": s.height, "width": s.width}
-    pixel_step = geometry["spatial"] * geometry["patch"]
-    nearest = []
-    for key, step in (("height", pixel_step), ("width", pixel_step),
-                      ("num_frames", geometry["temporal"] * geometry["patch_t"])):
-        first = 1 if key == "num_frames" else step  # a frame count is 1 + a multiple of the compression
-
-        def splits(value: int) -> bool:
-            size = {**sizes, key: value}
-            return video_tokens(geometry, size["num_frames"], size["height"], size["width"]) % sp == 0
-
-        base = first + (sizes[key] - first) // step * step
-        below = next((v for v in range(base, first - 1, -step) if v != sizes[key] and splits(v)), None)
-        above = next((v for v in range(base + step, base + step * (sp + 1), step) if splits(v)), None)
-        found = " or ".join(str(v) for v in (below, above) if v is not None)
-        if found:
-            nearest.append(f"sampling.{key} {found}")
-    tokens = video_tokens(geometry, s.num_frames, s.height, s.width)
-    return [f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
-            f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
-            f"(sequence parallelism splits them evenly over the sp ranks); nearest sizes that split: "
-            f"{', '.join(nearest)}"]
 
 
 def run_config_path(checkpoint: Path) -> Path | None:

@@ -45,7 +45,7 @@ from fastvideo_grpo.checkpoint import (CHECKPOINTS, TRANSFORMER_CONFIG, best_che
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.file_modes import honour_umask
-from fastvideo_grpo.models import build_policy, model_family
+from fastvideo_grpo.models import FAMILIES, ModelFamily, build_policy, model_family
 from fastvideo_grpo.models.lora import apply_lora, trainable_state
 from fastvideo_grpo.quiet import silence_library_noise
 
@@ -62,7 +62,7 @@ def lora_base(cfg: Config) -> torch.nn.Module:
     """The LoRA run's base transformer with fresh adapters attached."""
     m = cfg.model
     model = build_policy(m, torch.device("cpu"), m.tiny_text_dim, m.tiny_pooled_dim).transformer
-    apply_lora(model, m.lora_rank, m.lora_alpha)
+    apply_lora(model, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
     return model
 
 
@@ -72,6 +72,19 @@ def transformer_config(checkpoint: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint: no {TRANSFORMER_CONFIG}")
     return path
+
+
+def checkpoint_family(checkpoint: Path, cfg: Config | None) -> ModelFamily:
+    """The family of a checkpoint's network: its run's model.family (`cfg`, the config beside
+    the checkpoints), else the registered family whose network class its config names."""
+    if cfg is not None:
+        return model_family(cfg.model)
+    name = json.loads(transformer_config(checkpoint).read_text()).get("_class_name")
+    family = next((f for f in FAMILIES.values() if f.network.__name__ == name), None)
+    if family is None:
+        raise ValueError(f"{checkpoint / TRANSFORMER_CONFIG}: _class_name {name!r} is the network of none of the "
+                         f"model families {list(FAMILIES)}, and no run config.yaml beside the checkpoints names one")
+    return family
 
 
 def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch.nn.Module:
@@ -88,7 +101,7 @@ def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch
     else:
         config = json.loads(config_path.read_text())
         with torch.device("meta"):
-            model = getattr(diffusers, config["_class_name"]).from_config(config)
+            model = checkpoint_family(checkpoint, cfg).network.from_config(config)
         model.to_empty(device="cpu")
     state = {"model": trainable_state(model.state_dict(), model)}
     if ema:
@@ -100,23 +113,17 @@ def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch
     return model.eval()
 
 
-def component_name(model: torch.nn.Module) -> str:
-    """The pipeline component a network is saved as: diffusers' pipelines call their UNet
-    `unet` and their transformer `transformer`."""
-    return "unet" if type(model).__name__.startswith("UNet") else "transformer"
-
-
 def is_lora(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "peft_config", None))
 
 
-def save_adapter(model: torch.nn.Module, folder: Path, pipeline: str) -> None:
-    """diffusers' LoRA file: peft weights prefixed with the component name (`transformer.`,
-    `unet.`) with the adapter config, as the family's pipeline class (`pipeline`) writes it."""
+def save_adapter(model: torch.nn.Module, folder: Path, family: ModelFamily) -> None:
+    """diffusers' LoRA file: peft weights prefixed with the family's component name
+    (`transformer.`, `unet.`) with the adapter config, as its pipeline class writes it."""
     from peft.utils import get_peft_model_state_dict
 
-    component = component_name(model)
-    writer = getattr(diffusers, pipeline)
+    component = family.component
+    writer = getattr(diffusers, family.pipeline)
     writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
                                         f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
 
@@ -189,23 +196,22 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
     check_output(output, checkpoint, Path(base_model) if base_model is not None else None)
     recover(output)
     model = load_trained_transformer(checkpoint, ema)
+    family = checkpoint_family(checkpoint, run_config(checkpoint))
     if adapter_only and not is_lora(model):
         raise ValueError(f"--adapter-only: {checkpoint} is not from a LoRA run (model.lora_rank = 0)")
     tmp, old = siblings(output)
     tmp.mkdir(parents=True)
     try:
         if adapter_only:
-            # A LoRA model comes only from a run whose config is beside its checkpoints.
-            pipeline = model_family(run_config(checkpoint).model.family).pipeline
-            save_adapter(model.to(DTYPES[dtype]), tmp, pipeline)
+            save_adapter(model.to(DTYPES[dtype]), tmp, family)
         else:
             if is_lora(model):
                 model.fuse_lora()
                 model.unload_lora()
-            model.to(DTYPES[dtype]).save_pretrained(tmp / component_name(model), safe_serialization=True,
+            model.to(DTYPES[dtype]).save_pretrained(tmp / family.component, safe_serialization=True,
                                                     max_shard_size=max_shard_size)
         if base_model is not None:
-            copy_base_components(Path(base_model), tmp, component_name(model))
+            copy_base_components(Path(base_model), tmp, family.component)
         # Written last: a folder holding it is a complete export, which a later export may replace.
         (tmp / EXPORT_MARKER).write_text(json.dumps({"checkpoint": str(checkpoint), "ema": ema, "dtype": dtype,
                                                      "adapter_only": adapter_only}, indent=1) + "\n")

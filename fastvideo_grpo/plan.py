@@ -6,7 +6,7 @@
 
 The configured network is built at full size on the meta device (shapes, no storage) from
 `model.path`'s transformer/ (or unet/) config.json when that folder exists, else from the
-family's released config (`PUBLISHED`). The planned world is stood up in this process with
+family's released config (`ModelFamily.published`). The planned world is stood up in this process with
 the fake process group (rank 0 of nodes x ranks per node, no communication), the trainer's own mesh
 (`init_distributed`) and parallelism (`parallelize`: sequence parallelism, activation
 checkpointing, FSDP2 per block then root, bf16 parameters, fp32 reduction) are applied to
@@ -115,8 +115,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from diffusers import (AutoencoderKL, AutoencoderKLHunyuanVideo, FluxTransformer2DModel,
-                       HunyuanVideoTransformer3DModel, UNet2DConditionModel)
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -130,12 +128,8 @@ from fastvideo_grpo.cli_args import number
 from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict, validate
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
-from fastvideo_grpo.models import FAMILIES, Policy, TextConditioning, build_policy, model_family
-from fastvideo_grpo.models.flux import FluxPolicy
-from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy
-from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
+from fastvideo_grpo.models import Policy, TextConditioning, build_policy, check_model_config, model_family
 from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
-from fastvideo_grpo.models.stable_diffusion import StableDiffusionPolicy
 from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import fsdp_param_dtype, parallelize, reshard, rollout_keeps_gathered
 from fastvideo_grpo.quiet import silence_library_noise
@@ -147,61 +141,6 @@ logger = logging.getLogger(__name__)
 GB = 2**30
 CPU = torch.device("cpu")
 
-
-@dataclass(frozen=True)
-class Published:
-    """A family's released architecture: used when model.path names no folder."""
-
-    name: str
-    policy: type
-    network: type
-    folder: str  # the network's subfolder in a diffusers folder
-    network_config: dict
-    vae: type
-    vae_config: dict
-    text_tokens: int  # tokens per prompt of the family's data_preprocess/ CLI
-
-
-# hunyuanvideo-community/HunyuanVideo transformer/config.json: diffusers'
-# HunyuanVideoTransformer3DModel() defaults are this 12.8B model.
-HUNYUAN_VIDEO = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-                     num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-                     qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
-                     rope_theta=256.0, rope_axes_dim=(16, 56, 56))
-# Its vae/config.json: AutoencoderKLHunyuanVideo() defaults.
-HUNYUAN_VIDEO_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                         scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4)
-# hunyuanvideo-community/HunyuanVideo-I2V-33ch: image latent and mask concatenated on channels,
-# no embedded guidance (trained with classifier-free guidance, as hunyuan_i2v.yaml does).
-HUNYUAN_VIDEO_I2V = {**HUNYUAN_VIDEO, "in_channels": 33, "guidance_embeds": False,
-                     "image_condition_type": "latent_concat"}
-# black-forest-labs/FLUX.1-dev transformer/config.json; diffusers' defaults differ in
-# guidance_embeds (False: FLUX.1-schnell).
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56))
-# Its vae/config.json; diffusers' AutoencoderKL() defaults are a one-block toy.
-FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
-                use_quant_conv=False, use_post_quant_conv=False)
-# stable-diffusion-v1-5 unet/config.json; diffusers' defaults differ in cross_attention_dim (1280).
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-                 layers_per_block=2, cross_attention_dim=768, attention_head_dim=8)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, sample_size=512, scaling_factor=0.18215)
-
-PUBLISHED = {
-    "hunyuan_video": Published("HunyuanVideo", HunyuanVideoPolicy, HunyuanVideoTransformer3DModel, "transformer",
-                               HUNYUAN_VIDEO, AutoencoderKLHunyuanVideo, HUNYUAN_VIDEO_VAE, 256),
-    "hunyuan_video_i2v": Published("HunyuanVideo-I2V-33ch", HunyuanVideoI2VPolicy, HunyuanVideoTransformer3DModel,
-                                   "transformer", HUNYUAN_VIDEO_I2V, AutoencoderKLHunyuanVideo, HUNYUAN_VIDEO_VAE, 256),
-    "flux": Published("FLUX.1-dev", FluxPolicy, FluxTransformer2DModel, "transformer", FLUX_DEV, AutoencoderKL,
-                      FLUX_VAE, 512),
-    "stable_diffusion": Published("Stable Diffusion 1.5", StableDiffusionPolicy, UNet2DConditionModel, "unet",
-                                  SD15_UNET, AutoencoderKL, SD15_VAE, 77),
-}
 
 # Inputs the planner never reads; the shipped full-size configs leave them empty.
 UNREAD_KEYS = ("model.path", "data.embeddings_dir", "data.image_latents_dir")
@@ -260,6 +199,7 @@ def load_plan_config(path: str | Path, overrides: list[str] = ()) -> Config:
     full-size run needs may be empty (`UNREAD_KEYS`): the planner reads neither."""
     cfg = load_config(path, overrides, check=False)
     validate(cfg, may_be_empty=UNREAD_KEYS)
+    check_model_config(cfg, may_be_empty=UNREAD_KEYS)
     return cfg
 
 
@@ -273,31 +213,32 @@ def planned_policy(cfg: Config) -> tuple[Policy, str]:
         policy.transformer.to("meta")
         policy.vae.to("meta")
         return policy, "model.size=tiny"
-    model_family(m.family)
-    if m.family not in PUBLISHED:
-        raise ConfigError(f"model.family: {m.family!r} has no entry in fastvideo_grpo/plan.py PUBLISHED "
-                          f"(families with one: {sorted(PUBLISHED)})")
-    pub = PUBLISHED[m.family]
+    family = model_family(m)
+    pub = family.published
+    if pub is None:
+        raise ConfigError(f"model.family: {m.family!r} has no published full-size architecture (its ModelFamily's "
+                          "published is None); plan it with model.size=tiny")
+    name = pub.name
     root = Path(m.path) if m.path else None
     if root is not None and not root.is_dir():
         # A typo would otherwise plan the released architecture instead of the user's folder.
         raise FileNotFoundError(f"model.path={m.path}: no such folder (leave model.path empty to plan the released "
-                                f"{pub.name} architecture)")
+                                f"{name} architecture)")
     if root is not None:
         configs = []
-        for sub in (pub.folder, "vae"):
+        for sub in (family.component, "vae"):
             file = root / sub / "config.json"
             if not file.is_file():
                 raise FileNotFoundError(f"model.path={m.path}: no {sub}/config.json; expected a diffusers-format "
-                                        f"{pub.name} folder")
+                                        f"{name} folder")
             configs.append(json.loads(file.read_text()))
         network_config, vae_config = configs
-        source = f"{root / pub.folder / 'config.json'}"
+        source = f"{root / family.component / 'config.json'}"
     else:
         network_config, vae_config = pub.network_config, pub.vae_config
         source = f"released {pub.name} config (model.path is empty)"
     with torch.device("meta"):
-        network = pub.network.from_config(network_config)
+        network = family.network.from_config(network_config)
         vae = pub.vae.from_config(vae_config).to(DTYPES[m.dtype])
     vae.requires_grad_(False)
     return pub.policy(network, vae, m, CPU), source
@@ -310,7 +251,7 @@ def text_shape(cfg: Config, policy: Policy) -> tuple[int, int, int, torch.dtype]
         return cfg.data.max_text_tokens, m.tiny_text_dim, m.tiny_pooled_dim, torch.float32
     config = policy.transformer.config
     dim = next(config[k] for k in ("text_embed_dim", "joint_attention_dim", "cross_attention_dim") if k in config)
-    return PUBLISHED[m.family].text_tokens, dim, config.get("pooled_projection_dim", 768), torch.bfloat16
+    return model_family(m).published.text_tokens, dim, config.get("pooled_projection_dim", 768), torch.bfloat16
 
 
 @contextmanager
@@ -421,7 +362,7 @@ def _conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[in
     cond = one()
     if cfg.model.cfg_scale > 1:
         cond.negative = one()
-    if cfg.model.family == "hunyuan_video_i2v":
+    if model_family(cfg.model).image_conditioned:
         cond.image_latents = torch.randn(rows, latent_shape[0], 1, *latent_shape[2:], dtype=dtype)
     return cond
 
@@ -847,7 +788,8 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     s, p = cfg.sampling, cfg.parallel
     policy, source = planned_policy(cfg)
     if cfg.model.lora_rank > 0:
-        apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
+        apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha,
+                   model_family(cfg.model).lora_targets)
     parameters = sum(q.numel() for q in policy.transformer.parameters())
     trainable = sum(q.numel() for q in policy.transformer.parameters() if q.requires_grad)
     largest_unit = largest_unit_bytes(policy)
@@ -911,7 +853,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     forwards = logged_forwards(cfg, plan_, rows_per_sample(policy))
     # The trainer's own count (flops.py), over the rows it would log as transformer_forwards_*;
     # a sequence-parallel group's ranks split each row's tokens (Ulysses: heads in attention).
-    row_flops = forward_flops(policy.transformer, latent_shape, text_shape(cfg, policy)[0]) / p.sp_size
+    row_flops = forward_flops(cfg.model, policy.transformer, latent_shape, text_shape(cfg, policy)[0]) / p.sp_size
     # A sequence-parallel group's ranks hold the same videos and decode a share each (round
     # robin): the fullest rank's share.
     decoded = math.ceil(cfg.train.prompts_per_iteration * s.group_size / p.sp_size)
@@ -986,7 +928,7 @@ def knob_candidates(cfg: Config, cluster: Cluster, heads: int | None) -> list[tu
     candidates += [([knob], cluster) for knob in algorithm_of(cfg).memory_knobs(cfg)]
     if s.rollout_batch_size > 1:
         candidates.append((["sampling.rollout_batch_size=1"], cluster))
-    if FAMILIES[cfg.model.family].sequence_parallel:
+    if model_family(cfg.model).sequence_parallel is not None:
         for sp in (2, 4, 8):
             if sp > p.sp_size and cluster.world_size % (sp * p.dp_replicate) == 0 and (heads or sp) % sp == 0:
                 candidates.append(([f"parallel.sp_size={sp}"], cluster))

@@ -28,7 +28,7 @@ from fastvideo_grpo.training.evaluation import evaluate_in_loop, held_out_source
 from fastvideo_grpo.flops import throughput
 from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
 from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
-from fastvideo_grpo.models import build_policy, check_model_config
+from fastvideo_grpo.models import build_policy, check_model_config, model_family
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
@@ -81,7 +81,8 @@ def setup(cfg: Config) -> Components:
         reference = frozen_copy(policy) if wants_reference and not algorithm.resets_reference(cfg) else None
         transformer_config = diffusers_config(policy.transformer)
         if cfg.model.lora_rank > 0:
-            apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha)
+            apply_lora(policy.transformer, cfg.model.lora_rank, cfg.model.lora_alpha,
+                       model_family(cfg.model).lora_targets)
         if wants_reference and reference is None:
             reference = frozen_copy(policy)
         old = build_old(policy, cfg.model) if algorithm.old_policy else None

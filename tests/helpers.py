@@ -160,7 +160,7 @@ def write_image_latents(folder: Path, count: int = 8) -> Path:
     import imageio.v3 as iio
     import numpy as np
 
-    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder
+    from fastvideo_grpo.models.hunyuan_video.tiny import write_folder
 
     sys.path.insert(0, str(ROOT / "data_preprocess"))
     import preprocess_latents

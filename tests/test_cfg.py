@@ -120,7 +120,7 @@ def test_preprocessing_writes_the_pipelines_unconditional_embedding(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     import preprocess_sd_embeddings as sd_cli
-    from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_sd_folder
+    from fastvideo_grpo.models.stable_diffusion.tiny import write_folder as write_tiny_sd_folder
 
     folder = write_tiny_sd_folder(tmp_path / "sd")
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from fastvideo_grpo.config import ConfigError, load_config, parse_override
+from fastvideo_grpo.models import check_model_config
 from fastvideo_grpo.rewards import check_reward_config
 from conftest import ROOT
 
@@ -98,21 +99,6 @@ def test_bad_values_name_the_key(override, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("old,new", [
-    ("clip_path", "clip.path"), ("hps_path", "hps.path"), ("hps_model", "hps.model"),
-    ("videoalign_path", "videoalign.path"), ("videoalign_base", "videoalign.base"),
-    ("videoalign_use_norm", "videoalign.use_norm"), ("videoalign_dtype", "videoalign.dtype")])
-def test_a_flat_reward_key_of_old_configs_names_its_new_key(old, new, tmp_path):
-    with pytest.raises(ConfigError) as info:
-        load_config(TINY, [f"reward.{old}=x"])
-    assert str(info.value) == f"reward.{old} moved to reward.models.{new}"
-    path = tmp_path / "old.yaml"
-    path.write_text(f"reward:\n  {old}: x\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert str(info.value) == f"{path}: reward.{old} moved to reward.models.{new}"
-
-
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  learning_rate: 0.1\n")
@@ -175,19 +161,19 @@ def hunyuan_folder(path, heads=24):
     return path
 
 
-def test_sp_split_of_the_video_tokens_is_checked_with_the_config(tmp_path):
+def test_sp_split_of_the_video_tokens_is_checked_with_the_model_config(tmp_path):
     """480x848x53: 14 latent frames x 30 x 53 patches = 22,260 tokens, which 8 does not divide.
     The nearest sizes that split change one of them: 14 x 28 x 53 (448) = 8 x 2597."""
     common = ["model.size=full", f"model.path={hunyuan_folder(tmp_path)}", "data.embeddings_dir=/e",
               "reward.weights={color: 1.0}", "sampling.height=480", "sampling.width=848", "sampling.num_frames=53"]
     with pytest.raises(ConfigError) as info:
-        load_config(None, [*common, "parallel.sp_size=8"])
+        check_model_config(load_config(None, [*common, "parallel.sp_size=8"]))
     assert str(info.value) == (
         "parallel.sp_size: 8 is invalid for sampling.height=480 x sampling.width=848 x sampling.num_frames=53: 22260 "
         "video tokens per sample, which 8 does not divide (sequence parallelism splits them evenly over the sp ranks); "
         "nearest sizes that split: sampling.height 448 or 512, sampling.width 832 or 864, sampling.num_frames 45 or 61")
     for size in ("sampling.height=448", "sampling.width=864", "sampling.num_frames=61"):  # each splits
-        assert load_config(None, [*common, size, "parallel.sp_size=8"]).parallel.sp_size == 8
+        check_model_config(load_config(None, [*common, size, "parallel.sp_size=8"]))
 
 
 def test_sp_token_count_is_what_the_patch_embedding_makes():
@@ -195,7 +181,7 @@ def test_sp_token_count_is_what_the_patch_embedding_makes():
     patch embedding produces for the same sizes."""
     import torch
 
-    from fastvideo_grpo.config import token_geometry, video_tokens
+    from fastvideo_grpo.models.hunyuan_video.checks import token_geometry, video_tokens
     from helpers import tiny_policy
 
     cfg = load_config(TINY, ["sampling.num_frames=9", "sampling.height=48", "sampling.width=80"])

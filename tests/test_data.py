@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.data.prompts import PromptSampler
-from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder
+from fastvideo_grpo.models.hunyuan_video.tiny import write_folder as write_tiny_hunyuan_folder
 from helpers import read_jsonl
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
@@ -98,7 +98,7 @@ def test_the_pipeline_crops_the_default_template_to_the_prompt(tiny_folder):
 
 
 def test_a_tokenizer_that_miscounts_the_default_template_is_refused():
-    from fastvideo_grpo.models.tiny.hunyuan_video import tiny_prompt_template
+    from fastvideo_grpo.models.hunyuan_video.tiny import tiny_prompt_template
     from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
 
     special = ["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>"]
@@ -210,8 +210,8 @@ def test_flux_and_sd_embeddings_equal_their_pipelines(prompt_file, tmp_path):
 
     import preprocess_flux_embeddings as flux_cli
     import preprocess_sd_embeddings as sd_cli
-    from fastvideo_grpo.models.tiny.flux import write_folder as write_tiny_flux_folder
-    from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_sd_folder
+    from fastvideo_grpo.models.flux.tiny import write_folder as write_tiny_flux_folder
+    from fastvideo_grpo.models.stable_diffusion.tiny import write_folder as write_tiny_sd_folder
 
     prompts = [p for p in PROMPTS if p]
     flux = write_tiny_flux_folder(tmp_path / "flux")

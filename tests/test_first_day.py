@@ -82,7 +82,7 @@ def test_the_preflight_reports_every_problem_of_a_job_at_once(tmp_path, monkeypa
     import sys
 
     from conftest import ROOT
-    from fastvideo_grpo.models.tiny.hunyuan_video import write_folder
+    from fastvideo_grpo.models.hunyuan_video.tiny import write_folder
     from fastvideo_grpo.train import main
 
     sys.path.insert(0, str(ROOT / "data_preprocess"))

@@ -7,10 +7,12 @@ from diffusers import FluxTransformer2DModel, HunyuanVideoTransformer3DModel
 from conftest import ROOT
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
 from fastvideo_grpo.algorithms import grpo
-from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.flops import counter, forward_flops, iteration_flops, peak_tflops, throughput
+from fastvideo_grpo.config import ConfigError, ModelConfig, load_config
+from fastvideo_grpo.flops import forward_flops, iteration_flops, peak_tflops, throughput
+from fastvideo_grpo.models.flop_count import counter
+from fastvideo_grpo.models.flux.published import FLUX_DEV
+from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.plan import FLUX_DEV, HUNYUAN_VIDEO
 from fastvideo_grpo.trainer import train
 
 CPU = torch.device("cpu")
@@ -38,7 +40,7 @@ def test_one_rows_forward_is_what_flop_counter_mode_counts(config):
     with torch.no_grad(), counter() as count:
         policy.predict(x, 0.5, cond)
     rows = x.shape[0] * (2 if cfg.model.cfg_scale > 1 else 1)
-    counted = forward_flops(policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
+    counted = forward_flops(cfg.model, policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
     assert counted == pytest.approx(count.get_total_flops() / rows, rel=0.01)
 
 
@@ -52,7 +54,8 @@ def test_image_to_video_variants_are_counted(condition):
     with torch.no_grad(), counter() as count:
         net(torch.randn(1, condition["in_channels"], 3, 8, 8), torch.full((1,), 500.0), torch.randn(1, 16, 32),
             torch.ones(1, 16, dtype=torch.long), torch.randn(1, 32))
-    assert forward_flops(net, (16, 3, 8, 8), 16) == pytest.approx(count.get_total_flops(), rel=0.01)
+    counted = forward_flops(ModelConfig(family="hunyuan_video_i2v"), net, (16, 3, 8, 8), 16)
+    assert counted == pytest.approx(count.get_total_flops(), rel=0.01)
 
 
 def test_full_size_forwards_are_what_flop_counter_mode_counts_on_the_meta_device():
@@ -67,8 +70,10 @@ def test_full_size_forwards_are_what_flop_counter_mode_counts_on_the_meta_device
         with torch.no_grad(), counter() as fx:
             flux(torch.empty(1, 64 * 64, 64), torch.empty(1, 512, 4096), torch.empty(1, 768), torch.ones(1),
                  torch.empty(64 * 64, 3), torch.empty(512, 3), torch.ones(1), return_dict=False)
-    assert forward_flops(hunyuan, (16, 14, 60, 104), 256) == pytest.approx(hv.get_total_flops(), rel=0.01)
-    assert forward_flops(flux, (16, 128, 128), 512) == pytest.approx(fx.get_total_flops(), rel=0.01)
+    hunyuan_flops = forward_flops(ModelConfig(family="hunyuan_video"), hunyuan, (16, 14, 60, 104), 256)
+    assert hunyuan_flops == pytest.approx(hv.get_total_flops(), rel=0.01)
+    assert forward_flops(ModelConfig(family="flux"), flux, (16, 128, 128), 512) == pytest.approx(fx.get_total_flops(),
+                                                                                                 rel=0.01)
     # The textbook count of 60 blocks over S = 14 * 30 * 52 + 256 tokens at D = 3072: q, k, v,
     # out and an MLP of ratio 4 (24 D^2 per token) and attention (4 S^2 D); the embedders and
     # the output projection are the remaining 0.02%.
@@ -96,7 +101,7 @@ def test_a_training_micro_batch_is_three_forwards_and_a_recompute_with_checkpoin
                                 prev_sample=torch.randn_like(x))
         loss, _ = grpo.clipped_loss(step.log_prob - step.log_prob.detach(), torch.tensor([1.0, -1.0]), 0.2)
         loss.backward()
-    row = forward_flops(policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
+    row = forward_flops(cfg.model, policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
     predicted = iteration_flops(cfg, row, 0, x.shape[0])["train"]
     assert predicted == pytest.approx(count.get_total_flops(), rel=0.05)
     assert predicted == (4 if checkpointing else 3) * x.shape[0] * row
@@ -123,7 +128,7 @@ def test_throughput_per_rank_over_the_iteration_time_and_mfu_against_the_configu
     cfg = tiny("tiny_t2v.yaml")
     policy = tiny_policy(cfg)
     shape, text = policy.latent_shape(5, 32, 32), 16
-    row = forward_flops(policy.transformer, shape, text)
+    row = forward_flops(cfg.model, policy.transformer, shape, text)
     metrics = {"transformer_forwards_rollout": 100, "transformer_forwards_train": 40, "time_iteration": 2.0}
     world = World(0, 4, CPU, None)
     got = throughput(cfg, policy.transformer, shape, text, metrics, world)
@@ -161,7 +166,7 @@ def test_a_run_logs_tflops_per_gpu_and_mfu_from_its_forward_counts(tmp_path):
     # The network runs over the prompt's own tokens, not the padded max_text_tokens.
     tokens = int(tiny_conditioning(cfg, [prompt], 1).attention_mask.sum())
     assert policy.text_tokens(tiny_conditioning(cfg, [prompt], 1)) == tokens < cfg.data.max_text_tokens
-    flops = forward_flops(policy.transformer, policy.latent_shape(s.num_frames, s.height, s.width), tokens)
+    flops = forward_flops(cfg.model, policy.transformer, policy.latent_shape(s.num_frames, s.height, s.width), tokens)
     executed = flops * (row["transformer_forwards_rollout"] + 3 * row["transformer_forwards_train"])
     assert row["transformer_forwards_rollout"] == 4 * 8
     assert row["tflops_per_gpu"] == pytest.approx(executed / row["time_iteration"] / 1e12, rel=1e-9)

@@ -10,8 +10,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models import build_policy, check_model_config
-from fastvideo_grpo.models.flux import image_ids, pack_latents, unpack_latents
-from fastvideo_grpo.models.tiny.flux import tiny_model_config, write_folder as write_tiny_flux_folder
+from fastvideo_grpo.models.flux.policy import image_ids, pack_latents, unpack_latents
+from fastvideo_grpo.models.flux.tiny import tiny_model_config, write_folder as write_tiny_flux_folder
 from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 from fastvideo_grpo.rollout import rollout
 

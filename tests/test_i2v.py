@@ -9,8 +9,8 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import ImageLatents
-from fastvideo_grpo.models.hunyuan_video_i2v import HunyuanVideoI2VPolicy
-from fastvideo_grpo.models.tiny.hunyuan_video import tiny_transformer, tiny_vae
+from fastvideo_grpo.models.hunyuan_video_i2v.policy import HunyuanVideoI2VPolicy
+from fastvideo_grpo.models.hunyuan_video.tiny import tiny_transformer, tiny_vae
 from fastvideo_grpo.data.sources import build_prompt_source
 from helpers import tiny_rollout, write_image_latents
 

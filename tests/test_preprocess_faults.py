@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.data.preprocess import PromptFileError, preprocess, read_prompt_file
-from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_folder
+from fastvideo_grpo.models.hunyuan_video.tiny import write_folder as write_tiny_hunyuan_folder
 from fastvideo_grpo.parallel import World
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))

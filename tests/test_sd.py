@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.models.tiny.stable_diffusion import sd_scheduler
+from fastvideo_grpo.models.stable_diffusion.tiny import sd_scheduler
 from fastvideo_grpo.sde import ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 from helpers import tiny_conditioning, tiny_policy
 

@@ -198,7 +198,7 @@ def test_a_run_whose_text_encoder_differs_from_the_shipped_models_is_refused():
     from conftest import ROOT
     from fastvideo_grpo.config import ConfigError, load_config
     from fastvideo_grpo.data.sources import build_prompt_source
-    from fastvideo_grpo.models.hunyuan_video import build_hunyuan_video
+    from fastvideo_grpo.models.hunyuan_video.policy import build_hunyuan_video
 
     overrides = [f"model.path={ROOT / 'assets/shapes_model'}",
                  f"data.prompts_file={ROOT / 'assets/prompts/shapes_rl.txt'}"]

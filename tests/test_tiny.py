@@ -1,7 +1,6 @@
 """The model-family registry is the single source of families; models/tiny/ writes their folders."""
 
 import json
-import runpy
 import subprocess
 import sys
 
@@ -109,14 +108,3 @@ def test_models_do_not_import_rewards():
     code = "import sys, fastvideo_grpo.models; print([m for m in sys.modules if m.startswith('fastvideo_grpo.rewards')])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("old,family", [("tiny_hunyuan", "hunyuan_video"), ("tiny_flux", "flux"),
-                                        ("tiny_sd", "stable_diffusion")])
-def test_the_old_tiny_commands_exit_2_naming_the_new_one(capsys, old, family):
-    with pytest.raises(SystemExit) as info:
-        runpy.run_module(f"fastvideo_grpo.models.{old}", run_name="__main__")
-    assert info.value.code == 2
-    assert f"python -m fastvideo_grpo.models.tiny {family} OUT_DIR" in capsys.readouterr().err
-    with pytest.raises(ImportError, match="has moved"):
-        __import__(f"fastvideo_grpo.models.{old}")

@@ -15,7 +15,7 @@ from torch.distributed.tensor import DTensor
 
 from fastvideo_grpo.config import Config, ModelConfig
 from fastvideo_grpo.metrics import IterationStats
-from fastvideo_grpo.models import Policy
+from fastvideo_grpo.models import Policy, model_family
 from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter, adapter_weights
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard
 
@@ -136,7 +136,7 @@ def build_old(policy: Policy, m: ModelConfig) -> Policy:
     policy's with that adapter active. Without, a frozen full copy of the network, on the
     meta device until it is sharded like the policy and filled (`fill_frozen`)."""
     if m.lora_rank > 0:
-        add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha)
+        add_frozen_adapter(policy.transformer, OLD, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
         return AdapterPolicy(policy, OLD)
     return frozen_copy(policy)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -19,8 +20,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from fastvideo_grpo.cli_args import number
+from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.data.embeddings import CHECKSUM, MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models import model_family
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
@@ -311,6 +314,17 @@ def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.de
                 duplicates, world.rank, counts)
     shutdown()
     return 0
+
+
+def family_main(family: str, description: str, argv: list[str] | None = None) -> int:
+    """`main` with model.family `family`'s encoder (its `ModelFamily.encoder` module: `encoder`,
+    `MAX_TOKENS`, and optionally `add_arguments` and `fingerprint`)."""
+    module = model_family(ModelConfig(family=family)).encoder
+    if module is None:
+        raise ValueError(f"model.family {family!r} has no preprocessing encoder (ModelFamily.encoder is None)")
+    encoder = importlib.import_module(module)
+    return main(description, encoder.encoder, encoder.MAX_TOKENS, argv, getattr(encoder, "add_arguments", None),
+                getattr(encoder, "fingerprint", None))
 
 
 def load_text_pipeline(pipeline_cls, model_path: Path, device: torch.device, components: tuple[str, ...],

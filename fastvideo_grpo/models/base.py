@@ -134,3 +134,14 @@ def place_on_device(network: nn.Module, vae: nn.Module, cfg: ModelConfig, device
     if cfg.vae_tiling == "on" or (cfg.vae_tiling == "auto" and cfg.size == "full"):
         vae.enable_tiling()
     logger.info("%s: %.2fM parameters", type(network).__name__, sum(p.numel() for p in network.parameters()) / 1e6)
+
+
+# LoRA's targets in diffusers' transformers (`ModelFamily.lora_targets`): the attention
+# projections and MLP linears of every dual- and single-stream block (a UNet's
+# transformer blocks: self- and cross-attention attn1/attn2); the text refiner, embedders,
+# convolutions and the final projection keep their weights.
+DIFFUSERS_BLOCK_LINEARS = (
+    r".*(transformer_blocks|single_transformer_blocks)\.\d+\."
+    r"(attn[12]?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
+)

@@ -1,5 +1,5 @@
-"""LoRA adapters (peft, through diffusers' PeftAdapterMixin) on the blocks' linears; a
-second, frozen adapter on the same network for NFT's old policy."""
+"""LoRA adapters (peft, through diffusers' PeftAdapterMixin) on the linears a family names
+(`ModelFamily.lora_targets`); a second, frozen adapter on the same network for NFT's old policy."""
 
 from __future__ import annotations
 
@@ -18,24 +18,14 @@ from fastvideo_grpo.models.base import Policy, TextConditioning
 TRAINED = "default"  # peft's name of the first adapter: the trained one, the one export writes
 OLD = "old"
 
-# Attention projections and MLP linears of every dual- and single-stream block (a UNet's
-# transformer blocks: self- and cross-attention attn1/attn2); the text refiner, embedders,
-# convolutions and the final projection keep their weights.
-BLOCK_LINEARS = (
-    r".*(transformer_blocks|single_transformer_blocks)\.\d+\."
-    r"(attn[12]?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
-)
+def lora_config(rank: int, alpha: float, targets: str | list[str]) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
 
 
-def lora_config(rank: int, alpha: float) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=BLOCK_LINEARS, init_lora_weights=True)
-
-
-def apply_lora(model: nn.Module, rank: int, alpha: float) -> None:
-    """Add a zero-initialised adapter (the model's outputs are unchanged) and freeze
-    everything else."""
-    model.add_adapter(lora_config(rank, alpha))
+def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | list[str]) -> None:
+    """Add a zero-initialised adapter (the model's outputs are unchanged) on the modules
+    `targets` names (the family's `lora_targets`) and freeze everything else."""
+    model.add_adapter(lora_config(rank, alpha, targets))
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
 
@@ -49,13 +39,14 @@ def adapter_weights(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def add_frozen_adapter(model: nn.Module, adapter: str, rank: int, alpha: float) -> None:
+def add_frozen_adapter(model: nn.Module, adapter: str, rank: int, alpha: float, targets: str | list[str]) -> None:
     """A second adapter beside the trained one, equal to it and frozen; the trained adapter
     stays the active one and the only trainable weights."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        model.add_adapter(lora_config(rank, alpha), adapter_name=adapter)  # activates it, and flips requires_grad
+        # Activates it, and flips requires_grad.
+        model.add_adapter(lora_config(rank, alpha, targets), adapter_name=adapter)
     model.set_adapter(TRAINED)
     current = dict(model.named_parameters())
     for name, p in adapter_weights(model, adapter).items():

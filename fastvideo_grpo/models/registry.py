@@ -1,71 +1,103 @@
-"""The model families: model.family -> what the trainer, export and the tiny CLI need of it.
+"""The model families: model.family -> its `ModelFamily` entry (models/family.py).
 
-A new family is an adapter file (its Policy and build function), its tiny builder in
-models/tiny/, and one line in FAMILIES.
+A family is one folder, models/<family>/, whose __init__ exposes `FAMILY`; this package's
+are registered below. A family from outside the package registers itself with
+`register_family` in a module named in model.plugins, imported before model.family is
+looked up (`model_family`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import importlib.util
+import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from fastvideo_grpo.config import Config, ConfigError, ModelConfig
+from fastvideo_grpo.config import Config, ConfigError, ModelConfig, raise_problems
+from fastvideo_grpo.models import flux, hunyuan_video, hunyuan_video_i2v, stable_diffusion
 from fastvideo_grpo.models.base import Policy
-from fastvideo_grpo.models.flux import build_flux
-from fastvideo_grpo.models.hunyuan_video import build_hunyuan_video
-from fastvideo_grpo.models.hunyuan_video_i2v import build_hunyuan_video_i2v
-from fastvideo_grpo.models.stable_diffusion import build_stable_diffusion
-from fastvideo_grpo.models.tiny.flux import write_folder as write_tiny_flux
-from fastvideo_grpo.models.tiny.hunyuan_video import write_folder as write_tiny_hunyuan_video
-from fastvideo_grpo.models.tiny.stable_diffusion import write_folder as write_tiny_stable_diffusion
+from fastvideo_grpo.models.family import ModelFamily
+
+FAMILIES: dict[str, ModelFamily] = {}
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    # The adapter: (model config, device, text_dim, pooled_dim) -> Policy.
-    build: Callable[[ModelConfig, torch.device, int, int], Policy]
-    # The diffusers pipeline class of the family's folders (export writes LoRA files with it).
-    pipeline: str
-    # Whether parallel/sequence_parallel.py can split the network's attention over sp ranks.
-    sequence_parallel: bool
-    # (folder, seed) -> a complete diffusers folder of the tiny model (`python -m
-    # fastvideo_grpo.models.tiny`); None where the family's tiny model is built in process only.
-    write_tiny_folder: Callable[[str | Path, int], Path] | None
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add `family` under its name; registering the same entry again is a no-op, another
+    entry under a taken name an error."""
+    if not isinstance(family, ModelFamily):
+        raise TypeError(f"register_family: expected a ModelFamily, got {type(family).__name__}")
+    if FAMILIES.get(family.name, family) is not family:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    FAMILIES[family.name] = family
+    return family
 
 
-FAMILIES: dict[str, ModelFamily] = {
-    "hunyuan_video": ModelFamily(build_hunyuan_video, "HunyuanVideoPipeline", sequence_parallel=True,
-                                 write_tiny_folder=write_tiny_hunyuan_video),
-    # No tiny folder: HunyuanVideoImageToVideoPipeline's Llava text encoder and image processor
-    # have no tiny counterpart yet; the tiny I2V model (model.size: tiny) is built in process.
-    "hunyuan_video_i2v": ModelFamily(build_hunyuan_video_i2v, "HunyuanVideoImageToVideoPipeline",
-                                     sequence_parallel=False, write_tiny_folder=None),
-    "flux": ModelFamily(build_flux, "FluxPipeline", sequence_parallel=False,
-                        write_tiny_folder=write_tiny_flux),
-    "stable_diffusion": ModelFamily(build_stable_diffusion, "StableDiffusionPipeline", sequence_parallel=False,
-                                    write_tiny_folder=write_tiny_stable_diffusion),
-}
+for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion):
+    register_family(_package.FAMILY)
 
 
-def model_family(name: str) -> ModelFamily:
-    if name not in FAMILIES:
-        raise ConfigError(f"model.family: {name!r} is not one of {list(FAMILIES)}")
-    return FAMILIES[name]
+def load_plugins(plugins: list[str]) -> None:
+    """Import each of model.plugins (a module name, or the path of a .py file) once per
+    process; importing it registers its families."""
+    for i, plugin in enumerate(plugins):
+        try:
+            if plugin.endswith(".py") or "/" in plugin:
+                _import_file(Path(plugin).resolve())
+            else:
+                importlib.import_module(plugin)
+        except Exception as e:
+            raise ConfigError(f"model.plugins[{i}]: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
 
 
-def check_model_config(cfg: Config) -> None:
-    """model.family is registered, and supports parallel.sp_size > 1 if that is asked for.
-    Builds nothing: train.py runs it with the config's own checks, before any process group
-    or model exists."""
-    family = model_family(cfg.model.family)
-    if cfg.parallel.sp_size > 1 and not family.sequence_parallel:
-        supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel)
+def _import_file(path: Path) -> None:
+    # Named by its path, so that a second load (every lookup loads the plugins) finds the first.
+    name = f"model_plugin:{path}"
+    if name in sys.modules:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a .py file or a module name")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before it runs: its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a fixed file can be loaded again
+        raise
+
+
+def model_family(cfg: ModelConfig) -> ModelFamily:
+    """model.family's entry, after importing model.plugins."""
+    load_plugins(cfg.plugins)
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"model.family: {cfg.family!r} is not one of {list(FAMILIES)}")
+    return FAMILIES[cfg.family]
+
+
+def check_model_config(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
+    """model.family is registered, and the config asks only what it supports: parallel.sp_size
+    > 1, first-frame latents, a pretrained tiny folder, the family's own rules. Builds
+    nothing: train.py runs it with the config's own checks, before any process group or model
+    exists. `may_be_empty` as in config.validate."""
+    family = model_family(cfg.model)
+    if cfg.parallel.sp_size > 1 and family.sequence_parallel is None:
+        supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel is not None)
         raise ConfigError(f"parallel.sp_size: {cfg.parallel.sp_size!r} is invalid; expected 1 for model.family "
                           f"{cfg.model.family!r}; sequence parallelism is implemented for {supported} only")
+    m, problems = cfg.model, []
+    if family.image_conditioned and not cfg.data.image_latents_dir:
+        problems.append(f"data.image_latents_dir: {cfg.data.image_latents_dir!r} is invalid; expected first-frame "
+                        "latents (data_preprocess/preprocess_latents.py) for image-to-video")
+    if m.size == "tiny" and m.path and not family.pretrained_tiny:
+        problems.append(f"model.path: {m.path!r} is invalid; expected empty with model.size: tiny: model.family "
+                        f"{m.family!r} builds its tiny model in process and would ignore this folder; set "
+                        "model.size=full to train the folder's model")
+    if family.config_problems is not None:
+        problems += family.config_problems(cfg)
+    raise_problems(problems, may_be_empty)
 
 
 def build_policy(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> Policy:
-    return model_family(cfg.family).build(cfg, device, text_dim, pooled_dim)
+    return model_family(cfg).build(cfg, device, text_dim, pooled_dim)

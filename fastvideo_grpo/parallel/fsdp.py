@@ -14,14 +14,14 @@ from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
 
 from fastvideo_grpo.config import Config
-from fastvideo_grpo.models import check_model_config
+from fastvideo_grpo.models import check_model_config, model_family
 from fastvideo_grpo.models.base import Policy
 from fastvideo_grpo.parallel.distributed import World
 
 logger = logging.getLogger(__name__)
 
 
-# diffusers' names for the RoPE (cos, sin) tables in its blocks' forwards (FLUX, HunyuanVideo).
+# diffusers' names for the RoPE (cos, sin) tables in its transformers' block forwards.
 ROTARY_ARGUMENTS = ("image_rotary_emb", "freqs_cis")
 
 
@@ -87,10 +87,8 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     is sharded and only the rank's shards stay, so the network (loaded in host memory)
     is never whole on the device."""
     if world.sp_size > 1:
-        from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel
-
         check_model_config(cfg)  # whether the family declares sequence parallelism
-        apply_sequence_parallel(policy.transformer, world)
+        model_family(cfg.model).sequence_parallel(policy.transformer, world)
     if cfg.parallel.activation_checkpointing and any(p.requires_grad for p in policy.transformer.parameters()):
         apply_activation_checkpointing(policy.transformer)
     if world.mesh is not None:

@@ -21,7 +21,7 @@ from conftest import ROOT  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
 from fastvideo_grpo.models import base, hunyuan_video  # noqa: E402
 from fastvideo_grpo.parallel import init_distributed  # noqa: E402
-from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video.sequence_parallel import apply_sequence_parallel  # noqa: E402
 from helpers import tiny_conditioning, tiny_policy  # noqa: E402
 
 BATCHES = {"one": ["a red ball"], "ragged": ["a red ball", "a blue sky over the sea today"]}

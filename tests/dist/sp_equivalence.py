@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import ROOT  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
 from fastvideo_grpo.parallel import init_distributed  # noqa: E402
-from fastvideo_grpo.parallel.sequence_parallel import apply_sequence_parallel  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video.sequence_parallel import apply_sequence_parallel  # noqa: E402
 from helpers import tiny_conditioning, tiny_policy, tiny_rollout  # noqa: E402
 
 

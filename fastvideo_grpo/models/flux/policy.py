@@ -15,7 +15,7 @@ from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
                                         place_on_device, to_frames)
-from fastvideo_grpo.models.tiny.flux import tiny_networks
+from fastvideo_grpo.models.flux.tiny import tiny_networks
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

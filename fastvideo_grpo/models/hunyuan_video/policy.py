@@ -10,7 +10,7 @@ from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.attention import crop_text
 from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning, guided_prediction, load_pretrained,
                                         place_on_device, to_frames)
-from fastvideo_grpo.models.tiny.hunyuan_video import tiny_networks
+from fastvideo_grpo.models.hunyuan_video.tiny import tiny_networks
 
 
 class HunyuanVideoPolicy(RectifiedFlowSampling):

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.base import TextConditioning, guided_prediction, load_pretrained, place_on_device, to_frames
-from fastvideo_grpo.models.tiny.stable_diffusion import tiny_networks
+from fastvideo_grpo.models.stable_diffusion.tiny import tiny_networks
 from fastvideo_grpo.samplers import DDIMSampler
 from fastvideo_grpo.sde import ddim_timesteps, scaled_linear_alphas_cumprod
 

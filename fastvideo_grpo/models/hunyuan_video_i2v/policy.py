@@ -22,7 +22,7 @@ import torch
 
 from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.models.base import TextConditioning
-from fastvideo_grpo.models.hunyuan_video import HunyuanVideoPolicy, build_hunyuan_video
+from fastvideo_grpo.models.hunyuan_video.policy import HunyuanVideoPolicy, build_hunyuan_video
 from fastvideo_grpo.samplers import RectifiedFlowSampler
 from fastvideo_grpo.sde import StepResult
 

@@ -1,0 +1,82 @@
+"""What a model family is to the shared code: one `ModelFamily` entry, exposed by the
+family's folder (models/<family>/__init__.py) and collected by models/registry.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+from fastvideo_grpo.config import Config, ModelConfig
+from fastvideo_grpo.models.base import Policy
+
+if TYPE_CHECKING:
+    from fastvideo_grpo.parallel.distributed import World
+
+
+@dataclass(frozen=True)
+class Published:
+    """A family's released architecture, for the planner: used when model.path names no folder."""
+
+    name: str
+    # (network, vae, model config, device) -> the family's Policy, as its build function makes it.
+    policy: Callable
+    network_config: dict
+    vae: type
+    vae_config: dict
+    text_tokens: int  # tokens per prompt of the family's preprocessing encoder
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    # model.family's value.
+    name: str
+    # The adapter: (model config, device, text_dim, pooled_dim) -> Policy.
+    build: Callable[[ModelConfig, torch.device, int, int], Policy]
+    # The diffusers pipeline class of the family's folders (export writes LoRA files with it).
+    pipeline: str
+    # The trained network's class (`from_config`, `save_pretrained`: a diffusers ModelMixin),
+    # and its component in the pipeline: its subfolder in a diffusers folder ("transformer").
+    network: type
+    component: str
+    # (network, one sample's latent shape, text tokens) -> FLOPs of one row's forward, in the
+    # convention of models/flop_count.py. Required: the trainer counts FLOPs every iteration.
+    forward_flops: Callable[[nn.Module, tuple[int, ...], int], int]
+    # peft's target_modules for LoRA: a regex over the network's module names (or a list of
+    # name suffixes) matching the linears LoRA adapts.
+    lora_targets: str | list[str]
+    # The released full-size architecture(s) the planner builds on the meta device; None: the
+    # family is planned only from a model.path folder or as model.size: tiny.
+    published: Published | None = None
+    # (network, world) -> splits the network's tokens over world's sp ranks (Ulysses); None:
+    # parallel.sp_size must be 1.
+    sequence_parallel: Callable[[nn.Module, "World"], None] | None = None
+    # (folder, seed) -> a complete diffusers folder of the tiny model (`python -m
+    # fastvideo_grpo.models.tiny`); None where the family's tiny model is built in process only.
+    write_tiny_folder: Callable[[str | Path, int], Path] | None = None
+    # The module of the family's offline text encoder (`encoder(args, device)`, `MAX_TOKENS`,
+    # optionally `add_arguments` and `fingerprint`), run by data.preprocess.family_main;
+    # imported only when preprocessing. None: no preprocessing encoder.
+    encoder: str | None = None
+    # Whether a sample is conditioned on its first frame's latent (data.image_latents_dir).
+    image_conditioned: bool = False
+    # Whether build loads a pretrained tiny folder (model.size: tiny with a model.path holding
+    # config.TINY_TEXT_ENCODER_FILE, as assets/shapes_model).
+    pretrained_tiny: bool = False
+    # The family's own rules on a config -> its problems, each "key: value is invalid; ...";
+    # checked with the config's own (models.check_model_config), before any model is built.
+    config_problems: Callable[[Config], list[str]] | None = None
+
+    def __post_init__(self):
+        for key in ("build", "forward_flops"):
+            if not callable(getattr(self, key)):
+                raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function, got {getattr(self, key)!r}")
+        for key in ("sequence_parallel", "write_tiny_folder", "config_problems"):
+            if getattr(self, key) is not None and not callable(getattr(self, key)):
+                raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function or None, "
+                                f"got {getattr(self, key)!r}")
+        if not self.lora_targets:
+            raise TypeError(f"ModelFamily {self.name!r}: lora_targets must name the modules LoRA adapts")
