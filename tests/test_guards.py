@@ -138,11 +138,12 @@ def test_the_linear_kl_schedule(tmp_path):
 
 @pytest.mark.parametrize("lora", [0, 2])
 def test_a_reset_copies_the_trained_weights_into_the_reference(tiny_cfg, lora):
+    from fastvideo_grpo.models import model_family
     from fastvideo_grpo.models.lora import apply_lora
 
     policy = tiny_policy(tiny_cfg)
     if lora:
-        apply_lora(policy.transformer, lora, lora)
+        apply_lora(policy.transformer, lora, lora, model_family(tiny_cfg.model).lora_targets)
     reference = build_reference(policy)
     with torch.no_grad():
         for p in policy.transformer.parameters():

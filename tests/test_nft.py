@@ -12,6 +12,7 @@ from conftest import ROOT
 from fastvideo_grpo.algorithms.learner import build_old, build_reference
 from fastvideo_grpo.algorithms.nft import nft_loss, return_decay, update_old
 from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.models import model_family
 from fastvideo_grpo.models.lora import OLD, apply_lora
 from fastvideo_grpo.trainer import train
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
@@ -77,7 +78,7 @@ def lora_policy(cfg, rank=4):
     """The tiny policy with its LoRA adapter, and the model config that asks for it."""
     model = dataclasses.replace(cfg.model, lora_rank=rank, lora_alpha=rank)
     policy = tiny_policy(cfg)
-    apply_lora(policy.transformer, rank, rank)
+    apply_lora(policy.transformer, rank, rank, model_family(cfg.model).lora_targets)
     return policy, model
 
 

@@ -228,6 +228,7 @@ def test_nft_micro_batch_and_store_match_a_real_nft_update(monkeypatch):
 
 
 def test_nft_old_policy_is_a_full_copy_or_with_lora_an_adapter(nft_plan):
+    from fastvideo_grpo.models import model_family
     from fastvideo_grpo.models.lora import apply_lora
 
     weights = 4 * nft_plan["parameters"]  # one rank: all the fp32 weights are its shard
@@ -237,7 +238,7 @@ def test_nft_old_policy_is_a_full_copy_or_with_lora_an_adapter(nft_plan):
 
     cfg = load_config(TINY, [*NFT, "model.lora_rank=4"])
     policy = tiny_policy(cfg)
-    apply_lora(policy.transformer, 4, 4)
+    apply_lora(policy.transformer, 4, 4, model_family(cfg.model).lora_targets)
     adapter = 4 * sum(p.numel() for name, p in policy.transformer.named_parameters() if "lora_" in name)
     network = 4 * sum(p.numel() for p in policy.transformer.parameters())
     lora = plan(TINY, [*NFT, "model.lora_rank=4", "nft.kl_weight=0.1"], ONE_RANK, knobs=False)

@@ -39,11 +39,12 @@ def test_a_frozen_copy_has_no_storage_until_filled_and_then_equals_the_policy(ti
 
 
 def test_a_copy_taken_before_lora_fills_from_the_wrapped_base_weights(tiny_cfg):
+    from fastvideo_grpo.models import model_family
     from fastvideo_grpo.models.lora import apply_lora
 
     policy = tiny_policy(tiny_cfg)
     frozen = frozen_copy(policy)
-    apply_lora(policy.transformer, 2, 2)
+    apply_lora(policy.transformer, 2, 2, model_family(tiny_cfg.model).lora_targets)
     with torch.no_grad():
         for name, p in policy.transformer.named_parameters():
             if ".base_layer." in name:
