@@ -57,8 +57,9 @@ TINY_TEXT_ENCODER_FILE = "text_encoder.json"
 
 @dataclass
 class ModelConfig:
-    # A name in models.registry.FAMILIES; models.check_model_config checks it (and whether the
-    # family supports parallel.sp_size > 1), as config cannot import the models it configures.
+    # A name in models.registry.FAMILIES; models.check_model_config checks it (and what the
+    # family supports: parallel.sp_size > 1, its own rules), as config cannot import the models
+    # it configures.
     family: str = "hunyuan_video"
     # Modules, or paths of .py files, imported before model.family is looked up (trainer and
     # every rank, planner, export); each registers families with

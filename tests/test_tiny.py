@@ -100,6 +100,30 @@ def test_sequence_parallel_needs_a_family_that_declares_it():
             check_model_config(cfg)
 
 
+def test_what_a_family_needs_of_the_config_is_checked_by_its_entry(tmp_path):
+    """First-frame latents for an image-conditioned family; a pretrained tiny folder only for
+    a family that loads one; the family's own rules (HunyuanVideo: the sp token split)."""
+    (tmp_path / "text_encoder.json").write_text("{}")
+    cfg = Config()
+    cfg.model.family = "hunyuan_video_i2v"
+    with pytest.raises(ConfigError, match=r"data.image_latents_dir: '' is invalid; expected first-frame latents"):
+        check_model_config(cfg)
+    cfg.data.image_latents_dir = "/latents"
+    check_model_config(cfg)
+    cfg.model.size, cfg.model.path = "tiny", str(tmp_path)
+    for name in ("hunyuan_video_i2v", "flux", "stable_diffusion"):
+        cfg.model.family = name
+        with pytest.raises(ConfigError, match=rf"model.path: '{tmp_path}' is invalid; expected empty with "
+                                              rf"model.size: tiny: model.family '{name}' builds its tiny model"):
+            check_model_config(cfg)
+    cfg.model.family = "hunyuan_video"  # loads it (assets/shapes_model)
+    check_model_config(cfg)
+    cfg.model.path, cfg.parallel.sp_size = "", 2
+    cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width = 1, 48, 48  # 3 x 3 tokens: 2 does not split them
+    with pytest.raises(ConfigError, match="parallel.sp_size: 2 is invalid for sampling.height=48"):
+        check_model_config(cfg)
+
+
 def test_the_tiny_vocabulary_holds_the_color_rewards_words():
     assert set(COLOR_WORDS) == set(COLORS)
 
