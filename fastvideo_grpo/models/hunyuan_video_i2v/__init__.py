@@ -22,7 +22,10 @@ HUNYUAN_VIDEO_I2V = {**HUNYUAN_VIDEO, "in_channels": 33, "guidance_embeds": Fals
 
 # No tiny folder: HunyuanVideoImageToVideoPipeline's Llava text encoder and image processor
 # have no tiny counterpart yet; the tiny I2V model (model.size: tiny) is built in process.
-# No sequence parallelism: the Ulysses processor does not yet handle the first-frame tokens.
+# No sequence parallelism: parallel.sp_size must be 1.
+# The text-only embeddings of the text-to-video encoder: the I2V pipeline's Llava would also
+# embed the image into the prompt, which no preprocessing computes yet; the first-frame
+# latents come from data_preprocess/preprocess_latents.py.
 FAMILY = ModelFamily(
     name="hunyuan_video_i2v", build=build_hunyuan_video_i2v, pipeline="HunyuanVideoImageToVideoPipeline",
     network=HunyuanVideoTransformer3DModel, component="transformer", forward_flops=forward_flops,
