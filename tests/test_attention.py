@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT
 from fastvideo_grpo.config import ModelConfig, load_config
-from fastvideo_grpo.models import hunyuan_video
+from fastvideo_grpo.models.hunyuan_video import policy as hunyuan_video
 from fastvideo_grpo.models.attention import BACKENDS, apply_attention
 from helpers import DIST, run, tiny_conditioning, tiny_policy
 

@@ -82,7 +82,7 @@ class FamilyCase:
     pipeline_inputs: Callable[[Config, Components, Path], dict]
     output_shape: tuple[int, ...]
     lora_targets: tuple[str, ...]  # parts of the names of parameters LoRA must adapt
-    # The family writes a tiny diffusers folder (models/tiny/), and data_preprocess/ has an
+    # The family writes a tiny diffusers folder (models/<family>/tiny.py), and data_preprocess/ has an
     # embeddings CLI for it: the full path runs.
     tiny_folder: bool
     embeddings_cli: str | None = None
@@ -168,7 +168,7 @@ def base_folder(tmp_path_factory, configure):
         folder = tmp_path_factory.mktemp(f"base_{case.name}")
         cfg = configure(case, folder / "unused")
         if case.tiny_folder:
-            return model_family(cfg.model.family).write_tiny_folder(folder / "model", cfg.model.init_seed)
+            return model_family(cfg.model).write_tiny_folder(folder / "model", cfg.model.init_seed)
         return write_vae_scheduler_folder(folder / "model", case, cfg)
 
     return get
@@ -318,7 +318,7 @@ def test_export_loads_into_the_network_and_pipeline_classes(case, trained, base_
     # The base's other components are copied as they are; the base's network is replaced.
     assert all(same_files(entry, out / entry.name) for entry in base.iterdir() if entry.name != case.component)
     listed = json.loads((out / "model_index.json").read_text())
-    assert listed["_class_name"] == case.pipeline.__name__ == model_family(cfg.model.family).pipeline
+    assert listed["_class_name"] == case.pipeline.__name__ == model_family(cfg.model).pipeline
     pipe = load_pipeline(case, out)
     assert isinstance(getattr(pipe, case.component), case.network)
     assert all(getattr(pipe, name) is None for name, entry in listed.items() if entry == [None, None])

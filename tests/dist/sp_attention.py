@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import flash_stub  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
-from fastvideo_grpo.models import base, hunyuan_video  # noqa: E402
+from fastvideo_grpo.models import base  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video import policy as hunyuan_video  # noqa: E402
 from fastvideo_grpo.parallel import init_distributed  # noqa: E402
 from fastvideo_grpo.models.hunyuan_video.sequence_parallel import apply_sequence_parallel  # noqa: E402
 from helpers import tiny_conditioning, tiny_policy  # noqa: E402
