@@ -8,13 +8,9 @@ looked up (`model_family`).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
+from fastvideo_grpo.plugins import import_plugins
 from fastvideo_grpo.config import Config, ConfigError, ModelConfig, raise_problems
 from fastvideo_grpo.models import flux, hunyuan_video, hunyuan_video_i2v, stable_diffusion
 from fastvideo_grpo.models.base import Policy
@@ -41,31 +37,7 @@ for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion):
 def load_plugins(plugins: list[str]) -> None:
     """Import each of model.plugins (a module name, or the path of a .py file) once per
     process; importing it registers its families."""
-    for i, plugin in enumerate(plugins):
-        try:
-            if plugin.endswith(".py") or "/" in plugin:
-                _import_file(Path(plugin).resolve())
-            else:
-                importlib.import_module(plugin)
-        except Exception as e:
-            raise ConfigError(f"model.plugins[{i}]: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
-
-
-def _import_file(path: Path) -> None:
-    # Named by its path, so that a second load (every lookup loads the plugins) finds the first.
-    name = f"model_plugin:{path}"
-    if name in sys.modules:
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a .py file or a module name")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # before it runs: its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]  # a fixed file can be loaded again
-        raise
+    import_plugins(plugins, "model.plugins", FAMILIES)
 
 
 def model_family(cfg: ModelConfig) -> ModelFamily:

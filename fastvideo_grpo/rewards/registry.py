@@ -3,16 +3,13 @@ names it provides and how to build it; and reward.plugins, which add models to i
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from fastvideo_grpo.config import ConfigError, RewardConfig
+from fastvideo_grpo.plugins import import_plugins
+from fastvideo_grpo.config import RewardConfig
 from fastvideo_grpo.rewards.base import RewardFn
 
 # uint8 videos [B, T, H, W, 3], prompts -> {score name: float [B]}.
@@ -61,39 +58,4 @@ def rule_reward(name: str, fn: RewardFn, check_prompt: Callable[[str], Any] | No
 def load_plugins(plugins: list[str]) -> None:
     """Import each of reward.plugins (a module name, or the path of a .py file) once per
     process; importing it registers its rewards."""
-    for i, plugin in enumerate(plugins):
-        try:
-            if plugin.endswith(".py") or "/" in plugin:
-                _import_file(Path(plugin).resolve())
-            else:
-                importlib.import_module(plugin)
-        except Exception as e:
-            raise ConfigError(f"reward.plugins[{i}]: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
-
-
-_LOADED_FILES: set[Path] = set()
-
-
-def _import_file(path: Path) -> None:
-    # Named by its path: two plugin files of one name are two modules, and a second load
-    # (the trainer checks the config, then builds the scorer) finds the first.
-    # Loaded files are remembered here, not only in sys.modules, which code that imports
-    # and unloads modules may prune while the registry keeps their rewards.
-    name = f"reward_plugin:{path}"
-    if name in sys.modules or path in _LOADED_FILES:
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a .py file or a module name")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # before it runs: its dataclasses look their module up
-    registered = set(REGISTRY)
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        # A fixed file can be loaded again: forget it, and the rewards it registered before failing.
-        del sys.modules[name]
-        for added in set(REGISTRY) - registered:
-            del REGISTRY[added]
-        raise
-    _LOADED_FILES.add(path)
+    import_plugins(plugins, "reward.plugins", REGISTRY)
