@@ -11,14 +11,13 @@ import dataclasses
 import json
 import os
 import re
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import family_plugins
 from conftest import ROOT
-from family_plugins import FakeWanNetwork, fake_wan_flops
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import ConfigError, ModelConfig, load_config
 from fastvideo_grpo.export import export, load_trained_transformer
@@ -36,29 +35,41 @@ PLUGIN_PATH = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 LORA_RANK = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def plugin():
+    """The plugin module, imported as model.plugins imports it; its families are unregistered
+    after this file's tests, so that the suite's other tests see the package's families only."""
+    model_family(ModelConfig(family="fake_wan", plugins=["family_plugins"]))
+    yield sys.modules["family_plugins"]
+    for name in ("fake_wan", "fake_wan_from_file"):
+        FAMILIES.pop(name, None)
+    for name in [n for n in sys.modules if n == "family_plugins" or n.startswith("model_plugin:")]:
+        del sys.modules[name]
+
+
 def fake(*overrides):
     return load_config(CONFIG, [*FAKE, f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}", *overrides])
 
 
-def test_a_family_needs_a_flop_count_and_a_name_of_its_own():
+def test_a_family_needs_a_flop_count_and_a_name_of_its_own(plugin):
     with pytest.raises(TypeError, match="ModelFamily 'no_flops': forward_flops must be a function, got None"):
-        dataclasses.replace(family_plugins.FAMILY, name="no_flops", forward_flops=None)
+        dataclasses.replace(plugin.FAMILY, name="no_flops", forward_flops=None)
     with pytest.raises(ValueError, match="model family 'fake_wan' is already registered"):
-        register_family(dataclasses.replace(family_plugins.FAMILY, lora_targets=["to_q"]))
-    assert register_family(family_plugins.FAMILY) is FAMILIES["fake_wan"]  # the same entry again: a no-op
+        register_family(dataclasses.replace(plugin.FAMILY, lora_targets=["to_q"]))
+    assert register_family(plugin.FAMILY) is FAMILIES["fake_wan"]  # the same entry again: a no-op
 
 
-def test_model_plugins_are_imported_before_the_family_is_looked_up(tmp_path):
-    plugin = tmp_path / "another_family.py"
-    plugin.write_text("import dataclasses\nfrom family_plugins import FAMILY\nfrom fastvideo_grpo.models import "
-                      "register_family\nregister_family(dataclasses.replace(FAMILY, name='fake_wan_from_file'))\n")
+def test_model_plugins_are_imported_before_the_family_is_looked_up(tmp_path, plugin):
+    plugin_file = tmp_path / "another_family.py"
+    plugin_file.write_text("import dataclasses\nfrom family_plugins import FAMILY\nfrom fastvideo_grpo.models import "
+                           "register_family\nregister_family(dataclasses.replace(FAMILY, name='fake_wan_from_file'))\n")
     with pytest.raises(ConfigError, match="model.family: 'fake_wan_from_file' is not one of"):
         model_family(ModelConfig(family="fake_wan_from_file"))
-    family = model_family(ModelConfig(family="fake_wan_from_file", plugins=[str(plugin)]))
-    assert isinstance(family, ModelFamily) and family.network is FakeWanNetwork
+    family = model_family(ModelConfig(family="fake_wan_from_file", plugins=[str(plugin_file)]))
+    assert isinstance(family, ModelFamily) and family.network is plugin.FakeWanNetwork
     with pytest.raises(ConfigError, match=r"model.plugins\[1\]: importing 'no_such_module' failed: "
                                           "ModuleNotFoundError"):
-        model_family(ModelConfig(family="fake_wan", plugins=[str(plugin), "no_such_module"]))
+        model_family(ModelConfig(family="fake_wan", plugins=[str(plugin_file), "no_such_module"]))
 
 
 def test_its_flop_count_is_what_flop_counter_mode_counts():
@@ -96,11 +107,11 @@ def test_it_trains_with_lora_on_its_own_blocks(lora_run):
     assert all(p.abs().max() > 0 for name, p in network.named_parameters() if "lora_B" in name)
 
 
-def test_its_export_loads_as_its_network_and_its_adapter_reproduces_it(lora_run, tmp_path):
+def test_its_export_loads_as_its_network_and_its_adapter_reproduces_it(lora_run, tmp_path, plugin):
     checkpoint = latest_checkpoint(lora_run)
     merged_folder = export(checkpoint, tmp_path / "merged")
     assert json.loads((merged_folder / "transformer" / "config.json").read_text())["_class_name"] == "FakeWanNetwork"
-    merged = FakeWanNetwork.from_pretrained(merged_folder, subfolder="transformer").eval()
+    merged = plugin.FakeWanNetwork.from_pretrained(merged_folder, subfolder="transformer").eval()
 
     adapter_folder = export(checkpoint, tmp_path / "adapter", adapter_only=True)
     weights = load_file(adapter_folder / "pytorch_lora_weights.safetensors")
@@ -118,21 +129,21 @@ def test_its_export_loads_as_its_network_and_its_adapter_reproduces_it(lora_run,
         torch.testing.assert_close(base(*inputs), merged(*inputs), rtol=1e-5, atol=1e-5)
 
 
-def test_the_planner_plans_its_published_configuration():
+def test_the_planner_plans_its_published_configuration(plugin):
     overrides = [*FAKE, "model.size=full", "model.dtype=bf16", "train.prompts_per_iteration=1"]
     planned = plan(CONFIG, overrides, Cluster(nodes=1, gpus_per_node=1, gpu_memory_gb=80, reserve_gb=0),
                    knobs=False)
     assert planned["family"] == "fake_wan"
     assert planned["architecture"] == "released Fake-Wan-1.3B config (model.path is empty)"
     with torch.device("meta"):
-        network = FakeWanNetwork(**family_plugins.PUBLISHED_NETWORK)
+        network = plugin.FakeWanNetwork(**plugin.PUBLISHED_NETWORK)
     assert planned["parameters"] == sum(p.numel() for p in network.parameters())
     s = fake().sampling  # the full-size run's sizes: the config's
-    row = fake_wan_flops(network, (4, s.height // 8, s.width // 8), 512)
+    row = plugin.fake_wan_flops(network, (4, s.height // 8, s.width // 8), 512)
     assert planned["flops"]["rollout"] == int(planned["forwards"]["rollout"] * row) > 0
 
 
-def test_a_full_fine_tune_exports_as_its_network(tmp_path):
+def test_a_full_fine_tune_exports_as_its_network(tmp_path, plugin):
     """Without LoRA the checkpoint's network is rebuilt from its config as the family's class."""
     cfg = fake(f"train.output_dir={tmp_path / 'run'}", "train.iterations=1", "train.progress_bar=false",
                "train.sample_every=0", "checkpoint.every=1", "train.prompts_per_iteration=1", "sampling.num_steps=4")
@@ -140,7 +151,7 @@ def test_a_full_fine_tune_exports_as_its_network(tmp_path):
     train(cfg)
     checkpoint = latest_checkpoint(tmp_path / "run")
     trained = load_trained_transformer(checkpoint).state_dict()
-    exported = FakeWanNetwork.from_pretrained(export(checkpoint, tmp_path / "out"), subfolder="transformer")
+    exported = plugin.FakeWanNetwork.from_pretrained(export(checkpoint, tmp_path / "out"), subfolder="transformer")
     assert exported.state_dict().keys() == trained.keys()
     for name, value in exported.state_dict().items():
         torch.testing.assert_close(value, trained[name], rtol=0, atol=0)
