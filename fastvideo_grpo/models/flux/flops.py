@@ -25,5 +25,6 @@ def flux_flops(config: dict, latent_shape: tuple[int, ...], text_tokens: int) ->
     out = linear(1, d, 2 * d) + linear(n, d, p * p * (config["out_channels"] or config["in_channels"]))
     return conditioning + embed + config["num_layers"] * dual + config["num_single_layers"] * single + out
 
+
 def forward_flops(network: nn.Module, latent_shape: tuple[int, ...], text_tokens: int) -> int:
     return flux_flops(dict(network.config), latent_shape, text_tokens)

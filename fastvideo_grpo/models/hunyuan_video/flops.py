@@ -41,5 +41,6 @@ def hunyuan_video_flops(config: dict, latent_shape: tuple[int, ...], text_tokens
     return (conditioning + patches + refiner + config["num_layers"] * dual + config["num_single_layers"] * single
             + out)
 
+
 def forward_flops(network: nn.Module, latent_shape: tuple[int, ...], text_tokens: int) -> int:
     return hunyuan_video_flops(dict(network.config), latent_shape, text_tokens)
