@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastvideo_grpo.sde import sde_step, sigma_schedule, time_shift  # noqa: E402
-from fastvideo_grpo.solvers import DPMSolverPP2M, Point  # noqa: E402
+from fastvideo_grpo.sampling.sde import sde_step, sigma_schedule, time_shift  # noqa: E402
+from fastvideo_grpo.sampling.solvers import DPMSolverPP2M, Point  # noqa: E402
 
 MODES, SPREAD = torch.tensor([-1.0, 1.0], dtype=torch.float64), 0.15
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.config import load_config  # noqa: E402
 from fastvideo_grpo.rewards.scorers import build_reward_scorer  # noqa: E402
-from fastvideo_grpo.trainer import setup, train_iteration  # noqa: E402
+from fastvideo_grpo.training.trainer import setup, train_iteration  # noqa: E402
 
 PROMPTS, GROUP = 8, 4
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.config import load_config  # noqa: E402
-from fastvideo_grpo.trainer import setup, train_iteration  # noqa: E402
+from fastvideo_grpo.training.trainer import setup, train_iteration  # noqa: E402
 
 # Large enough that the transformer dominates an iteration, as it does at full size.
 MODEL = [

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.config import load_config  # noqa: E402
 from fastvideo_grpo.algorithms.learner import num_trained_timesteps  # noqa: E402
-from fastvideo_grpo.trainer import setup, train_iteration  # noqa: E402
+from fastvideo_grpo.training.trainer import setup, train_iteration  # noqa: E402
 
 # A tiny model scaled up until the transformer dominates: ~26M parameters, 8 latent frames
 # of 8x8 (128 tokens); the VAE stays small as it is beside a real 13B transformer.

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvideo_grpo.cli_args import number
+from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.data.preprocess import RERUN_HELP, preprocess, read_lines, report_blank_lines
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.parallel import init_distributed, shutdown

@@ -5,6 +5,6 @@ from fastvideo_grpo.cli.evaluate import main
 if __name__ == "__main__":
     import sys
 
-    from fastvideo_grpo.cli_errors import run_cli
+    from fastvideo_grpo.cli.errors import run_cli
 
     sys.exit(run_cli(main))

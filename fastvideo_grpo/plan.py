@@ -124,7 +124,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastvideo_grpo.algorithms import algorithm_of, grpo, nft
 from fastvideo_grpo.algorithms.learner import build_old
-from fastvideo_grpo.cli_args import number
+from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict, validate
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.flops import forward_flops, frozen_forwards, iteration_flops
@@ -133,8 +133,8 @@ from fastvideo_grpo.models.lora import OLD, adapter_weights, apply_lora
 from fastvideo_grpo.parallel import World, init_distributed
 from fastvideo_grpo.parallel.fsdp import fsdp_param_dtype, parallelize, reshard, rollout_keeps_gathered
 from fastvideo_grpo.quiet import silence_library_noise
-from fastvideo_grpo.rollout import rows_per_sample
-from fastvideo_grpo.step_plan import StepPlan
+from fastvideo_grpo.sampling.rollout import rows_per_sample
+from fastvideo_grpo.sampling.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
 

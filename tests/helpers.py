@@ -26,7 +26,7 @@ def tiny_rollout(cfg, policy, cond, batch_size, seed_parts=(0, 0, 0), shared_noi
                  keep_trajectory=True):
     import dataclasses
 
-    from fastvideo_grpo.rollout import rollout
+    from fastvideo_grpo.sampling.rollout import rollout
 
     s = dataclasses.replace(cfg.sampling, rollout_batch_size=batch_size, shared_noise=shared_noise)
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
@@ -50,7 +50,7 @@ def wait_for_lines(path, count: int, timeout_s: float = 120, poll_s: float = 0.2
 
 def run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, cfg) -> dict:
     """One update_policy call in this process; its statistics, reduced."""
-    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.training.metrics import IterationStats
     from fastvideo_grpo.parallel import World
     from fastvideo_grpo.algorithms.grpo import update_policy
     from fastvideo_grpo.algorithms.learner import Learner

@@ -1,6 +1,6 @@
 import json
 
-from fastvideo_grpo.ablate import EXPERIMENTS, main, wall_time_table
+from fastvideo_grpo.cli.ablate import EXPERIMENTS, main, wall_time_table
 
 from conftest import ROOT
 from helpers import curve_pixels, read_png

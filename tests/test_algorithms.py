@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.algorithms import ALGORITHMS, algorithm_of, grpo
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, tiny_policy
 
 TINY = ROOT / "assets/configs/tiny_t2v.yaml"

@@ -11,8 +11,8 @@ from helpers import TIMING, read_jsonl, run, wait_for_lines
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.preemption import PREEMPTED_EXIT_CODE
+from fastvideo_grpo.training.trainer import train
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "checkpoint.every=0"]
@@ -101,7 +101,7 @@ def test_loading_refuses_pickled_objects(tmp_path):
     train(small_cfg(tmp_path, "train.iterations=1"))
     path = latest_checkpoint(tmp_path)
     torch.save({"torch": torch.zeros(3), "payload": RunsCodeWhenUnpickled()}, path / "rng_rank0.pt")
-    from fastvideo_grpo.trainer import setup
+    from fastvideo_grpo.training.trainer import setup
 
     c = setup(small_cfg(tmp_path, "train.iterations=1"))
     with pytest.raises(Exception, match="[Ww]eights only load failed"):

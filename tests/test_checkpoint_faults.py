@@ -18,10 +18,10 @@ from conftest import ROOT
 from fastvideo_grpo.checkpoint import MANIFEST, CheckpointError, latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.evaluate import main as evaluate_main
-from fastvideo_grpo.export import export
-from fastvideo_grpo.export import main as export_main
+from fastvideo_grpo.cli.export import export
+from fastvideo_grpo.cli.export import main as export_main
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.trainer import setup, train
+from fastvideo_grpo.training.trainer import setup, train
 from helpers import read_jsonl
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",

@@ -14,7 +14,7 @@ from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import latest_checkpoint, saved_keys
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel.fsdp import apply_compile
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 
 
 def cpp_compiler() -> str | None:

@@ -185,15 +185,15 @@ def test_sampler_splits_ranks_reshuffles_epochs_and_restores_state():
 
 def test_training_and_pipeline_export_on_the_tiny_folder(tiny_folder, prompt_file, tmp_path):
     from fastvideo_grpo.config import load_config
-    from fastvideo_grpo.export import export
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.cli.export import export
+    from fastvideo_grpo.training.trainer import train
 
     encode(tiny_folder, prompt_file, tmp_path / "emb")
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [
         "model.size=full", f"model.path={tiny_folder}", f"data.embeddings_dir={tmp_path / 'emb'}",
         "train.iterations=2", "sampling.group_size=4", "sampling.rollout_batch_size=4", "train.sample_every=0",
         "train.progress_bar=false", "train.prompts_per_iteration=1", f"train.output_dir={tmp_path / 'run'}"])
-    from fastvideo_grpo.trainer import setup
+    from fastvideo_grpo.training.trainer import setup
 
     # The folder's transformer is the seeded in-process tiny model of the demo config.
     in_process = setup(load_config(ROOT / "assets/configs/tiny_t2v.yaml")).policy.transformer

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fastvideo_grpo import trainer
+from fastvideo_grpo.training import trainer
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel.distributed import pick_device
 

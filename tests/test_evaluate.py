@@ -9,8 +9,8 @@ import pytest
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.cli.evaluate import compare, evaluate, main
 from fastvideo_grpo.stats import delta_ci, mean_ci
-from fastvideo_grpo.export import export
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.cli.export import export
+from fastvideo_grpo.training.trainer import train
 
 from conftest import ROOT
 from helpers import read_jsonl, read_png
@@ -142,7 +142,7 @@ def test_two_ranks_split_prompts_in_loop_and_standalone(tmp_path):
 def test_shrunk_grid_video_is_the_mean_of_pixel_blocks():
     import torch
 
-    from fastvideo_grpo.outputs import shrink_video
+    from fastvideo_grpo.training.outputs import shrink_video
 
     video = torch.randint(0, 256, (2, 7, 10, 3), dtype=torch.uint8)
     assert shrink_video(video, 10) is video and shrink_video(video, 0) is video

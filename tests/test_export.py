@@ -11,10 +11,10 @@ import diffusers
 import pytest
 
 from conftest import ROOT
-from fastvideo_grpo import export as export_module
+from fastvideo_grpo.cli import export as export_module
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.export import EXPORT_MARKER, export, main, recover, siblings
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.cli.export import EXPORT_MARKER, export, main, recover, siblings
+from fastvideo_grpo.training.trainer import train
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.sample_every=0", "train.progress_bar=false", "train.prompts_per_iteration=1", "checkpoint.every=1",

@@ -20,12 +20,12 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import ConfigError, ModelConfig, load_config
-from fastvideo_grpo.export import export, load_trained_transformer
+from fastvideo_grpo.cli.export import export, load_trained_transformer
 from fastvideo_grpo.flops import forward_flops
 from fastvideo_grpo.models import FAMILIES, ModelFamily, model_family, register_family
 from fastvideo_grpo.models.flop_count import counter
 from fastvideo_grpo.plan import Cluster, plan
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, run, tiny_conditioning, tiny_policy
 
 CONFIG = ROOT / "assets/configs/tiny_flux_t2i.yaml"

@@ -26,11 +26,11 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import Config, load_config
-from fastvideo_grpo.export import export, load_trained_transformer
+from fastvideo_grpo.cli.export import export, load_trained_transformer
 from fastvideo_grpo.models import model_family
 from fastvideo_grpo.parallel import World
 from fastvideo_grpo.rewards import REGISTRY
-from fastvideo_grpo.trainer import Components, setup, train
+from fastvideo_grpo.training.trainer import Components, setup, train
 from fastvideo_grpo.video_io import read_video
 from helpers import (COMMON, DIST, assert_same_training, curve_pixels, read_jsonl, read_png, run, smooth_image, tiny_policy,
                      write_image_latents)

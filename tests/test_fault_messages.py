@@ -18,7 +18,7 @@ from fastvideo_grpo.data import embeddings
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.data.preprocess import preprocess, text_shard_tensors
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.tracking import Tracker
+from fastvideo_grpo.training.tracking import Tracker
 
 ONE_PROCESS = World(rank=0, world_size=1, device=torch.device("cpu"), mesh=None)
 PROMPTS = ["a red ball", "a blue wave", "a green frog", "a cyan kite", "a yellow taxi"]
@@ -52,7 +52,7 @@ def test_tensorboard_on_a_full_disk_warns_once_and_training_goes_on(tiny_cfg, tm
 def test_training_on_a_full_tensorboard_disk_finishes_with_every_metrics_row(tiny_cfg, monkeypatch, caplog):
     from tensorboard.compat.tensorflow_stub.io import gfile
 
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.training.trainer import train
     from helpers import read_jsonl
 
     monkeypatch.setattr(gfile.LocalFileSystem, "append", disk_full)  # the event file's header goes in, nothing more
@@ -180,7 +180,7 @@ def test_checksum_is_the_crc32_of_each_rows_bytes_in_key_order(tmp_path):
 
 
 def test_full_disk_at_start_names_config_yaml_and_leaves_no_empty_one(tiny_cfg, monkeypatch):
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.training.trainer import train
 
     real_fsync = os.fsync
 
@@ -313,7 +313,7 @@ def test_a_metrics_row_on_a_full_disk_names_metrics_jsonl(tmp_path, monkeypatch)
     import io
     from pathlib import Path
 
-    from fastvideo_grpo.outputs import append_metrics
+    from fastvideo_grpo.training.outputs import append_metrics
 
     class FullDisk(io.StringIO):
         def write(self, text):

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.sde import ddim_step, scaled_linear_alphas_cumprod, sigma_schedule
+from fastvideo_grpo.sampling.sde import ddim_step, scaled_linear_alphas_cumprod, sigma_schedule
 from helpers import free_port, tiny_conditioning, tiny_policy, tiny_rollout
 
 PROMPTS = ["a red ball", "a blue sky"]
@@ -62,7 +62,7 @@ def test_ddim_ode_step_is_the_eta_zero_mean():
 
 
 def tiny_sd_ode(eps, x, timesteps, alphas):
-    from fastvideo_grpo.sde import ddim_ode_step
+    from fastvideo_grpo.sampling.sde import ddim_ode_step
 
     return [ddim_ode_step(eps, x, timesteps, k, alphas, float(alphas[0])) for k in (0, 1)]
 
@@ -70,11 +70,11 @@ def tiny_sd_ode(eps, x, timesteps, alphas):
 def test_ode_evaluation_computes_no_log_prob(tmp_path, monkeypatch):
     """Evaluation samples with the ODE step only: the SDE step (and its log-prob, NaN at
     eta = 0) is never called."""
-    from fastvideo_grpo import rollout
+    from fastvideo_grpo.sampling import rollout
 
     cfg = load_config(ROOT / "assets/configs/tiny_t2v.yaml", [f"train.output_dir={tmp_path}"])
     policy = tiny_policy(cfg)
-    from fastvideo_grpo.samplers import RectifiedFlowSampler
+    from fastvideo_grpo.sampling.samplers import RectifiedFlowSampler
 
     monkeypatch.setattr(RectifiedFlowSampler, "sde_step", lambda *a, **k: pytest.fail("the SDE step ran in evaluation"))
     cond = tiny_conditioning(cfg, PROMPTS[:1], 1)

@@ -29,11 +29,11 @@ def test_only_true_and_false_are_booleans():
 
 
 def test_a_batch_log_gets_one_line_per_iteration(tiny_cfg, caplog):
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.training.trainer import train
 
     tiny_cfg.train.iterations = 2
     tiny_cfg.train.progress_bar = True  # stderr is captured here: no terminal, so lines instead of a bar
-    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.trainer"):
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.training.trainer"):
         train(tiny_cfg)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
@@ -83,7 +83,7 @@ def test_the_preflight_reports_every_problem_of_a_job_at_once(tmp_path, monkeypa
 
     from conftest import ROOT
     from fastvideo_grpo.models.hunyuan_video.tiny import write_folder
-    from fastvideo_grpo.train import main
+    from fastvideo_grpo.cli.train import main
 
     sys.path.insert(0, str(ROOT / "data_preprocess"))
     import preprocess_hunyuan_embeddings as encoder_cli
@@ -194,7 +194,7 @@ def test_evaluate_and_plot_write_beside_their_inputs_not_into_the_current_folder
 
     from conftest import REWARD_PLUGINS, ROOT
     from fastvideo_grpo.evaluate import main as evaluate_main
-    from fastvideo_grpo.plot import main as plot_main
+    from fastvideo_grpo.cli.plot import main as plot_main
     from test_video_files import frames, write
 
     clips = tmp_path / "clips"

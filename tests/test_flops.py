@@ -13,7 +13,7 @@ from fastvideo_grpo.models.flop_count import counter
 from fastvideo_grpo.models.flux.published import FLUX_DEV
 from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 
 CPU = torch.device("cpu")
 

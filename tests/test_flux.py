@@ -13,7 +13,7 @@ from fastvideo_grpo.models import build_policy, check_model_config
 from fastvideo_grpo.models.flux.policy import image_ids, pack_latents, unpack_latents
 from fastvideo_grpo.models.flux.tiny import tiny_model_config, write_folder as write_tiny_flux_folder
 from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
-from fastvideo_grpo.rollout import rollout
+from fastvideo_grpo.sampling.rollout import rollout
 
 TINY = ROOT / "assets/configs/tiny_flux_t2i.yaml"
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fastvideo_grpo import trainer
+from fastvideo_grpo.training import trainer
 from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import best_checkpoint, latest_checkpoint
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.early_stop import EarlyStop, held_out_score
-from fastvideo_grpo.outputs import append_metrics
-from fastvideo_grpo.samplers import DDIMSampler, RectifiedFlowSampler
-from fastvideo_grpo.sde import ddim_timesteps, sigma_schedule
+from fastvideo_grpo.training.early_stop import EarlyStop, held_out_score
+from fastvideo_grpo.training.outputs import append_metrics
+from fastvideo_grpo.sampling.samplers import DDIMSampler, RectifiedFlowSampler
+from fastvideo_grpo.sampling.sde import ddim_timesteps, sigma_schedule
 from fastvideo_grpo.algorithms.learner import build_reference, reset_to_policy
 from helpers import TIMING, read_jsonl, tiny_policy
 
@@ -238,7 +238,7 @@ def test_early_stop_stops_with_a_checkpoint_and_marks_the_best(tmp_path, monkeyp
 
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from fastvideo_grpo.export import main as export_main
+    from fastvideo_grpo.cli.export import main as export_main
 
     def exported(*checkpoint):
         folder = tmp_path / "export" / str(len(list((tmp_path / "export").glob("*"))) if (tmp_path / "export").is_dir() else 0)
@@ -252,7 +252,7 @@ def test_early_stop_stops_with_a_checkpoint_and_marks_the_best(tmp_path, monkeyp
 
 def test_export_best_of_a_run_without_one_names_the_missing_file(tmp_path):
     trainer.train(guard_cfg(tmp_path / "run", "train.iterations=1"))
-    from fastvideo_grpo.export import main as export_main
+    from fastvideo_grpo.cli.export import main as export_main
 
     with pytest.raises(FileNotFoundError, match=r"checkpoints/best does not exist"):
         export_main(["--checkpoint", str(tmp_path / "run"), "--best", "--output", str(tmp_path / "out")])

@@ -10,10 +10,10 @@ import torch
 
 from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.config import HealthConfig, load_config
-from fastvideo_grpo.health import HealthMonitor, group_diversity, record_ratio, record_rewards, timestep_bucket
-from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
+from fastvideo_grpo.training.health import HealthMonitor, group_diversity, record_ratio, record_rewards, timestep_bucket
+from fastvideo_grpo.training.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.parallel import World
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl
 
 ONE = World(0, 1, torch.device("cpu"), None)
@@ -42,7 +42,7 @@ def test_reward_spread_and_correlation():
 def test_ratio_statistics_per_third_of_the_schedule():
     assert [timestep_bucket(j, 9) for j in range(9)] == ["early"] * 3 + ["middle"] * 3 + ["late"] * 3
     stats = IterationStats()
-    from fastvideo_grpo.health import declare_ratio_stats
+    from fastvideo_grpo.training.health import declare_ratio_stats
 
     declare_ratio_stats(stats)
     record_ratio(stats, torch.tensor([1.0, 1.5]), 0, 9, clip_range=0.2)
@@ -75,7 +75,7 @@ def healthy_row(i, **changes):
 ])
 def test_each_warning_fires_once_when_its_condition_starts(tmp_path, caplog, fault, rows, fires_at):
     monitor = HealthMonitor(HealthConfig(), tmp_path)
-    with caplog.at_level("WARNING", logger="fastvideo_grpo.health"):
+    with caplog.at_level("WARNING", logger="fastvideo_grpo.training.health"):
         started = {r["iteration"]: monitor.observe(r["iteration"], r) for r in rows}
     assert [i for i, names in started.items() if fault in names] == [fires_at]  # once per episode
     assert all(set(names) <= {fault} for names in started.values())  # nothing else fires
@@ -101,7 +101,7 @@ def test_resume_replays_the_earlier_iterations_silently(tmp_path, caplog):
     for r in rows:
         whole.observe(r["iteration"], r)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="fastvideo_grpo.health"):
+    with caplog.at_level("WARNING", logger="fastvideo_grpo.training.health"):
         resumed = HealthMonitor(HealthConfig(), tmp_path, start=4)
     assert not caplog.messages  # the replay logs nothing
     for r in rows[4:]:
@@ -130,7 +130,7 @@ def run_cfg(tmp_path, *overrides):
 def test_the_right_warning_fires_within_five_iterations_of_a_faulty_run(tmp_path, monkeypatch, fault, overrides,
                                                                          knob):
     if fault == "reward_hacking":
-        import fastvideo_grpo.trainer as trainer
+        import fastvideo_grpo.training.trainer as trainer
 
         calls = []
 
@@ -140,7 +140,7 @@ def test_the_right_warning_fires_within_five_iterations_of_a_faulty_run(tmp_path
 
         monkeypatch.setattr(trainer, "group_diversity", converging)
     if fault == "exploding_update":
-        import fastvideo_grpo.trainer as trainer
+        import fastvideo_grpo.training.trainer as trainer
         from fastvideo_grpo.algorithms import grpo
 
         current, real_iteration, real_loss = [0], trainer.train_iteration, grpo.clipped_loss

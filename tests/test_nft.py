@@ -14,7 +14,7 @@ from fastvideo_grpo.algorithms.nft import nft_loss, return_decay, update_old
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models import model_family
 from fastvideo_grpo.models.lora import OLD, apply_lora
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
 
 
@@ -166,7 +166,7 @@ def assert_exports_the_trained_adapter(run, out):
     from safetensors.torch import load_file
 
     from fastvideo_grpo.checkpoint import latest_checkpoint, load_shards, saved_keys
-    from fastvideo_grpo.export import export, load_trained_transformer
+    from fastvideo_grpo.cli.export import export, load_trained_transformer
 
     checkpoint = latest_checkpoint(run)
     keys = saved_keys(checkpoint)
@@ -190,7 +190,7 @@ def assert_exports_the_trained_adapter(run, out):
 def test_every_family_trains_with_nft(tmp_path, config, monkeypatch):
     """Noise prediction (SD) takes the same loss through its x0 prediction; FLUX goes through
     its sampler too. The rollout keeps only the scored latents: NFT trains on nothing else."""
-    import fastvideo_grpo.trainer as trainer
+    import fastvideo_grpo.training.trainer as trainer
 
     rollouts = []
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo import rewards as reward_registry
-from fastvideo_grpo import trainer
+from fastvideo_grpo.training import trainer
 from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.checkpoint.run import save_run

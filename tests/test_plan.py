@@ -155,7 +155,7 @@ def nft_plan():
 def test_nft_plan_counts_the_forwards_a_real_nft_iteration_logs(nft_plan, tmp_path):
     from helpers import read_jsonl
 
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.training.trainer import train
 
     cfg = load_config(TINY, [*NFT, f"train.output_dir={tmp_path}", "train.progress_bar=false", "reward.mode=inline",
                              "train.sample_every=0", f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}",
@@ -178,9 +178,9 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
     trainer keeps it: the scored latents and the conditioning)."""
     from fastvideo_grpo.algorithms.learner import Learner, build_old, fill_frozen
     from fastvideo_grpo.algorithms.nft import nft_update
-    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.training.metrics import IterationStats
     from fastvideo_grpo.parallel.fsdp import reshard
-    from fastvideo_grpo.step_plan import ode_plan
+    from fastvideo_grpo.sampling.step_plan import ode_plan
 
     monkeypatch.setenv("RANK", "0")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from fastvideo_grpo.plot import main
+from fastvideo_grpo.cli.plot import main
 from helpers import curve_pixels, read_png
 
 

@@ -12,11 +12,11 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models.base import RectifiedFlowSampling
-from fastvideo_grpo.samplers import DDIMSampler
-from fastvideo_grpo.sde import ddim_timesteps, scaled_linear_alphas_cumprod, sde_step, sigma_schedule
-from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.solvers import DPMSolverPP2M, Point
-from fastvideo_grpo.step_plan import build_step_plan
+from fastvideo_grpo.sampling.samplers import DDIMSampler
+from fastvideo_grpo.sampling.sde import ddim_timesteps, scaled_linear_alphas_cumprod, sde_step, sigma_schedule
+from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.solvers import DPMSolverPP2M, Point
+from fastvideo_grpo.sampling.step_plan import build_step_plan
 from fastvideo_grpo.algorithms.grpo import plan_micro_batches
 from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout

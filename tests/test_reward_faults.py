@@ -16,7 +16,7 @@ import pytest
 from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.preemption import PREEMPTED_EXIT_CODE
+from fastvideo_grpo.training.preemption import PREEMPTED_EXIT_CODE
 from fastvideo_grpo.rewards import REGISTRY, RewardError, RewardModel, check_reward_config
 from fastvideo_grpo.rewards import process as reward_process
 from fastvideo_grpo.rewards.client import RewardClient, RewardTimeout

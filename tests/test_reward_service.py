@@ -103,7 +103,7 @@ def test_a_failing_reward_is_named():
 
 def first_iteration_per_mode(overrides: list[str]) -> dict[str, dict]:
     """Iteration 0's metrics of the tiny config with these overrides, scored in-line and by a reward process."""
-    from fastvideo_grpo.trainer import setup, train_iteration
+    from fastvideo_grpo.training.trainer import setup, train_iteration
 
     rows = {}
     for mode in ("inline", "process"):
@@ -115,7 +115,7 @@ def first_iteration_per_mode(overrides: list[str]) -> dict[str, dict]:
 
 
 def test_process_mode_scores_equal_inline_and_overlap_with_rollout(tmp_path, monkeypatch):
-    from fastvideo_grpo.trainer import setup, train_iteration
+    from fastvideo_grpo.training.trainer import setup, train_iteration
 
     base = ["sampling.group_size=2", "sampling.rollout_batch_size=2", "train.sample_every=0",
             "train.progress_bar=false", "train.prompts_per_iteration=4", f"train.output_dir={tmp_path}"]

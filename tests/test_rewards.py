@@ -300,7 +300,7 @@ def test_mp4_round_trip_in_memory():
 
 def test_training_on_an_inline_score_that_requires_grad(tiny_cfg):
     from conftest import REWARD_PLUGINS
-    from fastvideo_grpo.trainer import train
+    from fastvideo_grpo.training.trainer import train
     from helpers import read_jsonl
 
     tiny_cfg.reward.weights, tiny_cfg.reward.plugins = {"test_grad": 1.0}, [REWARD_PLUGINS]

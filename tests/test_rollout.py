@@ -31,7 +31,7 @@ def test_group_shares_initial_noise_and_sde_noise_differs(tiny_cfg):
 def test_a_rollout_without_its_trajectory_scores_the_same_latents(tiny_cfg, window):
     import dataclasses
 
-    from fastvideo_grpo.step_plan import build_step_plan
+    from fastvideo_grpo.sampling.step_plan import build_step_plan
 
     g = tiny_cfg.sampling.group_size
     s = dataclasses.replace(tiny_cfg.sampling, sde_window_size=window, sde_window_schedule="fixed", sde_window_start=3)

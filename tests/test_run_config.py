@@ -16,7 +16,7 @@ from conftest import ROOT
 from helpers import read_jsonl
 from fastvideo_grpo.checkpoint.run import resume_run
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.trainer import setup, train
+from fastvideo_grpo.training.trainer import setup, train
 from fastvideo_grpo.algorithms.learner import build_optimizer
 
 # One optimizer step per iteration.

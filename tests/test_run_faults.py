@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, wait_for_lines
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
@@ -104,7 +104,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 def test_sigint_and_sighup_ignored_at_start_stay_ignored():
     """nohup (SIGHUP) and a shell's background job (SIGINT) ask for a process that outlives them."""
-    from fastvideo_grpo.preemption import PreemptionFlag
+    from fastvideo_grpo.training.preemption import PreemptionFlag
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -14,9 +14,9 @@ import pytest
 from conftest import REWARD_PLUGINS, ROOT
 from helpers import wait_for_lines
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.outputs import read_metrics
-from fastvideo_grpo.run_folder import RunFolderBusy, run_folder_lock
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.outputs import read_metrics
+from fastvideo_grpo.training.run_folder import RunFolderBusy, run_folder_lock
+from fastvideo_grpo.training.trainer import train
 
 SMALL = ["sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.progress_bar=false", "checkpoint.every=2", "train.prompts_per_iteration=1", "reward.mode=inline"]
@@ -42,7 +42,7 @@ def test_a_second_run_on_a_busy_folder_is_refused(tmp_path):
 
 def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from fastvideo_grpo.run_folder import run_folder_lock\n"
+                               "from fastvideo_grpo.training.run_folder import run_folder_lock\n"
                                f"with run_folder_lock(Path({str(tmp_path)!r})):\n"
                                "    print('locked', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.models.stable_diffusion.tiny import sd_scheduler
-from fastvideo_grpo.sde import ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
+from fastvideo_grpo.sampling.sde import ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
 from helpers import tiny_conditioning, tiny_policy
 
 TINY_SD = ROOT / "assets/configs/tiny_sd_t2i.yaml"

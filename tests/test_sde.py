@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from fastvideo_grpo.sde import dance_mean_std, flow_grpo_mean_std, gaussian_log_prob, ode_step, sde_step, sigma_schedule
+from fastvideo_grpo.sampling.sde import dance_mean_std, flow_grpo_mean_std, gaussian_log_prob, ode_step, sde_step, sigma_schedule
 
 
 def test_sigma_schedule_time_shift():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from fastvideo_grpo.sde import ddim_ode_step, ode_step, scaled_linear_alphas_cumprod, sigma_schedule
-from fastvideo_grpo.solvers import DPMSolverPP2M, Point, euler_step, make_solver
+from fastvideo_grpo.sampling.sde import ddim_ode_step, ode_step, scaled_linear_alphas_cumprod, sigma_schedule
+from fastvideo_grpo.sampling.solvers import DPMSolverPP2M, Point, euler_step, make_solver
 
 D = 6
 gen = torch.Generator().manual_seed(0)

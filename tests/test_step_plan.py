@@ -8,9 +8,9 @@ import torch
 
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.sde import sigma_schedule
-from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.step_plan import build_step_plan
+from fastvideo_grpo.sampling.sde import sigma_schedule
+from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.step_plan import build_step_plan
 from fastvideo_grpo.algorithms.grpo import plan_micro_batches
 from fastvideo_grpo.algorithms.learner import build_optimizer
 from helpers import run_update, tiny_conditioning, tiny_policy, tiny_rollout
@@ -144,7 +144,7 @@ def test_windowed_ratio_is_exactly_one_before_the_first_update(tmp_path, batch_s
 
 
 def test_iteration_metrics_count_transformer_rows(tmp_path):
-    from fastvideo_grpo.trainer import setup, train_iteration
+    from fastvideo_grpo.training.trainer import setup, train_iteration
 
     cfg = windowed_cfg(tmp_path, "train.iterations=1", "train.progress_bar=false", "sampling.post_window_steps=2",
                        "train.sample_every=0", "reward.mode=inline")

@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 
 SCALARS = ["time/rollout", "time/decode", "time/reward", "time/train", "time/checkpoint", "time/eval",
            "train/samples_per_s", "train/tflops_per_gpu", "train/ratio_mean", "train/ratio_max_dev", "train/clip_frac",
@@ -50,7 +50,7 @@ def test_wandb_offline_run_is_written(tiny_cfg, monkeypatch):
 
 
 def test_iteration_stats_reduce_as_declared_on_one_rank():
-    from fastvideo_grpo.metrics import IterationStats
+    from fastvideo_grpo.training.metrics import IterationStats
     from fastvideo_grpo.parallel import World
 
     values = torch.rand(7, dtype=torch.float32)

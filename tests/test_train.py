@@ -2,13 +2,13 @@
 outputs (metrics, samples, reward curve, config): test_families.py."""
 
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.trainer import train
+from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl
 
 
 def test_forward_calls_are_rollout_plus_trained_steps(tiny_cfg):
     """No extra forward for old log-probs: G*N per prompt in rollout, then the trained steps."""
-    from fastvideo_grpo import trainer
+    from fastvideo_grpo.training import trainer
 
     tiny_cfg.train.iterations = 1
     counted = []

@@ -10,7 +10,7 @@ from typing import Callable
 from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.learner import Learner
 from fastvideo_grpo.config import Config, ConfigError
-from fastvideo_grpo.step_plan import StepPlan, iteration_plan
+from fastvideo_grpo.sampling.step_plan import StepPlan, iteration_plan
 
 
 @dataclass(frozen=True)

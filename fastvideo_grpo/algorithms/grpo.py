@@ -11,14 +11,14 @@ import torch
 
 from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, reset_to_policy
 from fastvideo_grpo.config import Config, GRPOConfig
-from fastvideo_grpo.ema import update_ema
-from fastvideo_grpo.health import declare_ratio_stats, record_ratio
-from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.training.ema import update_ema
+from fastvideo_grpo.training.health import declare_ratio_stats, record_ratio
+from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, rows_per_sample
-from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.step_plan import StepPlan
+from fastvideo_grpo.sampling.rollout import Rollout, rows_per_sample
+from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.step_plan import StepPlan
 
 def select_timesteps(trainable: Sequence[int], fraction: float, selection: str,
                      generator: torch.Generator | None = None) -> torch.Tensor:

@@ -26,14 +26,14 @@ import torch
 
 from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, trained_weights
 from fastvideo_grpo.config import Config, GRPOConfig, NFTConfig, problem
-from fastvideo_grpo.ema import update_ema
-from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.training.ema import update_ema
+from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.rollout import Rollout, batch_slices, rows_per_sample
-from fastvideo_grpo.samplers import Sampler
-from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.step_plan import StepPlan, ode_plan
+from fastvideo_grpo.sampling.rollout import Rollout, batch_slices, rows_per_sample
+from fastvideo_grpo.sampling.samplers import Sampler
+from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.step_plan import StepPlan, ode_plan
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
 DECAYS = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}

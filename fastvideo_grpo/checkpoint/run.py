@@ -15,7 +15,7 @@ from fastvideo_grpo.config import Config, run_config_path
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.models import Policy
 from fastvideo_grpo.parallel import World, all_finite
-from fastvideo_grpo.run_config import check_resumed_config
+from fastvideo_grpo.training.run_config import check_resumed_config
 
 
 class NonFiniteTraining(RuntimeError):

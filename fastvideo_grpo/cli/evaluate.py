@@ -37,11 +37,11 @@ import imageio
 import torch
 
 from fastvideo_grpo.checkpoint import resolve_checkpoint
-from fastvideo_grpo.cli_args import number
+from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import build_policy
-from fastvideo_grpo.outputs import write_video
+from fastvideo_grpo.training.outputs import write_video
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.quiet import silence_library_noise
 from fastvideo_grpo.stats import delta_ci, mean_ci
@@ -69,7 +69,7 @@ def write_results(folder: Path, rows: list[dict], grid: torch.Tensor | None, met
 def load_transformer(checkpoint: str | None, diffusers_path: str | None, ema: bool) -> torch.nn.Module | None:
     """The trained transformer to evaluate, on CPU; None for the base model."""
     if checkpoint:
-        from fastvideo_grpo.export import load_trained_transformer
+        from fastvideo_grpo.cli.export import load_trained_transformer
 
         return load_trained_transformer(checkpoint, ema)
     if diffusers_path:

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 
-from fastvideo_grpo.cli_args import number
+from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.data.embeddings import CHECKSUM, MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.dtypes import DTYPES

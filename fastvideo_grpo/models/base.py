@@ -13,8 +13,8 @@ from torch import nn
 from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.attention import apply_attention
-from fastvideo_grpo.samplers import RectifiedFlowSampler, Sampler
-from fastvideo_grpo.sde import sigma_schedule
+from fastvideo_grpo.sampling.samplers import RectifiedFlowSampler, Sampler
+from fastvideo_grpo.sampling.sde import sigma_schedule
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ import threading
 from multiprocessing import resource_tracker
 
 from fastvideo_grpo.config import RewardConfig
-from fastvideo_grpo.preemption import STOP_SIGNALS
+from fastvideo_grpo.training.preemption import STOP_SIGNALS
 from fastvideo_grpo.rewards import RewardError, build_scorer
 from fastvideo_grpo.rewards.server import serve
 
 logger = logging.getLogger(__name__)
 
-# What stops a run after a checkpoint; the trainer defers them (fastvideo_grpo.preemption).
+# What stops a run after a checkpoint; the trainer defers them (fastvideo_grpo.training.preemption).
 PREEMPTION_SIGNALS = set(STOP_SIGNALS)
 # A SIGKILLed process is gone within milliseconds unless it is stuck in the kernel (a hung
 # GPU driver call); past this the trainer stops waiting for it rather than hang on exit.

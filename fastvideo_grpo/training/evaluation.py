@@ -15,10 +15,10 @@ import torch
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.models import Policy
-from fastvideo_grpo.outputs import append_metrics, shrink_video, tile_videos
+from fastvideo_grpo.training.outputs import append_metrics, shrink_video, tile_videos
 from fastvideo_grpo.parallel import World, all_gather_objects, gather_objects
-from fastvideo_grpo.rollout import batch_slices, decode_videos, sample_ode
-from fastvideo_grpo.seeding import make_generator
+from fastvideo_grpo.sampling.rollout import batch_slices, decode_videos, sample_ode
+from fastvideo_grpo.sampling.seeding import make_generator
 from fastvideo_grpo.stats import mean_ci
 
 logger = logging.getLogger(__name__)

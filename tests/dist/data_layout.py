@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import ROOT  # noqa: E402
-from fastvideo_grpo import trainer  # noqa: E402
+from fastvideo_grpo.training import trainer  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import ROOT  # noqa: E402
 from fastvideo_grpo.checkpoint import sharded  # noqa: E402
 from fastvideo_grpo.config import load_config  # noqa: E402
-from fastvideo_grpo.trainer import train  # noqa: E402
+from fastvideo_grpo.training.trainer import train  # noqa: E402
 
 
 def main():

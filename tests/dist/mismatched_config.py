@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastvideo_grpo.cli_errors import run_cli  # noqa: E402
-from fastvideo_grpo.train import main  # noqa: E402
+from fastvideo_grpo.cli.errors import run_cli  # noqa: E402
+from fastvideo_grpo.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
     args = sys.argv[1:]

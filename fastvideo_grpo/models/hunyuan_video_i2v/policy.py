@@ -23,8 +23,8 @@ import torch
 from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.models.base import TextConditioning
 from fastvideo_grpo.models.hunyuan_video.policy import HunyuanVideoPolicy, build_hunyuan_video
-from fastvideo_grpo.samplers import RectifiedFlowSampler
-from fastvideo_grpo.sde import StepResult
+from fastvideo_grpo.sampling.samplers import RectifiedFlowSampler
+from fastvideo_grpo.sampling.sde import StepResult
 
 CONDITION_TYPES = ("token_replace", "latent_concat")
 

@@ -15,8 +15,8 @@ from fastvideo_grpo.config import ModelConfig, SamplingConfig
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models.base import TextConditioning, guided_prediction, load_pretrained, place_on_device, to_frames
 from fastvideo_grpo.models.stable_diffusion.tiny import tiny_networks
-from fastvideo_grpo.samplers import DDIMSampler
-from fastvideo_grpo.sde import ddim_timesteps, scaled_linear_alphas_cumprod
+from fastvideo_grpo.sampling.samplers import DDIMSampler
+from fastvideo_grpo.sampling.sde import ddim_timesteps, scaled_linear_alphas_cumprod
 
 # SD 1.x's scheduler config (scheduler/scheduler_config.json of the released folders).
 NUM_TRAIN_TIMESTEPS = 1000

@@ -9,10 +9,10 @@ import torch
 
 from fastvideo_grpo.config import SamplingConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
-from fastvideo_grpo.samplers import Sampler
-from fastvideo_grpo.seeding import make_generator
-from fastvideo_grpo.solvers import make_solver
-from fastvideo_grpo.step_plan import StepPlan, build_step_plan
+from fastvideo_grpo.sampling.samplers import Sampler
+from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.solvers import make_solver
+from fastvideo_grpo.sampling.step_plan import StepPlan, build_step_plan
 
 
 @dataclass

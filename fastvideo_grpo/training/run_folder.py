@@ -16,7 +16,7 @@ import yaml
 
 from fastvideo_grpo.checkpoint.folders import write_atomic
 from fastvideo_grpo.config import Config, to_dict
-from fastvideo_grpo.outputs import read_metrics
+from fastvideo_grpo.training.outputs import read_metrics
 
 logger = logging.getLogger(__name__)
 

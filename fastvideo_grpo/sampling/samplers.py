@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from fastvideo_grpo.sde import StepResult, ddim_ode_step, ddim_step, ode_step, sde_step, time_shift
+from fastvideo_grpo.sampling.sde import StepResult, ddim_ode_step, ddim_step, ode_step, sde_step, time_shift
 
 
 class Sampler(Protocol):

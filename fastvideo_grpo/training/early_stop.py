@@ -37,7 +37,7 @@ class EarlyStop:
         self.below = 0  # evaluations in a row more than `margin` below the best
         self.diversity: list[float] = []
         if folder is not None and start > 0:
-            from fastvideo_grpo.outputs import read_metrics
+            from fastvideo_grpo.training.outputs import read_metrics
 
             # The logs are trimmed to the resumed iteration by now (run_folder.trim_logs).
             for name, observe in (("metrics.jsonl", self.observe_iteration), ("eval.jsonl", self.observe_eval)):

@@ -22,26 +22,26 @@ from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
-from fastvideo_grpo.early_stop import EarlyStop
-from fastvideo_grpo.ema import init_ema
+from fastvideo_grpo.training.early_stop import EarlyStop
+from fastvideo_grpo.training.ema import init_ema
 from fastvideo_grpo.training.evaluation import evaluate_in_loop, held_out_source
 from fastvideo_grpo.flops import throughput
-from fastvideo_grpo.health import HealthMonitor, group_diversity, record_rewards
-from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
+from fastvideo_grpo.training.health import HealthMonitor, group_diversity, record_rewards
+from fastvideo_grpo.training.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config, model_family
 from fastvideo_grpo.models.lora import apply_lora
-from fastvideo_grpo.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
+from fastvideo_grpo.training.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.parallel.fsdp import parallelize, rollout_gathering
 from fastvideo_grpo.parallel.loading import loading_turn
 from fastvideo_grpo.parallel.sp_share import gather_sp_scores, sp_rows
-from fastvideo_grpo.preemption import Preempted, PreemptionFlag
+from fastvideo_grpo.training.preemption import Preempted, PreemptionFlag
 from fastvideo_grpo.rewards import check_pairwise_use, check_reward_config, pairwise_models
 from fastvideo_grpo.rewards.scorers import InlineScorer, ServiceScorer, build_reward_scorer
-from fastvideo_grpo.rollout import batch_slices, decode_videos, rollout
-from fastvideo_grpo.run_folder import run_folder_lock, trim_logs, write_run_config
-from fastvideo_grpo.run_config import check_same_on_ranks, warn_of_waste
-from fastvideo_grpo.tracking import IterationLog, PhaseTimer, Tracker, record_memory
+from fastvideo_grpo.sampling.rollout import batch_slices, decode_videos, rollout
+from fastvideo_grpo.training.run_folder import run_folder_lock, trim_logs, write_run_config
+from fastvideo_grpo.training.run_config import check_same_on_ranks, warn_of_waste
+from fastvideo_grpo.training.tracking import IterationLog, PhaseTimer, Tracker, record_memory
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from fastvideo_grpo.config import Config, SamplingConfig
-from fastvideo_grpo.samplers import Sampler
-from fastvideo_grpo.seeding import make_generator
+from fastvideo_grpo.sampling.samplers import Sampler
+from fastvideo_grpo.sampling.seeding import make_generator
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fastvideo_grpo.config import HealthConfig
-from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.training.metrics import IterationStats
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class HealthMonitor:
         self.early_stop: dict | None = None
         self.zero_std_streak = 0
         if folder is not None and start > 0 and (folder / "metrics.jsonl").is_file():
-            from fastvideo_grpo.outputs import read_metrics
+            from fastvideo_grpo.training.outputs import read_metrics
 
             for row in read_metrics(folder / "metrics.jsonl"):
                 if row["iteration"] < start:
@@ -173,11 +173,11 @@ class HealthMonitor:
         self.write()
 
     def summary(self) -> dict:
-        from fastvideo_grpo.early_stop import held_out_score
+        from fastvideo_grpo.training.early_stop import held_out_score
 
         best = None
         if self.folder is not None and (self.folder / "eval.jsonl").is_file():
-            from fastvideo_grpo.outputs import read_metrics
+            from fastvideo_grpo.training.outputs import read_metrics
 
             evals = read_metrics(self.folder / "eval.jsonl")
             weights = self.weights or {k[len("eval/"):-len("_mean")]: 1.0 for k in (evals[0] if evals else {})
