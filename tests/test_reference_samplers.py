@@ -14,7 +14,7 @@ from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models.base import RectifiedFlowSampling
 from fastvideo_grpo.sampling.samplers import DDIMSampler
 from fastvideo_grpo.sampling.sde import ddim_timesteps, scaled_linear_alphas_cumprod, sde_step, sigma_schedule
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.solvers import DPMSolverPP2M, Point
 from fastvideo_grpo.sampling.step_plan import build_step_plan
 from fastvideo_grpo.algorithms.grpo import plan_micro_batches
@@ -132,7 +132,7 @@ def test_random_window_start_range(num_steps, window, name):
                  f"sampling.window_start_range={name}")
     bound = {"full": num_steps - 1 - window, "mixgrpo": num_steps - 2 - window,
              "flow_grpo_fast": num_steps // 2 - window}[name]
-    plans = [build_step_plan(s, i, make_generator(42, i, 4)) for i in range(300)]
+    plans = [build_step_plan(s, i, make_generator(42, i, Purpose.STEP_PLAN)) for i in range(300)]
     assert {p.sde_steps[0] for p in plans} == set(range(bound + 1))
     assert all(len(p.sde_steps) == window for p in plans)
 

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.sampling.sde import sigma_schedule
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.step_plan import build_step_plan
 from fastvideo_grpo.algorithms.grpo import plan_micro_batches
 from fastvideo_grpo.algorithms.learner import build_optimizer
@@ -61,8 +61,8 @@ def test_progressive_stride_every_and_fixed():
 
 def test_random_windows_come_from_the_seeded_generator():
     s = sampling(16, sde_window_size=3, sde_window_schedule="random")
-    starts = [build_step_plan(s, i, make_generator(42, i, 4)).sde_steps[0] for i in range(40)]
-    again = [build_step_plan(s, i, make_generator(42, i, 4)).sde_steps[0] for i in range(40)]
+    starts = [build_step_plan(s, i, make_generator(42, i, Purpose.STEP_PLAN)).sde_steps[0] for i in range(40)]
+    again = [build_step_plan(s, i, make_generator(42, i, Purpose.STEP_PLAN)).sde_steps[0] for i in range(40)]
     assert starts == again  # resume redraws the same windows
     assert len(set(starts)) > 5 and max(starts) <= 16 - 1 - 3
 

@@ -17,7 +17,7 @@ from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.sampling.rollout import Rollout, rows_per_sample
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.step_plan import StepPlan
 
 def select_timesteps(trainable: Sequence[int], fraction: float, selection: str,
@@ -158,7 +158,7 @@ def plan_micro_batches(ro: Rollout, kept: torch.Tensor, cfg: Config, seed_parts:
     """
     steps_of_batch = {}
     for batch in ro.batches:
-        generator = make_generator(*seed_parts, 2, first_sample + batch.start)
+        generator = make_generator(*seed_parts, Purpose.TRAINED_TIMESTEPS, first_sample + batch.start)
         steps_of_batch[batch.start] = select_timesteps(ro.plan.trainable, cfg.policy_update.timestep_fraction,
                                                        cfg.grpo.timestep_selection, generator).tolist()
     kept_samples = torch.nonzero(kept).flatten()

@@ -32,7 +32,7 @@ from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
 from fastvideo_grpo.sampling.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.sampling.samplers import Sampler
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.step_plan import StepPlan, ode_plan
 
 # decay type -> (flat iterations, increase per optimizer step, ceiling), as the reference's.
@@ -119,7 +119,7 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
         window = samples[start:start + t.gradient_accumulation_steps]
         chunks = [window[b] for b in batch_slices(len(window), size)]
         for c_index, chunk in enumerate(chunks):
-            gen = make_generator(*seed_parts, 5, first_sample + int(chunk[0]))
+            gen = make_generator(*seed_parts, Purpose.NFT_TIMESTEPS_AND_NOISE, first_sample + int(chunk[0]))
             for position, j in enumerate(torch.randperm(len(levels) - 1, generator=gen)[:count].tolist()):
                 set_gradient_sync(policy.transformer, (c_index == len(chunks) - 1 and position == count - 1)
                                   or cfg.parallel.reduce_grads_every_micro_batch)

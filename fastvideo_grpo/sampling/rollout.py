@@ -10,7 +10,7 @@ import torch
 from fastvideo_grpo.config import SamplingConfig
 from fastvideo_grpo.models.base import Policy, TextConditioning
 from fastvideo_grpo.sampling.samplers import Sampler
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.solvers import make_solver
 from fastvideo_grpo.sampling.step_plan import StepPlan, build_step_plan
 
@@ -62,10 +62,11 @@ def initial_noise(s: SamplingConfig, total: int, latent_shape: tuple[int, ...], 
     generator seeded by its global index, so no split over batches or ranks changes it."""
     g = s.group_size
     if s.shared_noise:
-        return torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 0, first_sample // g + group))
-                            for group in range(total // g)]).repeat_interleave(g, dim=0)
-    return torch.stack([torch.randn(latent_shape, generator=make_generator(*seed_parts, 3, first_sample + sample))
-                        for sample in range(total)])
+        groups = [make_generator(*seed_parts, Purpose.SHARED_INITIAL_NOISE, first_sample // g + group)
+                  for group in range(total // g)]
+        return torch.stack([torch.randn(latent_shape, generator=gen) for gen in groups]).repeat_interleave(g, dim=0)
+    samples = [make_generator(*seed_parts, Purpose.INITIAL_NOISE, first_sample + sample) for sample in range(total)]
+    return torch.stack([torch.randn(latent_shape, generator=gen) for gen in samples])
 
 
 class Deterministic:
@@ -130,13 +131,13 @@ def rollout(
     `keep_means` keeps each SDE step's mean too, beside the trajectory; without
     `keep_trajectory` only the scored latents are kept, not every level and log-prob.
     """
-    plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, 4))
+    plan = plan or build_step_plan(s, 0, make_generator(*seed_parts, Purpose.STEP_PLAN))
     total, g = cond.prompt_embeds.shape[0], s.group_size
     sampler = policy.sampler(s)
     schedule = plan.schedule(sampler)
     steps, sde = plan.num_transitions, set(plan.sde_steps)
     initial = initial_noise(s, total, latent_shape, seed_parts, first_sample)
-    step_noise = [make_generator(*seed_parts, 1, first_sample + sample) for sample in range(total)]
+    step_noise = [make_generator(*seed_parts, Purpose.STEP_NOISE, first_sample + sample) for sample in range(total)]
     forward_rows, per_sample = 0, rows_per_sample(policy)
 
     def predict(x, j, c):

@@ -19,7 +19,7 @@ import torch
 
 from fastvideo_grpo.config import Config, SamplingConfig
 from fastvideo_grpo.sampling.samplers import Sampler
-from fastvideo_grpo.sampling.seeding import make_generator
+from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 
 
 @dataclass(frozen=True)
@@ -105,4 +105,4 @@ def ode_plan(num_steps: int) -> StepPlan:
 def iteration_plan(cfg: Config, iteration: int) -> StepPlan:
     """The sampling section's SDE window for iteration `iteration`'s rollout, drawn from the
     iteration's own generator (GRPO's plan; an algorithm may follow another)."""
-    return build_step_plan(cfg.sampling, iteration, make_generator(cfg.train.seed, iteration, 4))
+    return build_step_plan(cfg.sampling, iteration, make_generator(cfg.train.seed, iteration, Purpose.STEP_PLAN))
