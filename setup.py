@@ -21,4 +21,15 @@ setup(
         # Imported only when logging.wandb is true.
         "wandb": ["wandb==0.31.0"],
     },
+    # Each is also `python -m fastvideo_grpo.<name>`.
+    entry_points={
+        "console_scripts": [
+            "fastvideo-grpo-train=fastvideo_grpo.cli.train:command",
+            "fastvideo-grpo-evaluate=fastvideo_grpo.evaluate:main",
+            "fastvideo-grpo-export=fastvideo_grpo.cli.export:command",
+            "fastvideo-grpo-plan=fastvideo_grpo.plan:main",
+            "fastvideo-grpo-plot=fastvideo_grpo.cli.plot:command",
+            "fastvideo-grpo-ablate=fastvideo_grpo.cli.ablate:command",
+        ],
+    },
 )

@@ -2,7 +2,7 @@
 
 import sys
 
-from fastvideo_grpo.cli.ablate import main
+from fastvideo_grpo.cli.ablate import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -2,8 +2,7 @@
 
 import sys
 
-from fastvideo_grpo.cli.errors import run_cli
-from fastvideo_grpo.cli.train import main
+from fastvideo_grpo.cli.train import command
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(command())

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.cli.evaluate import evaluate
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.stats import mean_ci
@@ -377,5 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def command() -> int:
+    """`fastvideo-grpo-ablate` and `python -m fastvideo_grpo.ablate`: main on sys.argv, a user error as one
+    line and exit status 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -42,6 +42,7 @@ import torch
 
 from fastvideo_grpo.checkpoint import (CHECKPOINTS, TRANSFORMER_CONFIG, best_checkpoint, load_shards, resolve_checkpoint,
                                        saved_keys, verify_checkpoint)
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.file_modes import honour_umask
@@ -261,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from fastvideo_grpo.cli.errors import run_cli
+def command() -> int:
+    """`fastvideo-grpo-export` and `python -m fastvideo_grpo.export`: main on sys.argv, a user error as one
+    line and exit status 2."""
+    return run_cli(main)
 
-    sys.exit(run_cli(main))
+
+if __name__ == "__main__":
+    sys.exit(command())

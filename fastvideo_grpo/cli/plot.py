@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.training.outputs import plot_reward_curve, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from fastvideo_grpo.cli.errors import run_cli
+def command() -> int:
+    """`fastvideo-grpo-plot` and `python -m fastvideo_grpo.plot`: main on sys.argv, a user error as one
+    line and exit status 2."""
+    return run_cli(main)
 
-    sys.exit(run_cli(main))
+
+if __name__ == "__main__":
+    sys.exit(command())

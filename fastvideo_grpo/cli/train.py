@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.config import Config, ConfigError, load_config
 
 EPILOG = """config sections (each key is documented beside its default in fastvideo_grpo/config.py,
@@ -91,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from fastvideo_grpo.cli.errors import run_cli
+def command() -> int:
+    """`fastvideo-grpo-train` and `python -m fastvideo_grpo.train`: main on sys.argv, a user error as one
+    line and exit status 2."""
+    return run_cli(main)
 
-    sys.exit(run_cli(main))
+
+if __name__ == "__main__":
+    sys.exit(command())
