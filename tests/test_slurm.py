@@ -1,4 +1,5 @@
-"""The flagship launch script under a real SLURM: sbatch --wait on a single-node cluster."""
+"""The flagship script (train_hunyuan_t2v.sh, which execs launch.sh) under a real SLURM: sbatch
+--wait on a single-node cluster."""
 
 import os
 import sys

@@ -11,8 +11,8 @@
 #
 # GRPO on FLUX.1-dev T2I with the HPS-v2.1 + CLIP reward. Submit with
 # `sbatch train_scripts/train_flux_t2i.sh`, or run with plain `bash` for a local torchrun.
-# The launch (srun torchrun with c10d rendezvous, preemption and requeue) is the flagship's:
-# this sets the config and reward paths and runs train_hunyuan_t2v.sh. Environment as there
+# This sets the config and reward paths and runs launch.sh (srun torchrun with c10d
+# rendezvous, preemption and requeue). Environment as there
 # (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
 #   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.models.hps.path)
 #   CLIP_PATH       local CLIP folder for the clip reward (sets reward.models.clip.path)
@@ -31,4 +31,4 @@ export CONFIG=${CONFIG:-$HERE/../assets/configs/flux_t2i.yaml}
 OVERRIDES=("$@")
 [ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.models.hps.path=$HPS_PATH" "${OVERRIDES[@]}")
 [ -n "${CLIP_PATH:-}" ] && OVERRIDES=("reward.models.clip.path=$CLIP_PATH" "${OVERRIDES[@]}")
-exec bash "$HERE/train_hunyuan_t2v.sh" "${OVERRIDES[@]}"
+exec bash "$HERE/launch.sh" "${OVERRIDES[@]}"

@@ -11,11 +11,12 @@
 #
 # GRPO on HunyuanVideo image-to-video with classifier-free guidance and the motion-quality
 # reward (32 GPUs in the paper). Submit with `sbatch train_scripts/train_hunyuan_i2v.sh`, or
-# run with plain `bash` for a local torchrun. The launch (srun torchrun with c10d rendezvous,
-# preemption and requeue) is the flagship's: this sets the config and the first-frame
-# latents and runs train_hunyuan_t2v.sh. Environment as there (CONFIG, MODEL_PATH,
-# EMBEDDINGS_DIR with negative.safetensors, VIDEOALIGN_PATH, VIDEOALIGN_BASE, OUTPUT_DIR,
-# NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
+# run with plain `bash` for a local torchrun. This sets the config, the reward paths and the
+# first-frame latents and runs launch.sh (srun torchrun with c10d rendezvous, preemption and
+# requeue). Environment as there (CONFIG, MODEL_PATH, EMBEDDINGS_DIR with
+# negative.safetensors, OUTPUT_DIR, NPROC_PER_NODE, MASTER_PORT, TORCHRUN), plus
+#   VIDEOALIGN_PATH VideoReward checkpoint folder (sets reward.models.videoalign.path)
+#   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.models.videoalign.base)
 #   LATENTS_DIR     first-frame latents, one per prompt (data_preprocess/preprocess_latents.py;
 #                   sets data.image_latents_dir)
 # Arguments are config overrides: bash train_hunyuan_i2v.sh train.lr=2e-5 model.cfg_scale=5.0
@@ -31,5 +32,7 @@ HERE=$(cd "$(dirname "$script")" && pwd)
 
 export CONFIG=${CONFIG:-$HERE/../assets/configs/hunyuan_i2v.yaml}
 OVERRIDES=("$@")
+[ -n "${VIDEOALIGN_PATH:-}" ] && OVERRIDES=("reward.models.videoalign.path=$VIDEOALIGN_PATH" "${OVERRIDES[@]}")
+[ -n "${VIDEOALIGN_BASE:-}" ] && OVERRIDES=("reward.models.videoalign.base=$VIDEOALIGN_BASE" "${OVERRIDES[@]}")
 [ -n "${LATENTS_DIR:-}" ] && OVERRIDES=("data.image_latents_dir=$LATENTS_DIR" "${OVERRIDES[@]}")
-exec bash "$HERE/train_hunyuan_t2v.sh" "${OVERRIDES[@]}"
+exec bash "$HERE/launch.sh" "${OVERRIDES[@]}"

@@ -9,30 +9,15 @@
 #SBATCH --requeue
 #SBATCH --output=logs/%x-%j.out
 #
-# GRPO on HunyuanVideo T2V. Submit with `sbatch train_scripts/train_hunyuan_t2v.sh`, or run
-# with plain `bash` for a local torchrun. Settings come from the environment:
-#   CONFIG          YAML config (default: the paper's HunyuanVideo settings)
-#   MODEL_PATH      local diffusers-format HunyuanVideo folder (sets model.path)
-#   EMBEDDINGS_DIR  precomputed prompt embeddings (sets data.embeddings_dir)
+# GRPO on HunyuanVideo T2V with the VideoAlign reward. Submit with
+# `sbatch train_scripts/train_hunyuan_t2v.sh`, or run with plain `bash` for a local torchrun.
+# This sets the config and reward paths and runs launch.sh (srun torchrun with c10d
+# rendezvous, preemption and requeue). Environment as there (CONFIG, default the paper's
+# HunyuanVideo settings; MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, REWARD_GPUS, NPROC_PER_NODE,
+# MASTER_PORT, TORCHRUN, PYTHON, PREFLIGHT_ONLY), plus
 #   VIDEOALIGN_PATH VideoReward checkpoint folder (sets reward.models.videoalign.path)
 #   VIDEOALIGN_BASE local Qwen2-VL-2B-Instruct folder (sets reward.models.videoalign.base)
-#   OUTPUT_DIR      run folder (sets train.output_dir)
-#   REWARD_GPUS     GPUs per node kept for the reward process (default 1: every shipped
-#                   config scores on reward.device cuda:7, a GPU no training rank shares)
-#   NPROC_PER_NODE  training processes per node (default: GPUs on the node less REWARD_GPUS,
-#                   at least 1)
-#   MASTER_PORT     rendezvous port under SLURM (default 20000 + job id mod 20000, so
-#                   jobs that share a node do not take each other's port)
-#   TORCHRUN        launcher (default: torchrun from PATH)
-#   PYTHON          interpreter of the preflight (default: python from PATH)
-#   PREFLIGHT_ONLY  1: run only the preflight (`python -m fastvideo_grpo.train --check`), e.g.
-#                   on the login node before sbatch, and exit
-# Relative paths are taken from the folder the command was typed in (sbatch's submit folder).
 # Arguments are config overrides: bash train_hunyuan_t2v.sh train.lr=2e-5 parallel.sp_size=4
-#
-# Preemption: SLURM sends USR1 120 s before the time limit (and SIGTERM on preemption); the
-# trainer finishes its iteration, checkpoints and exits, and this script requeues the job,
-# which resumes from output_dir/checkpoints/latest.
 set -euo pipefail
 
 # sbatch runs a copy of this script from SLURM's spool folder; SLURM knows where the original is.
@@ -43,59 +28,8 @@ HERE=$(cd "$(dirname "$script")" && pwd)
 # started from, under sbatch and bash alike.
 [ -n "${SLURM_SUBMIT_DIR:-}" ] && cd "$SLURM_SUBMIT_DIR"
 
-CONFIG=${CONFIG:-$HERE/../assets/configs/hunyuan_t2v.yaml}
-TORCHRUN=${TORCHRUN:-torchrun}
+export CONFIG=${CONFIG:-$HERE/../assets/configs/hunyuan_t2v.yaml}
 OVERRIDES=("$@")
-[ -n "${MODEL_PATH:-}" ] && OVERRIDES=("model.path=$MODEL_PATH" "${OVERRIDES[@]}")
-[ -n "${EMBEDDINGS_DIR:-}" ] && OVERRIDES=("data.embeddings_dir=$EMBEDDINGS_DIR" "${OVERRIDES[@]}")
 [ -n "${VIDEOALIGN_PATH:-}" ] && OVERRIDES=("reward.models.videoalign.path=$VIDEOALIGN_PATH" "${OVERRIDES[@]}")
 [ -n "${VIDEOALIGN_BASE:-}" ] && OVERRIDES=("reward.models.videoalign.base=$VIDEOALIGN_BASE" "${OVERRIDES[@]}")
-[ -n "${OUTPUT_DIR:-}" ] && OVERRIDES=("train.output_dir=$OUTPUT_DIR" "${OVERRIDES[@]}")
-
-gpus_on_node() {
-    if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
-        echo "$SLURM_GPUS_ON_NODE"
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi -L | wc -l
-    else
-        echo 1
-    fi
-}
-# A training rank on the reward process's GPU would hold both and make every collective
-# wait while it scores (`python -m fastvideo_grpo.plan --ranks-per-node` checks the placement).
-REWARD_GPUS=${REWARD_GPUS:-1}
-export GPUS_PER_NODE=$(gpus_on_node)
-export NPROC_PER_NODE=${NPROC_PER_NODE:-$(( GPUS_PER_NODE > REWARD_GPUS ? GPUS_PER_NODE - REWARD_GPUS : 1 ))}
-export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
-TRAIN=(--module fastvideo_grpo.train --config "$CONFIG" "${OVERRIDES[@]}")
-
-# Every problem of the config, its paths and this job's GPU count at once, in seconds, before
-# any node loads a model (and before the queue, with PREFLIGHT_ONLY=1 on a login node).
-"${PYTHON:-python}" -m fastvideo_grpo.train --check --config "$CONFIG" "${OVERRIDES[@]}"
-[ -n "${PREFLIGHT_ONLY:-}" ] && exit 0
-
-if [ -n "${SLURM_JOB_ID:-}" ]; then
-    MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-    MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-    # torchrun reports any worker exit as 1: the trainer leaves this file when it stopped
-    # for preemption (on the shared submit folder, whichever node rank 0 is on).
-    export FVGRPO_PREEMPT_MARKER="$PWD/.fvgrpo/preempted-$SLURM_JOB_ID"
-    rm -f "$FVGRPO_PREEMPT_MARKER"
-    echo "job $SLURM_JOB_ID: $SLURM_NNODES node(s) x $NPROC_PER_NODE, rendezvous $MASTER_ADDR:$MASTER_PORT"
-    # USR1 reaches every process of the step; torchrun itself must ignore it (its default
-    # action is to die) while the workers catch it. SIG_IGN survives the exec.
-    status=0
-    srun --export=ALL bash -c 'trap "" USR1; exec "$@"' torchrun-ignoring-usr1 "$TORCHRUN" \
-        --nnodes "$SLURM_NNODES" --nproc_per_node "$NPROC_PER_NODE" \
-        --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \
-        "${TRAIN[@]}" || status=$?
-    if [ -f "$FVGRPO_PREEMPT_MARKER" ]; then
-        rm -f "$FVGRPO_PREEMPT_MARKER"
-        echo "job $SLURM_JOB_ID preempted after a checkpoint: requeueing"
-        scontrol requeue "$SLURM_JOB_ID"
-        exit 0
-    fi
-    exit "$status"
-else
-    "$TORCHRUN" --standalone --nproc_per_node "$NPROC_PER_NODE" "${TRAIN[@]}"
-fi
+exec bash "$HERE/launch.sh" "${OVERRIDES[@]}"

@@ -11,9 +11,8 @@
 #
 # GRPO on Stable Diffusion 1.4 T2I with classifier-free guidance (one node of 8 GPUs in the
 # paper). Submit with `sbatch train_scripts/train_sd_t2i.sh`, or run with plain `bash` for a
-# local torchrun. The launch (srun torchrun with c10d rendezvous, preemption and requeue) is
-# the flagship's: this sets the config and reward path and runs train_hunyuan_t2v.sh.
-# Environment as there (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE,
+# local torchrun. This sets the config and reward path and runs launch.sh (srun torchrun
+# with c10d rendezvous, preemption and requeue). Environment as there (CONFIG, MODEL_PATH, EMBEDDINGS_DIR, OUTPUT_DIR, NPROC_PER_NODE,
 # MASTER_PORT, TORCHRUN; the embeddings folder must hold negative.safetensors, which
 # data_preprocess/preprocess_sd_embeddings.py writes), plus
 #   HPS_PATH        HPS_v2.1_compressed.pt (sets reward.models.hps.path)
@@ -31,4 +30,4 @@ HERE=$(cd "$(dirname "$script")" && pwd)
 export CONFIG=${CONFIG:-$HERE/../assets/configs/sd_t2i.yaml}
 OVERRIDES=("$@")
 [ -n "${HPS_PATH:-}" ] && OVERRIDES=("reward.models.hps.path=$HPS_PATH" "${OVERRIDES[@]}")
-exec bash "$HERE/train_hunyuan_t2v.sh" "${OVERRIDES[@]}"
+exec bash "$HERE/launch.sh" "${OVERRIDES[@]}"
