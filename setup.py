@@ -25,7 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "fastvideo-grpo-train=fastvideo_grpo.cli.train:command",
-            "fastvideo-grpo-evaluate=fastvideo_grpo.evaluate:main",
+            "fastvideo-grpo-evaluate=fastvideo_grpo.cli.evaluate:command",
             "fastvideo-grpo-export=fastvideo_grpo.cli.export:command",
             "fastvideo-grpo-plan=fastvideo_grpo.plan:main",
             "fastvideo-grpo-plot=fastvideo_grpo.cli.plot:command",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import MANIFEST, CheckpointError, latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.evaluate import main as evaluate_main
+from fastvideo_grpo.cli.evaluate import main as evaluate_main
 from fastvideo_grpo.cli.export import export
 from fastvideo_grpo.cli.export import main as export_main
 from fastvideo_grpo.parallel import World

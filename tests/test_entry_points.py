@@ -44,6 +44,7 @@ USER_ERRORS = {
     "fastvideo-grpo-export": (["--checkpoint", "{tmp}/no_run", "--output", "{tmp}/out"], "no_run"),
     "fastvideo-grpo-plot": (["{tmp}/no_run"], "no_run"),
     "fastvideo-grpo-ablate": (["--config", "{tmp}/no.yaml", "--output", "{tmp}/out"], "no.yaml"),
+    "fastvideo-grpo-evaluate": (["--config", "{tmp}/no.yaml"], "no.yaml"),
 }
 
 

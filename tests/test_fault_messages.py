@@ -258,7 +258,7 @@ def cli_error(main, argv, capsys) -> str:
 
 
 def test_evaluate_compare_of_an_empty_scores_file_names_it(tmp_path, capsys):
-    from fastvideo_grpo.evaluate import main
+    from fastvideo_grpo.cli.evaluate import main
 
     for name in ("base", "tuned"):
         (tmp_path / name).mkdir()
@@ -273,7 +273,7 @@ def test_evaluate_compare_of_an_empty_scores_file_names_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--num-prompts", "-1"), ("--grid", "-2")])
 def test_evaluate_refuses_negative_counts_naming_the_flag(flag, value, capsys):
-    from fastvideo_grpo.evaluate import main
+    from fastvideo_grpo.cli.evaluate import main
 
     error = cli_error(main, ["--config", "unused.yaml", flag, value], capsys)
     assert f"argument {flag}: {value}: expected an integer >= 0" in error

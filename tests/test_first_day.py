@@ -193,7 +193,7 @@ def test_evaluate_and_plot_write_beside_their_inputs_not_into_the_current_folder
     import json
 
     from conftest import REWARD_PLUGINS, ROOT
-    from fastvideo_grpo.evaluate import main as evaluate_main
+    from fastvideo_grpo.cli.evaluate import main as evaluate_main
     from fastvideo_grpo.cli.plot import main as plot_main
     from test_video_files import frames, write
 

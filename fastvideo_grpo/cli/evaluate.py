@@ -38,6 +38,7 @@ import torch
 
 from fastvideo_grpo.checkpoint import resolve_checkpoint
 from fastvideo_grpo.cli.args import number
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
 from fastvideo_grpo.models import build_policy
@@ -392,3 +393,8 @@ def main(argv: list[str] | None = None) -> int:
              args.prompts, args.num_prompts, args.seeds, args.grid)
     return 0
 
+
+def command() -> int:
+    """`fastvideo-grpo-evaluate` and `python -m fastvideo_grpo.evaluate`: main on sys.argv, a user error as
+    one line and exit status 2."""
+    return run_cli(main)

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastvideo_grpo.evaluate import main as evaluate_main  # noqa: E402
+from fastvideo_grpo.cli.evaluate import main as evaluate_main  # noqa: E402
 
 
 def videos_in(obj) -> int:
