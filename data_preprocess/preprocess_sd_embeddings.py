@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from fastvideo_grpo.data.preprocess import family_main
+from fastvideo_grpo.cli.preprocess import family_main
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -4,27 +4,20 @@ function: a batch of items -> shard tensors."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib
 import json
 import logging
-import os
 import time
 import unicodedata
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from fastvideo_grpo.cli.args import number
-from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.data.embeddings import CHECKSUM, MANIFEST, NEGATIVE, shard_name, write_manifest, write_shard
 from fastvideo_grpo.dtypes import DTYPES
-from fastvideo_grpo.models import model_family
-from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
+from fastvideo_grpo.parallel import World, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -259,72 +252,6 @@ def text_shard_tensors(embeds: torch.Tensor, mask: torch.Tensor, pooled: torch.T
     """The tensors of a text-embedding shard, as EmbeddingDataset reads them."""
     return {"prompt_embeds": embeds.cpu(), "prompt_attention_mask": mask.cpu(), "pooled_prompt_embeds": pooled.cpu(),
             "token_count": mask.sum(dim=1).cpu()}
-
-
-def report_duplicates(prompts: list[str]) -> int:
-    duplicates = sum(n - 1 for n in Counter(prompts).values() if n > 1)
-    if duplicates:
-        logger.warning("%d prompts are duplicates of earlier ones (kept: each line is a sample)", duplicates)
-    return duplicates
-
-
-def main(description: str, build_encoder: Callable[[argparse.Namespace, torch.device], EncodeFn],
-         default_max_tokens: int, argv: list[str] | None = None,
-         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-         fingerprint: Callable[[argparse.Namespace], dict] | None = None) -> int:
-    """The command line every model's preprocessing script shares; `build_encoder` loads
-    the model's text encoders from --model-path; `fingerprint` returns what else of the
-    model's own arguments decides the embeddings (stored with each shard)."""
-    parser = argparse.ArgumentParser(description=description, epilog=RERUN_HELP.format(
-        items="prompts",
-        settings="encoder, resolved --model-path, --max-tokens, the prompt template where the model has one"))
-    parser.add_argument("--model-path", required=True, type=Path, help="local diffusers-format model folder")
-    parser.add_argument("--prompts", required=True,
-                        help="UTF-8 .txt (one prompt a line) or .jsonl/.json (one JSON object a line with a "
-                             "string 'prompt'); blank lines are skipped and counted, a line with a control "
-                             "character, invalid UTF-8 or a non-string prompt is an error naming the line")
-    parser.add_argument("--output", required=True, help="folder of shards and manifest.jsonl")
-    parser.add_argument("--shard-size", type=number(int, 1), default=1024)
-    parser.add_argument("--batch-size", type=number(int, 1), default=8)
-    parser.add_argument("--max-tokens", type=number(int, 1), default=default_max_tokens)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--overwrite", action="store_true", help="re-encode every shard, even unchanged ones")
-    if add_arguments is not None:
-        add_arguments(parser)
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
-
-    prompts, empty = read_prompt_file(args.prompts)  # before any device or process group: fails fast
-    duplicates = report_duplicates(prompts)
-    settings = {"encoder": build_encoder.__name__, "model_path": str(args.model_path.resolve()),
-                "max_tokens": args.max_tokens, **(fingerprint(args) if fingerprint is not None else {})}
-    world = init_distributed(args.device)
-    encode = build_encoder(args, world.device)
-    counts = preprocess(prompts, encode, args.output, world, args.shard_size, args.batch_size, args.dtype,
-                        args.overwrite, settings=settings)
-    if world.is_main:
-        write_negative(encode, Path(args.output), args.dtype)
-    if counts["prompts_truncated"]:
-        logger.warning("rank %d: %d prompts exceeded %d tokens and were truncated", world.rank,
-                       counts["prompts_truncated"], args.max_tokens)
-    logger.info("%d prompts (%d empty lines skipped, %d duplicates); rank %d: %s", len(prompts), empty,
-                duplicates, world.rank, counts)
-    shutdown()
-    return 0
-
-
-def family_main(family: str, description: str, argv: list[str] | None = None) -> int:
-    """`main` with model.family `family`'s encoder (its `ModelFamily.encoder` module: `encoder`,
-    `MAX_TOKENS`, and optionally `add_arguments` and `fingerprint`)."""
-    module = model_family(ModelConfig(family=family)).encoder
-    if module is None:
-        raise ValueError(f"model.family {family!r} has no preprocessing encoder (ModelFamily.encoder is None)")
-    encoder = importlib.import_module(module)
-    return main(description, encoder.encoder, encoder.MAX_TOKENS, argv, getattr(encoder, "add_arguments", None),
-                getattr(encoder, "fingerprint", None))
 
 
 def load_text_pipeline(pipeline_cls, model_path: Path, device: torch.device, components: tuple[str, ...],
