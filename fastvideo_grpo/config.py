@@ -328,7 +328,7 @@ class TrainConfig:
     # When the EMA is updated: once per iteration, after its optimizer steps, as DanceGRPO's
     # FLUX trainer does (the default), or after every optimizer step.
     ema_update: Literal["iteration", "optimizer_step"] = "iteration"
-    # The training algorithm, a name in algorithms.ALGORITHMS: "grpo", clipped GRPO on the SDE
+    # The training algorithm, a name in algorithms.registry.ALGORITHMS: "grpo", clipped GRPO on the SDE
     # rollout's log-probs (the `grpo` section), or "nft", DiffusionNFT (algorithms/nft.py) on the
     # forward process of deterministic rollouts (the `nft` section). Both read `policy_update`.
     algorithm: str = "grpo"
@@ -688,7 +688,7 @@ def config_problems(cfg: Config) -> list[str]:
     require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
     require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
     # Imported here: the algorithms import this module.
-    from fastvideo_grpo.algorithms import ALGORITHMS
+    from fastvideo_grpo.algorithms.registry import ALGORITHMS
 
     if t.algorithm in ALGORITHMS:
         problems += ALGORITHMS[t.algorithm].config_problems(cfg)

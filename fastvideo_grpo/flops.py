@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastvideo_grpo.algorithms import algorithm_of
+from fastvideo_grpo.algorithms.registry import algorithm_of
 from fastvideo_grpo.config import Config, ModelConfig
 from fastvideo_grpo.models import model_family
 from fastvideo_grpo.parallel import World

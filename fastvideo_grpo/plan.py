@@ -122,8 +122,9 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastvideo_grpo.algorithms import algorithm_of, grpo, nft
+from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.learner import build_old
+from fastvideo_grpo.algorithms.registry import algorithm_of
 from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.config import Config, ConfigError, load_config, to_dict, validate
 from fastvideo_grpo.dtypes import DTYPES

@@ -1,5 +1,5 @@
 """The algorithm table: the trainer, the planner and the FLOP count ask the configured
-algorithm (algorithms.ALGORITHMS) what differs, never its name."""
+algorithm (algorithms.registry.ALGORITHMS) what differs, never its name."""
 
 import ast
 import dataclasses
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fastvideo_grpo.algorithms import ALGORITHMS, algorithm_of, grpo
+from fastvideo_grpo.algorithms import grpo
+from fastvideo_grpo.algorithms.registry import ALGORITHMS, algorithm_of
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, tiny_policy

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastvideo_grpo.algorithms import Algorithm, algorithm_of
 from fastvideo_grpo.algorithms.advantages import advantages_of, kept_samples, nonfinite_groups, record_scores
 from fastvideo_grpo.algorithms.learner import (Learner, build_old, build_optimizer, fill_frozen, frozen_copy,
                                                moved_copies)
+from fastvideo_grpo.algorithms.registry import Algorithm, algorithm_of
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
 from fastvideo_grpo.checkpoint.run import NonFiniteTraining, resume_run, save_run
 from fastvideo_grpo.config import Config

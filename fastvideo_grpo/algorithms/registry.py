@@ -1,0 +1,69 @@
+"""The algorithm table: train.algorithm -> its `Algorithm`. The trainer, the planner and the
+FLOP count look the configured one up (`algorithm_of`) and ask it what differs, never its name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from fastvideo_grpo.algorithms import grpo, nft
+from fastvideo_grpo.algorithms.learner import Learner
+from fastvideo_grpo.config import Config, ConfigError
+from fastvideo_grpo.sampling.step_plan import StepPlan, iteration_plan
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What the trainer asks of an algorithm. Each callable takes the run's Config; `update`
+    takes (learner, rollout, conditioning, advantages, kept, cfg, stats, iteration,
+    seed_parts, first_sample) and trains the learner on the iteration."""
+
+    name: str
+    # The rollout: its step plan for an iteration, whether it keeps every SDE step's mean
+    # (GRPO-Guard's ratio normalisation) and the whole trajectory (else only the scored
+    # latents).
+    step_plan: Callable[[Config, int], StepPlan]
+    keep_means: Callable[[Config], bool]
+    keep_trajectory: bool
+    # A slow copy of the policy (learner.build_old) that samples the rollouts instead of the
+    # policy and is forwarded beside it in training.
+    old_policy: bool
+    # The KL weight to a frozen reference (> 0 builds one), and whether that reference
+    # follows the policy (built after LoRA, checkpointed with the run).
+    reference_weight: Callable[[Config], float]
+    resets_reference: Callable[[Config], bool]
+    update: Callable[..., None]
+    # Per iteration: metrics the update's stats do not hold, and what follows the iteration's
+    # metrics (a KL weight that adapts, a reference that resets).
+    iteration_metrics: Callable[[Learner], dict[str, float]]
+    end_iteration: Callable[[Learner, Config, int, dict], None]
+    # The planner's questions: timesteps each kept sample trains at, samples of a training
+    # micro-batch at most, and overrides that lower memory under this algorithm alone.
+    trained_timesteps: Callable[[Config, StepPlan], int]
+    micro_batch_samples: Callable[[Config], int]
+    memory_knobs: Callable[[Config], list[str]]
+    # Problems of the config under this algorithm (config.validate adds them).
+    config_problems: Callable[[Config], list[str]]
+
+
+ALGORITHMS = {
+    "grpo": Algorithm(
+        name="grpo", step_plan=iteration_plan, keep_means=lambda cfg: cfg.grpo.ratio_norm, keep_trajectory=True,
+        old_policy=False, reference_weight=lambda cfg: cfg.grpo.kl_weight, resets_reference=grpo.resets_reference,
+        update=grpo.update, iteration_metrics=grpo.iteration_metrics, end_iteration=grpo.end_iteration,
+        trained_timesteps=grpo.trained_timesteps, micro_batch_samples=lambda cfg: cfg.sampling.rollout_batch_size,
+        memory_knobs=lambda cfg: [], config_problems=lambda cfg: []),
+    "nft": Algorithm(
+        name="nft", step_plan=nft.step_plan, keep_means=lambda cfg: False, keep_trajectory=False,
+        old_policy=True, reference_weight=lambda cfg: cfg.nft.kl_weight, resets_reference=lambda cfg: False,
+        update=nft.update, iteration_metrics=lambda learner: {}, end_iteration=lambda *args: None,
+        trained_timesteps=nft.trained_timesteps, micro_batch_samples=nft.micro_batch_samples,
+        memory_knobs=nft.memory_knobs, config_problems=nft.config_problems),
+}
+
+
+def algorithm_of(cfg: Config) -> Algorithm:
+    """The algorithm train.algorithm names."""
+    if cfg.train.algorithm not in ALGORITHMS:
+        raise ConfigError(f"train.algorithm: {cfg.train.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[cfg.train.algorithm]
