@@ -687,13 +687,10 @@ def config_problems(cfg: Config) -> list[str]:
     require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
     require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
     require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
-    # Imported here: the algorithms import this module.
-    from fastvideo_grpo.algorithms.registry import ALGORITHMS
+    # Imported here: the algorithms' checks import this module.
+    from fastvideo_grpo.algorithms.config_checks import algorithm_problems
 
-    if t.algorithm in ALGORITHMS:
-        problems += ALGORITHMS[t.algorithm].config_problems(cfg)
-    else:
-        problems.append(problem("train.algorithm", t.algorithm, f"one of {sorted(ALGORITHMS)}"))
+    problems += algorithm_problems(cfg)
     h = cfg.health
     for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
         require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")

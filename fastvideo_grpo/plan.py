@@ -201,6 +201,7 @@ def load_plan_config(path: str | Path, overrides: list[str] = ()) -> Config:
     cfg = load_config(path, overrides, check=False)
     validate(cfg, may_be_empty=UNREAD_KEYS)
     check_model_config(cfg, may_be_empty=UNREAD_KEYS)
+    algorithm_of(cfg)  # train.algorithm is in the table
     return cfg
 
 

@@ -34,6 +34,7 @@ def preflight(config: str | Path, overrides: list[str], world_size: int | None =
         return [str(e)]
     checks: list[Callable[[], list[str]]] = [
         lambda: config_problems(cfg),
+        lambda: algorithm_problems(cfg),
         lambda: reward_problems(cfg),
         lambda: model_folder_problems(cfg),
         lambda: embeddings_problems(cfg, "data.embeddings_dir", cfg.data.embeddings_dir),
@@ -50,6 +51,14 @@ def preflight(config: str | Path, overrides: list[str], world_size: int | None =
         except (ConfigError, OSError, ValueError) as e:
             problems.append(str(e))
     return problems
+
+
+def algorithm_problems(cfg: Config) -> list[str]:
+    """train.algorithm is in the algorithm table, which config_problems cannot import."""
+    from fastvideo_grpo.algorithms.registry import algorithm_of
+
+    algorithm_of(cfg)  # its ConfigError names the table's algorithms
+    return []
 
 
 def reward_problems(cfg: Config) -> list[str]:

@@ -38,9 +38,28 @@ def test_an_algorithm_added_to_the_table_trains_without_a_change_to_the_trainer(
     assert rows["grpo_again"] == rows["grpo"]
 
 
-def test_an_unknown_algorithm_names_the_table():
-    with pytest.raises(ConfigError, match=r"train.algorithm: 'ppo' is invalid; expected one of \['grpo', 'nft'\]"):
-        load_config(TINY, ["train.algorithm=ppo"])
+UNKNOWN = r"train.algorithm: 'ppo' is invalid; expected one of \['grpo', 'nft'\]"
+
+
+def test_an_unknown_algorithm_names_the_table_before_anything_starts(tmp_path, caplog, monkeypatch):
+    """The config's own checks cannot import the table (it imports torch): the train CLI,
+    setup, the planner and the preflight ask it, before any process group or model exists."""
+    from fastvideo_grpo.cli.train import main
+    from fastvideo_grpo.plan import load_plan_config
+    from fastvideo_grpo.preflight import preflight
+    from fastvideo_grpo.training import trainer
+
+    overrides = ["train.algorithm=ppo", f"train.output_dir={tmp_path / 'run'}"]
+    with caplog.at_level("ERROR"):
+        assert main(["--config", str(TINY), *overrides]) == 2
+    assert re.search(UNKNOWN, caplog.text)
+    monkeypatch.setattr(trainer, "init_distributed", lambda *args, **kwargs: pytest.fail("a process group started"))
+    with pytest.raises(ConfigError, match=UNKNOWN):
+        trainer.setup(load_config(TINY, overrides))
+    with pytest.raises(ConfigError, match=UNKNOWN):
+        load_plan_config(TINY, overrides)
+    assert any(re.search(UNKNOWN, p) for p in preflight(TINY, overrides))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("key", ["timestep_fraction", "adv_clip_max", "best_of", "advantage_mode"])

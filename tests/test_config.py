@@ -141,6 +141,17 @@ def test_parse_override_nests():
     assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
 
 
+@pytest.mark.parametrize("overrides", [[], ["train.algorithm=nft", "sampling.shared_noise=false"]])
+def test_loading_a_config_imports_no_torch(overrides):
+    """A config loads and validates without torch or diffusers (the train CLI's --help,
+    --print-config and config errors, the reward server), the algorithms' checks included."""
+    code = ("import sys; from fastvideo_grpo.config import load_config; "
+            f"cfg = load_config({str(TINY)!r}, {overrides!r}); "
+            "print(cfg.train.algorithm, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout == f"{'nft' if overrides else 'grpo'} []\n"
+
+
 def test_cli_bad_key_exits_with_message(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fastvideo_grpo.train", "--config", str(TINY), "train.bogus_key=1",

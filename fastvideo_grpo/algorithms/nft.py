@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, trained_weights
-from fastvideo_grpo.config import Config, GRPOConfig, NFTConfig, problem
+from fastvideo_grpo.config import Config, NFTConfig
 from fastvideo_grpo.training.ema import update_ema
 from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
@@ -176,18 +176,3 @@ def memory_knobs(cfg: Config) -> list[str]:
     rollout's batches."""
     return ["nft.micro_batch_size=1"] if micro_batch_samples(cfg) > 1 else []
 
-
-def config_problems(cfg: Config) -> list[str]:
-    """What NFT cannot train with: one noise per group (its rollout is deterministic) and
-    GRPO's guards, which it never reads."""
-    problems = []
-    if cfg.sampling.shared_noise:
-        problems.append(problem("sampling.shared_noise", True,
-                                f"false with train.algorithm={cfg.train.algorithm}: its rollout is deterministic, so "
-                                "one initial noise per group would give G equal samples"))
-    for key in ("ratio_norm", "step_reweight", "kl_schedule", "reference_reset_every", "reference_reset_kl"):
-        value, default = getattr(cfg.grpo, key), getattr(GRPOConfig, key)
-        if value != default:
-            problems.append(problem(f"grpo.{key}", value,
-                                    f"{default!r} with train.algorithm={cfg.train.algorithm} (a GRPO guard)"))
-    return problems

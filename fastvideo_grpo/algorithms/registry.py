@@ -8,7 +8,7 @@ from typing import Callable
 
 from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.learner import Learner
-from fastvideo_grpo.config import Config, ConfigError
+from fastvideo_grpo.config import Config, ConfigError, problem
 from fastvideo_grpo.sampling.step_plan import StepPlan, iteration_plan
 
 
@@ -42,8 +42,6 @@ class Algorithm:
     trained_timesteps: Callable[[Config, StepPlan], int]
     micro_batch_samples: Callable[[Config], int]
     memory_knobs: Callable[[Config], list[str]]
-    # Problems of the config under this algorithm (config.validate adds them).
-    config_problems: Callable[[Config], list[str]]
 
 
 ALGORITHMS = {
@@ -52,18 +50,19 @@ ALGORITHMS = {
         old_policy=False, reference_weight=lambda cfg: cfg.grpo.kl_weight, resets_reference=grpo.resets_reference,
         update=grpo.update, iteration_metrics=grpo.iteration_metrics, end_iteration=grpo.end_iteration,
         trained_timesteps=grpo.trained_timesteps, micro_batch_samples=lambda cfg: cfg.sampling.rollout_batch_size,
-        memory_knobs=lambda cfg: [], config_problems=lambda cfg: []),
+        memory_knobs=lambda cfg: []),
     "nft": Algorithm(
         name="nft", step_plan=nft.step_plan, keep_means=lambda cfg: False, keep_trajectory=False,
         old_policy=True, reference_weight=lambda cfg: cfg.nft.kl_weight, resets_reference=lambda cfg: False,
         update=nft.update, iteration_metrics=lambda learner: {}, end_iteration=lambda *args: None,
         trained_timesteps=nft.trained_timesteps, micro_batch_samples=nft.micro_batch_samples,
-        memory_knobs=nft.memory_knobs, config_problems=nft.config_problems),
+        memory_knobs=nft.memory_knobs),
 }
 
 
 def algorithm_of(cfg: Config) -> Algorithm:
-    """The algorithm train.algorithm names."""
+    """The algorithm train.algorithm names; a ConfigError naming the table's algorithms if
+    there is none (config.validate cannot ask: the table imports torch)."""
     if cfg.train.algorithm not in ALGORITHMS:
-        raise ConfigError(f"train.algorithm: {cfg.train.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        raise ConfigError(problem("train.algorithm", cfg.train.algorithm, f"one of {sorted(ALGORITHMS)}"))
     return ALGORITHMS[cfg.train.algorithm]

@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return 0
+        from fastvideo_grpo.algorithms.registry import algorithm_of
         from fastvideo_grpo.models import check_model_config
         from fastvideo_grpo.rewards import check_reward_config
 
         check_reward_config(cfg.reward)  # a reward section's typo exits 2 too, before anything is built
         check_model_config(cfg)  # model.family, and whether it supports parallel.sp_size
+        algorithm_of(cfg)  # train.algorithm is in the table
     except ConfigError as e:
         if rank == 0:  # every rank reads the same config: one message, not one per rank
             log.error("config error: %s", e)

@@ -67,12 +67,12 @@ def setup(cfg: Config) -> Components:
     check_model_config(cfg)  # before any model is built or process started
     check_reward_config(cfg.reward)
     check_pairwise_use(cfg)
+    algorithm = algorithm_of(cfg)
     world = init_distributed(p.device, p.sp_size, p.dp_replicate, p.timeout_minutes,
                              needs_cuda=cfg.model.size != "tiny", watchdog_seconds=p.watchdog_seconds)
     check_same_on_ranks(cfg, world)
     torch.manual_seed(t.seed)
     source = build_prompt_source(cfg)
-    algorithm = algorithm_of(cfg)
     wants_reference = algorithm.reference_weight(cfg) > 0
     with loading_turn(world, p.loaders_per_node):  # the whole network in host memory until it is sharded
         policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
