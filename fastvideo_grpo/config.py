@@ -111,6 +111,24 @@ class ModelConfig:
     tiny_pooled_dim: int = 8
     tiny_vae_channels: int = 16
 
+    def problems(self, cfg: Config) -> list[str]:
+        m, found = self, Problems()
+        for key in ("tiny_layers", "tiny_heads", "tiny_head_dim", "tiny_text_dim", "tiny_pooled_dim",
+                    "tiny_vae_channels"):
+            found.require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+        found.require(m.tiny_single_layers >= 0, "model.tiny_single_layers", m.tiny_single_layers, ">= 0")
+        found.require(m.cfg_scale >= 1, "model.cfg_scale", m.cfg_scale, ">= 1 (1 disables guidance)")
+        found.require(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0")
+        found.require(m.size == "tiny" or bool(m.path), "model.path", m.path,
+                      "a local diffusers-format folder when model.size is 'full'")
+        # Whether model.family loads such a folder, models.check_model_config checks.
+        pretrained_tiny = (Path(m.path) / TINY_TEXT_ENCODER_FILE).is_file()
+        found.require(m.size == "full" or not m.path or pretrained_tiny, "model.path", m.path,
+                      "empty with model.size: tiny, which builds the tiny model in process and would ignore this "
+                      f"folder (unless it is a pretrained tiny folder holding {TINY_TEXT_ENCODER_FILE}, as "
+                      "assets/shapes_model); set model.size=full to train the folder's model")
+        return found
+
 
 @dataclass
 class DataConfig:
@@ -124,6 +142,13 @@ class DataConfig:
     # Image-to-video: first-frame latents (data_preprocess/preprocess_latents.py), one per
     # prompt in the prompts' order.
     image_latents_dir: str = ""
+
+    def problems(self, cfg: Config) -> list[str]:
+        found = Problems()
+        found.require(cfg.model.size == "tiny" or bool(self.embeddings_dir), "data.embeddings_dir",
+                      self.embeddings_dir,
+                      "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
+        return found
 
 
 @dataclass
@@ -197,6 +222,52 @@ class SamplingConfig:
     # runs ode_solver there too: the same forwards, 1.6-3.2x less error at the window's start.
     prefix_solver: Literal["ode_solver", "euler"] = "ode_solver"
 
+    def problems(self, cfg: Config) -> list[str]:
+        s, found = self, Problems()
+        found.require(s.num_steps >= 2, "sampling.num_steps", s.num_steps, ">= 2")
+        found.require(s.eta >= 0, "sampling.eta", s.eta, ">= 0")
+        found.require(s.shift > 0, "sampling.shift", s.shift, "> 0")
+        found.require(s.group_size >= 2, "sampling.group_size", s.group_size, ">= 2")
+        found.require(s.rollout_batch_size >= 1, "sampling.rollout_batch_size", s.rollout_batch_size, ">= 1")
+        found.require(s.decode_batch_size >= 1, "sampling.decode_batch_size", s.decode_batch_size, ">= 1")
+        found.require(s.num_frames >= 1 and (s.num_frames - 1) % 4 == 0, "sampling.num_frames",
+                      s.num_frames, "4k+1 (the VAE compresses time by 4)")
+        for key in ("height", "width"):
+            value = getattr(s, key)
+            found.require(value >= 16 and value % 16 == 0, f"sampling.{key}", value, "a multiple of 16")
+        found.require(0 <= s.sde_window_size <= s.num_steps - 1, "sampling.sde_window_size", s.sde_window_size,
+                      f"0 (every step) or a window of at most sampling.num_steps - 1 = {s.num_steps - 1} steps "
+                      "(the last step, into the clean sample, is never trained)")
+        found.require(s.sde_window_stride >= 1, "sampling.sde_window_stride", s.sde_window_stride, ">= 1")
+        found.require(s.sde_window_every >= 1, "sampling.sde_window_every", s.sde_window_every, ">= 1")
+        found.require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
+                      s.sde_window_start,
+                      f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
+        found.require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
+        found.require(s.sde_window_schedule != "progressive" or s.sde_window_stride <= max(s.sde_window_size, 1),
+                      "sampling.sde_window_stride", s.sde_window_stride,
+                      f"at most sampling.sde_window_size ({s.sde_window_size}): a longer stride skips steps no "
+                      "window trains")
+        if s.window_start_range != "full":
+            found.require(s.sde_window_schedule == "random", "sampling.window_start_range", s.window_start_range,
+                          "'full' unless sampling.sde_window_schedule=random (the range the random start is drawn "
+                          "from)")
+            bound = s.num_steps - 2 if s.window_start_range == "mixgrpo" else s.num_steps // 2
+            found.require(s.sde_window_size <= bound, "sampling.window_start_range", s.window_start_range,
+                          f"a range that holds the window: {s.window_start_range} starts it at most at {bound} - "
+                          f"sampling.sde_window_size ({s.sde_window_size})")
+        found.require(s.cps_log_prob == "gaussian" or s.sde_type == "cps", "sampling.cps_log_prob", s.cps_log_prob,
+                      "'gaussian' unless sampling.sde_type=cps")
+        found.require(s.post_window_spacing == "grid" or s.post_window_steps > 0, "sampling.post_window_spacing",
+                      s.post_window_spacing, "'grid' unless sampling.post_window_steps > 0 (the levels it spaces)")
+        for key, ours in (("solver_history", "reset"), ("prefix_solver", "ode_solver")):
+            found.require(getattr(s, key) == ours or s.ode_solver == "dpmpp_2m", f"sampling.{key}", getattr(s, key),
+                          f"{ours!r} unless sampling.ode_solver=dpmpp_2m (with euler there is no other solver)")
+        found.require(s.sde_type != "cps" or s.eta <= 1, "sampling.eta", s.eta,
+                      "in (0, 1] for sampling.sde_type=cps (its noise is sigma_next * sin(eta * pi / 2))")
+        found.require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
+        return found
+
 
 @dataclass
 class PolicyUpdateConfig:
@@ -211,6 +282,18 @@ class PolicyUpdateConfig:
     best_of: int = 0
     # Normalise advantages per group (GRPO) or over the whole batch (DDPO-style ablation).
     advantage_mode: Literal["group", "batch"] = "group"
+
+    def problems(self, cfg: Config) -> list[str]:
+        u, s, found = self, cfg.sampling, Problems()
+        found.require(0 < u.timestep_fraction <= 1, "policy_update.timestep_fraction", u.timestep_fraction,
+                      "in (0, 1]")
+        found.require(int((s.num_steps - 1) * u.timestep_fraction) >= 1, "policy_update.timestep_fraction",
+                      u.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
+        found.require(u.adv_clip_max > 0, "policy_update.adv_clip_max", u.adv_clip_max, "> 0")
+        found.require(u.best_of == 0 or (u.best_of % 2 == 0 and 2 <= u.best_of <= s.group_size),
+                      "policy_update.best_of", u.best_of,
+                      f"0 or an even number <= sampling.group_size ({s.group_size})")
+        return found
 
 
 @dataclass
@@ -238,6 +321,25 @@ class GRPOConfig:
     # so that every noise level contributes a gradient of the same scale.
     ratio_norm: bool = False
     step_reweight: bool = False
+
+    def problems(self, cfg: Config) -> list[str]:
+        g, found = self, Problems()
+        for key in ("ratio_norm", "step_reweight"):
+            found.require(cfg.sampling.cps_log_prob == "gaussian" or not getattr(g, key), f"grpo.{key}",
+                          getattr(g, key),
+                          "false with sampling.cps_log_prob=flow_grpo (GRPO-Guard assumes the Gaussian log-density)")
+        found.require(g.clip_range > 0, "grpo.clip_range", g.clip_range, "> 0")
+        found.require(g.kl_weight >= 0, "grpo.kl_weight", g.kl_weight, ">= 0")
+        moves_kl = g.kl_schedule != "constant" or g.reference_reset_every > 0 or g.reference_reset_kl > 0
+        found.require(not moves_kl or g.kl_weight > 0, "grpo.kl_weight", g.kl_weight,
+                      "> 0 with a grpo.kl_schedule other than constant or a reference reset (with 0 there is no "
+                      "reference)")
+        found.require(g.kl_weight_final >= 0, "grpo.kl_weight_final", g.kl_weight_final, ">= 0")
+        found.require(g.kl_schedule != "adaptive" or g.kl_target > 0, "grpo.kl_target", g.kl_target,
+                      "> 0 with grpo.kl_schedule=adaptive")
+        found.require(g.reference_reset_every >= 0, "grpo.reference_reset_every", g.reference_reset_every, ">= 0")
+        found.require(g.reference_reset_kl >= 0, "grpo.reference_reset_kl", g.reference_reset_kl, ">= 0")
+        return found
 
 
 @dataclass
@@ -283,6 +385,29 @@ class RewardConfig:
     # prompt; "drop_group" leaves that sample's group out of the update (advantage 0, not
     # trained) and counts it in the metric dropped_groups.
     on_nonfinite: Literal["error", "drop_group"] = "error"
+
+    def problems(self, cfg: Config) -> list[str]:
+        r, found = self, Problems()
+        found.require(r.group_size in (0, cfg.sampling.group_size), "reward.group_size", r.group_size,
+                      f"0 or sampling.group_size ({cfg.sampling.group_size}): the reward process sees the trainer's "
+                      "groups")
+        found.require(len(r.weights) > 0, "reward.weights", r.weights, "at least one reward")
+        found.require(any(w != 0 for w in r.weights.values()), "reward.weights", r.weights,
+                      "at least one non-zero weight (with all weights 0 every advantage is 0: nothing trains)")
+        for name in r.binary_thresholds:
+            found.require(name in r.weights, f"reward.binary_thresholds.{name}", name,
+                          f"one of the rewards in reward.weights {sorted(r.weights)}")
+        found.require(r.max_restarts >= 0, "reward.max_restarts", r.max_restarts, ">= 0")
+        found.require(r.on_nonfinite != "drop_group" or cfg.policy_update.advantage_mode == "group",
+                      "reward.on_nonfinite", r.on_nonfinite,
+                      "'error' with policy_update.advantage_mode=batch (a dropped group has no batch statistics)")
+        found.require(r.mode != "remote" or ":" in r.address, "reward.address", r.address,
+                      "host:port of a running reward server when reward.mode is 'remote'")
+        found.require(r.frame_stride >= 1, "reward.frame_stride", r.frame_stride, ">= 1")
+        found.require(r.video_fps > 0, "reward.video_fps", r.video_fps, "> 0 (0 takes sampling.fps)")
+        found.require(r.timeout_s > 0, "reward.timeout_s", r.timeout_s, "> 0")
+        found.require(r.max_batch >= 1, "reward.max_batch", r.max_batch, ">= 1")
+        return found
 
 
 @dataclass
@@ -333,6 +458,24 @@ class TrainConfig:
     # forward process of deterministic rollouts (the `nft` section). Both read `policy_update`.
     algorithm: str = "grpo"
 
+    def problems(self, cfg: Config) -> list[str]:
+        # Imported here: the algorithms' checks import this module.
+        from fastvideo_grpo.algorithms.config_checks import algorithm_problems
+
+        t, found = self, Problems(algorithm_problems(cfg))
+        found.require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
+        found.require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
+        found.require(t.lr > 0, "train.lr", t.lr, "> 0")
+        found.require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, ">= 0")
+        found.require(bool(t.output_dir.strip()), "train.output_dir", t.output_dir,
+                      "a folder (empty would write the run's lock, checkpoints and logs into the current directory)")
+        found.require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
+        found.require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", t.max_nonfinite_steps, ">= 1")
+        found.require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
+                      t.gradient_accumulation_steps, ">= 1")
+        found.require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
+        return found
+
 
 @dataclass
 class NFTConfig:
@@ -348,6 +491,14 @@ class NFTConfig:
     # batching, as no log-prob has to match.
     micro_batch_size: int = 0
 
+    def problems(self, cfg: Config) -> list[str]:
+        n, found = self, Problems()
+        found.require(n.beta > 0, "nft.beta", n.beta, "> 0")
+        found.require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
+        found.require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
+        found.require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
+        return found
+
 
 @dataclass
 class CheckpointConfig:
@@ -357,6 +508,12 @@ class CheckpointConfig:
     # At load, check every file's CRC32 against the one recorded at save (reads the whole
     # checkpoint once more); false for huge runs, which then check only the files' sizes.
     verify: bool = True
+
+    def problems(self, cfg: Config) -> list[str]:
+        found = Problems()
+        found.require(self.every >= 0, "checkpoint.every", self.every, ">= 0")
+        found.require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
+        return found
 
 
 @dataclass
@@ -392,6 +549,27 @@ class EvalConfig:
     # falls below this fraction of the first health.window iterations'.
     early_stop_diversity: float = 0.0
 
+    def problems(self, cfg: Config) -> list[str]:
+        e, found = self, Problems()
+        found.require(e.every >= 0, "eval.every", e.every, ">= 0")
+        found.require(e.num_prompts >= 0, "eval.num_prompts", e.num_prompts, ">= 0")
+        found.require(e.num_seeds >= 1, "eval.num_seeds", e.num_seeds, ">= 1")
+        found.require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
+        found.require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
+        found.require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
+        found.require(e.grid_max_side >= 0, "eval.grid_max_side", e.grid_max_side, ">= 0")
+        found.require(e.early_stop_patience >= 0, "eval.early_stop_patience", e.early_stop_patience, ">= 0")
+        found.require(e.early_stop_margin >= 0, "eval.early_stop_margin", e.early_stop_margin, ">= 0")
+        found.require(0 <= e.early_stop_diversity < 1, "eval.early_stop_diversity", e.early_stop_diversity,
+                      "in [0, 1)")
+        found.require(e.every > 0 or e.early_stop_patience == 0, "eval.early_stop_patience", e.early_stop_patience,
+                      "0 unless eval.every > 0 (early stop watches the held-out evaluation)")
+        found.require(not (e.embeddings_dir and e.prompts_file), "eval.prompts_file", e.prompts_file,
+                      "empty when eval.embeddings_dir is set (one held-out prompt source)")
+        found.require(cfg.model.size == "tiny" or not e.prompts_file, "eval.prompts_file", e.prompts_file,
+                      "empty for a full-size model (use eval.embeddings_dir)")
+        return found
+
 
 @dataclass
 class HealthConfig:
@@ -412,6 +590,14 @@ class HealthConfig:
     # Iterations that make the baseline (first) and the recent window.
     window: int = 5
 
+    def problems(self, cfg: Config) -> list[str]:
+        h, found = self, Problems()
+        for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
+            found.require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
+        found.require(h.zero_std_iterations >= 1, "health.zero_std_iterations", h.zero_std_iterations, ">= 1")
+        found.require(h.window >= 1, "health.window", h.window, ">= 1")
+        return found
+
 
 @dataclass
 class LoggingConfig:
@@ -426,6 +612,12 @@ class LoggingConfig:
     # bf16 peak of the CUDA device by name where known (flops.PEAK_BF16_TFLOPS: H100/H800/H200
     # 989, A100 312); else MFU is not logged, only tflops_per_gpu.
     peak_tflops: float = 0.0
+
+    def problems(self, cfg: Config) -> list[str]:
+        found = Problems()
+        found.require(self.peak_tflops >= 0, "logging.peak_tflops", self.peak_tflops,
+                      ">= 0 (0: looked up from the CUDA device's name)")
+        return found
 
 
 @dataclass
@@ -463,6 +655,21 @@ class ParallelConfig:
     # How long any collective may wait before the job fails, for every process group (the
     # device mesh's too): long enough for the slowest reward scoring or evaluation.
     timeout_minutes: float = 30.0
+
+    def problems(self, cfg: Config) -> list[str]:
+        p, found = self, Problems()
+        found.require(p.loaders_per_node >= 0, "parallel.loaders_per_node", p.loaders_per_node,
+                      ">= 0 (0: every rank of a node at once)")
+        found.require(p.watchdog_seconds >= 0, "parallel.watchdog_seconds", p.watchdog_seconds,
+                      "seconds > 0, or 0 to turn the watchdog off")
+        found.require(p.sp_size >= 1, "parallel.sp_size", p.sp_size, ">= 1")
+        if p.sp_size > 1:
+            heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
+            found.require(heads is None or heads % p.sp_size == 0, "parallel.sp_size", p.sp_size,
+                          f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
+        found.require(p.timeout_minutes > 0, "parallel.timeout_minutes", p.timeout_minutes, "> 0")
+        found.require(p.dp_replicate >= 1, "parallel.dp_replicate", p.dp_replicate, ">= 1")
+        return found
 
 
 @dataclass
@@ -633,163 +840,21 @@ def problem(key: str, value: Any, expected: str) -> str:
 
 
 def config_problems(cfg: Config) -> list[str]:
-    s, g, u, t = cfg.sampling, cfg.grpo, cfg.policy_update, cfg.train
+    """Every section's problems: each section's `problems(cfg)` reports its own keys, reading
+    the whole config for the rules that relate them to other sections'."""
     problems: list[str] = []
-
-    def require(ok: bool, key: str, value: Any, expected: str) -> None:
-        if not ok:
-            problems.append(problem(key, value, expected))
-
-    require(s.num_steps >= 2, "sampling.num_steps", s.num_steps, ">= 2")
-    require(s.eta >= 0, "sampling.eta", s.eta, ">= 0")
-    require(s.shift > 0, "sampling.shift", s.shift, "> 0")
-    require(s.group_size >= 2, "sampling.group_size", s.group_size, ">= 2")
-    require(s.rollout_batch_size >= 1, "sampling.rollout_batch_size", s.rollout_batch_size, ">= 1")
-    require(s.decode_batch_size >= 1, "sampling.decode_batch_size", s.decode_batch_size, ">= 1")
-    require(s.num_frames >= 1 and (s.num_frames - 1) % 4 == 0, "sampling.num_frames",
-            s.num_frames, "4k+1 (the VAE compresses time by 4)")
-    for key in ("height", "width"):
-        value = getattr(s, key)
-        require(value >= 16 and value % 16 == 0, f"sampling.{key}", value, "a multiple of 16")
-    require(0 < u.timestep_fraction <= 1, "policy_update.timestep_fraction", u.timestep_fraction, "in (0, 1]")
-    require(0 <= s.sde_window_size <= s.num_steps - 1, "sampling.sde_window_size", s.sde_window_size,
-            f"0 (every step) or a window of at most sampling.num_steps - 1 = {s.num_steps - 1} steps "
-            "(the last step, into the clean sample, is never trained)")
-    require(s.sde_window_stride >= 1, "sampling.sde_window_stride", s.sde_window_stride, ">= 1")
-    require(s.sde_window_every >= 1, "sampling.sde_window_every", s.sde_window_every, ">= 1")
-    require(0 <= s.sde_window_start <= s.num_steps - 1 - s.sde_window_size, "sampling.sde_window_start",
-            s.sde_window_start, f"in [0, {s.num_steps - 1 - s.sde_window_size}] (num_steps - 1 - sde_window_size)")
-    require(s.post_window_steps >= 0, "sampling.post_window_steps", s.post_window_steps, ">= 0")
-    require(s.sde_window_schedule != "progressive" or s.sde_window_stride <= max(s.sde_window_size, 1),
-            "sampling.sde_window_stride", s.sde_window_stride,
-            f"at most sampling.sde_window_size ({s.sde_window_size}): a longer stride skips steps no window trains")
-    if s.window_start_range != "full":
-        require(s.sde_window_schedule == "random", "sampling.window_start_range", s.window_start_range,
-                "'full' unless sampling.sde_window_schedule=random (the range the random start is drawn from)")
-        bound = s.num_steps - 2 if s.window_start_range == "mixgrpo" else s.num_steps // 2
-        require(s.sde_window_size <= bound, "sampling.window_start_range", s.window_start_range,
-                f"a range that holds the window: {s.window_start_range} starts it at most at {bound} - "
-                f"sampling.sde_window_size ({s.sde_window_size})")
-    require(s.cps_log_prob == "gaussian" or s.sde_type == "cps", "sampling.cps_log_prob", s.cps_log_prob,
-            "'gaussian' unless sampling.sde_type=cps")
-    for key in ("ratio_norm", "step_reweight"):
-        require(s.cps_log_prob == "gaussian" or not getattr(g, key), f"grpo.{key}", getattr(g, key),
-                "false with sampling.cps_log_prob=flow_grpo (GRPO-Guard assumes the Gaussian log-density)")
-    require(s.post_window_spacing == "grid" or s.post_window_steps > 0, "sampling.post_window_spacing",
-            s.post_window_spacing, "'grid' unless sampling.post_window_steps > 0 (the levels it spaces)")
-    for key, ours in (("solver_history", "reset"), ("prefix_solver", "ode_solver")):
-        require(getattr(s, key) == ours or s.ode_solver == "dpmpp_2m", f"sampling.{key}", getattr(s, key),
-                f"{ours!r} unless sampling.ode_solver=dpmpp_2m (with euler there is no other solver)")
-    require(cfg.reward.group_size in (0, s.group_size), "reward.group_size", cfg.reward.group_size,
-            f"0 or sampling.group_size ({s.group_size}): the reward process sees the trainer's groups")
-    n = cfg.nft
-    require(n.beta > 0, "nft.beta", n.beta, "> 0")
-    require(n.decay_type in (0, 1, 2), "nft.decay_type", n.decay_type, "0, 1 or 2")
-    require(n.kl_weight >= 0, "nft.kl_weight", n.kl_weight, ">= 0")
-    require(n.micro_batch_size >= 0, "nft.micro_batch_size", n.micro_batch_size, ">= 0")
-    # Imported here: the algorithms' checks import this module.
-    from fastvideo_grpo.algorithms.config_checks import algorithm_problems
-
-    problems += algorithm_problems(cfg)
-    h = cfg.health
-    for key in ("ratio_tolerance", "zero_std_frac", "grad_norm_factor", "clip_frac", "diversity_fraction"):
-        require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
-    require(h.zero_std_iterations >= 1, "health.zero_std_iterations", h.zero_std_iterations, ">= 1")
-    require(h.window >= 1, "health.window", h.window, ">= 1")
-    require(s.sde_type != "cps" or s.eta <= 1, "sampling.eta", s.eta,
-            "in (0, 1] for sampling.sde_type=cps (its noise is sigma_next * sin(eta * pi / 2))")
-    require(int((s.num_steps - 1) * u.timestep_fraction) >= 1, "policy_update.timestep_fraction",
-            u.timestep_fraction, f"large enough to train >= 1 of {s.num_steps - 1} transitions")
-    require(g.clip_range > 0, "grpo.clip_range", g.clip_range, "> 0")
-    require(u.adv_clip_max > 0, "policy_update.adv_clip_max", u.adv_clip_max, "> 0")
-    require(u.best_of == 0 or (u.best_of % 2 == 0 and 2 <= u.best_of <= s.group_size),
-            "policy_update.best_of", u.best_of, f"0 or an even number <= sampling.group_size ({s.group_size})")
-    require(g.kl_weight >= 0, "grpo.kl_weight", g.kl_weight, ">= 0")
-    moves_kl = g.kl_schedule != "constant" or g.reference_reset_every > 0 or g.reference_reset_kl > 0
-    require(not moves_kl or g.kl_weight > 0, "grpo.kl_weight", g.kl_weight,
-            "> 0 with a grpo.kl_schedule other than constant or a reference reset (with 0 there is no reference)")
-    require(g.kl_weight_final >= 0, "grpo.kl_weight_final", g.kl_weight_final, ">= 0")
-    require(g.kl_schedule != "adaptive" or g.kl_target > 0, "grpo.kl_target", g.kl_target,
-            "> 0 with grpo.kl_schedule=adaptive")
-    require(g.reference_reset_every >= 0, "grpo.reference_reset_every", g.reference_reset_every, ">= 0")
-    require(g.reference_reset_kl >= 0, "grpo.reference_reset_kl", g.reference_reset_kl, ">= 0")
-    require(s.eta > 0, "sampling.eta", s.eta, "> 0 for training (eta = 0 is the ODE sampler)")
-    require(len(cfg.reward.weights) > 0, "reward.weights", cfg.reward.weights, "at least one reward")
-    require(any(w != 0 for w in cfg.reward.weights.values()), "reward.weights", cfg.reward.weights,
-            "at least one non-zero weight (with all weights 0 every advantage is 0: nothing trains)")
-    for name in cfg.reward.binary_thresholds:
-        require(name in cfg.reward.weights, f"reward.binary_thresholds.{name}", name,
-                f"one of the rewards in reward.weights {sorted(cfg.reward.weights)}")
-    require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
-    require(cfg.parallel.loaders_per_node >= 0, "parallel.loaders_per_node", cfg.parallel.loaders_per_node,
-            ">= 0 (0: every rank of a node at once)")
-    require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
-    require(t.lr > 0, "train.lr", t.lr, "> 0")
-    require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, ">= 0")
-    require(bool(t.output_dir.strip()), "train.output_dir", t.output_dir,
-            "a folder (empty would write the run's lock, checkpoints and logs into the current directory)")
-    require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "> 0")
-    require(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", t.max_nonfinite_steps, ">= 1")
-    require(cfg.reward.max_restarts >= 0, "reward.max_restarts", cfg.reward.max_restarts, ">= 0")
-    require(cfg.reward.on_nonfinite != "drop_group" or u.advantage_mode == "group", "reward.on_nonfinite",
-            cfg.reward.on_nonfinite,
-            "'error' with policy_update.advantage_mode=batch (a dropped group has no batch statistics)")
-    m = cfg.model
-    for key in ("tiny_layers", "tiny_heads", "tiny_head_dim", "tiny_text_dim", "tiny_pooled_dim", "tiny_vae_channels"):
-        require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
-    require(m.tiny_single_layers >= 0, "model.tiny_single_layers", m.tiny_single_layers, ">= 0")
-    require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
-            t.gradient_accumulation_steps, ">= 1")
-    require(cfg.reward.mode != "remote" or ":" in cfg.reward.address, "reward.address", cfg.reward.address,
-            "host:port of a running reward server when reward.mode is 'remote'")
-    require(cfg.reward.frame_stride >= 1, "reward.frame_stride", cfg.reward.frame_stride, ">= 1")
-    require(cfg.reward.video_fps > 0, "reward.video_fps", cfg.reward.video_fps, "> 0 (0 takes sampling.fps)")
-    require(cfg.reward.timeout_s > 0, "reward.timeout_s", cfg.reward.timeout_s, "> 0")
-    require(cfg.reward.max_batch >= 1, "reward.max_batch", cfg.reward.max_batch, ">= 1")
-    require(cfg.model.cfg_scale >= 1, "model.cfg_scale", cfg.model.cfg_scale, ">= 1 (1 disables guidance)")
-    require(cfg.model.lora_rank >= 0, "model.lora_rank", cfg.model.lora_rank, ">= 0")
-    require(cfg.logging.peak_tflops >= 0, "logging.peak_tflops", cfg.logging.peak_tflops,
-            ">= 0 (0: looked up from the CUDA device's name)")
-    require(cfg.parallel.watchdog_seconds >= 0, "parallel.watchdog_seconds", cfg.parallel.watchdog_seconds,
-            "seconds > 0, or 0 to turn the watchdog off")
-    require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "in [0, 1)")
-    require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, ">= 0")
-    require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
-    e = cfg.eval
-    require(e.every >= 0, "eval.every", e.every, ">= 0")
-    require(e.num_prompts >= 0, "eval.num_prompts", e.num_prompts, ">= 0")
-    require(e.num_seeds >= 1, "eval.num_seeds", e.num_seeds, ">= 1")
-    require(e.num_steps >= 0, "eval.num_steps", e.num_steps, "0 (sampling.num_steps) or a step count")
-    require(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
-    require(e.grid_prompts >= 0, "eval.grid_prompts", e.grid_prompts, ">= 0")
-    require(e.grid_max_side >= 0, "eval.grid_max_side", e.grid_max_side, ">= 0")
-    require(e.early_stop_patience >= 0, "eval.early_stop_patience", e.early_stop_patience, ">= 0")
-    require(e.early_stop_margin >= 0, "eval.early_stop_margin", e.early_stop_margin, ">= 0")
-    require(0 <= e.early_stop_diversity < 1, "eval.early_stop_diversity", e.early_stop_diversity, "in [0, 1)")
-    require(e.every > 0 or e.early_stop_patience == 0, "eval.early_stop_patience", e.early_stop_patience,
-            "0 unless eval.every > 0 (early stop watches the held-out evaluation)")
-    require(not (e.embeddings_dir and e.prompts_file), "eval.prompts_file", e.prompts_file,
-            "empty when eval.embeddings_dir is set (one held-out prompt source)")
-    require(cfg.model.size == "tiny" or not e.prompts_file, "eval.prompts_file", e.prompts_file,
-            "empty for a full-size model (use eval.embeddings_dir)")
-    require(cfg.parallel.sp_size >= 1, "parallel.sp_size", cfg.parallel.sp_size, ">= 1")
-    if cfg.parallel.sp_size > 1:
-        heads = cfg.model.tiny_heads if cfg.model.size == "tiny" else attention_heads(cfg.model.path)
-        require(heads is None or heads % cfg.parallel.sp_size == 0, "parallel.sp_size", cfg.parallel.sp_size,
-                f"a divisor of the model's {heads} attention heads (Ulysses splits heads over sp ranks)")
-    require(cfg.parallel.timeout_minutes > 0, "parallel.timeout_minutes", cfg.parallel.timeout_minutes, "> 0")
-    require(cfg.parallel.dp_replicate >= 1, "parallel.dp_replicate", cfg.parallel.dp_replicate, ">= 1")
-    require(cfg.model.size == "tiny" or bool(cfg.model.path), "model.path", cfg.model.path,
-            "a local diffusers-format folder when model.size is 'full'")
-    # Whether model.family loads such a folder, models.check_model_config checks.
-    pretrained_tiny = (Path(cfg.model.path) / TINY_TEXT_ENCODER_FILE).is_file()
-    require(cfg.model.size == "full" or not cfg.model.path or pretrained_tiny, "model.path", cfg.model.path,
-            "empty with model.size: tiny, which builds the tiny model in process and would ignore this folder "
-            f"(unless it is a pretrained tiny folder holding {TINY_TEXT_ENCODER_FILE}, as assets/shapes_model); "
-            "set model.size=full to train the folder's model")
-    require(cfg.model.size == "tiny" or bool(cfg.data.embeddings_dir), "data.embeddings_dir",
-            cfg.data.embeddings_dir, "a folder of precomputed embeddings (data_preprocess/) for a full-size model")
+    for section in (cfg.sampling, cfg.policy_update, cfg.grpo, cfg.reward, cfg.nft, cfg.train, cfg.health,
+                    cfg.parallel, cfg.model, cfg.logging, cfg.checkpoint, cfg.eval, cfg.data):
+        problems += section.problems(cfg)
     return problems
+
+
+class Problems(list):
+    """The problems a section's check finds, as validate reports them."""
+
+    def require(self, ok: bool, key: str, value: Any, expected: str) -> None:
+        if not ok:
+            self.append(problem(key, value, expected))
 
 
 def attention_heads(model_path: str) -> int | None:
