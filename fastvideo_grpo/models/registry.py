@@ -51,8 +51,8 @@ def model_family(cfg: ModelConfig) -> ModelFamily:
 def check_model_config(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
     """model.family is registered, and the config asks only what it supports: parallel.sp_size
     > 1, first-frame latents, a pretrained tiny folder, the family's own rules. Builds
-    nothing: train.py runs it with the config's own checks, before any process group or model
-    exists. `may_be_empty` as in config.validate."""
+    nothing: the train CLI (cli/train.py) and the trainer's setup run it with the config's own
+    checks, before any process group or model exists. `may_be_empty` as in config.validate."""
     family = model_family(cfg.model)
     if cfg.parallel.sp_size > 1 and family.sequence_parallel is None:
         supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel is not None)

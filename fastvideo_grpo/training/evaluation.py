@@ -67,6 +67,8 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
         chunk = mine[batch]
         prompts = [source.prompts[p] for p, _ in chunk]
         cond = source.conditioning([p for p, _ in chunk]).to(world.device)
+        # Seeded by (eval seed, prompt) alone, with no sampling.seeding.Purpose: one in the tuple
+        # would change every held-out score, and comparisons across runs rest on them.
         initial = torch.stack([torch.randn(latent_shape, generator=make_generator(seed, p)) for p, seed in chunk])
         latents = sample_ode(policy, cond, initial.to(world.device), sampler)
         videos = decode_videos(policy, latents, s.decode_batch_size)
