@@ -30,6 +30,7 @@ setup(
             "fastvideo-grpo-plan=fastvideo_grpo.plan:main",
             "fastvideo-grpo-plot=fastvideo_grpo.cli.plot:command",
             "fastvideo-grpo-ablate=fastvideo_grpo.cli.ablate:command",
+            "fastvideo-grpo-preprocess=fastvideo_grpo.cli.preprocess:command",
         ],
     },
 )

@@ -22,7 +22,8 @@ def resolve(target: str):
 # Each script and a flag only its own command line has.
 SCRIPTS = {"fastvideo-grpo-train": "--print-config", "fastvideo-grpo-evaluate": "--videos",
            "fastvideo-grpo-export": "--base-model", "fastvideo-grpo-plan": "--gpus-per-node",
-           "fastvideo-grpo-plot": "--window", "fastvideo-grpo-ablate": "--experiments"}
+           "fastvideo-grpo-plot": "--window", "fastvideo-grpo-ablate": "--experiments",
+           "fastvideo-grpo-preprocess": "--family"}
 
 
 def test_setup_declares_one_console_script_per_command():
@@ -45,6 +46,8 @@ USER_ERRORS = {
     "fastvideo-grpo-plot": (["{tmp}/no_run"], "no_run"),
     "fastvideo-grpo-ablate": (["--config", "{tmp}/no.yaml", "--output", "{tmp}/out"], "no.yaml"),
     "fastvideo-grpo-evaluate": (["--config", "{tmp}/no.yaml"], "no.yaml"),
+    "fastvideo-grpo-preprocess": (["--family", "hunyuan_video", "--model-path", "{tmp}/model", "--prompts",
+                                   "{tmp}/no.txt", "--output", "{tmp}/out"], "no.txt"),
 }
 
 
@@ -58,3 +61,18 @@ def test_a_console_script_ends_a_user_error_with_one_line_and_status_2(script, t
         assert command() == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and named in errors[0]
+
+
+def test_the_preprocess_script_runs_the_named_familys_encoder_command_line(monkeypatch, capsys):
+    """--family picks the family's encoder through the registry: its own flags follow."""
+    command = resolve(console_scripts()["fastvideo-grpo-preprocess"])
+    monkeypatch.setattr("sys.argv", ["fastvideo-grpo-preprocess", "--family", "hunyuan_video", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        command()
+    usage = capsys.readouterr().out
+    assert exit.value.code == 0 and "model.family hunyuan_video's text encoders" in usage
+    assert "--model-path" in usage and "--prompt-template" in usage  # hunyuan_video's own flag
+    monkeypatch.setattr("sys.argv", ["fastvideo-grpo-preprocess", "--family", "no_such_family", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        command()
+    assert exit.value.code == 2 and "no_such_family" in capsys.readouterr().err

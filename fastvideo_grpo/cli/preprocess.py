@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -14,10 +15,11 @@ from typing import Callable
 import torch
 
 from fastvideo_grpo.cli.args import number
+from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.data.preprocess import RERUN_HELP, EncodeFn, preprocess, read_prompt_file, write_negative
 from fastvideo_grpo.dtypes import DTYPES
-from fastvideo_grpo.models import model_family
+from fastvideo_grpo.models import FAMILIES, model_family
 from fastvideo_grpo.parallel import init_distributed, shutdown
 
 logger = logging.getLogger(__name__)
@@ -87,3 +89,26 @@ def family_main(family: str, description: str, argv: list[str] | None = None) ->
     encoder = importlib.import_module(module)
     return main(description, encoder.encoder, encoder.MAX_TOKENS, argv, getattr(encoder, "add_arguments", None),
                 getattr(encoder, "fingerprint", None))
+
+
+def command() -> int:
+    """`fastvideo-grpo-preprocess --family NAME ...`: `family_main` with model.family NAME's
+    encoder, on the rest of sys.argv (the family's own command line); a user error as one
+    line and exit status 2."""
+    families = sorted(name for name, family in FAMILIES.items() if family.encoder is not None)
+    parser = argparse.ArgumentParser(prog="fastvideo-grpo-preprocess", add_help=False)
+    parser.add_argument("--family", choices=families)
+    args, rest = parser.parse_known_args()
+    if args.family is None:  # --help, or a command line without the family: name the choices
+        parser = argparse.ArgumentParser(prog="fastvideo-grpo-preprocess",
+                                         description="Encode prompts into the embedding shards a full-size run "
+                                                     "trains on (data.embeddings_dir), with a model family's text "
+                                                     "encoders; `--family NAME --help` shows the family's options")
+        parser.add_argument("--family", required=True, choices=families, help="the model.family to encode for")
+        parser.parse_args(rest)
+    description = f"Encode prompts with model.family {args.family}'s text encoders into embedding shards"
+    return run_cli(lambda argv: family_main(args.family, description, argv), rest)
+
+
+if __name__ == "__main__":
+    sys.exit(command())
