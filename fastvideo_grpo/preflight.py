@@ -35,6 +35,7 @@ def preflight(config: str | Path, overrides: list[str], world_size: int | None =
     checks: list[Callable[[], list[str]]] = [
         lambda: config_problems(cfg),
         lambda: algorithm_problems(cfg),
+        lambda: family_problems(cfg),
         lambda: reward_problems(cfg),
         lambda: model_folder_problems(cfg),
         lambda: embeddings_problems(cfg, "data.embeddings_dir", cfg.data.embeddings_dir),
@@ -58,6 +59,15 @@ def algorithm_problems(cfg: Config) -> list[str]:
     from fastvideo_grpo.algorithms.registry import algorithm_of
 
     algorithm_of(cfg)  # its ConfigError names the table's algorithms
+    return []
+
+
+def family_problems(cfg: Config) -> list[str]:
+    """model.family is registered and supports what the config asks of it (sequence
+    parallelism, first-frame latents, its own rules): what the train CLI checks before launching."""
+    from fastvideo_grpo.models import check_model_config
+
+    check_model_config(cfg)
     return []
 
 

@@ -125,6 +125,19 @@ def test_the_preflight_passes_the_demo_config():
     assert preflight(ROOT / "assets/configs/tiny_t2v.yaml", []) == []
 
 
+def test_the_preflight_checks_the_model_family():
+    """What the train CLI refuses before launching, the preflight reports: an unknown family,
+    and sequence parallelism on a family without it."""
+    from conftest import ROOT
+    from fastvideo_grpo.preflight import preflight
+
+    config = ROOT / "assets/configs/tiny_t2v.yaml"
+    assert any(p.startswith("model.family: 'wan9'") for p in preflight(config, ["model.family=wan9"]))
+    problems = preflight(ROOT / "assets/configs/tiny_sd_t2i.yaml", ["parallel.sp_size=2"])
+    assert any(p.startswith("parallel.sp_size: 2 is invalid; expected 1 for model.family 'stable_diffusion'")
+               for p in problems), problems
+
+
 FAKE_TORCHRUN = """#!/usr/bin/env bash
 printf '%s\\n' "$PWD" "$@" > "$RECORD"
 """
