@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.planning import memory
+from fastvideo_grpo.planning import memory as planned_memory
 from fastvideo_grpo.planning import plan as planner
 from fastvideo_grpo.planning.cluster import Cluster
 from fastvideo_grpo.planning.plan import plan
@@ -77,7 +77,7 @@ def test_a_reward_model_on_a_training_ranks_gpu_is_flagged_and_counted():
     videoalign = ["reward.weights={videoalign_vq: 1.0}", "reward.mode=process", "reward.device=cuda:1"]
     shared = plan(TINY, videoalign, Cluster(1, 2, 80, reserve_gb=0), knobs=False)
     own = plan(TINY, videoalign, Cluster(1, 2, 80, reserve_gb=0, ranks_per_node=1), knobs=False)
-    gb = memory.REWARD_GPU_GB["videoalign"]
+    gb = planned_memory.REWARD_GPU_GB["videoalign"]
     assert shared["reward"]["shared_with_training_rank"] and shared["reward"]["gpu_gb"] == gb
     for phase in ("setup", "train", "decode"):
         assert shared["memory_by_phase_gb"][phase]["reward_model"] == gb
@@ -98,7 +98,7 @@ def test_the_reserve_is_itemised():
     the default group, FSDP's and the sp group) and 10% of each phase's tensors."""
     result = plan(TINY, ["parallel.sp_size=2"], Cluster(1, 2, 80), knobs=False)
     for phase, memory in result["memory_by_phase_gb"].items():
-        tensors = sum(v for name, v in memory.items() if name not in memory.ASSUMED)
+        tensors = sum(v for name, v in memory.items() if name not in planned_memory.ASSUMED)
         assert memory["cuda_context"] == 0.75 and memory["nccl_buffers"] == 1.5, phase
         assert memory["fragmentation"] == pytest.approx(0.1 * tensors, abs=1e-5), phase
     assert result["reserve_items_gb"] == {k: result["memory_gb"][k]
