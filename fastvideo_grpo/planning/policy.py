@@ -73,6 +73,5 @@ def text_shape(cfg: Config, policy: Policy) -> tuple[int, int, int, torch.dtype]
     m = cfg.model
     if m.size == "tiny":
         return cfg.data.max_text_tokens, m.tiny_text_dim, m.tiny_pooled_dim, torch.float32
-    config = policy.transformer.config
-    dim = next(config[k] for k in ("text_embed_dim", "joint_attention_dim", "cross_attention_dim") if k in config)
-    return model_family(m).published.text_tokens, dim, config.get("pooled_projection_dim", 768), torch.bfloat16
+    published = model_family(m).published
+    return (published.text_tokens, *published.text_dims(dict(policy.transformer.config)), torch.bfloat16)
