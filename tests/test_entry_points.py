@@ -45,6 +45,7 @@ USER_ERRORS = {
     "fastvideo-grpo-plot": (["{tmp}/no_run"], "no_run"),
     "fastvideo-grpo-ablate": (["--config", "{tmp}/no.yaml", "--output", "{tmp}/out"], "no.yaml"),
     "fastvideo-grpo-evaluate": (["--config", "{tmp}/no.yaml"], "no.yaml"),
+    "fastvideo-grpo-plan": (["--config", "{tmp}/no.yaml"], "no.yaml"),
 }
 
 

@@ -11,6 +11,7 @@ from fastvideo_grpo.planning.cluster import Cluster
 from fastvideo_grpo.planning.tracer import TrackedStep
 
 GB = 2**30
+# The plan's memory categories, in the report's order.
 CATEGORIES = ("sharded_parameters", "loading", "unsharded_parameters", "rollout_gathered", "gradients",
               "accumulated_gradient", "optimizer_state", "activations", "temporary", "communication", "trajectory",
               "vae_weights", "vae_decode", "ema", "reference", "old_policy", "reward_model", "cuda_context",

@@ -111,6 +111,8 @@ class TrackedStep:
 
 
 def conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[int, ...]) -> TextConditioning:
+    """`rows` prompts' conditioning at the planned text shape (`text_shape`): a negative one
+    under CFG, first-frame latents for an image-conditioned family."""
     tokens, dim, pooled, dtype = text_shape(cfg, policy)
 
     def one() -> TextConditioning:
