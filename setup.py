@@ -27,7 +27,7 @@ setup(
             "fastvideo-grpo-train=fastvideo_grpo.cli.train:command",
             "fastvideo-grpo-evaluate=fastvideo_grpo.cli.evaluate:command",
             "fastvideo-grpo-export=fastvideo_grpo.cli.export:command",
-            "fastvideo-grpo-plan=fastvideo_grpo.plan:main",
+            "fastvideo-grpo-plan=fastvideo_grpo.cli.plan:command",
             "fastvideo-grpo-plot=fastvideo_grpo.cli.plot:command",
             "fastvideo-grpo-ablate=fastvideo_grpo.cli.ablate:command",
             "fastvideo-grpo-preprocess=fastvideo_grpo.cli.preprocess:command",

@@ -248,7 +248,8 @@ def peak_memory_gb(run: Path) -> list[float]:
 
 def planned(args: list[str], device: torch.device) -> dict:
     """`plan` for the same config on one GPU of this kind (the fake process group, in process)."""
-    from fastvideo_grpo.plan import Cluster, plan
+    from fastvideo_grpo.planning.cluster import Cluster
+    from fastvideo_grpo.planning.plan import plan
 
     memory = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 80.0
     result = plan(CONFIG, args, Cluster(nodes=1, gpus_per_node=1, gpu_memory_gb=memory), knobs=False)

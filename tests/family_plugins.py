@@ -154,4 +154,5 @@ PUBLISHED_VAE = dict(in_channels=3, out_channels=3, latent_channels=LATENT_CHANN
 FAMILY = register_family(ModelFamily(
     name=NAME, build=build_fake_wan, pipeline="WanPipeline", network=FakeWanNetwork, component="transformer",
     forward_flops=fake_wan_flops, lora_targets=LORA_TARGETS,
-    published=Published("Fake-Wan-1.3B", FakeWanPolicy, PUBLISHED_NETWORK, AutoencoderKL, PUBLISHED_VAE, 512)))
+    published=Published("Fake-Wan-1.3B", FakeWanPolicy, PUBLISHED_NETWORK, AutoencoderKL, PUBLISHED_VAE, 512,
+                        lambda config: (config["text_embed_dim"], 768))))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from fastvideo_grpo.algorithms import grpo
+from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.registry import ALGORITHMS, algorithm_of
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.training.trainer import train
@@ -45,7 +45,7 @@ def test_an_unknown_algorithm_names_the_table_before_anything_starts(tmp_path, c
     """The config's own checks cannot import the table (it imports torch): the train CLI,
     setup, the planner and the preflight ask it, before any process group or model exists."""
     from fastvideo_grpo.cli.train import main
-    from fastvideo_grpo.plan import load_plan_config
+    from fastvideo_grpo.planning.policy import load_plan_config
     from fastvideo_grpo.preflight import preflight
     from fastvideo_grpo.training import trainer
 
@@ -114,24 +114,36 @@ def test_checkpoint_does_not_import_the_learner():
     assert [name for name in imported if name and name.startswith(learner)] == []
 
 
-def test_the_planners_grpo_micro_batch_is_the_updates(monkeypatch):
-    """The planner traces GRPO's micro-batch through grpo.micro_batch_loss, the function the
-    update runs, as it traces NFT's through nft.micro_batch_loss."""
-    from fastvideo_grpo.plan import grpo_micro_batch
+@pytest.mark.parametrize("name, overrides", [("grpo", []), ("nft", ["sampling.shared_noise=false", "model.lora_rank=4"])])
+def test_the_planners_micro_batch_is_the_updates(name, overrides, monkeypatch):
+    """The planner traces each algorithm's micro-batch through the algorithm's own
+    micro_batch_loss, the function its update runs, chosen by the table, not by name. (NFT with
+    LoRA: its old policy a second adapter on the same real network, not a meta copy.)"""
+    from fastvideo_grpo.algorithms.learner import build_old
+    from fastvideo_grpo.models import model_family
+    from fastvideo_grpo.models.lora import apply_lora
+    from fastvideo_grpo.planning.tracer import conditioning
 
-    cfg = load_config(TINY)
+    cfg = load_config(TINY, [f"train.algorithm={name}", *overrides])
+    algorithm = algorithm_of(cfg)
     policy = tiny_policy(cfg)
+    m = cfg.model
+    if m.lora_rank > 0:
+        apply_lora(policy.transformer, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
+    old = build_old(policy, m) if algorithm.old_policy else None
+    module = {"grpo": grpo, "nft": nft}[name]
     calls = []
-    original = grpo.micro_batch_loss
+    original = module.micro_batch_loss
 
     def recorded(*args, **kwargs):
         result = original(*args, **kwargs)
         calls.append(result.loss.detach())
         return result
 
-    monkeypatch.setattr(grpo, "micro_batch_loss", recorded)
+    monkeypatch.setattr(module, "micro_batch_loss", recorded)
     s = cfg.sampling
-    trace = grpo_micro_batch(cfg, policy, algorithm_of(cfg).step_plan(cfg, 0), 2,
-                             policy.latent_shape(s.num_frames, s.height, s.width))
+    shape = policy.latent_shape(s.num_frames, s.height, s.width)
+    trace = algorithm.planner_micro_batch(cfg, policy, old, algorithm.step_plan(cfg, 0), 2, shape,
+                                          lambda rows: conditioning(cfg, policy, rows, shape))
     loss = trace.loss(*trace.inputs())
     assert len(calls) == 1 and torch.equal(loss.detach(), calls[0]) and loss.requires_grad

@@ -48,6 +48,7 @@ USER_ERRORS = {
     "fastvideo-grpo-evaluate": (["--config", "{tmp}/no.yaml"], "no.yaml"),
     "fastvideo-grpo-preprocess": (["--family", "hunyuan_video", "--model-path", "{tmp}/model", "--prompts",
                                    "{tmp}/no.txt", "--output", "{tmp}/out"], "no.txt"),
+    "fastvideo-grpo-plan": (["--config", "{tmp}/no.yaml"], "no.yaml"),
 }
 
 

@@ -24,7 +24,8 @@ from fastvideo_grpo.cli.export import export, load_trained_transformer
 from fastvideo_grpo.flops import forward_flops
 from fastvideo_grpo.models import FAMILIES, ModelFamily, model_family, register_family
 from fastvideo_grpo.models.flop_count import counter
-from fastvideo_grpo.plan import Cluster, plan
+from fastvideo_grpo.planning.cluster import Cluster
+from fastvideo_grpo.planning.plan import plan
 from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl, run, tiny_conditioning, tiny_policy
 

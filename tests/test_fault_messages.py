@@ -292,7 +292,7 @@ def test_evaluate_refuses_negative_counts_naming_the_flag(flag, value, capsys):
     ("--gpus-per-node", "eight", "'eight' is not a number"),
 ])
 def test_plan_refuses_nonsense_numbers_naming_the_flag(flag, value, expected, capsys):
-    from fastvideo_grpo.plan import main
+    from fastvideo_grpo.cli.plan import main
 
     error = cli_error(main, ["--config", "unused.yaml", flag, value], capsys)
     assert error.endswith(f"argument {flag}: {value}: {expected}" if "not a number" not in expected
@@ -304,7 +304,7 @@ def test_plan_refuses_nonsense_numbers_naming_the_flag(flag, value, expected, ca
     (["--gpu-memory-gb", "2", "--reserve-gb", "2"], "--reserve-gb 2 leaves nothing of --gpu-memory-gb 2"),
 ])
 def test_plan_refuses_flags_that_disagree(argv, expected, capsys):
-    from fastvideo_grpo.plan import main
+    from fastvideo_grpo.cli.plan import main
 
     assert expected in cli_error(main, ["--config", "unused.yaml", *argv], capsys)
 

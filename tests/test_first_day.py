@@ -260,7 +260,7 @@ def test_user_errors_end_a_command_with_one_line_not_a_traceback(tmp_path):
 
 def test_plan_refuses_a_model_folder_that_is_not_there_and_says_what_it_plans(tmp_path, capsys, caplog):
     from conftest import ROOT
-    from fastvideo_grpo.plan import main as plan_main
+    from fastvideo_grpo.cli.plan import main as plan_main
 
     config = str(ROOT / "assets/configs/tiny_t2v.yaml")
     with caplog.at_level(logging.ERROR):
@@ -268,7 +268,7 @@ def test_plan_refuses_a_model_folder_that_is_not_there_and_says_what_it_plans(tm
                           "--gpu-memory-gb", "80"]) == 2
     assert f"model.path={tmp_path / 'typo'}: no such folder" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.plan"):
+    with caplog.at_level(logging.INFO, logger="fastvideo_grpo.cli.plan"):
         assert plan_main(["--config", config, "--nodes", "1", "--gpus-per-node", "1", "--gpu-memory-gb", "80",
                           "train.prompts_per_iteration=2"]) == 0
     assert "planning" in caplog.text and "traced on fake tensors" in caplog.text

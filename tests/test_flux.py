@@ -90,7 +90,7 @@ def test_sequence_parallel_is_refused_for_flux():
 
 
 def test_paper_config_plans_the_released_flux_on_one_frame_latents():
-    from fastvideo_grpo.plan import load_plan_config, planned_policy
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
     from fastvideo_grpo.rewards import check_reward_config
 
     cfg = load_plan_config(ROOT / "assets/configs/flux_t2i.yaml", ["reward.models.hps.path=/hps.pt",

@@ -20,7 +20,7 @@ def test_one_frame_latents_decode_to_one_frame_images():
 
 
 def test_paper_config_plans_the_released_hunyuan_video_on_one_frame_latents():
-    from fastvideo_grpo.plan import load_plan_config, planned_policy
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
     from fastvideo_grpo.rewards import check_reward_config
 
     cfg = load_plan_config(ROOT / "assets/configs/hunyuan_t2i.yaml", ["reward.models.hps.path=/hps.pt"])

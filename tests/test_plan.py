@@ -1,4 +1,4 @@
-"""The planner (fastvideo_grpo/plan.py): its tiny plan against the same step run for real, its
+"""The planner (fastvideo_grpo/planning/): its tiny plan against the same step run for real, its
 full-size architectures against diffusers', and its CLI's JSON."""
 
 import json
@@ -15,7 +15,10 @@ from torch.distributed.fsdp import FSDPModule
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.parallel import init_distributed
 from fastvideo_grpo.parallel.fsdp import parallelize, set_gradient_sync
-from fastvideo_grpo.plan import Cluster, load_plan_config, micro_batch_size, plan, planned_policy
+from fastvideo_grpo.planning.cluster import Cluster
+from fastvideo_grpo.planning.counts import micro_batch_size
+from fastvideo_grpo.planning.plan import plan
+from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
 from fastvideo_grpo.algorithms.grpo import MicroBatch
 from fastvideo_grpo.algorithms.learner import build_optimizer
 

@@ -8,9 +8,12 @@ import sys
 import pytest
 
 from conftest import ROOT
-from fastvideo_grpo import plan as planner
 from fastvideo_grpo.config import load_config
-from fastvideo_grpo.plan import Cluster, plan, render
+from fastvideo_grpo.planning import memory as planned_memory
+from fastvideo_grpo.planning import plan as planner
+from fastvideo_grpo.planning.cluster import Cluster
+from fastvideo_grpo.planning.plan import plan
+from fastvideo_grpo.planning.report import render
 from helpers import tiny_policy
 
 TINY = ROOT / "assets/configs/tiny_t2v.yaml"
@@ -43,7 +46,7 @@ def test_a_setup_peak_over_the_memory_does_not_fit_although_training_does(eight_
 def test_setup_holds_the_shards_and_the_largest_unit_whole(eight_ranks):
     """1 node x 8 ranks: the policy's fp32 shards (1/8 each) and the largest FSDP unit (a
     block, or the root's own weights) whole in fp32, not the whole network."""
-    from fastvideo_grpo.plan import largest_unit_bytes
+    from fastvideo_grpo.planning.memory import largest_unit_bytes
 
     policy = tiny_policy(load_config(TINY))
     blocks = [sum(p.numel() for p in b.parameters()) for b in policy.blocks]
@@ -74,7 +77,7 @@ def test_a_reward_model_on_a_training_ranks_gpu_is_flagged_and_counted():
     videoalign = ["reward.weights={videoalign_vq: 1.0}", "reward.mode=process", "reward.device=cuda:1"]
     shared = plan(TINY, videoalign, Cluster(1, 2, 80, reserve_gb=0), knobs=False)
     own = plan(TINY, videoalign, Cluster(1, 2, 80, reserve_gb=0, ranks_per_node=1), knobs=False)
-    gb = planner.REWARD_GPU_GB["videoalign"]
+    gb = planned_memory.REWARD_GPU_GB["videoalign"]
     assert shared["reward"]["shared_with_training_rank"] and shared["reward"]["gpu_gb"] == gb
     for phase in ("setup", "train", "decode"):
         assert shared["memory_by_phase_gb"][phase]["reward_model"] == gb
@@ -95,7 +98,7 @@ def test_the_reserve_is_itemised():
     the default group, FSDP's and the sp group) and 10% of each phase's tensors."""
     result = plan(TINY, ["parallel.sp_size=2"], Cluster(1, 2, 80), knobs=False)
     for phase, memory in result["memory_by_phase_gb"].items():
-        tensors = sum(v for name, v in memory.items() if name not in planner.ASSUMED)
+        tensors = sum(v for name, v in memory.items() if name not in planned_memory.ASSUMED)
         assert memory["cuda_context"] == 0.75 and memory["nccl_buffers"] == 1.5, phase
         assert memory["fragmentation"] == pytest.approx(0.1 * tensors, abs=1e-5), phase
     assert result["reserve_items_gb"] == {k: result["memory_gb"][k]

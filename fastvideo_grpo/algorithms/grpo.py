@@ -5,7 +5,7 @@ micro-batch plan of an iteration's optimizer steps, and the update over it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -16,6 +16,7 @@ from fastvideo_grpo.training.health import declare_ratio_stats, record_ratio
 from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
+from fastvideo_grpo.planning.micro_batch import MicroBatchTrace, as_numbers
 from fastvideo_grpo.sampling.rollout import Rollout, rows_per_sample
 from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.step_plan import StepPlan
@@ -287,3 +288,27 @@ def end_iteration(learner: Learner, cfg: Config, iteration: int, metrics: dict) 
 def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
     """Transitions each kept sample trains at, drawn from the plan's trainable ones."""
     return num_trained_timesteps(len(plan.trainable), cfg.policy_update.timestep_fraction)
+
+
+def planner_micro_batch(cfg: Config, policy: Policy, old: Policy | None, plan: StepPlan, samples: int,
+                        latent_shape: tuple[int, ...],
+                        conditioning: Callable[[int], TextConditioning]) -> MicroBatchTrace:
+    """The update's micro-batch through `micro_batch_loss`, for the planner's tracer: predict
+    at the first trained transition, the SDE step to the stored next latent, the clipped
+    loss. The KL reference's forward is left out, as NFT's (its weights are estimated)."""
+    s = cfg.sampling
+    sampler = as_numbers(policy.sampler(s))
+    schedule = plan.schedule(policy.sampler(s)).tolist()
+    step = plan.trainable[0]
+
+    def inputs():
+        return (torch.randn(samples, 2, *latent_shape), torch.randn(samples), torch.randn(samples),
+                conditioning(samples))
+
+    def loss(trajectory, old_log_prob, advantages, cond):
+        x, x_next = trajectory[:, 0].clone(), trajectory[:, 1].clone()  # the trainer indexes the store: copies
+        return micro_batch_loss(policy, None, sampler, schedule, step, x, x_next, old_log_prob, advantages,
+                                cond.select(slice(0, samples)), cfg.grpo.clip_range).loss
+
+    return MicroBatchTrace(inputs, loss)
+

@@ -21,6 +21,7 @@ is affine in it either way, so the same combination of outputs gives the same lo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -30,6 +31,7 @@ from fastvideo_grpo.training.ema import update_ema
 from fastvideo_grpo.training.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
+from fastvideo_grpo.planning.micro_batch import MicroBatchTrace, as_numbers
 from fastvideo_grpo.sampling.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.sampling.samplers import Sampler
 from fastvideo_grpo.sampling.seeding import Purpose, make_generator
@@ -169,6 +171,27 @@ def step_plan(cfg: Config, iteration: int) -> StepPlan:
 def trained_timesteps(cfg: Config, plan: StepPlan) -> int:
     """Levels each kept sample trains at, drawn from all the sampler's N levels."""
     return num_trained_timesteps(cfg.sampling.num_steps, cfg.policy_update.timestep_fraction)
+
+
+def planner_micro_batch(cfg: Config, policy: Policy, old: Policy, plan: StepPlan, samples: int,
+                        latent_shape: tuple[int, ...],
+                        conditioning: Callable[[int], TextConditioning]) -> MicroBatchTrace:
+    """nft_update's micro-batch through `micro_batch_loss`, for the planner's tracer: the
+    stored clean latents noised at one level, the policy's predict, the old policy's without
+    autograd, the NFT loss. The KL reference's forward is left out, as GRPO's (its weights are
+    estimated)."""
+    sampler = as_numbers(policy.sampler(cfg.sampling))
+
+    def inputs():
+        return torch.randn(samples, *latent_shape), torch.randn(samples), conditioning(samples)
+
+    def loss(scored, advantages, cond):
+        x0 = scored.clone()  # the trainer indexes the rollout's scored latents: a copy
+        eps = torch.randn_like(x0)
+        return micro_batch_loss(policy, old, None, sampler, sampler.levels, 0, x0, eps, advantages,
+                                cond.select(slice(0, samples)), cfg.nft, cfg.policy_update.adv_clip_max).loss
+
+    return MicroBatchTrace(inputs, loss)
 
 
 def memory_knobs(cfg: Config) -> list[str]:

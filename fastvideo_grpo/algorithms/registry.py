@@ -9,6 +9,7 @@ from typing import Callable
 from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.learner import Learner
 from fastvideo_grpo.config import Config, ConfigError, problem
+from fastvideo_grpo.planning.micro_batch import MicroBatchTrace
 from fastvideo_grpo.sampling.step_plan import StepPlan, iteration_plan
 
 
@@ -33,6 +34,10 @@ class Algorithm:
     reference_weight: Callable[[Config], float]
     resets_reference: Callable[[Config], bool]
     update: Callable[..., None]
+    # The planner's trace of one training micro-batch through the update's own loss:
+    # (cfg, policy, old policy or None, step plan, samples, latent shape, rows -> conditioning)
+    # -> planning.micro_batch.MicroBatchTrace.
+    planner_micro_batch: Callable[..., MicroBatchTrace]
     # Per iteration: metrics the update's stats do not hold, and what follows the iteration's
     # metrics (a KL weight that adapts, a reference that resets).
     iteration_metrics: Callable[[Learner], dict[str, float]]
@@ -49,12 +54,14 @@ ALGORITHMS = {
         name="grpo", step_plan=iteration_plan, keep_means=lambda cfg: cfg.grpo.ratio_norm, keep_trajectory=True,
         old_policy=False, reference_weight=lambda cfg: cfg.grpo.kl_weight, resets_reference=grpo.resets_reference,
         update=grpo.update, iteration_metrics=grpo.iteration_metrics, end_iteration=grpo.end_iteration,
+        planner_micro_batch=grpo.planner_micro_batch,
         trained_timesteps=grpo.trained_timesteps, micro_batch_samples=lambda cfg: cfg.sampling.rollout_batch_size,
         memory_knobs=lambda cfg: []),
     "nft": Algorithm(
         name="nft", step_plan=nft.step_plan, keep_means=lambda cfg: False, keep_trajectory=False,
         old_policy=True, reference_weight=lambda cfg: cfg.nft.kl_weight, resets_reference=lambda cfg: False,
         update=nft.update, iteration_metrics=lambda learner: {}, end_iteration=lambda *args: None,
+        planner_micro_batch=nft.planner_micro_batch,
         trained_timesteps=nft.trained_timesteps, micro_batch_samples=nft.micro_batch_samples,
         memory_knobs=nft.memory_knobs),
 }

@@ -28,6 +28,9 @@ class Published:
     vae: type
     vae_config: dict
     text_tokens: int  # tokens per prompt of the family's preprocessing encoder
+    # The network's config (released or model.path's) -> (text embedding dim, pooled dim) of
+    # one prompt's precomputed conditioning.
+    text_dims: Callable[[dict], tuple[int, int]]
 
 
 @dataclass(frozen=True)

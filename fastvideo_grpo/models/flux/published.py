@@ -12,3 +12,8 @@ FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_cha
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                 layers_per_block=2, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
                 use_quant_conv=False, use_post_quant_conv=False)
+
+
+def text_dims(config: dict) -> tuple[int, int]:
+    """(text embedding dim, pooled dim) of one prompt's conditioning: T5's width and CLIP's pooled width."""
+    return config["joint_attention_dim"], config["pooled_projection_dim"]

@@ -12,7 +12,7 @@ from fastvideo_grpo.models.family import ModelFamily, Published
 from fastvideo_grpo.models.hunyuan_video.checks import sequence_split_problems
 from fastvideo_grpo.models.hunyuan_video.flops import forward_flops
 from fastvideo_grpo.models.hunyuan_video.policy import HunyuanVideoPolicy, build_hunyuan_video
-from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE
+from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE, text_dims
 from fastvideo_grpo.models.hunyuan_video.sequence_parallel import apply_sequence_parallel
 from fastvideo_grpo.models.hunyuan_video.tiny import write_folder
 
@@ -21,7 +21,7 @@ FAMILY = ModelFamily(
     network=HunyuanVideoTransformer3DModel, component="transformer", forward_flops=forward_flops,
     lora_targets=DIFFUSERS_BLOCK_LINEARS,
     published=Published("HunyuanVideo", HunyuanVideoPolicy, HUNYUAN_VIDEO, AutoencoderKLHunyuanVideo,
-                        HUNYUAN_VIDEO_VAE, 256),
+                        HUNYUAN_VIDEO_VAE, 256, text_dims),
     sequence_parallel=apply_sequence_parallel, write_tiny_folder=write_folder,
     encoder="fastvideo_grpo.models.hunyuan_video.encoder", pretrained_tiny=True,
     config_problems=sequence_split_problems)

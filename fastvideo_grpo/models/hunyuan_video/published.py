@@ -11,3 +11,9 @@ HUNYUAN_VIDEO = dict(in_channels=16, out_channels=16, num_attention_heads=24, at
 # Its vae/config.json: AutoencoderKLHunyuanVideo() defaults.
 HUNYUAN_VIDEO_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                          scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4)
+
+
+def text_dims(config: dict) -> tuple[int, int]:
+    """(text embedding dim, pooled dim) of one prompt's conditioning: its text encoder's
+    (LLaVA's) width and CLIP's pooled width."""
+    return config["text_embed_dim"], config["pooled_projection_dim"]

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 from fastvideo_grpo.models.base import DIFFUSERS_BLOCK_LINEARS
 from fastvideo_grpo.models.family import ModelFamily, Published
 from fastvideo_grpo.models.hunyuan_video.flops import forward_flops
-from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE
+from fastvideo_grpo.models.hunyuan_video.published import HUNYUAN_VIDEO, HUNYUAN_VIDEO_VAE, text_dims
 from fastvideo_grpo.models.hunyuan_video_i2v.policy import HunyuanVideoI2VPolicy, build_hunyuan_video_i2v
 
 # hunyuanvideo-community/HunyuanVideo-I2V-33ch: image latent and mask concatenated on channels,
@@ -31,5 +31,5 @@ FAMILY = ModelFamily(
     network=HunyuanVideoTransformer3DModel, component="transformer", forward_flops=forward_flops,
     lora_targets=DIFFUSERS_BLOCK_LINEARS,
     published=Published("HunyuanVideo-I2V-33ch", HunyuanVideoI2VPolicy, HUNYUAN_VIDEO_I2V, AutoencoderKLHunyuanVideo,
-                        HUNYUAN_VIDEO_VAE, 256),
+                        HUNYUAN_VIDEO_VAE, 256, text_dims),
     encoder="fastvideo_grpo.models.hunyuan_video.encoder", image_conditioned=True)
