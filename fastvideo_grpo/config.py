@@ -459,10 +459,10 @@ class TrainConfig:
     algorithm: str = "grpo"
 
     def problems(self, cfg: Config) -> list[str]:
-        # Imported here: the algorithms' checks import this module.
+        # Imported here, as the trainer imports the algorithms: a config may be loaded without them.
         from fastvideo_grpo.algorithms.config_checks import algorithm_problems
 
-        t, found = self, Problems(algorithm_problems(cfg))
+        t, found = self, Problems(problem(*p) for p in algorithm_problems(cfg))
         found.require(t.iterations >= 1, "train.iterations", t.iterations, ">= 1")
         found.require(t.prompts_per_iteration >= 1, "train.prompts_per_iteration", t.prompts_per_iteration, ">= 1")
         found.require(t.lr > 0, "train.lr", t.lr, "> 0")

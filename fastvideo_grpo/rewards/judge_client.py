@@ -10,15 +10,13 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from fastvideo_grpo.config import ConfigError
-from fastvideo_grpo.rewards.judge_templates import JudgeError, shown
+from fastvideo_grpo.rewards.judge_templates import JudgeConfig, JudgeError, shown
 
-if TYPE_CHECKING:
-    from fastvideo_grpo.rewards.vlm_judge import JudgeConfig
 
 logger = logging.getLogger(__name__)
 

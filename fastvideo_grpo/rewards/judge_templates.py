@@ -8,14 +8,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
 from fastvideo_grpo.config import ConfigError
 
-if TYPE_CHECKING:
-    from fastvideo_grpo.rewards.vlm_judge import JudgeConfig
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "assets" / "reward_templates"
 # What an answer shows at most in an error.
@@ -188,3 +186,62 @@ def _json_value(text: str, field: str) -> Any:
 
 def shown(answer: str) -> str:
     return repr(answer if len(answer) <= SHOWN_CHARS else answer[:SHOWN_CHARS] + "...")
+
+
+@dataclass(kw_only=True)
+class JudgeConfig:
+    """What vlm_judge and vlm_pairwise share; each names its section in KEY (a class
+    attribute, not a key), for errors."""
+
+    # The server's OpenAI base URL, e.g. http://localhost:8080/v1 (requests go to
+    # {url}/chat/completions).
+    url: str
+    # The served model's name (vllm serve --served-model-name).
+    model: str
+    # The environment variable holding an API key, sent as a Bearer token; "" sends none.
+    api_key_env: str = ""
+    # A built-in template's name (assets/reward_templates/<name>.yaml) or a template file.
+    prompt_template: str = "unifiedreward_video"
+    # Frames sent per video, evenly spaced from first to last (all of a shorter video).
+    frames: int = 8
+    # Longest side of a sent frame in pixels, the aspect kept; 0 sends frames as decoded.
+    image_size: int = 448
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    # How the answer reads, overriding the template's: a regex or a JSON field (dotted
+    # for a nested one, e.g. scores.overall); at most one of them.
+    score_regex: str = ""
+    json_field: str = ""
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    # Requests in flight at once.
+    max_concurrency: int = 8
+    # Seconds a try may take in all: to connect, send, and receive the whole reply (a server
+    # that trickles its reply byte by byte trips it too).
+    timeout_s: float = 120.0
+    # Tries after the first on a connection error, a timeout, HTTP 429 or 5xx; the first
+    # waits backoff_s, each next one twice as long.
+    retries: int = 3
+    backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        key = self.KEY
+
+        def require(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}.{name}: {getattr(self, name)!r} is invalid; expected {expected}")
+
+        require(self.frames >= 1, "frames", ">= 1")
+        require(self.image_size >= 0, "image_size", ">= 0 (0 keeps the decoded size)")
+        require(self.max_tokens >= 1, "max_tokens", ">= 1")
+        require(self.temperature >= 0, "temperature", ">= 0")
+        require(self.max_concurrency >= 1, "max_concurrency", ">= 1")
+        require(self.timeout_s > 0, "timeout_s", "> 0")
+        require(self.retries >= 0, "retries", ">= 0")
+        require(self.backoff_s >= 0, "backoff_s", ">= 0")
+        require(not (self.score_regex and self.json_field), "json_field",
+                f"empty when score_regex is set ({self.score_regex!r}): the answer is read one way")
+        if self.score_regex:
+            compile_regex(self.score_regex, f"{key}.score_regex")
+        if not is_template_path(self.prompt_template):
+            require((TEMPLATES / f"{self.prompt_template}.yaml").is_file(), "prompt_template",
+                    f"a template file's path or a built-in template: {builtin_templates()}")

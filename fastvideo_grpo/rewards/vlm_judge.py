@@ -29,75 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from fastvideo_grpo.config import ConfigError, RewardConfig
 from fastvideo_grpo.rewards.judge_client import JudgeClient, encode_frames
-from fastvideo_grpo.rewards.judge_templates import (TEMPLATES, AnswerFormat, builtin_templates, check_range,
-                                                    compile_regex, is_template_path, load_template)
+from fastvideo_grpo.rewards.judge_templates import AnswerFormat, JudgeConfig, check_range, load_template
 from fastvideo_grpo.rewards.pairwise import Pair, PairwiseConfig, pairwise_score
 from fastvideo_grpo.rewards.registry import RewardModel, ScoreFn, register_reward
-
-
-@dataclass(kw_only=True)
-class JudgeConfig:
-    """What vlm_judge and vlm_pairwise share; each names its section in KEY (a class
-    attribute, not a key), for errors."""
-
-    # The server's OpenAI base URL, e.g. http://localhost:8080/v1 (requests go to
-    # {url}/chat/completions).
-    url: str
-    # The served model's name (vllm serve --served-model-name).
-    model: str
-    # The environment variable holding an API key, sent as a Bearer token; "" sends none.
-    api_key_env: str = ""
-    # A built-in template's name (assets/reward_templates/<name>.yaml) or a template file.
-    prompt_template: str = "unifiedreward_video"
-    # Frames sent per video, evenly spaced from first to last (all of a shorter video).
-    frames: int = 8
-    # Longest side of a sent frame in pixels, the aspect kept; 0 sends frames as decoded.
-    image_size: int = 448
-    image_format: Literal["jpeg", "png"] = "jpeg"
-    # How the answer reads, overriding the template's: a regex or a JSON field (dotted
-    # for a nested one, e.g. scores.overall); at most one of them.
-    score_regex: str = ""
-    json_field: str = ""
-    max_tokens: int = 1024
-    temperature: float = 0.0
-    # Requests in flight at once.
-    max_concurrency: int = 8
-    # Seconds a try may take in all: to connect, send, and receive the whole reply (a server
-    # that trickles its reply byte by byte trips it too).
-    timeout_s: float = 120.0
-    # Tries after the first on a connection error, a timeout, HTTP 429 or 5xx; the first
-    # waits backoff_s, each next one twice as long.
-    retries: int = 3
-    backoff_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        key = self.KEY
-
-        def require(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: {getattr(self, name)!r} is invalid; expected {expected}")
-
-        require(self.frames >= 1, "frames", ">= 1")
-        require(self.image_size >= 0, "image_size", ">= 0 (0 keeps the decoded size)")
-        require(self.max_tokens >= 1, "max_tokens", ">= 1")
-        require(self.temperature >= 0, "temperature", ">= 0")
-        require(self.max_concurrency >= 1, "max_concurrency", ">= 1")
-        require(self.timeout_s > 0, "timeout_s", "> 0")
-        require(self.retries >= 0, "retries", ">= 0")
-        require(self.backoff_s >= 0, "backoff_s", ">= 0")
-        require(not (self.score_regex and self.json_field), "json_field",
-                f"empty when score_regex is set ({self.score_regex!r}): the answer is read one way")
-        if self.score_regex:
-            compile_regex(self.score_regex, f"{key}.score_regex")
-        if not is_template_path(self.prompt_template):
-            require((TEMPLATES / f"{self.prompt_template}.yaml").is_file(), "prompt_template",
-                    f"a template file's path or a built-in template: {builtin_templates()}")
 
 
 @dataclass(kw_only=True)
