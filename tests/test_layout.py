@@ -1,5 +1,7 @@
 """The package's layers, read from its source with `ast` (nothing is imported): no library
-module imports a command line, and no module-level import cycle."""
+module imports a command line, and no import cycle, not even through an import inside a
+function or under `if TYPE_CHECKING:` (a module that needs one from a layer above it is in
+the wrong layer)."""
 
 import ast
 from pathlib import Path
@@ -83,11 +85,11 @@ def command_line_imports(root: Path, package: str) -> list[str]:
             if is_command_line(target, package)]
 
 
-def import_cycles(root: Path, package: str) -> list[list[str]]:
-    """The module-level import cycles: each a list of modules, every one importing the next
-    and the last the first."""
+def import_cycles(root: Path, package: str, module_level: bool = False) -> list[list[str]]:
+    """The import cycles (`module_level`: through imports that run when a module is imported
+    only): each a list of modules, every one importing the next and the last the first."""
     modules = package_modules(root, package)
-    graph = {name: sorted({t for t, _ in imported_modules(name, path, modules, module_level=True)})
+    graph = {name: sorted({t for t, _ in imported_modules(name, path, modules, module_level)})
              for name, path in modules.items()}
     cycles, done = [], set()
     for start in sorted(graph):
@@ -116,7 +118,7 @@ def test_no_library_module_imports_a_command_line():
 
 def test_no_import_cycle():
     cycles = import_cycles(ROOT, "fastvideo_grpo")
-    assert not cycles, "module-level import cycles:\n" + "\n".join(" -> ".join(c + c[:1]) for c in cycles)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c + c[:1]) for c in cycles)
 
 
 def test_the_checks_find_a_command_line_import_and_a_cycle(tmp_path):
@@ -132,7 +134,7 @@ def test_the_checks_find_a_command_line_import_and_a_cycle(tmp_path):
                                  "    from pkg.rewards import judge\n\ndef run():\n    from pkg.evaluate import main, parse\n"),
         "pkg/training/state.py": "from pkg.rewards.judge import score, weigh\n",
         "pkg/rewards/__init__.py": "",
-        # A function-level import does not make a cycle: it runs after both modules exist.
+        # A function-level import runs after both modules exist, yet still ties the layers in a circle.
         "pkg/rewards/judge.py": "import pkg.training.loop as loop\n\ndef score():\n    from pkg.cli import evaluate\n",
     }
     for name, text in files.items():
@@ -142,6 +144,10 @@ def test_the_checks_find_a_command_line_import_and_a_cycle(tmp_path):
         f"pkg.rewards.judge ({Path('pkg/rewards/judge.py')}:4) imports the command line pkg.cli.evaluate",
         f"pkg.training.loop ({Path('pkg/training/loop.py')}:7) imports the command line pkg.evaluate",
     ]
-    assert import_cycles(tmp_path, "pkg") == [["pkg.rewards.judge", "pkg.training.loop", "pkg.training.state"]]
+    assert import_cycles(tmp_path, "pkg", module_level=True) == [
+        ["pkg.rewards.judge", "pkg.training.loop", "pkg.training.state"]]
     (tmp_path / "pkg/rewards/judge.py").write_text("def score():\n    import pkg.training.loop\n")
-    assert import_cycles(tmp_path, "pkg") == []
+    assert import_cycles(tmp_path, "pkg", module_level=True) == []
+    # Counting every import: the function-level one and the one under TYPE_CHECKING close circles.
+    assert import_cycles(tmp_path, "pkg") == [["pkg.cli.evaluate", "pkg.training.loop", "pkg.evaluate"],
+                                              ["pkg.rewards.judge", "pkg.training.loop"]]
