@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
-from fastvideo_grpo.training.ema import init_ema, update_ema
+from fastvideo_grpo.algorithms.ema import init_ema, update_ema
 from fastvideo_grpo.config import TINY_TEXT_ENCODER_FILE
 from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
 from fastvideo_grpo.training.outputs import plot_reward_curve

@@ -50,7 +50,7 @@ def wait_for_lines(path, count: int, timeout_s: float = 120, poll_s: float = 0.2
 
 def run_update(policy, optimizer, scheduler, ro, cond, advantages, plan, cfg) -> dict:
     """One update_policy call in this process; its statistics, reduced."""
-    from fastvideo_grpo.training.metrics import IterationStats
+    from fastvideo_grpo.metrics import IterationStats
     from fastvideo_grpo.parallel import World
     from fastvideo_grpo.algorithms.grpo import update_policy
     from fastvideo_grpo.algorithms.learner import Learner

@@ -10,8 +10,9 @@ import torch
 
 from conftest import REWARD_PLUGINS, ROOT
 from fastvideo_grpo.config import HealthConfig, load_config
-from fastvideo_grpo.training.health import HealthMonitor, group_diversity, record_ratio, record_rewards, timestep_bucket
-from fastvideo_grpo.training.metrics import IterationStats, finish_iteration_stats
+from fastvideo_grpo.algorithms.ratio_stats import record_ratio, timestep_bucket
+from fastvideo_grpo.training.health import HealthMonitor, group_diversity, record_rewards
+from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.parallel import World
 from fastvideo_grpo.training.trainer import train
 from helpers import read_jsonl
@@ -42,7 +43,7 @@ def test_reward_spread_and_correlation():
 def test_ratio_statistics_per_third_of_the_schedule():
     assert [timestep_bucket(j, 9) for j in range(9)] == ["early"] * 3 + ["middle"] * 3 + ["late"] * 3
     stats = IterationStats()
-    from fastvideo_grpo.training.health import declare_ratio_stats
+    from fastvideo_grpo.algorithms.ratio_stats import declare_ratio_stats
 
     declare_ratio_stats(stats)
     record_ratio(stats, torch.tensor([1.0, 1.5]), 0, 9, clip_range=0.2)

@@ -151,3 +151,35 @@ def test_the_checks_find_a_command_line_import_and_a_cycle(tmp_path):
     # Counting every import: the function-level one and the one under TYPE_CHECKING close circles.
     assert import_cycles(tmp_path, "pkg") == [["pkg.cli.evaluate", "pkg.training.loop", "pkg.evaluate"],
                                               ["pkg.rewards.judge", "pkg.training.loop"]]
+
+
+# Folders that import each other today, each for a reason; a new pair is a layer out of place.
+TWO_WAY_FOLDERS = {
+    # config.validate asks algorithms/config_checks.py, which imports nothing of the package.
+    ("algorithms", "config"),
+    # A family's encoder writes shards with data/preprocess.py; data reads them as models' TextConditioning.
+    ("data", "models"),
+    # fsdp.py asks the family for its SP processor; the processor runs its collectives from parallel/.
+    ("models", "parallel"),
+    # A Policy steps with sampling's samplers; the rollout drives a Policy.
+    ("models", "sampling"),
+    # The reward process ignores the signals the training loop defers (training/preemption.py).
+    ("rewards", "training"),
+}
+
+
+def folder_of(module: str) -> str:
+    """fastvideo_grpo.X.Y -> X (a folder or a top-level module)."""
+    return module.split(".")[1] if "." in module else module
+
+
+def two_way_folders(root: Path, package: str) -> set[tuple[str, str]]:
+    """Pairs of the package's folders (or top-level modules) that import each other."""
+    modules = package_modules(root, package)
+    edges = {(folder_of(name), folder_of(target)) for name, path in modules.items()
+             for target, _ in imported_modules(name, path, modules, module_level=False)}
+    return {(a, b) for a, b in edges if a < b and a != b and (b, a) in edges}
+
+
+def test_no_new_pair_of_folders_imports_each_other():
+    assert two_way_folders(ROOT, "fastvideo_grpo") <= TWO_WAY_FOLDERS

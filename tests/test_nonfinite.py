@@ -12,7 +12,7 @@ from fastvideo_grpo import rewards as reward_registry
 from fastvideo_grpo.training import trainer
 from fastvideo_grpo.algorithms import grpo
 from fastvideo_grpo.checkpoint import latest_checkpoint
-from fastvideo_grpo.checkpoint.run import save_run
+from fastvideo_grpo.training.run_state import save_run
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.rewards import RewardError
 from fastvideo_grpo.rewards.rules import color_reward

@@ -181,7 +181,7 @@ def measured_nft_micro_batch(cfg, monkeypatch) -> tuple[int, int]:
     trainer keeps it: the scored latents and the conditioning)."""
     from fastvideo_grpo.algorithms.learner import Learner, build_old, fill_frozen
     from fastvideo_grpo.algorithms.nft import nft_update
-    from fastvideo_grpo.training.metrics import IterationStats
+    from fastvideo_grpo.metrics import IterationStats
     from fastvideo_grpo.parallel.fsdp import reshard
     from fastvideo_grpo.sampling.step_plan import ode_plan
 

@@ -14,7 +14,7 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 
 from conftest import ROOT
 from helpers import read_jsonl
-from fastvideo_grpo.checkpoint.run import resume_run
+from fastvideo_grpo.training.run_state import resume_run
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.training.trainer import setup, train
 from fastvideo_grpo.algorithms.learner import build_optimizer

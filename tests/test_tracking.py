@@ -50,7 +50,7 @@ def test_wandb_offline_run_is_written(tiny_cfg, monkeypatch):
 
 
 def test_iteration_stats_reduce_as_declared_on_one_rank():
-    from fastvideo_grpo.training.metrics import IterationStats
+    from fastvideo_grpo.metrics import IterationStats
     from fastvideo_grpo.parallel import World
 
     values = torch.rand(7, dtype=torch.float32)

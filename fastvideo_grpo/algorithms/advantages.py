@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from fastvideo_grpo.config import Config
-from fastvideo_grpo.training.metrics import IterationStats, masked_mean
+from fastvideo_grpo.metrics import IterationStats, masked_mean
 from fastvideo_grpo.parallel import World, all_gather_dp
 from fastvideo_grpo.rewards import RewardError
 

@@ -11,12 +11,12 @@ import torch
 
 from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, reset_to_policy
 from fastvideo_grpo.config import Config, GRPOConfig
-from fastvideo_grpo.training.ema import update_ema
-from fastvideo_grpo.training.health import declare_ratio_stats, record_ratio
-from fastvideo_grpo.training.metrics import IterationStats
+from fastvideo_grpo.algorithms.ema import update_ema
+from fastvideo_grpo.algorithms.ratio_stats import declare_ratio_stats, record_ratio
+from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.planning.micro_batch import MicroBatchTrace, as_numbers
+from fastvideo_grpo.algorithms.planner_trace import MicroBatchTrace, as_numbers
 from fastvideo_grpo.sampling.rollout import Rollout, rows_per_sample
 from fastvideo_grpo.sampling.seeding import Purpose, make_generator
 from fastvideo_grpo.sampling.step_plan import StepPlan

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from fastvideo_grpo.config import Config, ModelConfig
-from fastvideo_grpo.training.metrics import IterationStats
+from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, model_family
 from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter, adapter_weights
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard

@@ -27,11 +27,11 @@ import torch
 
 from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, trained_weights
 from fastvideo_grpo.config import Config, NFTConfig
-from fastvideo_grpo.training.ema import update_ema
-from fastvideo_grpo.training.metrics import IterationStats
+from fastvideo_grpo.algorithms.ema import update_ema
+from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, TextConditioning
 from fastvideo_grpo.parallel.fsdp import set_gradient_sync
-from fastvideo_grpo.planning.micro_batch import MicroBatchTrace, as_numbers
+from fastvideo_grpo.algorithms.planner_trace import MicroBatchTrace, as_numbers
 from fastvideo_grpo.sampling.rollout import Rollout, batch_slices, rows_per_sample
 from fastvideo_grpo.sampling.samplers import Sampler
 from fastvideo_grpo.sampling.seeding import Purpose, make_generator

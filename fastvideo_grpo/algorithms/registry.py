@@ -9,7 +9,7 @@ from typing import Callable
 from fastvideo_grpo.algorithms import grpo, nft
 from fastvideo_grpo.algorithms.learner import Learner
 from fastvideo_grpo.config import Config, ConfigError, problem
-from fastvideo_grpo.planning.micro_batch import MicroBatchTrace
+from fastvideo_grpo.algorithms.planner_trace import MicroBatchTrace
 from fastvideo_grpo.sampling.step_plan import StepPlan, iteration_plan
 
 
@@ -36,7 +36,7 @@ class Algorithm:
     update: Callable[..., None]
     # The planner's trace of one training micro-batch through the update's own loss:
     # (cfg, policy, old policy or None, step plan, samples, latent shape, rows -> conditioning)
-    # -> planning.micro_batch.MicroBatchTrace.
+    # -> planner_trace.MicroBatchTrace.
     planner_micro_batch: Callable[..., MicroBatchTrace]
     # Per iteration: metrics the update's stats do not hold, and what follows the iteration's
     # metrics (a KL weight that adapts, a reference that resets).

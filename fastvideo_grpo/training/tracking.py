@@ -16,7 +16,7 @@ import torch
 
 from fastvideo_grpo.config import Config, to_dict
 from fastvideo_grpo.training.outputs import tile_videos
-from fastvideo_grpo.training.metrics import IterationStats
+from fastvideo_grpo.metrics import IterationStats
 
 logger = logging.getLogger(__name__)
 

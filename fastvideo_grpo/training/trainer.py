@@ -17,17 +17,17 @@ from fastvideo_grpo.algorithms.learner import (Learner, build_old, build_optimiz
                                                moved_copies)
 from fastvideo_grpo.algorithms.registry import Algorithm, algorithm_of
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
-from fastvideo_grpo.checkpoint.run import NonFiniteTraining, resume_run, save_run
+from fastvideo_grpo.training.run_state import NonFiniteTraining, resume_run, save_run
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset, TinyRandomPrompts, WithImageLatents
 from fastvideo_grpo.data.prompts import PromptSampler
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.training.early_stop import EarlyStop
-from fastvideo_grpo.training.ema import init_ema
+from fastvideo_grpo.algorithms.ema import init_ema
 from fastvideo_grpo.training.evaluation import evaluate_in_loop, held_out_source
 from fastvideo_grpo.flops import throughput
 from fastvideo_grpo.training.health import HealthMonitor, group_diversity, record_rewards
-from fastvideo_grpo.training.metrics import IterationStats, finish_iteration_stats
+from fastvideo_grpo.metrics import IterationStats, finish_iteration_stats
 from fastvideo_grpo.models import build_policy, check_model_config, model_family
 from fastvideo_grpo.models.lora import apply_lora
 from fastvideo_grpo.training.outputs import append_metrics, plot_reward_curve, read_metrics, save_samples
