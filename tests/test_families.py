@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (FluxPipeline, FluxTransformer2DModel, HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline,
-                       HunyuanVideoTransformer3DModel, StableDiffusionPipeline, UNet2DConditionModel)
+                       HunyuanVideoTransformer3DModel, StableDiffusionPipeline, UNet2DConditionModel, WanPipeline,
+                       WanTransformer3DModel)
 from safetensors.torch import load_file
 
 from conftest import ROOT
@@ -65,6 +66,12 @@ def flux_inputs(cfg: Config, c: Components, folder: Path) -> dict:
 def stable_diffusion_inputs(cfg: Config, c: Components, folder: Path) -> dict:
     return dict(prompt="a red ball", height=cfg.sampling.height, width=cfg.sampling.width, guidance_scale=5.0,
                 eta=1.0)
+
+
+def wan_inputs(cfg: Config, c: Components, folder: Path) -> dict:
+    s = cfg.sampling
+    return dict(prompt="a red ball", height=s.height, width=s.width, num_frames=s.num_frames,
+                guidance_scale=cfg.model.cfg_scale)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,11 @@ CASES = [
                pipeline_inputs=flux_inputs, output_shape=(1, 64, 64, 3),
                lora_targets=TWO_STREAM_LORA, tiny_folder=True, embeddings_cli="preprocess_flux_embeddings",
                embeddings_args=("--max-tokens", "16"), two_ranks=()),
+    FamilyCase("wan", CONFIGS / "tiny_wan_t2v.yaml", (*SMALL, "train.prompts_per_iteration=1"),
+               WanTransformer3DModel, "transformer", WanPipeline, t=0.7, optimizer_steps=1,
+               pipeline_inputs=wan_inputs, output_shape=(1, 5, 32, 32, 3),
+               lora_targets=("blocks.0.attn1.to_q", "blocks.0.attn2.to_k", "blocks.0.ffn.net"), tiny_folder=True,
+               embeddings_cli="preprocess_wan_embeddings", embeddings_args=("--max-tokens", "16"), two_ranks=()),
     FamilyCase("stable_diffusion", CONFIGS / "tiny_sd_t2i.yaml", (*SMALL, "train.prompts_per_iteration=2"),
                UNet2DConditionModel, "unet", StableDiffusionPipeline, t=501.0, optimizer_steps=1,
                pipeline_inputs=stable_diffusion_inputs, output_shape=(1, 64, 64, 3),

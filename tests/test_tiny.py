@@ -37,10 +37,12 @@ def test_every_tiny_folder_loads_as_its_family(tmp_path, capsys, name):
 
 # The units FSDP shards and activation checkpointing wraps, by their names in the network, for
 # tiny_layers=2 and tiny_single_layers=3: the transformers' double blocks then their single
-# blocks, as many as asked; the tiny UNet's two levels of down and up blocks around its middle.
+# blocks, as many as asked; Wan's one kind of block, tiny_layers of them; the tiny UNet's two
+# levels of down and up blocks around its middle.
 TRANSFORMER_BLOCKS = [f"transformer_blocks.{i}" for i in range(2)] + [f"single_transformer_blocks.{i}" for i in range(3)]
 BLOCKS = {"hunyuan_video": TRANSFORMER_BLOCKS, "hunyuan_video_i2v": TRANSFORMER_BLOCKS, "flux": TRANSFORMER_BLOCKS,
-          "stable_diffusion": ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]}
+          "stable_diffusion": ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"],
+          "wan": ["blocks.0", "blocks.1"]}
 
 
 def block_names(policy) -> list[str | None]:

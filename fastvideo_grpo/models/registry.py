@@ -12,7 +12,7 @@ import torch
 
 from fastvideo_grpo.plugins import import_plugins
 from fastvideo_grpo.config import Config, ConfigError, ModelConfig, raise_problems
-from fastvideo_grpo.models import flux, hunyuan_video, hunyuan_video_i2v, stable_diffusion
+from fastvideo_grpo.models import flux, hunyuan_video, hunyuan_video_i2v, stable_diffusion, wan
 from fastvideo_grpo.models.base import Policy
 from fastvideo_grpo.models.family import ModelFamily
 
@@ -30,7 +30,7 @@ def register_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
-for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion):
+for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion, wan):
     register_family(_package.FAMILY)
 
 

@@ -1,0 +1,26 @@
+"""Wan2.1 text-to-video: the adapter (policy.py), its FLOP count (flops.py), Ulysses sequence
+parallelism (sequence_parallel.py), the released architectures (published.py), the tiny
+model (tiny.py) and the offline UMT5 text encoder (encoder.py)."""
+
+from __future__ import annotations
+
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from fastvideo_grpo.models.family import ModelFamily, Published
+from fastvideo_grpo.models.wan.flops import forward_flops
+from fastvideo_grpo.models.wan.policy import WanPolicy, build_wan
+from fastvideo_grpo.models.wan.published import TEXT_TOKENS, WAN21_T2V_1_3B, WAN21_VAE, text_dims
+from fastvideo_grpo.models.wan.sequence_parallel import apply_sequence_parallel
+from fastvideo_grpo.models.wan.tiny import write_folder
+
+# Each block's self-attention (attn1) and cross-attention (attn2) projections and its MLP;
+# the embedders and the output projection keep their weights.
+LORA_TARGETS = r"blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.(0\.proj|2))"
+
+FAMILY = ModelFamily(
+    name="wan", build=build_wan, pipeline="WanPipeline", network=WanTransformer3DModel, component="transformer",
+    forward_flops=forward_flops, lora_targets=LORA_TARGETS,
+    published=Published("Wan2.1-T2V-1.3B", WanPolicy, WAN21_T2V_1_3B, AutoencoderKLWan, WAN21_VAE, TEXT_TOKENS,
+                        text_dims),
+    sequence_parallel=apply_sequence_parallel, write_tiny_folder=write_folder,
+    encoder="fastvideo_grpo.models.wan.encoder")
