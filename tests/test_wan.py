@@ -18,6 +18,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
+from fastvideo_grpo.cli.export import load_trained_transformer
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
@@ -26,7 +27,7 @@ from fastvideo_grpo.models.wan.published import WAN21_T2V_1_3B, WAN21_T2V_14B, W
 from fastvideo_grpo.models.wan.tiny import TEXT_DIM, tiny_model_config, write_folder
 from fastvideo_grpo.sampling.rollout import rollout
 from fastvideo_grpo.training.trainer import train
-from helpers import COMMON, DIST, assert_same_training, read_jsonl, run, tiny_policy
+from helpers import COMMON, DIST, TIMING, assert_same_training, read_jsonl, run, tiny_policy
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 TINY = ROOT / "assets/configs/tiny_wan_t2v.yaml"
@@ -171,6 +172,20 @@ def test_lora_adapts_every_blocks_attention_and_mlp_linears():
     assert adapted == [f"{name}" for name in expected]
 
 
+def test_the_flagship_config_plans_the_released_1_3b_on_paper():
+    """wan21_t2v_1_3b.yaml with no model.path: the released architecture on the meta device,
+    81 frames at 480x832 in 21 latent frames of 60 x 104."""
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+
+    cfg = load_plan_config(ROOT / "assets/configs/wan21_t2v_1_3b.yaml", [])
+    policy, source = planned_policy(cfg)
+    assert "released" in source
+    assert sum(p.numel() for p in policy.transformer.parameters()) == pytest.approx(1.42e9, rel=0.01)
+    s = cfg.sampling
+    assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, 21, 60, 104)
+    assert policy.cfg_scale == 5.0
+
+
 SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
 
@@ -187,6 +202,20 @@ def test_three_iterations_of_grpo_with_cfg(grpo_run):
     for row in rows:
         assert row["ratio_dev_first_update"] == 0.0  # both CFG branches recomputed bit for bit
         assert row["optimizer_steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
+
+
+def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
+    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
+    for iterations in (2, 3):
+        train(load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
+                                 f"train.iterations={iterations}"]))
+    straight, resumed = read_jsonl(grpo_run / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    for a, b in zip(straight, resumed, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in b.items() if not k.startswith(TIMING)}
+    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (grpo_run, tmp_path)]
+    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
 
 
 def test_three_iterations_of_nft_without_cfg(tmp_path):

@@ -269,15 +269,18 @@ def _covered(extent: int, tile: int, stride: int) -> float:
 def decode_estimate(cfg: Config, policy: Policy, probe: DecodeProbe) -> tuple[int, float]:
     """(working bytes of one VAE call, FLOPs per decoded video). With tiling, diffusers' tiled
     decode runs one tile at a time: HunyuanVideo's 3D tiles (tile_sample_min_height/width/num_frames
-    + 1 causal frame, strides tile_sample_stride_*), AutoencoderKL's square tiles of sample_size
-    overlapping by tile_overlap_factor."""
+    + 1 causal frame, strides tile_sample_stride_*), Wan's spatial ones (no *_num_frames),
+    AutoencoderKL's square tiles of sample_size overlapping by tile_overlap_factor."""
     s, m = cfg.sampling, cfg.model
     vae = policy.vae
     frames, height, width = s.num_frames, s.height, s.width
     tiled = m.vae_tiling == "on" or (m.vae_tiling == "auto" and m.size == "full")
     dims = [(frames, frames, frames), (height, height, height), (width, width, width)]
     if tiled and hasattr(vae, "tile_sample_min_height"):
-        dims = [(frames, vae.tile_sample_min_num_frames + 1, vae.tile_sample_stride_num_frames),
+        # A VAE with spatial tiles only (Wan's) is counted as holding every frame at once: an
+        # upper bound (Wan's decodes frame by frame through a causal cache).
+        frame_tile = getattr(vae, "tile_sample_min_num_frames", frames - 1) + 1
+        dims = [(frames, frame_tile, getattr(vae, "tile_sample_stride_num_frames", frame_tile)),
                 (height, vae.tile_sample_min_height, vae.tile_sample_stride_height),
                 (width, vae.tile_sample_min_width, vae.tile_sample_stride_width)]
     elif tiled and hasattr(vae, "tile_sample_min_size"):
