@@ -176,6 +176,7 @@ def test_the_flagship_config_plans_the_released_1_3b_on_paper():
     """wan21_t2v_1_3b.yaml with no model.path: the released architecture on the meta device,
     81 frames at 480x832 in 21 latent frames of 60 x 104."""
     from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+    from fastvideo_grpo.planning.tracer import DecodeProbe, decode_estimate
 
     cfg = load_plan_config(ROOT / "assets/configs/wan21_t2v_1_3b.yaml", [])
     policy, source = planned_policy(cfg)
@@ -184,6 +185,13 @@ def test_the_flagship_config_plans_the_released_1_3b_on_paper():
     s = cfg.sampling
     assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, 21, 60, 104)
     assert policy.cfg_scale == 5.0
+    # Its VAE tiles in space only (256-pixel tiles every 192): the decode estimate holds every
+    # frame of one spatial tile at once and counts the tiles' overlap.
+    assert not hasattr(policy.vae, "tile_sample_min_num_frames")
+    working, flops = decode_estimate(cfg, policy, DecodeProbe(bytes_per_voxel=1.0, flops_per_voxel=1.0))
+    video_bytes = 3 * 81 * 480 * 832 * 2  # bf16
+    assert working == 81 * 256 * 256 + 2 * video_bytes
+    assert flops == pytest.approx(81 * (256 + 256 + 96) * (4 * 256 + 64))
 
 
 SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
