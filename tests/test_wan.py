@@ -19,7 +19,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
 from fastvideo_grpo.cli.export import load_trained_transformer
-from fastvideo_grpo.config import load_config
+from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
 from fastvideo_grpo.models.flop_count import counter
@@ -116,6 +116,20 @@ def test_decode_unnormalises_the_latents_as_the_pipeline(wan_folder):
     assert ours.shape == frames.shape == (1, 5, 32, 32, 3) and ours.dtype == torch.uint8
     np.testing.assert_allclose(ours.numpy() / 255.0, frames, atol=1 / 255 + 1e-6)
     assert ours.float().std() > 0
+
+
+def test_embeddings_of_another_width_and_sizes_wan_cannot_make_are_refused(wan_folder):
+    model_cfg = dataclasses.replace(tiny_model_config(), size="full", path=str(wan_folder), dtype="fp32")
+    with pytest.raises(ConfigError, match=rf"the text embeddings \(data.embeddings_dir\) of width 16 do not match "
+                                          rf"model.path={wan_folder}: its transformer takes 32-dim UMT5 embeddings"):
+        build_policy(model_cfg, CPU, 16, 0)
+    policy = build_policy(model_cfg, CPU, TEXT_DIM, 0)
+    assert policy.latent_shape(81, 480, 832) == (16, 21, 60, 104)
+    for frames, height, width in ((80, 480, 832), (81, 488, 832), (81, 480, 840)):
+        with pytest.raises(ValueError, match=rf"sampling.height/width/num_frames={height}x{width}x{frames}: Wan "
+                                             r"needs height and width multiples of 16 and 16 and num_frames 1 \+ a "
+                                             r"multiple of 4"):
+            policy.latent_shape(frames, height, width)
 
 
 def test_preprocessing_writes_what_encode_prompt_returns_bitwise(wan_folder, tmp_path):

@@ -74,8 +74,9 @@ class WanPolicy(RectifiedFlowSampling):
 
 def check_text_dim(cfg: ModelConfig, transformer: WanTransformer3DModel, text_dim: int) -> None:
     if text_dim != transformer.config.text_dim:
-        raise ConfigError(f"text embeddings of width {text_dim} do not match model.path={cfg.path}: its transformer "
-                          f"takes {transformer.config.text_dim}-dim UMT5 embeddings (text_dim)")
+        raise ConfigError(f"the text embeddings (data.embeddings_dir) of width {text_dim} do not match model.path="
+                          f"{cfg.path}: its transformer takes {transformer.config.text_dim}-dim UMT5 embeddings "
+                          "(text_dim)")
 
 
 def build_wan(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> WanPolicy:
