@@ -266,6 +266,18 @@ def test_the_export_cli_writes_a_folder_wan_pipeline_samples_from(grpo_run, wan_
     assert frames.min() >= 0 and frames.max() <= 1
 
 
+def test_sequence_parallel_needs_the_video_tokens_to_split(wan_folder):
+    from fastvideo_grpo.models import check_model_config
+
+    check_model_config(load_config(TINY, ["parallel.sp_size=2"]))  # 2 x 2 x 2 tokens
+    # One frame of 48 x 48: 3 x 3 tokens; the same read from the folder's configs at full size.
+    sizes = ["parallel.sp_size=2", "sampling.num_frames=1", "sampling.height=48", "sampling.width=48"]
+    for model in ([], ["model.size=full", f"model.path={wan_folder}", "data.embeddings_dir=/unread"]):
+        with pytest.raises(ConfigError, match=r"parallel.sp_size: 2 is invalid for sampling.height=48 x "
+                                              r"sampling.width=48 x sampling.num_frames=1: 9 video tokens per sample"):
+            check_model_config(load_config(TINY, [*sizes, *model]))
+
+
 def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path):
     """Ulysses over Wan's self-attention (its cross-attention reads the whole text on each
     rank): the two sp ranks share 2 prompts and train what one rank trains alone."""

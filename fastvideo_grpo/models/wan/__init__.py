@@ -1,12 +1,14 @@
 """Wan2.1 text-to-video: the adapter (policy.py), its FLOP count (flops.py), Ulysses sequence
-parallelism (sequence_parallel.py), the released architectures (published.py), the tiny
-model (tiny.py) and the offline UMT5 text encoder (encoder.py)."""
+parallelism (sequence_parallel.py) and the token split it needs (checks.py), the released
+architectures (published.py), the tiny model (tiny.py) and the offline UMT5 text encoder
+(encoder.py)."""
 
 from __future__ import annotations
 
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from fastvideo_grpo.models.family import ModelFamily, Published
+from fastvideo_grpo.models.wan.checks import sequence_split_problems
 from fastvideo_grpo.models.wan.flops import forward_flops
 from fastvideo_grpo.models.wan.policy import WanPolicy, build_wan
 from fastvideo_grpo.models.wan.published import TEXT_TOKENS, WAN21_T2V_1_3B, WAN21_VAE, text_dims
@@ -23,4 +25,4 @@ FAMILY = ModelFamily(
     published=Published("Wan2.1-T2V-1.3B", WanPolicy, WAN21_T2V_1_3B, AutoencoderKLWan, WAN21_VAE, TEXT_TOKENS,
                         text_dims),
     sequence_parallel=apply_sequence_parallel, write_tiny_folder=write_folder,
-    encoder="fastvideo_grpo.models.wan.encoder")
+    encoder="fastvideo_grpo.models.wan.encoder", config_problems=sequence_split_problems)

@@ -1,0 +1,48 @@
+"""Wan's own rules on a config (`ModelFamily.config_problems`), read before any model is
+built: its video tokens must split evenly over the sequence-parallel ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastvideo_grpo.config import Config
+
+# Wan2.1's VAE compresses time by 4 and space by 8, its transformer cuts 1x2x2 patches; the
+# tiny model keeps them.
+WAN21_TOKEN_GEOMETRY = {"temporal": 4, "spatial": 8, "patch": (1, 2, 2)}
+
+
+def token_geometry(cfg: Config) -> dict | None:
+    """model.path's vae/ and transformer/ config.json (the released geometry for the tiny
+    model); None when they cannot be read (the model builder then names what is missing)."""
+    if cfg.model.size == "tiny":
+        return WAN21_TOKEN_GEOMETRY
+    try:
+        transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
+                            for part in ("transformer", "vae"))
+        return {"temporal": int(vae.get("scale_factor_temporal", 4)),
+                "spatial": int(vae.get("scale_factor_spatial", 8)), "patch": tuple(transformer["patch_size"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def video_tokens(geometry: dict, frames: int, height: int, width: int) -> int:
+    pt, ph, pw = geometry["patch"]
+    return (((frames - 1) // geometry["temporal"] + 1) // pt * (height // geometry["spatial"] // ph)
+            * (width // geometry["spatial"] // pw))
+
+
+def sequence_split_problems(cfg: Config) -> list[str]:
+    """A sample's video tokens split evenly over parallel.sp_size ranks, or a problem naming
+    the sizes: the network would fail only at its first forward, after loading."""
+    s, sp = cfg.sampling, cfg.parallel.sp_size
+    geometry = token_geometry(cfg) if sp > 1 else None
+    if geometry is None:
+        return []
+    tokens = video_tokens(geometry, s.num_frames, s.height, s.width)
+    if tokens % sp == 0:
+        return []
+    return [f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
+            f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
+            "(sequence parallelism splits them evenly over the sp ranks)"]
