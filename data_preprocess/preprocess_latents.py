@@ -6,9 +6,9 @@ conditioning, in the same shard + manifest format as the text embeddings.
 
 `--inputs` lists one image or video path a line (relative paths are read from the list's
 folder). Each is resized to cover height x width and center-cropped, scaled to [-1, 1],
-encoded with the model's VAE (the posterior mode, as diffusers' HunyuanVideo I2V pipeline
-does) and multiplied by the VAE's scaling factor: shard key `latents` [n, C, T, h, w]
-(T = 1 for a video VAE, no T for an image VAE).
+encoded with the model's VAE (the posterior mode, as diffusers' I2V pipelines do) and
+normalised as the model's pipeline feeds them (`normalise`): shard key `latents`
+[n, C, T, h, w] (T = 1 for a video VAE, no T for an image VAE).
 """
 
 from __future__ import annotations
@@ -81,6 +81,20 @@ def load_vae(model_path: Path, dtype: torch.dtype, device: torch.device):
     return cls.from_pretrained(model_path, subfolder="vae", torch_dtype=dtype).to(device).eval()
 
 
+def normalise(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Per channel by the VAE's latents_mean and latents_std where its config sets them (Wan:
+    (z - mean) * (1 / std) in fp32, as WanImageToVideoPipeline computes it), else times its
+    scaling factor in the VAE's dtype (HunyuanVideo's I2V pipeline)."""
+    config = vae.config
+    if config.get("latents_mean") is not None and config.get("latents_std") is not None:
+        latents = latents.float()
+        shape = (1, len(config.latents_mean)) + (1,) * (latents.ndim - 2)
+        mean = torch.tensor(config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(latents.device, latents.dtype)
+        return (latents - mean) * inverse_std
+    return latents * config.scaling_factor
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=RERUN_HELP.format(
         items="files (path, size and modification time)", settings="resolved --model-path, --height, --width"))
@@ -102,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     world = init_distributed(args.device)
     files = read_input_list(args.inputs)
     vae = load_vae(args.model_path, torch.float32 if world.device.type == "cpu" else torch.bfloat16, world.device)
-    video_vae = "temporal_compression_ratio" in vae.config
+    video_vae = "temporal_compression_ratio" in vae.config or "scale_factor_temporal" in vae.config
 
     def encode(paths: list[str]):
         x = torch.stack([load_frame(Path(p), args.height, args.width) for p in paths])
         if video_vae:
             x = x[:, :, None]  # [B, 3, 1, H, W]
         with torch.no_grad():
-            latents = vae.encode(x.to(world.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+            latents = normalise(vae, vae.encode(x.to(world.device, vae.dtype)).latent_dist.mode())
         return {"latents": latents.float().cpu()}, 0
 
     settings = {"encoder": "vae_latents", "model_path": str(args.model_path.resolve()), "height": args.height,

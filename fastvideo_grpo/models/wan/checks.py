@@ -13,11 +13,11 @@ from fastvideo_grpo.config import Config
 WAN21_TOKEN_GEOMETRY = {"temporal": 4, "spatial": 8, "patch": (1, 2, 2)}
 
 
-def token_geometry(cfg: Config) -> dict | None:
-    """model.path's vae/ and transformer/ config.json (the released geometry for the tiny
-    model); None when they cannot be read (the model builder then names what is missing)."""
+def token_geometry(cfg: Config, tiny: dict = WAN21_TOKEN_GEOMETRY) -> dict | None:
+    """model.path's vae/ and transformer/ config.json (`tiny`, the released geometry, for the
+    tiny model); None when they cannot be read (the model builder then names what is missing)."""
     if cfg.model.size == "tiny":
-        return WAN21_TOKEN_GEOMETRY
+        return tiny
     try:
         transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
                             for part in ("transformer", "vae"))
@@ -33,11 +33,12 @@ def video_tokens(geometry: dict, frames: int, height: int, width: int) -> int:
             * (width // geometry["spatial"] // pw))
 
 
-def sequence_split_problems(cfg: Config) -> list[str]:
+def sequence_split_problems(cfg: Config, tiny: dict = WAN21_TOKEN_GEOMETRY) -> list[str]:
     """A sample's video tokens split evenly over parallel.sp_size ranks, or a problem naming
-    the sizes: the network would fail only at its first forward, after loading."""
+    the sizes: the network would fail only at its first forward, after loading. `tiny`: the
+    tiny model's geometry."""
     s, sp = cfg.sampling, cfg.parallel.sp_size
-    geometry = token_geometry(cfg) if sp > 1 else None
+    geometry = token_geometry(cfg, tiny) if sp > 1 else None
     if geometry is None:
         return []
     tokens = video_tokens(geometry, s.num_frames, s.height, s.width)

@@ -50,9 +50,12 @@ class WanPolicy(RectifiedFlowSampling):
     def text_tokens(self, cond: TextConditioning) -> int:
         return cond.prompt_embeds.shape[1]
 
+    def _timestep(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
+        """fp32 sigma * 1000, as WanPipeline passes the scheduler's timesteps. [B]"""
+        return torch.full((latents.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
+
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
-        # fp32 sigma * 1000, as WanPipeline passes the scheduler's timesteps.
-        timestep = torch.full((latents.shape[0],), t * 1000.0, device=self.device, dtype=torch.float32)
+        timestep = self._timestep(latents, t, cond)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.transformer(
                 hidden_states=latents.to(self.device, self.dtype),

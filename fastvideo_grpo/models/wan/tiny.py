@@ -23,14 +23,15 @@ TEXT_DIM = 32
 FLOW_SHIFT = 3.0
 
 
-def tiny_transformer(cfg: ModelConfig, text_dim: int) -> WanTransformer3DModel:
+def tiny_transformer(cfg: ModelConfig, text_dim: int, channels: int = 16) -> WanTransformer3DModel:
+    """`channels`: the VAE's latent channels (Wan2.1's 16; Wan2.2-TI2V's 48)."""
     dim = cfg.tiny_heads * cfg.tiny_head_dim
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=cfg.tiny_heads,
         attention_head_dim=cfg.tiny_head_dim,
-        in_channels=16,
-        out_channels=16,
+        in_channels=channels,
+        out_channels=channels,
         text_dim=text_dim,
         freq_dim=64,
         ffn_dim=2 * dim,
