@@ -58,10 +58,13 @@ def load_frame(path: Path, height: int, width: int) -> torch.Tensor:
     frame = np.asarray(frame)
     if frame.ndim == 2:
         frame = np.repeat(frame[..., None], 3, axis=-1)
-    x = torch.from_numpy(frame[..., :3].copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    # As diffusers' VaeImageProcessor scales (x / 255, then 2x - 1): an image already at
+    # height x width gives the pipelines' own pixels, bit for bit.
+    x = torch.from_numpy(frame[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1) * 2.0 - 1.0
     scale = max(height / x.shape[1], width / x.shape[2])
     size = (max(height, round(x.shape[1] * scale)), max(width, round(x.shape[2] * scale)))
-    x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    if size != tuple(x.shape[1:]):
+        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
     return x[:, top:top + height, left:left + width].clamp(-1, 1)
 

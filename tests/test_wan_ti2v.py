@@ -123,3 +123,104 @@ def test_ode_rollout_equals_wan_image_to_video_pipeline(folder, guidance):
                   output_type="latent", **SIZE).frames
     torch.testing.assert_close(ours.final_latents, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.final_latents[:, :, :1], cond.image_latents, rtol=0, atol=1e-5)
+
+
+def test_timesteps_are_per_token_and_image_tokens_carry_zero(folder):
+    """[B, S]: one fp32 sigma * 1000 per token of 1x2x2 patches, frame by frame; in I2V the
+    first latent frame's h/2 * w/2 tokens at 0 (the pipeline's mask[:, ::2, ::2] * t)."""
+    x = torch.zeros(2, 48, 3, 4, 6)
+    cond = TextConditioning(torch.zeros(2, 4, TEXT_DIM), torch.ones(2, 4), torch.zeros(2, 0))
+    text = folder_policy(folder)._timestep(x, 0.75, cond)
+    image = folder_policy(folder, "wan_ti2v_i2v")._timestep(x, 0.75, cond)
+    assert text.shape == image.shape == (2, 3 * 2 * 3) and text.dtype == image.dtype == torch.float32
+    assert (text == 750.0).all()
+    assert (image[:, :6] == 0).all() and (image[:, 6:] == 750.0).all()
+
+
+def test_a_folder_without_expand_timesteps_is_refused(folder, tmp_path):
+    import shutil
+
+    wan21 = shutil.copytree(folder, tmp_path / "wan21")
+    index = json.loads((wan21 / "model_index.json").read_text())
+    (wan21 / "model_index.json").write_text(json.dumps({**index, "expand_timesteps": False}))
+    with pytest.raises(ConfigError, match=rf"model.path={wan21}: {wan21 / 'model_index.json'} has "
+                                          r"expand_timesteps=False; model.family wan_ti2v needs a Wan2.2-TI2V folder"):
+        folder_policy(wan21)
+
+
+def test_decode_unnormalises_the_latents_as_the_pipeline(folder):
+    """WanPipeline's frames (output_type="np") == the adapter's decode of the same latents:
+    the Wan2.2 VAE un-normalised per channel, 2x2 pixel patches unfolded."""
+    policy = folder_policy(folder, cfg_scale=1.0)
+    pipe = WanPipeline.from_pretrained(folder, transformer=policy.transformer, vae=policy.vae)
+    pipe.set_progress_bar_config(disable=True)
+    cond = pipeline_conditioning(pipe, "a blue ocean wave", 16)
+    inputs = dict(prompt_embeds=cond.prompt_embeds, num_inference_steps=1, guidance_scale=1.0, **SIZE)
+    latents = pipe(**inputs, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(**inputs, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    ours = policy.decode(latents)
+    assert ours.shape == frames.shape == (1, 5, 64, 64, 3) and ours.dtype == torch.uint8
+    np.testing.assert_allclose(ours.numpy() / 255.0, frames, atol=1 / 255 + 1e-6)
+    assert ours.float().std() > 0
+
+
+def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_path):
+    import preprocess_wan_ti2v_embeddings as cli
+
+    from fastvideo_grpo.data.embeddings import EmbeddingDataset
+
+    prompts = ["a red ball bouncing on the floor", "  a blue   ocean wave &amp; wind", " ".join(["red"] * 20)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    assert cli.run(["--model-path", str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
+                    str(tmp_path / "emb"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"]) == 0
+    data = EmbeddingDataset(tmp_path / "emb")
+    for pipeline_cls in (WanPipeline, WanImageToVideoPipeline):
+        pipe = pipeline_cls.from_pretrained(folder, transformer=None, vae=None)
+        with torch.no_grad():
+            embeds, negative = pipe.encode_prompt(prompts, negative_prompt="", max_sequence_length=16, device="cpu")
+        cond = data.conditioning([0, 1, 2])
+        assert torch.equal(cond.prompt_embeds, embeds)
+        assert torch.equal(cond.negative.prompt_embeds, negative.expand(3, -1, -1))
+    assert cond.pooled_embeds.shape == (3, 0)
+    assert cond.attention_mask.sum(1).tolist() == [8, 7, 16]
+
+
+def write_images(folder, count: int = 8):
+    """`count` 64x64 gradient PNGs and the list preprocess_latents.py reads."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        iio.imwrite(folder / f"{i}.png", smooth_image(rng, 64))
+    (folder / "inputs.txt").write_text("".join(f"{i}.png\n" for i in range(count)))
+    return folder / "inputs.txt"
+
+
+@pytest.fixture(scope="module")
+def image_latents(folder, tmp_path_factory):
+    """First-frame latents of one image per prompt of tiny.txt: data.image_latents_dir. One
+    image a VAE batch, as the pipeline encodes it (a batch of 4 rounds differently)."""
+    import preprocess_latents
+
+    out = tmp_path_factory.mktemp("image_latents")
+    assert preprocess_latents.main(["--model-path", str(folder), "--inputs", str(write_images(out)), "--output",
+                                    str(out / "latents"), "--height", "64", "--width", "64", "--dtype", "fp32", "--batch-size", "1",
+                                    "--device", "cpu"]) == 0
+    return out / "latents"
+
+
+def test_first_frame_latents_are_the_image_to_video_pipelines_condition(folder, image_latents):
+    """preprocess_latents.py with the Wan2.2 VAE, bitwise: the pipeline's pixels of an image
+    at the sampled size, the posterior mode, (z - mean) * (1 / std) per channel, as
+    WanImageToVideoPipeline conditions on the same image."""
+    import PIL.Image
+
+    from fastvideo_grpo.data.embeddings import ImageLatents
+
+    pipe = WanImageToVideoPipeline.from_pretrained(folder, transformer=None)
+    ours = ImageLatents(image_latents).latents([0, 3])
+    images = [PIL.Image.open(image_latents.parent / f"{i}.png") for i in (0, 3)]
+    theirs = torch.cat([pipeline_image_latents(pipe, image) for image in images])
+    assert ours.shape == theirs.shape == (2, 48, 1, 4, 4)
+    assert torch.equal(ours, theirs)
+    assert ours.std() > 0.1  # normalised: not the raw latents' scale
