@@ -224,3 +224,152 @@ def test_first_frame_latents_are_the_image_to_video_pipelines_condition(folder, 
     assert ours.shape == theirs.shape == (2, 48, 1, 4, 4)
     assert torch.equal(ours, theirs)
     assert ours.std() > 0.1  # normalised: not the raw latents' scale
+
+
+SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
+         "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
+
+
+def tiny_config(out, *overrides):
+    return load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory):
+    from fastvideo_grpo.training.trainer import train
+
+    return train(tiny_config(tmp_path_factory.mktemp("grpo")))
+
+
+def test_three_iterations_of_grpo_with_cfg(grpo_run):
+    from helpers import read_jsonl
+
+    rows = read_jsonl(grpo_run / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["ratio_dev_first_update"] == 0.0  # both CFG branches recomputed bit for bit
+        assert row["optimizer_steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
+
+
+def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
+    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
+    from fastvideo_grpo.checkpoint import latest_checkpoint
+    from fastvideo_grpo.cli.export import load_trained_transformer
+    from fastvideo_grpo.training.trainer import train
+    from helpers import TIMING, read_jsonl
+
+    for iterations in (2, 3):
+        train(tiny_config(tmp_path, f"train.iterations={iterations}"))
+    straight, resumed = read_jsonl(grpo_run / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    for a, b in zip(straight, resumed, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in b.items() if not k.startswith(TIMING)}
+    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (grpo_run, tmp_path)]
+    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
+
+
+@pytest.mark.parametrize("family", ["wan_ti2v", "wan_ti2v_i2v"])
+def test_three_iterations_of_nft_without_cfg(family, image_latents, tmp_path):
+    """DiffusionNFT trains CFG-free (model.cfg_scale=1), text-to-video and image-to-video."""
+    from fastvideo_grpo.training.trainer import train
+    from helpers import read_jsonl
+
+    images = [f"data.image_latents_dir={image_latents}"] if family == "wan_ti2v_i2v" else []
+    cfg = tiny_config(tmp_path, f"model.family={family}", *images, "train.algorithm=nft", "sampling.shared_noise=false",
+                      "model.cfg_scale=1.0")
+    rows = read_jsonl(train(cfg) / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
+
+
+def test_three_iterations_of_image_to_video_grpo(image_latents, tmp_path):
+    from fastvideo_grpo.training.trainer import train
+    from helpers import read_jsonl
+
+    run = train(tiny_config(tmp_path, "model.family=wan_ti2v_i2v", f"data.image_latents_dir={image_latents}"))
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(r["ratio_dev_first_update"] == 0.0 and np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+
+
+def test_an_sde_rollout_ends_on_the_image_latent_and_samples_the_other_frames(image_latents):
+    """With eta > 0 the first latent frame still follows the straight path to the image's
+    latent, noise-free; the other frames of a group's samples differ."""
+    from fastvideo_grpo.data.embeddings import ImageLatents
+    from helpers import tiny_conditioning, tiny_policy, tiny_rollout
+
+    cfg = tiny_config("/unused", "model.family=wan_ti2v_i2v", f"data.image_latents_dir={image_latents}")
+    policy = tiny_policy(cfg)
+    cond = tiny_conditioning(cfg, ["a red ball", "a blue sky"], 4)
+    cond.negative = tiny_conditioning(cfg, ["", ""], 4)
+    cond.image_latents = ImageLatents(image_latents).latents([0, 1]).repeat_interleave(4, dim=0)
+    ro = tiny_rollout(cfg, policy, cond, 4, shared_noise=False)
+    final = ro.final_latents
+    torch.testing.assert_close(final[:, :, :1], cond.image_latents, rtol=0, atol=1e-5)
+    assert (final[0, :, 1:] - final[1, :, 1:]).abs().max() > 1e-2
+    assert torch.isfinite(ro.log_probs[:, ro.plan.sde_steps]).all()
+
+
+def test_the_i2v_policy_refuses_conditioning_without_or_with_other_image_latents(folder):
+    policy = folder_policy(folder, "wan_ti2v_i2v", cfg_scale=1.0)
+    x = torch.randn(1, 48, 2, 4, 4)
+    cond = TextConditioning(torch.randn(1, 4, TEXT_DIM), torch.ones(1, 4), torch.zeros(1, 0))
+    with pytest.raises(ValueError, match="model.family=wan_ti2v_i2v needs first-frame latents: set "
+                                         "data.image_latents_dir"):
+        policy.predict(x, 0.5, cond)
+    cond.image_latents = torch.randn(1, 16, 1, 4, 4)  # a Wan2.1 VAE's latent
+    with pytest.raises(ValueError, match=r"first-frame latents are \(16, 1, 4, 4\) \(C, 1, h, w\), the sampled "
+                                         r"latents \(48, 2, 4, 4\)"):
+        policy.predict(x, 0.5, cond)
+    cond.image_latents = torch.randn(1, 48, 1, 4, 4)
+    with torch.no_grad():
+        out = policy.predict(x, 0.5, cond)
+    torch.testing.assert_close(out[:, :, :1], (x[:, :, :1] - cond.image_latents) / 0.5)  # the straight path
+
+
+def export_folder(run, base, out):
+    import subprocess
+
+    from fastvideo_grpo.checkpoint import latest_checkpoint
+
+    subprocess.run([sys.executable, "-m", "fastvideo_grpo.export", "--checkpoint", str(latest_checkpoint(run)),
+                    "--output", str(out), "--base-model", str(base)], check=True, cwd=ROOT, capture_output=True)
+    return out
+
+
+def test_the_export_samples_text_to_video_and_image_to_video(grpo_run, folder, tmp_path):
+    """The exported folder: WanPipeline (text-to-video) and WanImageToVideoPipeline (from an
+    image) load it with no extra arguments and sample with the trained network."""
+    import PIL.Image
+
+    out = export_folder(grpo_run, folder, tmp_path / "export")
+    trained = WanTransformer3DModel.from_pretrained(out, subfolder="transformer").state_dict()
+    initial = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer").state_dict()
+    assert any(not torch.equal(w, initial[name]) for name, w in trained.items())
+    image = PIL.Image.fromarray(smooth_image(np.random.default_rng(1), 64))
+    for pipeline_cls, inputs in ((WanPipeline, {}), (WanImageToVideoPipeline, {"image": image})):
+        pipe = pipeline_cls.from_pretrained(out)
+        pipe.set_progress_bar_config(disable=True)
+        assert pipe.config.expand_timesteps
+        assert all(torch.equal(w, trained[name]) for name, w in pipe.transformer.state_dict().items())
+        frames = pipe(prompt="a red ball", num_inference_steps=2, output_type="np",
+                      generator=torch.Generator().manual_seed(0), **inputs, **SIZE).frames
+        assert frames.shape == (1, 5, 64, 64, 3) and np.isfinite(frames).all()
+        assert frames.min() >= 0 and frames.max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["wan_ti2v", "wan_ti2v_i2v"])
+def test_sequence_parallel_two_ranks_train_what_one_does(family, image_latents, one_rank_run, tmp_path):
+    """Ulysses over 2 sp ranks sharing 2 prompts train what one rank trains alone: each rank
+    keeps the per-token timesteps of its own tokens (in image-to-video only the first
+    rank's hold the image's timestep-0 tokens). ~1 min."""
+    from helpers import COMMON, DIST, assert_same_training, run
+
+    images = [f"data.image_latents_dir={image_latents}"] if family == "wan_ti2v_i2v" else []
+    args = [*COMMON, "train.prompts_per_iteration=2", f"model.family={family}", *images]
+    one = one_rank_run(TINY, *args)
+    run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
+        nproc=2)
+    assert_same_training(one, tmp_path)
