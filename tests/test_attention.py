@@ -24,7 +24,7 @@ STUB = ROOT / "tests" / "flash_stub"
 CONFIGS = ROOT / "assets" / "configs"
 FAMILIES = {"hunyuan_video": "tiny_t2v.yaml", "hunyuan_t2i": "tiny_hunyuan_t2i.yaml",
             "hunyuan_video_i2v": "tiny_i2v.yaml", "flux": "tiny_flux_t2i.yaml", "stable_diffusion": "tiny_sd_t2i.yaml",
-            "wan": "tiny_wan_t2v.yaml"}
+            "wan": "tiny_wan_t2v.yaml", "wan_ti2v": "tiny_wan_ti2v.yaml"}
 HUNYUAN = ("hunyuan_video", "hunyuan_t2i", "hunyuan_video_i2v")
 # Prompts of 3, 3 and 7 words: the tiny text encoder gives each word a token, padded to 16.
 PROMPTS = ["a red ball", "a big dog", "a blue sky over the sea today"]

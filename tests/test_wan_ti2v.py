@@ -23,7 +23,7 @@ from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
 from fastvideo_grpo.models.flop_count import counter
 from fastvideo_grpo.models.wan_ti2v.published import WAN22_TI2V_5B, WAN22_VAE
-from fastvideo_grpo.models.wan_ti2v.tiny import TEXT_DIM, tiny_model_config, write_folder
+from fastvideo_grpo.models.wan_ti2v.tiny import TEXT_DIM, tiny_model_config, tiny_vae, write_folder
 from fastvideo_grpo.sampling.rollout import rollout
 from helpers import smooth_image
 
@@ -204,8 +204,8 @@ def image_latents(folder, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("image_latents")
     assert preprocess_latents.main(["--model-path", str(folder), "--inputs", str(write_images(out)), "--output",
-                                    str(out / "latents"), "--height", "64", "--width", "64", "--dtype", "fp32", "--batch-size", "1",
-                                    "--device", "cpu"]) == 0
+                                    str(out / "latents"), "--height", "64", "--width", "64", "--dtype", "fp32",
+                                    "--batch-size", "1", "--device", "cpu"]) == 0
     return out / "latents"
 
 
@@ -373,3 +373,73 @@ def test_sequence_parallel_two_ranks_train_what_one_does(family, image_latents, 
     run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
         nproc=2)
     assert_same_training(one, tmp_path)
+
+
+def public(config) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if not k.startswith("_")}
+
+
+def test_the_released_5b_matches_its_model_card_and_counts_its_flops():
+    """TI2V-5B built on the meta device from the published config: the model card's 5B
+    parameters, and the FLOP formula (the timestep embedding on every token) against
+    FlopCounterMode at 704x1280x121: 31 x 44 x 80 latents, 27280 tokens."""
+    latent, text = (48, 31, 44, 80), 512
+    tokens = 31 * 22 * 40
+    with torch.device("meta"):
+        network = WanTransformer3DModel(**WAN22_TI2V_5B)
+        vae = AutoencoderKLWan(**WAN22_VAE)
+        with torch.no_grad(), counter() as count:
+            network(torch.empty(1, *latent), torch.ones(1, tokens), torch.empty(1, text, 4096), return_dict=False)
+    assert sum(p.numel() for p in network.parameters()) == pytest.approx(5.0e9, rel=0.01)
+    assert FAMILIES["wan_ti2v"].forward_flops(network, latent, text) == pytest.approx(count.get_total_flops(),
+                                                                                       rel=0.01)
+    assert FAMILIES["wan_ti2v_i2v"].forward_flops is FAMILIES["wan_ti2v"].forward_flops
+    assert (vae.config.z_dim, vae.config.scale_factor_spatial, vae.config.patch_size) == (48, 16, 2)
+    # The tiny model keeps the released VAE's layout but its widths.
+    tiny = public(tiny_vae(tiny_model_config()).config)
+    assert {k: v for k, v in tiny.items() if k not in ("base_dim", "decoder_base_dim", "num_res_blocks")} == {
+        k: v for k, v in public(vae.config).items() if k not in ("base_dim", "decoder_base_dim", "num_res_blocks")}
+
+
+@pytest.mark.parametrize("family", ["wan_ti2v", "wan_ti2v_i2v"])
+def test_the_tiny_forward_is_what_flop_counter_mode_counts(family, folder):
+    """One guided prediction of the tiny network, text-to-video and image-to-video (its
+    image frame is a token like the others): two rows of the formula."""
+    policy = folder_policy(folder, family, cfg_scale=5.0)
+    x = torch.randn(1, 48, 2, 4, 4)
+    cond = TextConditioning(torch.randn(1, 16, TEXT_DIM), torch.ones(1, 16), torch.zeros(1, 0),
+                            image_latents=torch.randn(1, 48, 1, 4, 4))
+    cond.negative = TextConditioning(torch.randn(1, 16, TEXT_DIM), torch.ones(1, 16), torch.zeros(1, 0))
+    with torch.no_grad(), counter() as count:
+        policy.predict(x, 0.5, cond)
+    counted = FAMILIES[family].forward_flops(policy.transformer, tuple(x.shape[1:]), policy.text_tokens(cond))
+    assert 2 * counted == pytest.approx(count.get_total_flops(), rel=0.01)
+
+
+def test_the_flagship_config_plans_the_released_5b_on_paper():
+    """wan22_ti2v_5b.yaml with no model.path: the released architecture on the meta device,
+    121 frames at 704x1280 in 31 latent frames of 44 x 80."""
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+
+    for family in ("wan_ti2v", "wan_ti2v_i2v"):
+        cfg = load_plan_config(ROOT / "assets/configs/wan22_ti2v_5b.yaml", [f"model.family={family}"])
+        policy, source = planned_policy(cfg)
+        assert "released Wan2.2-TI2V-5B" in source
+        assert sum(p.numel() for p in policy.transformer.parameters()) == pytest.approx(5.0e9, rel=0.01)
+        s = cfg.sampling
+        assert policy.latent_shape(s.num_frames, s.height, s.width) == (48, 31, 44, 80)
+        assert policy.cfg_scale == 5.0
+    assert (s.shift, s.fps) == (5.0, 24)
+
+
+def test_sequence_parallel_needs_the_video_tokens_to_split(folder):
+    """The Wan2.2 geometry (16x spatial): the tiny config's 64x64x5 is 2 x 2 x 2 tokens; 96x96
+    in one frame is 3 x 3, for the tiny model and for the folder alike."""
+    from fastvideo_grpo.models import check_model_config
+
+    check_model_config(load_config(TINY, ["parallel.sp_size=2"]))
+    sizes = ["parallel.sp_size=2", "sampling.num_frames=1", "sampling.height=96", "sampling.width=96"]
+    for model in ([], ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread"]):
+        with pytest.raises(ConfigError, match=r"parallel.sp_size: 2 is invalid for sampling.height=96 x "
+                                              r"sampling.width=96 x sampling.num_frames=1: 9 video tokens per sample"):
+            check_model_config(load_config(TINY, [*sizes, *model]))
