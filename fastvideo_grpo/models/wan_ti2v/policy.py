@@ -38,7 +38,7 @@ class WanTI2VPolicy(WanPolicy):
         return token_timesteps(latents.shape, t, self.transformer.config.patch_size, self.device)
 
 
-def check_expand_timesteps(cfg: ModelConfig, family: str) -> None:
+def check_expand_timesteps(cfg: ModelConfig) -> None:
     """model.path is a TI2V folder: its model_index.json sets expand_timesteps (a Wan2.1 or
     A14B folder takes one timestep per sample: model.family wan)."""
     index = Path(cfg.path) / "model_index.json"
@@ -48,7 +48,7 @@ def check_expand_timesteps(cfg: ModelConfig, family: str) -> None:
         raise ConfigError(f"model.path={cfg.path}: cannot read {index} ({error}); expected a diffusers-format "
                           "Wan2.2-TI2V folder") from error
     if expand is not True:
-        raise ConfigError(f"model.path={cfg.path}: {index} has expand_timesteps={expand!r}; model.family {family} "
+        raise ConfigError(f"model.path={cfg.path}: {index} has expand_timesteps={expand!r}; model.family {cfg.family} "
                           "needs a Wan2.2-TI2V folder (expand_timesteps: true); a Wan2.1 folder is model.family wan")
 
 
@@ -58,7 +58,7 @@ def build_wan_ti2v(cfg: ModelConfig, device: torch.device, text_dim: int, pooled
     if cfg.size == "tiny":
         transformer, vae = tiny_networks(cfg, text_dim)
     else:
-        check_expand_timesteps(cfg, cfg.family)
+        check_expand_timesteps(cfg)
         transformer, vae = load_pretrained(cfg, WanTransformer3DModel, "transformer", AutoencoderKLWan, "Wan2.2-TI2V")
         if text_dim:
             check_text_dim(cfg, transformer, text_dim)
