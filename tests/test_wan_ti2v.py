@@ -293,6 +293,26 @@ def test_three_iterations_of_image_to_video_grpo(image_latents, tmp_path):
     assert all(r["ratio_dev_first_update"] == 0.0 and np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
 
 
+def test_image_to_video_trains_from_the_folder_with_offline_text_and_first_frames(folder, image_latents, tmp_path):
+    """The full path: the folder's embeddings CLI, preprocess_latents.py's first frames,
+    model.family wan_ti2v_i2v at model.size=full from the folder: the seeded tiny network."""
+    import preprocess_wan_ti2v_embeddings as cli
+
+    from fastvideo_grpo.training.trainer import setup, train
+    from helpers import read_jsonl, tiny_policy
+
+    cli.run(["--model-path", str(folder), "--prompts", str(PROMPTS), "--output", str(tmp_path / "emb"),
+             "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
+    overrides = ["model.family=wan_ti2v_i2v", f"data.image_latents_dir={image_latents}", "train.iterations=1"]
+    cfg = tiny_config(tmp_path / "run", *overrides, "model.size=full", f"model.path={folder}",
+                      f"data.embeddings_dir={tmp_path / 'emb'}")
+    in_process = tiny_policy(tiny_config(tmp_path / "unused", *overrides)).transformer
+    assert all(torch.equal(a, b) for a, b in zip(in_process.parameters(), setup(cfg).policy.transformer.parameters(),
+                                                 strict=True))
+    (row,) = read_jsonl(train(cfg) / "metrics.jsonl")
+    assert row["ratio_dev_first_update"] == 0.0 and row["grad_norm"] > 0
+
+
 def test_an_sde_rollout_ends_on_the_image_latent_and_samples_the_other_frames(image_latents):
     """With eta > 0 the first latent frame still follows the straight path to the image's
     latent, noise-free; the other frames of a group's samples differ."""
