@@ -7,20 +7,38 @@ from statistics import NormalDist
 
 # Two-sided 95% quantile of the standard normal (1.95996...).
 Z95 = NormalDist().inv_cdf(0.975)
+# Student's t_0.975 for 1 to 5 degrees of freedom (to 4 decimals); from 6 on, the
+# Cornish-Fisher expansion below is within 1e-4 of it.
+T95_SMALL = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706)
 
 
-def mean_ci(values: list[float]) -> dict[str, float]:
+def t95(df: int) -> float:
+    """Student's t two-sided 95% quantile t_0.975 with `df` degrees of freedom: a table up to
+    5, then z + g1/df + ... + g4/df^4 (Abramowitz and Stegun 26.7.5)."""
+    if df < 1:
+        raise ValueError(f"t95 needs at least 1 degree of freedom, got {df}")
+    if df <= len(T95_SMALL):
+        return T95_SMALL[df - 1]
+    z = Z95
+    g = ((z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+         (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+         (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
+    return z + sum(gk / df ** (k + 1) for k, gk in enumerate(g))
+
+
+def mean_ci(values: list[float], student: bool = False) -> dict[str, float]:
     """Mean, sample std (n-1) and the 95% CI of the mean, mean +- z_0.975 * std / sqrt(n).
 
     A normal-approximation interval: with the hundreds of prompt x seed samples of an
     evaluation it equals the Student-t one to a few percent; for n < 30 it is narrower.
+    `student`: t_0.975(n - 1) in place of z, for a few values (3 training seeds: 2.2x wider).
     """
     n = len(values)
     if n == 0:
         raise ValueError("mean_ci needs at least one value")
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = Z95 * std / math.sqrt(n)
+    half = (t95(n - 1) if student and n > 1 else Z95) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "ci95": half, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
