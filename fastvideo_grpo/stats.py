@@ -7,14 +7,14 @@ from statistics import NormalDist
 
 # Two-sided 95% quantile of the standard normal (1.95996...).
 Z95 = NormalDist().inv_cdf(0.975)
-# Student's t_0.975 for 1 to 5 degrees of freedom (to 4 decimals); from 6 on, the
+# Student's t_0.975 for 1 to 6 degrees of freedom (to 6 decimals); from 7 on, the
 # Cornish-Fisher expansion below is within 1e-4 of it.
-T95_SMALL = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706)
+T95_SMALL = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912)
 
 
 def t95(df: int) -> float:
     """Student's t two-sided 95% quantile t_0.975 with `df` degrees of freedom: a table up to
-    5, then z + g1/df + ... + g4/df^4 (Abramowitz and Stegun 26.7.5)."""
+    6, then z + g1/df + ... + g4/df^4 (Abramowitz and Stegun 26.7.5)."""
     if df < 1:
         raise ValueError(f"t95 needs at least 1 degree of freedom, got {df}")
     if df <= len(T95_SMALL):

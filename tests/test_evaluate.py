@@ -8,7 +8,7 @@ import pytest
 
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.cli.evaluate import compare, evaluate, main
-from fastvideo_grpo.stats import delta_ci, mean_ci
+from fastvideo_grpo.stats import delta_ci, mean_ci, t95
 from fastvideo_grpo.cli.export import export
 from fastvideo_grpo.training.trainer import train
 
@@ -71,6 +71,23 @@ def test_mean_ci_is_the_normal_interval():
     assert stats["ci95_low"] == pytest.approx(statistics.fmean(values) - half)
     assert stats["ci95_high"] == pytest.approx(statistics.fmean(values) + half)
     assert mean_ci([2.0])["ci95"] == 0.0
+
+
+# Student's t_0.975 to 6 decimals (R: qt(0.975, df)).
+T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 5: 2.570582, 6: 2.446912, 7: 2.364624, 11: 2.200985, 30: 2.042272, 100: 1.983972}
+
+
+def test_student_interval_of_a_few_seeds_uses_the_t_quantile():
+    for df, quantile in T975.items():
+        assert t95(df) == pytest.approx(quantile, abs=1e-4), df
+    values = [0.1, 0.4, 0.25]
+    stats = mean_ci(values, student=True)
+    half = T975[2] * statistics.stdev(values) / math.sqrt(3)
+    assert stats["ci95"] == pytest.approx(half, rel=1e-5)
+    assert stats["ci95_high"] - stats["ci95_low"] == pytest.approx(2 * half, rel=1e-5)
+    # 2.2 times the normal interval with 3 values; none with 1.
+    assert stats["ci95"] / mean_ci(values)["ci95"] == pytest.approx(T975[2] / 1.959964, rel=1e-5)
+    assert mean_ci([2.0], student=True)["ci95"] == 0.0
 
 
 def test_compare_pairs_rows_of_the_same_prompts_and_seeds(tmp_path):
