@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -183,7 +183,7 @@ class Suite:
     # Added to every run's overrides, before its setting's.
     overrides: tuple[str, ...] = ()
     # Experiments whose runs' own monitoring (in-loop evaluation, health.json) is tabulated.
-    monitored: tuple[str, ...] = field(default=())
+    monitored: tuple[str, ...] = ()
 
 
 # Keyed by the reward model the config's reward.weights use.
