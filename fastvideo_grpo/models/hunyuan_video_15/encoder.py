@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 import torch
-from diffusers import HunyuanVideo15Pipeline
+from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Pipeline
 from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import format_text_input
 
-from fastvideo_grpo.data.preprocess import load_text_pipeline, text_shard_tensors
+from fastvideo_grpo.data.preprocess import text_shard_tensors
 from fastvideo_grpo.models.hunyuan_video_15.policy import pack_glyphs
 from fastvideo_grpo.models.hunyuan_video_15.published import TEXT_TOKENS
 
@@ -25,9 +27,24 @@ MAX_TOKENS = TEXT_TOKENS
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
+def text_pipeline(model_path: Path, device: torch.device) -> HunyuanVideo15Pipeline:
+    """The pipeline with only its text encoders and tokenizers loaded. Its constructor reads
+    the VAE's config (it cannot take vae=None): the VAE is built on the meta device from
+    vae/config.json, no weights read, and dropped once the pipeline stands."""
+    for sub in (*TEXT_COMPONENTS, "vae"):
+        if not (model_path / sub).is_dir():
+            raise FileNotFoundError(f"--model-path {model_path}: no {sub}/; expected a diffusers folder for "
+                                    "HunyuanVideo15Pipeline")
+    with torch.device("meta"):
+        vae = AutoencoderKLHunyuanVideo15.from_config(AutoencoderKLHunyuanVideo15.load_config(model_path / "vae"))
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    pipe = HunyuanVideo15Pipeline.from_pretrained(model_path, dtype=dtype, transformer=None, vae=vae)
+    pipe.register_modules(vae=None)
+    return pipe.to(device)
+
+
 def encoder(args: argparse.Namespace, device: torch.device):
-    pipe = load_text_pipeline(HunyuanVideo15Pipeline, args.model_path, device, TEXT_COMPONENTS, transformer=None,
-                              vae=None)
+    pipe = text_pipeline(args.model_path, device)
     pipe.tokenizer_max_length = args.max_tokens
 
     def encode(prompts: list[str]):

@@ -1,0 +1,224 @@
+"""HunyuanVideo-1.5 T2V: the adapter against diffusers' HunyuanVideo15Pipeline (its timesteps
+and shift, its guider's classifier-free guidance, the zero condition latents and mask of
+text-to-video, Qwen2.5-VL's cropped chat template and ByT5's glyph tokens), encode_prompt
+bitwise in the shards, the released size and the FLOP count, LoRA's modules, GRPO and NFT
+training, resume, export and sequence parallelism. What every family passes:
+test_families.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel
+from diffusers.guiders import ClassifierFreeGuidance
+
+from conftest import ROOT
+from fastvideo_grpo.checkpoint import latest_checkpoint
+from fastvideo_grpo.cli.export import load_trained_transformer
+from fastvideo_grpo.config import ConfigError, load_config
+from fastvideo_grpo.data.embeddings import EmbeddingDataset
+from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
+from fastvideo_grpo.models.flop_count import counter
+from fastvideo_grpo.models.hunyuan_video_15.policy import pack_glyphs, unpack_glyphs
+from fastvideo_grpo.models.hunyuan_video_15.published import HUNYUAN_VIDEO_15_480P_T2V, HUNYUAN_VIDEO_15_VAE
+from fastvideo_grpo.models.hunyuan_video_15.tiny import GLYPH_DIM, TEXT_DIM, tiny_model_config, write_folder
+from fastvideo_grpo.sampling.rollout import rollout
+from fastvideo_grpo.training.trainer import train
+from helpers import COMMON, DIST, TIMING, assert_same_training, read_jsonl, run, tiny_conditioning, tiny_policy
+
+sys.path.insert(0, str(ROOT / "data_preprocess"))
+TINY = ROOT / "assets/configs/tiny_hunyuan_video_15_t2v.yaml"
+PROMPTS = ROOT / "assets/prompts/tiny.txt"
+CPU = torch.device("cpu")
+# Quoted text is the glyph encoder's (ByT5) input.
+GLYPH_PROMPT = 'a sign that says "red ball" on the street'
+PACKED = 256 * (GLYPH_DIM + 1)  # the pipeline's 256 ByT5 tokens, packed with their mask
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("hv15") / "model")
+
+
+def folder_policy(folder, **overrides):
+    model_cfg = dataclasses.replace(tiny_model_config(), size="full", path=str(folder), dtype="fp32", **overrides)
+    return build_policy(model_cfg, CPU, TEXT_DIM, PACKED)
+
+
+def load_pipeline(folder, **components) -> HunyuanVideo15Pipeline:
+    pipe = HunyuanVideo15Pipeline.from_pretrained(folder, **components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_conditioning(pipe, prompt: str) -> TextConditioning:
+    """encode_prompt's Qwen and ByT5 embeddings of `prompt`, and of the empty negative prompt."""
+    def conditioning(p: str) -> TextConditioning:
+        with torch.no_grad():
+            embeds, mask, glyphs, glyph_mask = pipe.encode_prompt([p], device="cpu", batch_size=1)
+        return TextConditioning(embeds, mask.long(), pack_glyphs(glyphs, glyph_mask))
+
+    cond = conditioning(prompt)
+    cond.negative = conditioning("")
+    return cond
+
+
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+def test_ode_rollout_equals_the_pipeline(folder, guidance):
+    """eta = 0 with the Euler solver == HunyuanVideo15Pipeline's own latents: its shifted
+    linspace(1, 0) sigmas, timestep sigma * 1000, the zero condition latents and mask, its
+    guider's uncond + g * (cond - uncond) against the empty prompt, both text encoders (the
+    prompt quotes glyph text). Our forward crops the text padding and passes no image tokens."""
+    num_steps, shift = 4, 5.0
+    policy = folder_policy(folder, cfg_scale=guidance)
+    pipe = load_pipeline(folder, transformer=policy.transformer, guider=ClassifierFreeGuidance(guidance_scale=guidance))
+    cond = pipeline_conditioning(pipe, GLYPH_PROMPT)
+    assert unpack_glyphs(cond.pooled_embeds, GLYPH_DIM)[1].sum() == len('Text "red ball". ') + 1  # bytes and </s>
+    s = dataclasses.replace(load_config(TINY).sampling, num_steps=num_steps, shift=shift, eta=0.0, sde_type="dance",
+                            ode_solver="euler", group_size=1, rollout_batch_size=1)
+    shape = policy.latent_shape(5, 32, 32)
+    assert shape == (32, 2, 2, 2)
+    ours = rollout(policy, cond, s, shape, (0, 0), CPU)
+    theirs = pipe(prompt=GLYPH_PROMPT, latents=ours.latents[:, 0], num_inference_steps=num_steps, height=32, width=32,
+                  num_frames=5, output_type="latent").frames
+    torch.testing.assert_close(pipe.scheduler.sigmas[:-1].double(), ours.schedule[:-1], rtol=0, atol=1e-7)
+    torch.testing.assert_close(ours.final_latents, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours.latents[:, 0], ours.final_latents)
+
+
+def test_guidance_and_glyphs_move_the_prediction(folder):
+    """cfg_scale g: uncond + g * (cond - uncond); the glyph tokens are read (dropping them
+    changes the prediction) and cropping their padding changes nothing."""
+    pipe = load_pipeline(folder, transformer=None)
+    cond = pipeline_conditioning(pipe, GLYPH_PROMPT)
+    guided, plain = folder_policy(folder, cfg_scale=6.0), folder_policy(folder, cfg_scale=1.0)
+    x = torch.randn(1, 32, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    no_glyphs = dataclasses.replace(cond, pooled_embeds=torch.zeros_like(cond.pooled_embeds))
+    with torch.no_grad():
+        conditional, unconditional = plain.predict(x, 0.6, cond), plain.predict(x, 0.6, cond.negative)
+        torch.testing.assert_close(guided.predict(x, 0.6, cond), unconditional + 6.0 * (conditional - unconditional),
+                                   rtol=1e-5, atol=1e-5)
+        assert (conditional - plain.predict(x, 0.6, no_glyphs)).abs().max() > 1e-4
+        # The whole padded text, as the pipeline passes it, through the network unchanged.
+        glyphs, glyph_mask = unpack_glyphs(cond.pooled_embeds, GLYPH_DIM)
+        whole = plain.transformer(
+            hidden_states=torch.cat([x, torch.zeros(1, 33, 2, 2, 2)], 1), timestep=torch.full((1,), 600.0),
+            encoder_hidden_states=cond.prompt_embeds, encoder_attention_mask=cond.attention_mask,
+            encoder_hidden_states_2=glyphs, encoder_attention_mask_2=glyph_mask,
+            image_embeds=torch.zeros(1, 729, plain.transformer.config.image_embed_dim), return_dict=False)[0]
+    torch.testing.assert_close(conditional, whole, rtol=1e-5, atol=1e-5)
+    assert (conditional - unconditional).abs().max() > 1e-3
+    assert plain.text_tokens(cond) == int(cond.attention_mask.sum()) + int(glyph_mask.sum())
+
+
+def test_the_tiny_tokenizer_crops_exactly_the_chat_template(folder):
+    """The pipeline crops a fixed 108 tokens (Qwen2.5's template before the prompt): the tiny
+    Qwen2 tokenizer splits that template into exactly 108, so the kept tokens are the prompt's
+    and the 5 after it (<|im_end|>, newline, <|im_start|>, assistant, newline)."""
+    pipe = load_pipeline(folder, transformer=None)
+    with torch.no_grad():
+        _, mask, _, glyph_mask = pipe.encode_prompt(["a red ball", "", GLYPH_PROMPT], device="cpu", batch_size=3)
+    prompt_tokens = [len(pipe.tokenizer(p).input_ids) for p in ("a red ball", " ", GLYPH_PROMPT)]
+    assert mask.sum(1).tolist() == [n + 5 for n in prompt_tokens]
+    assert glyph_mask.sum(1).tolist() == [0, 0, len('Text "red ball". ') + 1]
+
+
+def test_decode_divides_by_the_scaling_factor_as_the_pipeline(folder):
+    policy = folder_policy(folder, cfg_scale=1.0)
+    pipe = load_pipeline(folder, transformer=policy.transformer, vae=policy.vae,
+                         guider=ClassifierFreeGuidance(guidance_scale=1.0))
+    inputs = dict(prompt="a blue ocean wave", num_inference_steps=1, height=32, width=32, num_frames=5)
+    latents = pipe(**inputs, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(**inputs, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    ours = policy.decode(latents)
+    assert ours.shape == frames.shape == (1, 5, 32, 32, 3) and ours.dtype == torch.uint8
+    np.testing.assert_allclose(ours.numpy() / 255.0, frames, atol=1 / 255 + 1e-6)
+
+
+def test_glyphs_pack_into_the_pooled_slot_and_other_widths_are_refused(folder):
+    embeds, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    packed = pack_glyphs(embeds, mask)
+    assert packed.shape == (2, 3 * 5)
+    unpacked, unpacked_mask = unpack_glyphs(packed, 4)
+    assert torch.equal(unpacked, embeds) and torch.equal(unpacked_mask, mask)
+    with pytest.raises(ValueError, match="the pooled conditioning of width 14 is not ByT5 glyph tokens of width 4"):
+        unpack_glyphs(packed[:, :14], 4)
+    model_cfg = dataclasses.replace(tiny_model_config(), size="full", path=str(folder), dtype="fp32")
+    with pytest.raises(ConfigError, match=rf"the text embeddings \(data.embeddings_dir\) of width 16 do not match "
+                                          rf"model.path={folder}: its transformer takes 32-dim Qwen2.5-VL"):
+        build_policy(model_cfg, CPU, 16, PACKED)
+    with pytest.raises(ConfigError, match=r"the pooled embeddings \(data.embeddings_dir\) of width 8 are not ByT5 "
+                                          r"glyph tokens"):
+        build_policy(model_cfg, CPU, TEXT_DIM, 8)
+    policy = build_policy(model_cfg, CPU, TEXT_DIM, PACKED)
+    assert policy.latent_shape(121, 480, 848) == (32, 31, 30, 53)
+    with pytest.raises(ValueError, match=r"sampling.height/width/num_frames=480x840x121: HunyuanVideo-1.5 needs "
+                                         r"height and width multiples of 16 and num_frames 1 \+ a multiple of 4"):
+        policy.latent_shape(121, 480, 840)
+
+
+def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_path):
+    import preprocess_hunyuan_video_15_embeddings as cli
+
+    prompts = ["a red ball bouncing on the floor", GLYPH_PROMPT, " ".join(["red"] * 20)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    assert cli.run(["--model-path", str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
+                    str(tmp_path / "emb"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"]) == 0
+    data = EmbeddingDataset(tmp_path / "emb")
+    pipe = load_pipeline(folder, transformer=None)
+    pipe.tokenizer_max_length = 16
+    with torch.no_grad():
+        embeds, mask, glyphs, glyph_mask = pipe.encode_prompt(prompts, device="cpu", batch_size=3)
+        negative = pipe.encode_prompt([""], device="cpu", batch_size=1)
+    cond = data.conditioning([0, 1, 2])
+    assert torch.equal(cond.prompt_embeds, embeds) and torch.equal(cond.attention_mask, mask.long())
+    assert torch.equal(cond.pooled_embeds, pack_glyphs(glyphs, glyph_mask))
+    assert cond.attention_mask.sum(1).tolist() == [12, 16, 16]  # 7 words + 5, then truncated at 16
+    assert torch.equal(cond.negative.prompt_embeds, negative[0].expand(3, -1, -1))
+    assert torch.equal(cond.negative.pooled_embeds, pack_glyphs(negative[2], negative[3]).expand(3, -1))
+    assert (data.max_tokens, data.text_dim, data.pooled_dim) == (16, TEXT_DIM, PACKED)
+
+
+def test_the_released_size_is_8_3b_and_flops_are_what_flop_counter_mode_counts():
+    """The published config on the meta device: the model card's 8.3B parameters, diffusers'
+    own defaults; the FLOP formula against FlopCounterMode on the tiny network (one row, the
+    conditional and empty-prompt rows of a guided forward)."""
+    with torch.device("meta"):
+        network = HunyuanVideo15Transformer3DModel(**HUNYUAN_VIDEO_15_480P_T2V)
+        assert sum(p.numel() for p in network.parameters()) == pytest.approx(8.33e9, rel=0.01)
+        assert public(network.config) == public(HunyuanVideo15Transformer3DModel().config)
+        assert public(AutoencoderKLHunyuanVideo15(**HUNYUAN_VIDEO_15_VAE).config) == public(
+            AutoencoderKLHunyuanVideo15().config)
+    cfg = load_config(TINY, [f"data.prompts_file={PROMPTS}", "model.tiny_layers=2"])
+    policy = tiny_policy(cfg)
+    cond = tiny_conditioning(cfg, ["a red cube", "the blue sky at noon"], 1)
+    cond.negative = tiny_conditioning(cfg, ["", ""], 1)
+    x = torch.randn(2, *policy.latent_shape(5, 64, 64))
+    with torch.no_grad(), counter() as count:
+        policy.predict(x, 0.5, cond)
+    counted = FAMILIES["hunyuan_video_15"].forward_flops(policy.transformer, tuple(x.shape[1:]),
+                                                          policy.text_tokens(cond))
+    assert counted == pytest.approx(count.get_total_flops() / 4, rel=0.01)
+
+
+def public(config) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if not k.startswith("_")}
+
+
+def test_lora_adapts_every_blocks_attention_and_mlp_linears():
+    from fastvideo_grpo.models.lora import apply_lora
+
+    cfg = load_config(TINY, [f"data.prompts_file={PROMPTS}", "model.tiny_layers=2"])
+    network = tiny_policy(cfg).transformer
+    apply_lora(network, 4, 0.0, FAMILIES["hunyuan_video_15"].lora_targets)
+    adapted = sorted({n.split(".lora_A")[0] for n, _ in network.named_parameters() if ".lora_A." in n})
+    expected = sorted(f"transformer_blocks.{i}.{m}" for i in range(2) for m in (
+        *(f"attn.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                "to_add_out")), "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+        "ff_context.net.2"))
+    assert adapted == expected
