@@ -222,3 +222,82 @@ def test_lora_adapts_every_blocks_attention_and_mlp_linears():
                                 "to_add_out")), "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
         "ff_context.net.2"))
     assert adapted == expected
+
+
+SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
+         "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo")
+    return train(load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL]))
+
+
+def test_three_iterations_of_grpo_with_cfg(grpo_run):
+    rows = read_jsonl(grpo_run / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["ratio_dev_first_update"] == 0.0  # both CFG branches recomputed bit for bit
+        assert row["optimizer_steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
+
+
+def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
+    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
+    for iterations in (2, 3):
+        train(load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
+                                 f"train.iterations={iterations}"]))
+    straight, resumed = read_jsonl(grpo_run / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    for a, b in zip(straight, resumed, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in b.items() if not k.startswith(TIMING)}
+    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (grpo_run, tmp_path)]
+    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
+
+
+def test_three_iterations_of_nft_without_cfg(tmp_path):
+    """DiffusionNFT trains CFG-free: model.cfg_scale=1, the conditional branch alone."""
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
+                             "train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0"])
+    rows = read_jsonl(train(cfg) / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
+
+
+def test_the_export_cli_writes_a_folder_the_pipeline_samples_from(grpo_run, folder, tmp_path):
+    checkpoint = latest_checkpoint(grpo_run)
+    subprocess.run([sys.executable, "-m", "fastvideo_grpo.export", "--checkpoint", str(checkpoint), "--output",
+                    str(tmp_path / "export"), "--base-model", str(folder)], check=True, cwd=ROOT, capture_output=True)
+    pipe = load_pipeline(tmp_path / "export")
+    trained = HunyuanVideo15Transformer3DModel.from_pretrained(tmp_path / "export", subfolder="transformer")
+    initial = HunyuanVideo15Transformer3DModel.from_pretrained(folder, subfolder="transformer").state_dict()
+    assert any(not torch.equal(w, initial[name]) for name, w in trained.state_dict().items())
+    assert all(torch.equal(w, trained.state_dict()[name]) for name, w in pipe.transformer.state_dict().items())
+    frames = pipe(prompt=GLYPH_PROMPT, height=32, width=32, num_frames=5, num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    assert frames.min() >= 0 and frames.max() <= 1
+
+
+def test_sequence_parallel_needs_the_video_tokens_to_split(folder):
+    from fastvideo_grpo.models import check_model_config
+
+    check_model_config(load_config(TINY, ["parallel.sp_size=2"]))  # 2 x 2 x 2 tokens
+    # One frame of 48 x 48: 3 x 3 tokens; the same read from the folder's configs at full size.
+    sizes = ["parallel.sp_size=2", "sampling.num_frames=1", "sampling.height=48", "sampling.width=48"]
+    for model in ([], ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread"]):
+        with pytest.raises(ConfigError, match=r"parallel.sp_size: 2 is invalid for sampling.height=48 x "
+                                              r"sampling.width=48 x sampling.num_frames=1: 9 video tokens per sample"):
+            check_model_config(load_config(TINY, [*sizes, *model]))
+
+
+@pytest.mark.slow  # two processes and the one-rank reference: ~40 s on 2 cores
+def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path):
+    """Ulysses over the video tokens of the joint attention (the text on every rank): the two
+    sp ranks share 2 prompts and train what one rank trains alone."""
+    args = [*COMMON, "train.prompts_per_iteration=2"]
+    one = one_rank_run(TINY, *args)
+    run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
+        nproc=2)
+    assert_same_training(one, tmp_path)

@@ -127,6 +127,28 @@ class HunyuanVideo15Policy(RectifiedFlowSampling):
         return to_frames(self.vae.decode(z, return_dict=False)[0])
 
 
+def tie_dead_text_path(transformer: HunyuanVideo15Transformer3DModel) -> None:
+    """The last block's text stream after its attention (to_add_out, ff_context, their LoRA
+    adapters) feeds nothing: the network returns the video tokens. Its output joins the
+    network's at weight zero (the same numbers), so that those parameters get a zero gradient
+    rather than none, and the optimizer (and so every checkpoint) holds state for every
+    trainable parameter."""
+    text = {}
+
+    def keep_text(module, inputs, output):
+        text["last"] = output[1]
+
+    def add_text(module, inputs, output):
+        dead = 0.0 * text.pop("last").sum()
+        if isinstance(output, tuple):
+            return (output[0] + dead, *output[1:])
+        output.sample = output.sample + dead  # return_dict=True
+        return output
+
+    transformer.transformer_blocks[-1].register_forward_hook(keep_text)
+    transformer.register_forward_hook(add_text)
+
+
 def check_text_dims(cfg: ModelConfig, transformer: HunyuanVideo15Transformer3DModel, text_dim: int,
                     pooled_dim: int) -> None:
     glyph = transformer.config.text_embed_2_dim
@@ -151,5 +173,9 @@ def build_hunyuan_video_15(cfg: ModelConfig, device: torch.device, text_dim: int
         if text_dim:
             check_text_dims(cfg, transformer, text_dim, pooled_dim)
     set_joint_attention(transformer)
+    tie_dead_text_path(transformer)
     place_on_device(transformer, vae, cfg, device)
+    # One video at a time: the VAE's mid-block attention builds its causal mask per batch row
+    # and cannot broadcast it over a batch of more than one (diffusers 0.42.1).
+    vae.enable_slicing()
     return HunyuanVideo15Policy(transformer, vae, cfg, device)
