@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import ROOT
 from fastvideo_grpo.config import ModelConfig, load_config
 from fastvideo_grpo.models.hunyuan_video import policy as hunyuan_video
+from fastvideo_grpo.models.hunyuan_video_15 import policy as hunyuan_video_15
 from fastvideo_grpo.models.attention import BACKENDS, apply_attention
 from helpers import DIST, run, tiny_conditioning, tiny_policy
 
@@ -24,8 +25,9 @@ STUB = ROOT / "tests" / "flash_stub"
 CONFIGS = ROOT / "assets" / "configs"
 FAMILIES = {"hunyuan_video": "tiny_t2v.yaml", "hunyuan_t2i": "tiny_hunyuan_t2i.yaml",
             "hunyuan_video_i2v": "tiny_i2v.yaml", "flux": "tiny_flux_t2i.yaml", "stable_diffusion": "tiny_sd_t2i.yaml",
-            "wan": "tiny_wan_t2v.yaml", "wan_ti2v": "tiny_wan_ti2v.yaml"}
-HUNYUAN = ("hunyuan_video", "hunyuan_t2i", "hunyuan_video_i2v")
+            "wan": "tiny_wan_t2v.yaml", "wan_ti2v": "tiny_wan_ti2v.yaml",
+            "hunyuan_video_15": "tiny_hunyuan_video_15_t2v.yaml"}
+HUNYUAN = ("hunyuan_video", "hunyuan_t2i", "hunyuan_video_i2v", "hunyuan_video_15")
 # Prompts of 3, 3 and 7 words: the tiny text encoder gives each word a token, padded to 16.
 PROMPTS = ["a red ball", "a big dog", "a blue sky over the sea today"]
 BATCHES = {"one": [0], "same_length": [0, 1], "ragged": [0, 2]}
@@ -92,6 +94,8 @@ def _masked_sdpa_reference(cfg, policy, monkeypatch):
     reference policy and its predict."""
     with monkeypatch.context() as m:
         m.setattr("fastvideo_grpo.models.base.apply_attention", lambda network, name: None)
+        m.setattr(hunyuan_video_15, "set_joint_attention", lambda network: None)
+        m.setattr(hunyuan_video_15, "tie_dead_text_path", lambda network: None)
         reference = tiny_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="sdpa")))
     for a, b in zip(reference.transformer.parameters(), policy.transformer.parameters()):
         assert torch.equal(a, b)
@@ -99,6 +103,8 @@ def _masked_sdpa_reference(cfg, policy, monkeypatch):
     def predict(x, t, cond):
         with monkeypatch.context() as m:
             m.setattr(hunyuan_video, "crop_text", lambda embeds, mask: (embeds, mask))
+            m.setattr(hunyuan_video_15, "crop_text", lambda embeds, mask: (embeds, mask))
+            m.setattr(hunyuan_video_15, "crop_glyphs", lambda embeds, mask: (embeds, mask))
             return reference.predict(x, t, cond)
 
     return reference, predict

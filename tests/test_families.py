@@ -19,9 +19,9 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from diffusers import (FluxPipeline, FluxTransformer2DModel, HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline,
-                       HunyuanVideoTransformer3DModel, StableDiffusionPipeline, UNet2DConditionModel, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import (FluxPipeline, FluxTransformer2DModel, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel,
+                       HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel,
+                       StableDiffusionPipeline, UNet2DConditionModel, WanPipeline, WanTransformer3DModel)
 from safetensors.torch import load_file
 
 from conftest import ROOT
@@ -132,6 +132,12 @@ CASES = [
                pipeline_inputs=wan_inputs, output_shape=(1, 5, 64, 64, 3),
                lora_targets=("blocks.0.attn1.to_q", "blocks.0.attn2.to_k", "blocks.0.ffn.net"), tiny_folder=True,
                embeddings_cli="preprocess_wan_ti2v_embeddings", embeddings_args=("--max-tokens", "16"), two_ranks=()),
+    FamilyCase("hunyuan_video_15", CONFIGS / "tiny_hunyuan_video_15_t2v.yaml", (*SMALL, "train.prompts_per_iteration=1"),
+               HunyuanVideo15Transformer3DModel, "transformer", HunyuanVideo15Pipeline, t=0.7, optimizer_steps=1,
+               pipeline_inputs=text_to_video_inputs, output_shape=(1, 5, 32, 32, 3),
+               lora_targets=("transformer_blocks.0.attn.add_q_proj", "transformer_blocks.0.ff_context.net"),
+               tiny_folder=True, embeddings_cli="preprocess_hunyuan_video_15_embeddings",
+               embeddings_args=("--max-tokens", "16"), two_ranks=()),
     FamilyCase("stable_diffusion", CONFIGS / "tiny_sd_t2i.yaml", (*SMALL, "train.prompts_per_iteration=2"),
                UNet2DConditionModel, "unet", StableDiffusionPipeline, t=501.0, optimizer_steps=1,
                pipeline_inputs=stable_diffusion_inputs, output_shape=(1, 64, 64, 3),
