@@ -301,3 +301,48 @@ def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path)
     run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
         nproc=2)
     assert_same_training(one, tmp_path)
+
+
+def test_the_planners_forward_equals_the_models_on_real_tensors():
+    """traced.all_valid_forward (the model's forward without reading values, for fake
+    tensors) == the model's own forward where every text token is valid and there are no
+    image tokens, with and without diffusers' activation checkpointing."""
+    from fastvideo_grpo.models.hunyuan_video_15.traced import traced
+
+    cfg = load_config(TINY, [f"data.prompts_file={PROMPTS}", "model.tiny_layers=2"])
+    network = tiny_policy(cfg).transformer
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(2, 65, 2, 2, 2, generator=generator), timestep=torch.full((2,), 600.0),
+                  encoder_hidden_states=torch.randn(2, 5, TEXT_DIM, generator=generator),
+                  encoder_attention_mask=torch.ones(2, 5, dtype=torch.long),
+                  encoder_hidden_states_2=torch.randn(2, 3, GLYPH_DIM, generator=generator),
+                  encoder_attention_mask_2=torch.ones(2, 3, dtype=torch.long),
+                  image_embeds=torch.zeros(2, 0, network.config.image_embed_dim), return_dict=False)
+    expected = network(**inputs)[0]
+    for checkpointing in (False, True):
+        if checkpointing:
+            network.enable_gradient_checkpointing()
+        with traced(network):
+            torch.testing.assert_close(network(**inputs)[0], expected, rtol=1e-5, atol=1e-5)
+    assert "forward" not in vars(network)  # the model's own forward again
+
+
+def test_the_flagship_config_plans_the_released_8_3b_on_paper():
+    """hunyuan_video_15_t2v.yaml with no model.path: the released architecture on the meta
+    device, 121 frames at 480x848 in 31 latent frames of 30 x 53, its VAE's spatial tiles
+    (256 pixels every 192) in the decode estimate."""
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+    from fastvideo_grpo.planning.tracer import DecodeProbe, decode_estimate
+
+    cfg = load_plan_config(ROOT / "assets/configs/hunyuan_video_15_t2v.yaml", [])
+    policy, source = planned_policy(cfg)
+    assert "released" in source
+    assert sum(p.numel() for p in policy.transformer.parameters()) == pytest.approx(8.33e9, rel=0.01)
+    s = cfg.sampling
+    assert policy.latent_shape(s.num_frames, s.height, s.width) == (32, 31, 30, 53)
+    assert (policy.cfg_scale, s.shift, cfg.parallel.sp_size) == (6.0, 5.0, 2)
+    working, flops = decode_estimate(cfg, policy, DecodeProbe(bytes_per_voxel=1.0, flops_per_voxel=1.0))
+    video_bytes = 3 * 121 * 480 * 848 * 2  # bf16
+    assert working == 121 * 256 * 256 + 2 * video_bytes
+    # Tiles start every 192 pixels: rows at 0, 192, 384 (256, 256, 96 high), columns at 0 ... 768.
+    assert flops == pytest.approx(121 * (256 + 256 + 96) * (4 * 256 + 80))

@@ -125,6 +125,9 @@ def save_adapter(model: torch.nn.Module, folder: Path, family: ModelFamily) -> N
 
     component = family.component
     writer = getattr(diffusers, family.pipeline)
+    if not hasattr(writer, "save_lora_weights"):
+        raise ValueError(f"--adapter-only: diffusers' {family.pipeline} has no LoRA loader (save_lora_weights) to "
+                         "write or load an adapter file with; export without --adapter-only for the merged weights")
     writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
                                         f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
 

@@ -280,9 +280,12 @@ def decode_estimate(cfg: Config, policy: Policy, probe: DecodeProbe) -> tuple[in
         # A VAE with spatial tiles only (Wan's) is counted as holding every frame at once: an
         # upper bound (Wan's decodes frame by frame through a causal cache).
         frame_tile = getattr(vae, "tile_sample_min_num_frames", frames - 1) + 1
+        # HunyuanVideo-1.5's VAE overlaps its tiles by tile_overlap_factor instead of strides.
+        strides = [getattr(vae, f"tile_sample_stride_{side}", None)
+                   or int(getattr(vae, f"tile_sample_min_{side}") * (1 - vae.tile_overlap_factor))
+                   for side in ("height", "width")]
         dims = [(frames, frame_tile, getattr(vae, "tile_sample_stride_num_frames", frame_tile)),
-                (height, vae.tile_sample_min_height, vae.tile_sample_stride_height),
-                (width, vae.tile_sample_min_width, vae.tile_sample_stride_width)]
+                (height, vae.tile_sample_min_height, strides[0]), (width, vae.tile_sample_min_width, strides[1])]
     elif tiled and hasattr(vae, "tile_sample_min_size"):
         size = vae.tile_sample_min_size
         size = size[0] if isinstance(size, (list, tuple)) else size

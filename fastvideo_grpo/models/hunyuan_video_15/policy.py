@@ -20,6 +20,8 @@ change no video token.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Transformer3DModel
 from torch._subclasses.fake_tensor import is_fake
@@ -31,6 +33,7 @@ from fastvideo_grpo.models.base import (RectifiedFlowSampling, TextConditioning,
                                         place_on_device, to_frames)
 from fastvideo_grpo.models.hunyuan_video_15.attention import set_joint_attention
 from fastvideo_grpo.models.hunyuan_video_15.tiny import tiny_networks
+from fastvideo_grpo.models.hunyuan_video_15.traced import traced
 
 
 def pack_glyphs(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -108,7 +111,8 @@ class HunyuanVideo15Policy(RectifiedFlowSampling):
         timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=torch.float32).to(self.dtype)
         text, text_mask, glyphs, glyph_mask = self._text(cond)
         image = torch.zeros(batch, 0, self.transformer.config.image_embed_dim, device=self.device, dtype=self.dtype)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        planned = traced(self.transformer) if is_fake(hidden) else contextlib.nullcontext()
+        with planned, torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.transformer(
                 hidden_states=hidden,
                 timestep=timestep,
