@@ -21,6 +21,8 @@ SCRIPTS = {
     "train_hunyuan_t2i.sh": ("hunyuan_t2i.yaml", {"HPS_PATH": "reward.models.hps.path"}),
     "train_flux_t2i.sh": ("flux_t2i.yaml", {"HPS_PATH": "reward.models.hps.path", "CLIP_PATH": "reward.models.clip.path"}),
     "train_sd_t2i.sh": ("sd_t2i.yaml", {"HPS_PATH": "reward.models.hps.path"}),
+    "train_hunyuan_video_15_t2v.sh": ("hunyuan_video_15_t2v.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
+                                                                    "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
 }
 # What launch.sh itself turns into overrides, for every script.
 LAUNCH_PATHS = {"MODEL_PATH": "model.path", "EMBEDDINGS_DIR": "data.embeddings_dir", "OUTPUT_DIR": "train.output_dir"}
