@@ -162,7 +162,7 @@ def test_glyphs_pack_into_the_pooled_slot_and_other_widths_are_refused(folder):
         policy.latent_shape(121, 480, 840)
 
 
-def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_path):
+def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_path, monkeypatch):
     import preprocess_hunyuan_video_15_embeddings as cli
 
     prompts = ["a red ball bouncing on the floor", GLYPH_PROMPT, " ".join(["red"] * 20)]
@@ -182,6 +182,16 @@ def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_pat
     assert torch.equal(cond.negative.prompt_embeds, negative[0].expand(3, -1, -1))
     assert torch.equal(cond.negative.pooled_embeds, pack_glyphs(negative[2], negative[3]).expand(3, -1))
     assert (data.max_tokens, data.text_dim, data.pooled_dim) == (16, TEXT_DIM, PACKED)
+    # The same through `fastvideo-grpo-preprocess --family hunyuan_video_15`.
+    from fastvideo_grpo.cli.preprocess import command
+
+    monkeypatch.setattr("sys.argv", ["fastvideo-grpo-preprocess", "--family", "hunyuan_video_15", "--model-path",
+                                     str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
+                                     str(tmp_path / "emb2"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
+    assert command() == 0
+    again = EmbeddingDataset(tmp_path / "emb2").conditioning([0, 1, 2])
+    assert all(torch.equal(getattr(again, key), getattr(cond, key))
+               for key in ("prompt_embeds", "attention_mask", "pooled_embeds"))
 
 
 def test_the_released_size_is_8_3b_and_flops_are_what_flop_counter_mode_counts():
