@@ -356,3 +356,17 @@ def test_the_flagship_config_plans_the_released_8_3b_on_paper():
     assert working == 121 * 256 * 256 + 2 * video_bytes
     # Tiles start every 192 pixels: rows at 0, 192, 384 (256, 256, 96 high), columns at 0 ... 768.
     assert flops == pytest.approx(121 * (256 + 256 + 96) * (4 * 256 + 80))
+
+
+def test_the_planner_plans_the_tiny_folder_with_sequence_parallelism(folder):
+    """The folder's config on fake tensors (the model's value reads replaced), SP 2 over 2
+    ranks: it fits, with the folder's parameter count."""
+    from fastvideo_grpo.planning.cluster import Cluster
+    from fastvideo_grpo.planning.plan import plan
+
+    result = plan(TINY, ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread",
+                         "parallel.sp_size=2"],
+                  Cluster(nodes=1, gpus_per_node=2, gpu_memory_gb=80, reserve_gb=0), knobs=False)
+    assert result["fits"]
+    network = HunyuanVideo15Transformer3DModel.from_pretrained(folder, subfolder="transformer")
+    assert result["parameters"] == sum(p.numel() for p in network.parameters())

@@ -63,6 +63,13 @@ def crop_glyphs(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 class HunyuanVideo15Policy(RectifiedFlowSampling):
     def __init__(self, transformer: HunyuanVideo15Transformer3DModel, vae: AutoencoderKLHunyuanVideo15,
                  cfg: ModelConfig, device: torch.device):
+        # The network as this adapter runs it (here, so that the planner's policy, built from
+        # the published config, runs it so too).
+        set_joint_attention(transformer)
+        tie_dead_text_path(transformer)
+        # One video at a time: the VAE's mid-block attention builds its causal mask per batch row
+        # and cannot broadcast it over a batch of more than one (diffusers 0.42.1).
+        vae.enable_slicing()
         self.transformer = transformer
         self.vae = vae
         self.dtype = DTYPES[cfg.dtype]
@@ -176,10 +183,5 @@ def build_hunyuan_video_15(cfg: ModelConfig, device: torch.device, text_dim: int
                                            AutoencoderKLHunyuanVideo15, "HunyuanVideo-1.5")
         if text_dim:
             check_text_dims(cfg, transformer, text_dim, pooled_dim)
-    set_joint_attention(transformer)
-    tie_dead_text_path(transformer)
     place_on_device(transformer, vae, cfg, device)
-    # One video at a time: the VAE's mid-block attention builds its causal mask per batch row
-    # and cannot broadcast it over a batch of more than one (diffusers 0.42.1).
-    vae.enable_slicing()
     return HunyuanVideo15Policy(transformer, vae, cfg, device)
