@@ -187,7 +187,8 @@ def test_preprocessing_writes_what_encode_prompt_returns_bitwise(folder, tmp_pat
 
     monkeypatch.setattr("sys.argv", ["fastvideo-grpo-preprocess", "--family", "hunyuan_video_15", "--model-path",
                                      str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
-                                     str(tmp_path / "emb2"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
+                                     str(tmp_path / "emb2"), "--max-tokens", "16", "--dtype", "fp32", "--device",
+                                     "cpu"])
     assert command() == 0
     again = EmbeddingDataset(tmp_path / "emb2").conditioning([0, 1, 2])
     assert all(torch.equal(getattr(again, key), getattr(cond, key))

@@ -32,7 +32,8 @@ def register_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
-for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion, wan, wan_ti2v, wan_ti2v_i2v, hunyuan_video_15):
+for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion, wan, wan_ti2v, wan_ti2v_i2v,
+                 hunyuan_video_15):
     register_family(_package.FAMILY)
 
 
