@@ -235,6 +235,27 @@ def test_lora_adapts_every_blocks_attention_and_mlp_linears():
     assert adapted == expected
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(lora):
+    """The last block's text stream feeds nothing; its parameters (and their adapters) still
+    get a gradient, zero, so that the optimizer holds state for every trainable parameter
+    (a checkpoint's optimizer state would otherwise miss them and not load)."""
+    from fastvideo_grpo.models.lora import apply_lora
+
+    cfg = load_config(TINY, [f"data.prompts_file={PROMPTS}", "model.tiny_layers=2"])
+    policy = tiny_policy(cfg)
+    if lora:
+        apply_lora(policy.transformer, 4, 0.0, FAMILIES["hunyuan_video_15"].lora_targets)
+    cond = tiny_conditioning(cfg, ["a red cube"], 1)
+    cond.negative = tiny_conditioning(cfg, [""], 1)
+    policy.predict(torch.randn(1, *policy.latent_shape(5, 32, 32)), 0.5, cond).square().sum().backward()
+    trainable = {n: p for n, p in policy.transformer.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    last = ("transformer_blocks.1.attn.to_add_out", "transformer_blocks.1.ff_context")
+    dead = [n for n in trainable if n.startswith(last)]
+    assert dead and all(not trainable[n].grad.any() for n in dead)
+
+
 SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
 
