@@ -324,7 +324,7 @@ def test_sequence_parallel_needs_the_video_tokens_to_split(folder):
             check_model_config(load_config(TINY, [*sizes, *model]))
 
 
-@pytest.mark.slow  # two processes and the one-rank reference: ~40 s on 2 cores
+@pytest.mark.slow  # two processes and the one-rank reference: ~55 s on 2 shared cores
 def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path):
     """Ulysses over the video tokens of the joint attention (the text on every rank): the two
     sp ranks share 2 prompts and train what one rank trains alone."""
