@@ -1,4 +1,5 @@
-"""model.compile: the compiled blocks train as the eager ones do, under the eager names.
+"""model.compile: the compiled blocks train as the eager ones do, under the eager names, for the
+HunyuanVideo and the Wan tiny configs.
 
 Inductor compiles C++ kernels on CPU: the first compile of a block class takes seconds
 with a warm kernel cache (~/tmp/torchinductor_<user>) and minutes without one."""
@@ -7,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from conftest import ROOT
 from helpers import read_jsonl, tiny_conditioning, tiny_policy
@@ -30,8 +32,8 @@ pytestmark = [pytest.mark.skipif(cpp_compiler() is None, reason="inductor needs 
               pytest.mark.xdist_group("compile")]  # one worker: the second test reuses the first's kernels
 
 
-def tiny(*overrides):
-    return load_config(ROOT / "assets/configs/tiny_t2v.yaml",
+def tiny(*overrides, config="tiny_t2v.yaml"):
+    return load_config(ROOT / "assets/configs" / config,
                        [f"data.prompts_file={ROOT / 'assets/prompts/tiny.txt'}", *overrides])
 
 
@@ -40,6 +42,7 @@ def micro_batch(policy, cfg):
     s = cfg.sampling
     generator = torch.Generator().manual_seed(1)
     cond = tiny_conditioning(cfg, ["a red cube", "the blue sky at noon"], 1)
+    cond.negative = tiny_conditioning(cfg, ["", ""], 1)  # read where model.cfg_scale > 1
     shape = policy.latent_shape(s.num_frames, s.height, s.width)
     x, x_next = torch.randn(2, *shape, generator=generator), torch.randn(2, *shape, generator=generator)
     sampler = policy.sampler(s)
@@ -49,10 +52,13 @@ def micro_batch(policy, cfg):
     return loss.detach(), {n: p.grad for n, p in policy.transformer.named_parameters()}
 
 
-def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
+# Wan's tiny configs train with classifier-free guidance: both branches in one compiled forward;
+# TI2V's blocks take per-token timesteps.
+@pytest.mark.parametrize("config", ["tiny_t2v.yaml", "tiny_wan_t2v.yaml", "tiny_wan_ti2v.yaml"])
+def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients(config):
     """With activation checkpointing, whose recompute in backward reruns the compiled forward
     (the run below trains compiled blocks without it)."""
-    cfg = tiny()
+    cfg = tiny(config=config)
     eager, compiled = tiny_policy(cfg), tiny_policy(cfg)  # the same seeded weights
     for policy in (eager, compiled):
         policy.transformer.enable_gradient_checkpointing()
@@ -61,7 +67,10 @@ def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
     assert [n for n, _ in compiled.transformer.named_parameters()] == names
     assert list(compiled.transformer.state_dict()) == list(eager.transformer.state_dict())
     loss, grads = micro_batch(eager, cfg)
+    torch._dynamo.reset()  # an earlier test's blocks of the same class would be a cache hit, counting nothing
+    counters.clear()
     compiled_loss, compiled_grads = micro_batch(compiled, cfg)
+    assert counters["stats"]["unique_graphs"] >= 1  # the policy's blocks ran compiled
     assert compiled_loss.item() == pytest.approx(loss.item(), rel=1e-5)
     total = torch.cat([g.flatten() for g in grads.values()])
     assert total.norm() > 0
@@ -72,13 +81,15 @@ def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
                                    msg=name)
 
 
-def test_a_compiled_run_trains_and_checkpoints_under_the_eager_names(tmp_path):
+@pytest.mark.parametrize("config", ["tiny_t2v.yaml", "tiny_wan_t2v.yaml"])  # TI2V's blocks are Wan's
+def test_a_compiled_run_trains_and_checkpoints_under_the_eager_names(tmp_path, config):
     overrides = ["train.iterations=2", "train.progress_bar=false", "train.sample_every=0", "checkpoint.every=2",
                  "train.prompts_per_iteration=1", "sampling.group_size=4", "sampling.rollout_batch_size=4",
                  "sampling.decode_batch_size=4"]
     rows = {}
     for compiled in (False, True):
-        out = train(tiny(*overrides, f"model.compile={str(compiled).lower()}", f"train.output_dir={tmp_path / str(compiled)}"))
+        out = train(tiny(*overrides, f"model.compile={str(compiled).lower()}", f"train.output_dir={tmp_path / str(compiled)}",
+                         config=config))
         rows[compiled] = read_jsonl(out / "metrics.jsonl")
         keys = saved_keys(latest_checkpoint(out))
         assert not [k for k in keys if "_orig_mod" in k]
