@@ -240,13 +240,34 @@ def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
     assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
 
 
-def test_three_iterations_of_nft_without_cfg(tmp_path):
-    """DiffusionNFT trains CFG-free: model.cfg_scale=1, the conditional branch alone."""
-    cfg = load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
-                             "train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0"])
+NFT = ("train.algorithm=nft", "sampling.shared_noise=false")
+
+
+def test_three_iterations_of_nft_without_cfg(tmp_path, monkeypatch):
+    """DiffusionNFT trains CFG-free: model.cfg_scale=1, the conditional branch alone, one row
+    through the network per sample and step (the policy's and the old policy's in training)."""
+    rows_through = []
+    forward = WanTransformer3DModel.forward
+    monkeypatch.setattr(WanTransformer3DModel, "forward",
+                        lambda self, hidden_states, *a, **k: rows_through.append(hidden_states.shape[0])
+                        or forward(self, hidden_states, *a, **k))
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL, *NFT,
+                             "model.cfg_scale=1.0"])
     rows = read_jsonl(train(cfg) / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
+    assert [r["transformer_forwards_rollout"] for r in rows] == [4 * 8] * 3  # G=4 samples x 8 steps, 1 row each
+    assert sum(rows_through) == sum(r["transformer_forwards_rollout"] + r["transformer_forwards_train"] for r in rows)
+
+
+def test_nft_with_the_tiny_configs_guidance_is_refused_naming_model_cfg_scale(tmp_path):
+    """tiny_wan_t2v.yaml guides GRPO's rollouts (cfg_scale 5); NFT, guidance-free as its
+    reference, refuses it before any process starts or any model is built."""
+    cfg = load_config(TINY, [f"train.output_dir={tmp_path / 'run'}", f"data.prompts_file={PROMPTS}", *SMALL, *NFT])
+    assert cfg.model.cfg_scale == 5.0
+    with pytest.raises(ConfigError, match=r"model\.cfg_scale: 5\.0 is invalid; expected 1 with train\.algorithm=nft"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_the_export_cli_writes_a_folder_wan_pipeline_samples_from(grpo_run, wan_folder, tmp_path):

@@ -47,6 +47,10 @@ class Algorithm:
     trained_timesteps: Callable[[Config, StepPlan], int]
     micro_batch_samples: Callable[[Config], int]
     memory_knobs: Callable[[Config], list[str]]
+    # Rollouts and training without classifier-free guidance (DiffusionNFT's recipe: its
+    # reference samples, trains and evaluates at guidance_scale 1): algorithm_of refuses a
+    # model.cfg_scale other than 1, so the planner, the FLOP count and the trainer all read 1.
+    guidance_free: bool
 
 
 ALGORITHMS = {
@@ -56,20 +60,27 @@ ALGORITHMS = {
         update=grpo.update, iteration_metrics=grpo.iteration_metrics, end_iteration=grpo.end_iteration,
         planner_micro_batch=grpo.planner_micro_batch,
         trained_timesteps=grpo.trained_timesteps, micro_batch_samples=lambda cfg: cfg.sampling.rollout_batch_size,
-        memory_knobs=lambda cfg: []),
+        memory_knobs=lambda cfg: [], guidance_free=False),
     "nft": Algorithm(
         name="nft", step_plan=nft.step_plan, keep_means=lambda cfg: False, keep_trajectory=False,
         old_policy=True, reference_weight=lambda cfg: cfg.nft.kl_weight, resets_reference=lambda cfg: False,
         update=nft.update, iteration_metrics=lambda learner: {}, end_iteration=lambda *args: None,
         planner_micro_batch=nft.planner_micro_batch,
         trained_timesteps=nft.trained_timesteps, micro_batch_samples=nft.micro_batch_samples,
-        memory_knobs=nft.memory_knobs),
+        memory_knobs=nft.memory_knobs, guidance_free=True),
 }
 
 
 def algorithm_of(cfg: Config) -> Algorithm:
     """The algorithm train.algorithm names; a ConfigError naming the table's algorithms if
-    there is none (config.validate cannot ask: the table imports torch)."""
+    there is none, or model.cfg_scale if the algorithm is guidance-free and the config guides
+    (config.validate cannot ask: the table imports torch). Training and planning ask; the
+    evaluate CLI does not, so a guidance-free run's checkpoint may still be evaluated with guidance."""
     if cfg.train.algorithm not in ALGORITHMS:
         raise ConfigError(problem("train.algorithm", cfg.train.algorithm, f"one of {sorted(ALGORITHMS)}"))
-    return ALGORITHMS[cfg.train.algorithm]
+    algorithm = ALGORITHMS[cfg.train.algorithm]
+    if algorithm.guidance_free and cfg.model.cfg_scale != 1:
+        raise ConfigError(problem("model.cfg_scale", cfg.model.cfg_scale,
+                                  f"1 with train.algorithm={algorithm.name}: it samples and trains without "
+                                  "classifier-free guidance, as its reference does"))
+    return algorithm
