@@ -23,6 +23,10 @@ SCRIPTS = {
     "train_sd_t2i.sh": ("sd_t2i.yaml", {"HPS_PATH": "reward.models.hps.path"}),
     "train_hunyuan_video_15_t2v.sh": ("hunyuan_video_15_t2v.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
                                                                     "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
+    "train_wan21_t2v.sh": ("wan21_t2v_1_3b.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
+                                                   "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
+    "train_wan22_ti2v.sh": ("wan22_ti2v_5b.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
+                                                   "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
 }
 # What launch.sh itself turns into overrides, for every script.
 LAUNCH_PATHS = {"MODEL_PATH": "model.path", "EMBEDDINGS_DIR": "data.embeddings_dir", "OUTPUT_DIR": "train.output_dir"}
