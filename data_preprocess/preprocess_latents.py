@@ -8,7 +8,9 @@ conditioning, in the same shard + manifest format as the text embeddings.
 folder). Each is resized to cover height x width and center-cropped, scaled to [-1, 1],
 encoded with the model's VAE (the posterior mode, as diffusers' I2V pipelines do) and
 normalised as the model's pipeline feeds them (`normalise`): shard key `latents`
-[n, C, T, h, w] (T = 1 for a video VAE, no T for an image VAE).
+[n, C, T, h, w] (T = 1 for a video VAE, no T for an image VAE). With `--family` naming a
+family that conditions on an image encoder's tokens too (`ModelFamily.image_encoder`, e.g.
+hunyuan_video_15_i2v's SigLIP), each frame's tokens are written as `image_embeds` [n, N, D].
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import os
 import sys
 from pathlib import Path
 
+import importlib
+
 import diffusers
 import imageio.v3 as iio
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
 from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.data.preprocess import RERUN_HELP, preprocess, read_lines, report_blank_lines
 from fastvideo_grpo.dtypes import DTYPES
+from fastvideo_grpo.models.registry import FAMILIES
 from fastvideo_grpo.parallel import init_distributed, shutdown
 
 logger = logging.getLogger("preprocess_latents")
@@ -98,6 +104,13 @@ def normalise(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents * config.scaling_factor
 
 
+def to_image(frame: torch.Tensor) -> PIL.Image.Image:
+    """`load_frame`'s [3, H, W] in [-1, 1] back to 8-bit RGB: the file's own pixels when it was
+    not resized, so an image encoder sees what the pipeline hands it."""
+    pixels = ((frame + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return PIL.Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=RERUN_HELP.format(
         items="files (path, size and modification time)", settings="resolved --model-path, --height, --width"))
@@ -111,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="re-encode every shard, even unchanged ones")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                        help="the model family: one with an image encoder also gets its tokens (image_embeds)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -120,17 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     files = read_input_list(args.inputs)
     vae = load_vae(args.model_path, torch.float32 if world.device.type == "cpu" else torch.bfloat16, world.device)
     video_vae = "temporal_compression_ratio" in vae.config or "scale_factor_temporal" in vae.config
+    image_encoder = FAMILIES[args.family].image_encoder if args.family else None
+    embed = (importlib.import_module(image_encoder).image_embedder(args.model_path, world.device)
+             if image_encoder else None)
 
     def encode(paths: list[str]):
-        x = torch.stack([load_frame(Path(p), args.height, args.width) for p in paths])
+        frames = [load_frame(Path(p), args.height, args.width) for p in paths]
+        x = torch.stack(frames)
         if video_vae:
             x = x[:, :, None]  # [B, 3, 1, H, W]
         with torch.no_grad():
             latents = normalise(vae, vae.encode(x.to(world.device, vae.dtype)).latent_dist.mode())
-        return {"latents": latents.float().cpu()}, 0
+        tensors = {"latents": latents.float().cpu()}
+        if embed is not None:
+            tensors["image_embeds"] = embed([to_image(frame) for frame in frames]).float().cpu()
+        return tensors, 0
 
     settings = {"encoder": "vae_latents", "model_path": str(args.model_path.resolve()), "height": args.height,
-                "width": args.width}
+                "width": args.width, **({"image_encoder": image_encoder} if image_encoder else {})}
     counts = preprocess([str(f) for f in files], encode, args.output, world, args.shard_size, args.batch_size,
                         args.dtype, args.overwrite, item_key="path", settings=settings, identify=file_stamp)
     logger.info("%d inputs; rank %d: %s", len(files), world.rank, counts)

@@ -243,31 +243,43 @@ class TinyRandomPrompts:
 
 class ImageLatents:
     """First-frame VAE latents (data_preprocess/preprocess_latents.py: shard key `latents`),
-    row i conditioning prompt i."""
+    row i conditioning prompt i; with the image encoder's tokens (`image_embeds`) where
+    preprocessing wrote them (a family with an image encoder: every shard or none)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.rows = read_manifest(self.root, "data_preprocess/preprocess_latents.py")
         self.shards = VerifiedShards(self.root)
+        keys = {}
         for name in sorted({row["shard"] for row in self.rows}):
             path = self.root / name
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; {self.root / MANIFEST} lists rows in it")
-            if "latents" not in self.shards.open(name).keys():
+            keys[name] = set(self.shards.open(name).keys())
+            if "latents" not in keys[name]:
                 raise ValueError(f"{path} has no `latents`; expected the output of preprocess_latents.py")
+        with_embeds = sorted(name for name, k in keys.items() if "image_embeds" in k)
+        if with_embeds and len(with_embeds) != len(keys):
+            raise ValueError(f"{self.root}: {with_embeds} hold `image_embeds`, {sorted(set(keys) - set(with_embeds))} "
+                             "do not; re-run preprocess_latents.py with --overwrite")
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def latents(self, indices: list[int]) -> torch.Tensor:
-        """[len(indices), C, 1, h, w]"""
-        parts = []
+    def tensors(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The rows' `latents` [len(indices), C, 1, h, w] and, where written, `image_embeds`
+        [len(indices), N, D]."""
+        parts = {}
         for i in indices:
             row = self.rows[i]
-            tensor = self.shards.row(row["shard"], row["row"])["latents"]
-            check_finite(tensor, f"{self.root / row['shard']}: latents of row {row['row']} (prompt {i})")
-            parts.append(tensor)
-        return torch.cat(parts)
+            for key, tensor in self.shards.row(row["shard"], row["row"]).items():
+                check_finite(tensor, f"{self.root / row['shard']}: {key} of row {row['row']} (prompt {i})")
+                parts.setdefault(key, []).append(tensor)
+        return {key: torch.cat(rows) for key, rows in parts.items()}
+
+    def latents(self, indices: list[int]) -> torch.Tensor:
+        """[len(indices), C, 1, h, w]"""
+        return self.tensors(indices)["latents"]
 
 
 class WithImageLatents:
@@ -288,5 +300,6 @@ class WithImageLatents:
 
     def conditioning(self, indices: list[int]) -> TextConditioning:
         cond = self.source.conditioning(indices)
-        cond.image_latents = self.images.latents(indices)
+        tensors = self.images.tensors(indices)
+        cond.image_latents, cond.image_embeds = tensors["latents"], tensors.get("image_embeds")
         return cond

@@ -32,12 +32,16 @@ class TextConditioning:
     negative: "TextConditioning | None" = None
     # Image-to-video: the VAE latent of each sample's first frame, [B, C, 1, h, w].
     image_latents: torch.Tensor | None = None
+    # Image-to-video, where the family reads them: the image encoder's tokens of each
+    # sample's first frame, [B, N, D].
+    image_embeds: torch.Tensor | None = None
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TextConditioning":
         negative = self.negative._map(fn) if self.negative is not None else None
         image_latents = fn(self.image_latents) if self.image_latents is not None else None
+        image_embeds = fn(self.image_embeds) if self.image_embeds is not None else None
         return TextConditioning(fn(self.prompt_embeds), fn(self.attention_mask), fn(self.pooled_embeds), negative,
-                                image_latents)
+                                image_latents, image_embeds)
 
     def select(self, index: torch.Tensor | slice | list[int]) -> "TextConditioning":
         return self._map(lambda t: t[index])
@@ -66,6 +70,8 @@ def guided_prediction(forward: Callable[[torch.Tensor, TextConditioning], torch.
         (negative.pooled_embeds, cond.pooled_embeds))))
     if cond.image_latents is not None:  # both branches see the image, as in diffusers' I2V pipeline
         both.image_latents = torch.cat([cond.image_latents, cond.image_latents])
+    if cond.image_embeds is not None:
+        both.image_embeds = torch.cat([cond.image_embeds, cond.image_embeds])
     uncond, conditional = forward(torch.cat([latents, latents]), both).chunk(2)
     return uncond + cfg_scale * (conditional - uncond)
 

@@ -66,6 +66,11 @@ class ModelFamily:
     encoder: str | None = None
     # Whether a sample is conditioned on its first frame's latent (data.image_latents_dir).
     image_conditioned: bool = False
+    # The module of the family's offline image encoder (`image_embedder(model_path, device)`
+    # -> a function from a list of PIL images to their [n, N, D] tokens), run by
+    # data_preprocess/preprocess_latents.py --family, whose shards then hold `image_embeds`
+    # beside `latents`; imported only when preprocessing. None: first-frame latents only.
+    image_encoder: str | None = None
     # Whether build loads a pretrained tiny folder (model.size: tiny with a model.path holding
     # config.TINY_TEXT_ENCODER_FILE, as assets/shapes_model).
     pretrained_tiny: bool = False

@@ -14,7 +14,7 @@ from fastvideo_grpo.plugins import import_plugins
 from fastvideo_grpo.config import Config, ConfigError, ModelConfig, raise_problems
 from fastvideo_grpo.models import flux, hunyuan_video, hunyuan_video_i2v, stable_diffusion, wan
 from fastvideo_grpo.models import wan_ti2v, wan_ti2v_i2v
-from fastvideo_grpo.models import hunyuan_video_15
+from fastvideo_grpo.models import hunyuan_video_15, hunyuan_video_15_i2v
 from fastvideo_grpo.models.base import Policy
 from fastvideo_grpo.models.family import ModelFamily
 
@@ -33,7 +33,7 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 for _package in (hunyuan_video, hunyuan_video_i2v, flux, stable_diffusion, wan, wan_ti2v, wan_ti2v_i2v,
-                 hunyuan_video_15):
+                 hunyuan_video_15, hunyuan_video_15_i2v):
     register_family(_package.FAMILY)
 
 

@@ -110,6 +110,10 @@ class HunyuanVideo15Policy(RectifiedFlowSampling):
         b, c, *size = latents.shape
         return latents.new_zeros(b, c + 1, *size)
 
+    def image_embeds(self, cond: TextConditioning, batch: int) -> torch.Tensor:
+        """The image tokens, [B, N, image_embed_dim]: none for text-to-video."""
+        return torch.zeros(batch, 0, self.transformer.config.image_embed_dim, device=self.device, dtype=self.dtype)
+
     def _forward(self, latents: torch.Tensor, t: float, cond: TextConditioning) -> torch.Tensor:
         batch = latents.shape[0]
         x = latents.to(self.device, self.dtype)
@@ -117,7 +121,7 @@ class HunyuanVideo15Policy(RectifiedFlowSampling):
         # sigma * 1000 in the network's dtype, as the pipeline casts the scheduler's timestep.
         timestep = torch.full((batch,), t * 1000.0, device=self.device, dtype=torch.float32).to(self.dtype)
         text, text_mask, glyphs, glyph_mask = self._text(cond)
-        image = torch.zeros(batch, 0, self.transformer.config.image_embed_dim, device=self.device, dtype=self.dtype)
+        image = self.image_embeds(cond, batch)
         planned = traced(self.transformer) if is_fake(hidden) else contextlib.nullcontext()
         with planned, torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.transformer(
@@ -127,7 +131,7 @@ class HunyuanVideo15Policy(RectifiedFlowSampling):
                 encoder_attention_mask=text_mask.to(self.device),
                 encoder_hidden_states_2=glyphs.to(self.device, self.dtype),
                 encoder_attention_mask_2=glyph_mask.to(self.device),
-                image_embeds=image,
+                image_embeds=image.to(self.device, self.dtype),
                 return_dict=False,
             )[0]
         return out.float()
@@ -175,8 +179,8 @@ def check_text_dims(cfg: ModelConfig, transformer: HunyuanVideo15Transformer3DMo
                           "data_preprocess/preprocess_hunyuan_video_15_embeddings.py")
 
 
-def build_hunyuan_video_15(cfg: ModelConfig, device: torch.device, text_dim: int,
-                           pooled_dim: int) -> HunyuanVideo15Policy:
+def build_hunyuan_video_15(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int,
+                           policy_cls: type = HunyuanVideo15Policy) -> HunyuanVideo15Policy:
     if cfg.size == "tiny":
         transformer, vae = tiny_networks(cfg, text_dim)
     else:
@@ -185,4 +189,4 @@ def build_hunyuan_video_15(cfg: ModelConfig, device: torch.device, text_dim: int
         if text_dim:
             check_text_dims(cfg, transformer, text_dim, pooled_dim)
     place_on_device(transformer, vae, cfg, device)
-    return HunyuanVideo15Policy(transformer, vae, cfg, device)
+    return policy_cls(transformer, vae, cfg, device)
