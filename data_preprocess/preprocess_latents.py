@@ -87,7 +87,12 @@ def load_vae(model_path: Path, dtype: torch.dtype, device: torch.device):
     if not config.is_file():
         raise FileNotFoundError(f"--model-path {model_path}: no vae/config.json")
     cls = getattr(diffusers, json.loads(config.read_text())["_class_name"])
-    return cls.from_pretrained(model_path, subfolder="vae", torch_dtype=dtype).to(device).eval()
+    vae = cls.from_pretrained(model_path, subfolder="vae", torch_dtype=dtype).to(device).eval()
+    # One image a forward, as the I2V pipelines encode it: a batch rounds differently, and
+    # HunyuanVideo-1.5's VAE cannot encode more than one at a time (diffusers 0.42.1).
+    if hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    return vae
 
 
 def normalise(vae, latents: torch.Tensor) -> torch.Tensor:
