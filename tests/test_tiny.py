@@ -44,7 +44,8 @@ BLOCKS = {"hunyuan_video": TRANSFORMER_BLOCKS, "hunyuan_video_i2v": TRANSFORMER_
           "stable_diffusion": ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"],
           "wan": ["blocks.0", "blocks.1"], "wan_ti2v": ["blocks.0", "blocks.1"],
           "wan_ti2v_i2v": ["blocks.0", "blocks.1"],
-          "hunyuan_video_15": [f"transformer_blocks.{i}" for i in range(2)]}
+          "hunyuan_video_15": [f"transformer_blocks.{i}" for i in range(2)],
+          "hunyuan_video_15_i2v": [f"transformer_blocks.{i}" for i in range(2)]}
 
 
 def block_names(policy) -> list[str | None]:
