@@ -230,6 +230,37 @@ def test_latents_without_image_tokens_load_as_before(folder, tmp_path):
         ImageLatents(tmp_path / "plain")
 
 
+def test_the_folder_trains_with_its_offline_text_and_first_frames(folder, image_latents, tmp_path, monkeypatch):
+    """The full path: `fastvideo-grpo-preprocess --family hunyuan_video_15_i2v` on the folder
+    (the text-to-video family's encoder, bitwise HunyuanVideo15ImageToVideoPipeline.encode_prompt),
+    preprocess_latents.py's first frames and image tokens, then model.size=full from the
+    folder: the seeded tiny network, trained."""
+    from fastvideo_grpo.cli.preprocess import command
+    from fastvideo_grpo.data.embeddings import EmbeddingDataset
+    from fastvideo_grpo.training.trainer import setup
+    from helpers import tiny_policy
+
+    monkeypatch.setattr("sys.argv", ["fastvideo-grpo-preprocess", "--family", "hunyuan_video_15_i2v", "--model-path",
+                                     str(folder), "--prompts", str(PROMPTS), "--output", str(tmp_path / "emb"),
+                                     "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"])
+    assert command() == 0
+    pipe = load_pipeline(folder, transformer=None, image_encoder=None)
+    pipe.tokenizer_max_length = 16
+    prompts = PROMPTS.read_text().splitlines()[:2]
+    with torch.no_grad():
+        embeds, mask, glyphs, glyph_mask = pipe.encode_prompt(prompts, device="cpu", batch_size=2)
+    cond = EmbeddingDataset(tmp_path / "emb").conditioning([0, 1])
+    assert torch.equal(cond.prompt_embeds, embeds) and torch.equal(cond.attention_mask, mask.long())
+    assert torch.equal(cond.pooled_embeds, pack_glyphs(glyphs, glyph_mask))
+    cfg = tiny_config(tmp_path / "run", image_latents, "train.iterations=1", "model.size=full",
+                      f"model.path={folder}", f"data.embeddings_dir={tmp_path / 'emb'}")
+    in_process = tiny_policy(tiny_config(tmp_path / "unused", image_latents)).transformer
+    assert all(torch.equal(a, b) for a, b in zip(in_process.parameters(), setup(cfg).policy.transformer.parameters(),
+                                                 strict=True))
+    (row,) = read_jsonl(train(cfg) / "metrics.jsonl")
+    assert row["ratio_dev_first_update"] == 0.0 and row["grad_norm"] > 0
+
+
 SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
 
