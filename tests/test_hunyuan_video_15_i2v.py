@@ -204,7 +204,8 @@ def test_preprocessing_writes_the_pipelines_first_frame_latents_and_image_tokens
     ours = ImageLatents(image_latents).tensors([0, 5])
     assert ours["latents"].shape == (2, 32, 1, 2, 2) and ours["image_embeds"].shape == (2, IMAGE_TOKENS, IMAGE_DIM)
     assert torch.equal(ours["latents"], theirs[0]) and torch.equal(ours["image_embeds"], theirs[1])
-    source = WithImageLatents(TinyRandomPrompts(["a"] * 8, TinyTextEncoder(TEXT_DIM, 17, 8)), ImageLatents(image_latents))
+    prompts = TinyRandomPrompts(["a"] * 8, TinyTextEncoder(TEXT_DIM, 17, 8))
+    source = WithImageLatents(prompts, ImageLatents(image_latents))
     cond = source.conditioning([5, 0]).repeat_interleave(2)
     assert torch.equal(cond.image_embeds, theirs[1].flip(0).repeat_interleave(2, dim=0))
     assert torch.equal(cond.image_latents, theirs[0].flip(0).repeat_interleave(2, dim=0))
@@ -212,22 +213,31 @@ def test_preprocessing_writes_the_pipelines_first_frame_latents_and_image_tokens
 
 def test_latents_without_image_tokens_load_as_before(folder, tmp_path):
     """Without --family (or for a family without an image encoder) the shards hold `latents`
-    alone and the conditioning no image tokens; a folder mixing both is refused."""
+    alone and the conditioning no image tokens; a folder mixing both is refused; a re-run
+    with --family re-encodes every shard (its settings name the image encoder)."""
     import preprocess_latents
     from safetensors.torch import load_file, save_file
 
-    iio_image = smooth_image(np.random.default_rng(2))
-    PIL.Image.fromarray(iio_image).save(tmp_path / "0.png")
+    from fastvideo_grpo.data.embeddings import TinyRandomPrompts, WithImageLatents
+    from fastvideo_grpo.models.tiny.hashing_text_encoder import TinyTextEncoder
+
+    PIL.Image.fromarray(smooth_image(np.random.default_rng(2))).save(tmp_path / "0.png")
     (tmp_path / "inputs.txt").write_text("0.png\n0.png\n")
-    assert preprocess_latents.main(["--model-path", str(folder), "--inputs", str(tmp_path / "inputs.txt"), "--output",
-                                    str(tmp_path / "plain"), "--height", "32", "--width", "32", "--dtype", "fp32",
-                                    "--device", "cpu", "--shard-size", "1"]) == 0
-    plain = ImageLatents(tmp_path / "plain")
+    args = ["--model-path", str(folder), "--inputs", str(tmp_path / "inputs.txt"), "--output", str(tmp_path / "out"),
+            "--height", "32", "--width", "32", "--dtype", "fp32", "--device", "cpu", "--shard-size", "1"]
+    assert preprocess_latents.main(args) == 0
+    plain = ImageLatents(tmp_path / "out")
     assert set(plain.tensors([0, 1])) == {"latents"}
-    shard = sorted((tmp_path / "plain").glob("*.safetensors"))[0]
+    prompts = TinyRandomPrompts(["a", "b"], TinyTextEncoder(TEXT_DIM, 17, 8))
+    assert WithImageLatents(prompts, plain).conditioning([1]).image_embeds is None
+    shard = sorted((tmp_path / "out").glob("*.safetensors"))[0]
     save_file({**load_file(shard), "image_embeds": torch.zeros(1, 2, 3)}, shard)
     with pytest.raises(ValueError, match=r"hold `image_embeds`, \[.*\] do not; re-run preprocess_latents.py"):
-        ImageLatents(tmp_path / "plain")
+        ImageLatents(tmp_path / "out")
+    assert preprocess_latents.main([*args, "--family", "hunyuan_video_15_i2v"]) == 0
+    tensors = ImageLatents(tmp_path / "out").tensors([0, 1])
+    assert tensors["image_embeds"].shape == (2, IMAGE_TOKENS, IMAGE_DIM)
+    assert torch.equal(tensors["image_embeds"][0], tensors["image_embeds"][1])
 
 
 def test_the_folder_trains_with_its_offline_text_and_first_frames(folder, image_latents, tmp_path, monkeypatch):
