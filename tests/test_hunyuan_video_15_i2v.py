@@ -345,3 +345,59 @@ def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, image_lat
     run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
         nproc=2)
     assert_same_training(one, tmp_path)
+
+
+def test_the_planners_forward_equals_the_models_with_image_tokens(folder):
+    """traced.all_valid_forward (the model's forward without reading values, for fake
+    tensors) == the model's own forward with every text token valid and image tokens first."""
+    from fastvideo_grpo.models.hunyuan_video_15.traced import traced
+
+    network = folder_policy(folder).transformer
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(2, 65, 2, 2, 2, generator=generator), timestep=torch.full((2,), 600.0),
+                  encoder_hidden_states=torch.randn(2, 5, TEXT_DIM, generator=generator),
+                  encoder_attention_mask=torch.ones(2, 5, dtype=torch.long),
+                  encoder_hidden_states_2=torch.randn(2, 3, GLYPH_DIM, generator=generator),
+                  encoder_attention_mask_2=torch.ones(2, 3, dtype=torch.long),
+                  image_embeds=torch.randn(2, IMAGE_TOKENS, IMAGE_DIM, generator=generator), return_dict=False)
+    expected = network(**inputs)[0]
+    with traced(network):
+        torch.testing.assert_close(network(**inputs)[0], expected, rtol=1e-5, atol=1e-5)
+        without_image = network(**{**inputs, "image_embeds": inputs["image_embeds"][:, :0]})[0]
+    assert (without_image - expected).abs().max() > 1e-3
+
+
+def test_the_planner_plans_the_tiny_folder_with_image_tokens_and_sequence_parallelism(folder):
+    """The folder's config on fake tensors, its SigLIP's 16 image tokens in the stand-in
+    conditioning, SP 2 over 2 ranks: it fits, with the folder's parameter count."""
+    from fastvideo_grpo.planning.cluster import Cluster
+    from fastvideo_grpo.planning.plan import plan
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+    from fastvideo_grpo.planning.tracer import conditioning
+
+    # image_latents_dir named though unread: parallelize's sp check runs the config's checks whole.
+    overrides = ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread",
+                 "data.image_latents_dir=/unread", "parallel.sp_size=2"]
+    cfg = load_plan_config(TINY, overrides)
+    policy, _ = planned_policy(cfg)
+    cond = conditioning(cfg, policy, 2, policy.latent_shape(5, 32, 32))
+    assert cond.image_embeds.shape == (2, IMAGE_TOKENS, IMAGE_DIM) and cond.image_latents.shape == (2, 32, 1, 2, 2)
+    result = plan(TINY, overrides, Cluster(nodes=1, gpus_per_node=2, gpu_memory_gb=80, reserve_gb=0), knobs=False)
+    assert result["fits"]
+    network = HunyuanVideo15Transformer3DModel.from_pretrained(folder, subfolder="transformer")
+    assert result["parameters"] == sum(p.numel() for p in network.parameters())
+
+
+def test_the_released_480p_i2v_is_planned_with_729_siglip_tokens():
+    """No model.path: the released architecture on the meta device (8.3B, diffusers' own
+    defaults with task_type i2v) and SigLIP-384's 27 x 27 tokens of 1152 per image."""
+    from fastvideo_grpo.models.hunyuan_video_15_i2v.published import image_tokens
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+
+    cfg = load_plan_config(TINY, ["model.size=full", "model.dtype=bf16", "sampling.height=480", "sampling.width=848",
+                                  "sampling.num_frames=121"])
+    policy, source = planned_policy(cfg)
+    assert "released HunyuanVideo-1.5-480p-I2V" in source
+    assert sum(p.numel() for p in policy.transformer.parameters()) == pytest.approx(8.33e9, rel=0.01)
+    assert policy.transformer.config.task_type == "i2v"
+    assert image_tokens(cfg) == (729, 1152) and policy.transformer.config.image_embed_dim == 1152

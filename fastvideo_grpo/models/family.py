@@ -71,6 +71,9 @@ class ModelFamily:
     # data_preprocess/preprocess_latents.py --family, whose shards then hold `image_embeds`
     # beside `latents`; imported only when preprocessing. None: first-frame latents only.
     image_encoder: str | None = None
+    # (config) -> (tokens, width) of one sample's image-encoder tokens, the shape of the
+    # planner's stand-in `image_embeds`; None: the network reads none.
+    image_tokens: Callable[[Config], tuple[int, int]] | None = None
     # Whether build loads a pretrained tiny folder (model.size: tiny with a model.path holding
     # config.TINY_TEXT_ENCODER_FILE, as assets/shapes_model).
     pretrained_tiny: bool = False
@@ -82,7 +85,7 @@ class ModelFamily:
         for key in ("build", "forward_flops"):
             if not callable(getattr(self, key)):
                 raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function, got {getattr(self, key)!r}")
-        for key in ("sequence_parallel", "write_tiny_folder", "config_problems"):
+        for key in ("sequence_parallel", "write_tiny_folder", "config_problems", "image_tokens"):
             if getattr(self, key) is not None and not callable(getattr(self, key)):
                 raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function or None, "
                                 f"got {getattr(self, key)!r}")

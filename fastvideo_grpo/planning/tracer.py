@@ -112,8 +112,10 @@ class TrackedStep:
 
 def conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[int, ...]) -> TextConditioning:
     """`rows` prompts' conditioning at the planned text shape (`text_shape`): a negative one
-    under CFG, first-frame latents for an image-conditioned family."""
+    under CFG, first-frame latents for an image-conditioned family and its image encoder's
+    tokens where its network reads them."""
     tokens, dim, pooled, dtype = text_shape(cfg, policy)
+    family = model_family(cfg.model)
 
     def one() -> TextConditioning:
         return TextConditioning(torch.randn(rows, tokens, dim, dtype=dtype),
@@ -122,8 +124,10 @@ def conditioning(cfg: Config, policy: Policy, rows: int, latent_shape: tuple[int
     cond = one()
     if cfg.model.cfg_scale > 1:
         cond.negative = one()
-    if model_family(cfg.model).image_conditioned:
+    if family.image_conditioned:
         cond.image_latents = torch.randn(rows, latent_shape[0], 1, *latent_shape[2:], dtype=dtype)
+    if family.image_tokens is not None:
+        cond.image_embeds = torch.randn(rows, *family.image_tokens(cfg), dtype=dtype)
     return cond
 
 

@@ -1,13 +1,14 @@
 """HunyuanVideo15Transformer3DModel.forward for the planner's fake tensors.
 
 The model's forward reads values: whether the image tokens are all zeros, and each sample's
-valid tokens by boolean indexing; fake tensors hold none. With every text token valid and no
-image tokens (the planner's conditioning, text-to-video) its reordering of the text is the
-identity on [glyph tokens, Qwen tokens], so this forward runs the same modules in the same
-order without reading a value. It replaces the network's `forward` only for the call
+valid tokens by boolean indexing; fake tensors hold none. With every text token valid and
+either no image tokens (text-to-video) or image tokens that are not all zeros (image-to-video)
+-- the planner's conditioning -- its reordering of the text is the identity on [image tokens,
+glyph tokens, Qwen tokens], so this forward runs the same modules in the same order without
+reading a value. It replaces the network's `forward` only for the call
 (`traced`), so the module hooks (FSDP's, sequence parallelism's, activation checkpointing's
-wrappers) run as in training; tests/test_hunyuan_video_15.py checks it equals the model's
-forward on real tensors.
+wrappers) run as in training; tests/test_hunyuan_video_15.py (and _i2v.py, with image tokens)
+check it equals the model's forward on real tensors.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def all_valid_forward(net, hidden_states, timestep, encoder_hidden_states, encod
     glyphs = net.context_embedder_2(encoder_hidden_states_2)
     glyphs = glyphs + net.cond_type_embed(torch.ones_like(glyphs[:, :, 0], dtype=torch.long))
     context = torch.cat([glyphs, text], dim=1)
+    if image_embeds is not None and image_embeds.shape[1]:
+        image = net.image_embedder(image_embeds)
+        image = image + net.cond_type_embed(torch.full_like(image[:, :, 0], 2, dtype=torch.long))
+        context = torch.cat([image, context], dim=1)
     checkpointed = torch.is_grad_enabled() and net.gradient_checkpointing  # as the model's forward
     for block in net.transformer_blocks:
         if checkpointed:
