@@ -16,13 +16,12 @@ hunyuan_video_15_i2v's SigLIP), each frame's tokens are written as `image_embeds
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-
-import importlib
 
 import diffusers
 import imageio.v3 as iio
@@ -118,7 +117,7 @@ def to_image(frame: torch.Tensor) -> PIL.Image.Image:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=RERUN_HELP.format(
-        items="files (path, size and modification time)", settings="resolved --model-path, --height, --width"))
+        items="files (path, size and modification time)", settings="resolved --model-path, --height, --width, --family's image encoder"))
     parser.add_argument("--model-path", required=True, type=Path)
     parser.add_argument("--inputs", required=True, type=Path, help="a file listing image/video paths")
     parser.add_argument("--output", required=True)
