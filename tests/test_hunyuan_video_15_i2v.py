@@ -375,9 +375,8 @@ def test_the_planner_plans_the_tiny_folder_with_image_tokens_and_sequence_parall
     from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
     from fastvideo_grpo.planning.tracer import conditioning
 
-    # image_latents_dir named though unread: parallelize's sp check runs the config's checks whole.
-    overrides = ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread",
-                 "data.image_latents_dir=/unread", "parallel.sp_size=2"]
+    # No data.image_latents_dir: the planner reads no data, and parallelize's SP check is SP's alone.
+    overrides = ["model.size=full", f"model.path={folder}", "data.embeddings_dir=/unread", "parallel.sp_size=2"]
     cfg = load_plan_config(TINY, overrides)
     policy, _ = planned_policy(cfg)
     cond = conditioning(cfg, policy, 2, policy.latent_shape(5, 32, 32))

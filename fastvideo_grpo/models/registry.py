@@ -51,16 +51,22 @@ def model_family(cfg: ModelConfig) -> ModelFamily:
     return FAMILIES[cfg.family]
 
 
+def check_sequence_parallel(cfg: Config) -> None:
+    """parallel.sp_size > 1 only for a family that declares sequence parallelism."""
+    family = model_family(cfg.model)
+    if cfg.parallel.sp_size > 1 and family.sequence_parallel is None:
+        supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel is not None)
+        raise ConfigError(f"parallel.sp_size: {cfg.parallel.sp_size!r} is invalid; expected 1 for model.family "
+                          f"{cfg.model.family!r}; sequence parallelism is implemented for {supported} only")
+
+
 def check_model_config(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
     """model.family is registered, and the config asks only what it supports: parallel.sp_size
     > 1, first-frame latents, a pretrained tiny folder, the family's own rules. Builds
     nothing: the train CLI (cli/train.py) and the trainer's setup run it with the config's own
     checks, before any process group or model exists. `may_be_empty` as in config.validate."""
     family = model_family(cfg.model)
-    if cfg.parallel.sp_size > 1 and family.sequence_parallel is None:
-        supported = sorted(name for name, f in FAMILIES.items() if f.sequence_parallel is not None)
-        raise ConfigError(f"parallel.sp_size: {cfg.parallel.sp_size!r} is invalid; expected 1 for model.family "
-                          f"{cfg.model.family!r}; sequence parallelism is implemented for {supported} only")
+    check_sequence_parallel(cfg)
     m, problems = cfg.model, []
     if family.image_conditioned and not cfg.data.image_latents_dir:
         problems.append(f"data.image_latents_dir: {cfg.data.image_latents_dir!r} is invalid; expected first-frame "

@@ -14,7 +14,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
 
 from fastvideo_grpo.config import Config
-from fastvideo_grpo.models import check_model_config, model_family
+from fastvideo_grpo.models import check_sequence_parallel, model_family
 from fastvideo_grpo.models.base import Policy
 from fastvideo_grpo.parallel.distributed import World
 
@@ -87,7 +87,7 @@ def parallelize(policy: Policy, world: World, cfg: Config) -> None:
     is sharded and only the rank's shards stay, so the network (loaded in host memory)
     is never whole on the device."""
     if world.sp_size > 1:
-        check_model_config(cfg)  # whether the family declares sequence parallelism
+        check_sequence_parallel(cfg)
         model_family(cfg.model).sequence_parallel(policy.transformer, world)
     if cfg.parallel.activation_checkpointing and any(p.requires_grad for p in policy.transformer.parameters()):
         apply_activation_checkpointing(policy.transformer)
