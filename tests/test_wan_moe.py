@@ -17,11 +17,15 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
 from conftest import ROOT
+from fastvideo_grpo.checkpoint import latest_checkpoint, saved_keys
+from fastvideo_grpo.cli.export import export, load_trained_transformer
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.models import build_policy
 from fastvideo_grpo.models.wan.experts import WanExperts
 from fastvideo_grpo.models.wan.tiny import BOUNDARY_RATIO, TEXT_DIM, tiny_model_config, write_moe_folder
 from fastvideo_grpo.sampling.rollout import rollout
+from fastvideo_grpo.training.trainer import train
+from helpers import COMMON, DIST, TIMING, assert_same_training, read_jsonl, run, tiny_policy
 from test_wan import pipeline_conditioning
 
 TINY = ROOT / "assets/configs/tiny_wan_moe_t2v.yaml"
@@ -92,3 +96,199 @@ def test_ode_rollout_equals_wan_pipeline_with_both_experts(moe_folder, guidance,
                  latents=ours.latents[:, 0], num_inference_steps=num_steps, guidance_scale=guidance, height=32,
                  width=32, num_frames=5, output_type="latent").frames
     assert (alone - theirs).abs().max() > 1e-3
+
+
+SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
+         "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
+NFT = ("train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0", "model.cfg_scale_2=0")
+# The tiny config's 8 transitions start at timesteps 1000, 955, 900 (>= 875: transformer),
+# 833, 750, 643, 500, 300 (transformer_2); GRPO trains 0..6, NFT draws from all 8.
+HIGH_STEPS, LOW_STEPS = (0, 1, 2), (3, 4, 5, 6, 7)
+
+
+def moe_config(out, *overrides):
+    return load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(train_experts, *overrides) -> (the run folder, the noise levels each update trained
+    at), made once per module."""
+    from fastvideo_grpo.algorithms import grpo, nft
+
+    made = {}
+
+    def get(experts: str, *overrides: str):
+        key = (experts, overrides)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"run_{experts}")
+            trained_at = []
+
+            def recording(original, level_of):
+                def loss(*args, **kwargs):
+                    trained_at.append(level_of(*args))
+                    return original(*args, **kwargs)
+                return loss
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(grpo, "micro_batch_loss", recording(
+                    grpo.micro_batch_loss, lambda policy, reference, sampler, schedule, k, *rest: float(schedule[k])))
+                patch.setattr(nft, "micro_batch_loss", recording(
+                    nft.micro_batch_loss, lambda policy, old, reference, sampler, levels, j, *rest: float(levels[j])))
+                train(moe_config(out, f"model.train_experts={experts}", *overrides))
+            made[key] = out, trained_at
+        return made[key]
+
+    return get
+
+
+def trained_levels_of(experts: str, algorithm: str) -> set[float]:
+    cfg = load_config(TINY, [f"model.train_experts={experts}"])
+    levels = tiny_policy(cfg).sampler(cfg.sampling).levels
+    steps = {"high": HIGH_STEPS, "low": LOW_STEPS, "both": HIGH_STEPS + LOW_STEPS}[experts]
+    return {float(levels[j]) for j in steps if algorithm == "nft" or j < 7}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "nft"])
+@pytest.mark.parametrize("experts", ["high", "low", "both"])
+def test_three_iterations_train_only_the_trained_experts_steps(runs, experts, algorithm):
+    out, trained_at = runs(experts, *(NFT if algorithm == "nft" else ()))
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
+    allowed = trained_levels_of(experts, algorithm)
+    assert trained_at and set(trained_at) <= allowed
+    if experts == "both":  # both experts' steps are drawn
+        assert {t >= 0.875 for t in trained_at} == {True, False}
+
+
+@pytest.mark.parametrize("experts, trained", [("high", ["transformer"]), ("low", ["transformer_2"]),
+                                              ("both", ["transformer", "transformer_2"])])
+def test_a_frozen_expert_has_no_gradients_optimizer_state_or_checkpoint_entries(runs, experts, trained):
+    out, _ = runs(experts)
+    checkpoint = latest_checkpoint(out)
+    keys = saved_keys(checkpoint)
+    for expert in ("transformer", "transformer_2"):
+        holds = any(k.startswith(f"model.{expert}.") for k in keys)
+        assert holds == (expert in trained)
+        assert any(k.startswith(f"optimizer.state.{expert}.") for k in keys) == (expert in trained)
+    # The frozen expert keeps the seeded weights; the trained ones moved.
+    cfg = load_config(TINY, [f"model.train_experts={experts}"])
+    initial = tiny_policy(cfg).transformer
+    assert all(p.requires_grad == (n.split(".")[0] in trained) for n, p in initial.named_parameters())
+    weights = load_trained_transformer(checkpoint).state_dict()
+    for expert in ("transformer", "transformer_2"):
+        start = getattr(initial, expert).state_dict()
+        same = all(torch.equal(w, weights[f"{expert}.{n}"]) for n, w in start.items())
+        assert same == (expert not in trained)
+
+
+def test_the_optimizer_holds_only_the_trained_experts_weights():
+    from fastvideo_grpo.algorithms.learner import build_optimizer
+
+    cfg = load_config(TINY, ["model.train_experts=low"])
+    policy = tiny_policy(cfg)
+    optimizer, _ = build_optimizer(policy, cfg)
+    expected = {id(p) for p in policy.transformer.transformer_2.parameters()}
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == expected
+
+
+def test_train_experts_is_refused_for_one_expert_and_names_the_key():
+    for key, value in (("train_experts", "high"), ("cfg_scale_2", "3.0")):
+        cfg = load_config(ROOT / "assets/configs/tiny_wan_t2v.yaml", [f"model.{key}={value}"])
+        with pytest.raises(ConfigError, match=rf"model.{key}: .* is invalid for the tiny model "
+                                              r"\(model.tiny_boundary_ratio: 0\): it has one transformer"):
+            tiny_policy(cfg)
+    with pytest.raises(ConfigError, match=r"model.train_experts"):
+        load_config(TINY, ["model.train_experts=middle"])
+    from fastvideo_grpo.models import check_model_config
+
+    with pytest.raises(ConfigError, match=r"model.cfg_scale_2: 3.0 is invalid with model.cfg_scale=1.0"):
+        check_model_config(load_config(TINY, ["model.cfg_scale=1.0", "model.cfg_scale_2=3.0"]))
+
+
+def test_a_folders_train_experts_is_refused_when_it_has_one_transformer(tmp_path):
+    from fastvideo_grpo.models.wan.tiny import write_folder
+
+    folder = write_folder(tmp_path / "wan21")
+    with pytest.raises(ConfigError, match=rf"model.train_experts: 'low' is invalid for model.path={folder}: it has "
+                                          "one transformer"):
+        folder_policy(folder, train_experts="low")
+
+
+@pytest.mark.parametrize("experts, algorithm", [("high", "grpo"), ("low", "nft")])
+def test_a_resumed_run_is_bit_exact(runs, tmp_path, experts, algorithm):
+    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
+    overrides = (f"model.train_experts={experts}", *(NFT if algorithm == "nft" else ()))
+    straight, _ = runs(experts, *overrides[1:])
+    for iterations in (2, 3):
+        train(moe_config(tmp_path, *overrides, f"train.iterations={iterations}"))
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in b] == [0, 1, 2]
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in y.items() if not k.startswith(TIMING)}
+    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (straight, tmp_path)]
+    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
+
+
+def test_export_writes_both_experts_that_wan_pipeline_loads_and_samples_from(runs, moe_folder, tmp_path):
+    out, _ = runs("low")
+    exported = export(latest_checkpoint(out), tmp_path / "export", base_model=moe_folder)
+    pipe = WanPipeline.from_pretrained(exported)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.boundary_ratio == 0.875
+    trained = load_trained_transformer(latest_checkpoint(out))
+    base = WanPipeline.from_pretrained(moe_folder, text_encoder=None, tokenizer=None, vae=None)
+    for name, moved in (("transformer", False), ("transformer_2", True)):
+        weights = getattr(trained, name).state_dict()
+        assert all(torch.equal(w, weights[n]) for n, w in getattr(pipe, name).state_dict().items())
+        initial = getattr(base, name).state_dict()
+        assert any(not torch.equal(w, initial[n]) for n, w in weights.items()) == moved
+    frames = pipe(prompt="a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=5.0,
+                  guidance_scale_2=4.0, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_lora_adapts_only_the_trained_expert_and_exports_merged_and_per_expert_adapters(moe_folder, tmp_path):
+    cfg = moe_config(tmp_path / "run", "model.train_experts=high", "model.lora_rank=4", "train.iterations=1",
+                     "train.lr=1e-2")
+    policy = tiny_policy(cfg)
+    from fastvideo_grpo.models.lora import apply_lora
+    from fastvideo_grpo.models import FAMILIES
+
+    apply_lora(policy.transformer, 4, 0.0, FAMILIES["wan"].lora_targets)
+    trainable = [n for n, p in policy.transformer.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("transformer.blocks.") and ".lora_" in n for n in trainable)
+    assert not any(".lora_" in n for n, _ in policy.transformer.transformer_2.named_parameters())
+    train(cfg)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    lora = load_trained_transformer(checkpoint)
+    merged = export(checkpoint, tmp_path / "merged", base_model=moe_folder)
+    pipe = WanPipeline.from_pretrained(merged)
+    x = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 16, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = lora(x, torch.tensor([950.0]), text, high_noise=True)[0]
+        torch.testing.assert_close(pipe.transformer(x, torch.tensor([950.0]), text, return_dict=False)[0], expected,
+                                   rtol=1e-5, atol=1e-5)
+    base = WanPipeline.from_pretrained(moe_folder)
+    assert all(torch.equal(w, base.transformer_2.state_dict()[n]) for n, w in pipe.transformer_2.state_dict().items())
+    adapter = export(checkpoint, tmp_path / "adapter", adapter_only=True)
+    assert (adapter / "transformer/pytorch_lora_weights.safetensors").is_file()
+    assert not (adapter / "transformer_2").exists()  # the frozen expert has no adapter
+    base.load_lora_weights(adapter / "transformer")
+    with torch.no_grad():
+        torch.testing.assert_close(base.transformer(x, torch.tensor([950.0]), text, return_dict=False)[0], expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path):
+    """Ulysses over both experts' self-attention: the two sp ranks share 2 prompts and train
+    what one rank trains alone."""
+    args = [*COMMON, "train.prompts_per_iteration=2"]
+    one = one_rank_run(TINY, *args)
+    run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
+        nproc=2)
+    assert_same_training(one, tmp_path)

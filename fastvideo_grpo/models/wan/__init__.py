@@ -8,7 +8,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from fastvideo_grpo.models.family import ModelFamily, Published
-from fastvideo_grpo.models.wan.checks import sequence_split_problems
+from fastvideo_grpo.models.wan.checks import wan_problems
 from fastvideo_grpo.models.wan.experts import WanExperts, export_components, folder_network_config
 from fastvideo_grpo.models.wan.flops import forward_flops
 from fastvideo_grpo.models.wan.policy import WanPolicy, build_wan
@@ -33,6 +33,6 @@ FAMILY = ModelFamily(
     published=(published("Wan2.1-T2V-1.3B", WAN21_T2V_1_3B), published("Wan2.1-T2V-14B", WAN21_T2V_14B),
                published("Wan2.2-T2V-A14B", WAN22_T2V_A14B)),
     sequence_parallel=apply_sequence_parallel, write_tiny_folder=write_folder,
-    encoder="fastvideo_grpo.models.wan.encoder", config_problems=sequence_split_problems,
+    encoder="fastvideo_grpo.models.wan.encoder", config_problems=wan_problems,
     tiny_folders={"wan_moe": write_moe_folder}, networks=(WanExperts,), export_components=export_components,
     folder_network_config=folder_network_config)
