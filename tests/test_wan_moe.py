@@ -292,3 +292,62 @@ def test_sequence_parallel_two_ranks_train_what_one_does(one_rank_run, tmp_path)
     run([DIST / "train_run.py", "--config", TINY, *args, "parallel.sp_size=2", f"train.output_dir={tmp_path}"],
         nproc=2)
     assert_same_training(one, tmp_path)
+
+
+def test_the_released_a14b_is_two_14b_experts_and_counts_one_experts_flops():
+    """Wan2.2-T2V-A14B built on the meta device from the published config: twice diffusers'
+    WanTransformer3DModel of the expert config (the model card's 27B), each step's FLOPs one
+    expert's."""
+    from fastvideo_grpo.models import FAMILIES
+    from fastvideo_grpo.models.wan.published import WAN21_T2V_14B, WAN22_T2V_A14B
+
+    family = FAMILIES["wan"]
+    released = family.released("Wan2.2-T2V-A14B")
+    assert released.network_config is WAN22_T2V_A14B and WAN22_T2V_A14B["boundary_ratio"] == 0.875
+    with torch.device("meta"):
+        experts = family.network_class(WAN22_T2V_A14B).from_config(WAN22_T2V_A14B)
+        expert = WanTransformer3DModel(**WAN21_T2V_14B)
+    assert isinstance(experts, WanExperts)
+    one = sum(p.numel() for p in expert.parameters())
+    assert sum(p.numel() for p in experts.parameters()) == pytest.approx(2 * one, rel=0.01)
+    assert 2 * one == pytest.approx(2.86e10, rel=0.01)
+    latent = (16, 21, 60, 104)
+    assert family.forward_flops(experts, latent, 512) == family.forward_flops(expert, latent, 512)
+    assert [p.name for p in family.published] == ["Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.2-T2V-A14B"]
+    assert family.released("").name == "Wan2.1-T2V-1.3B"
+    with pytest.raises(ConfigError, match=r"model.published: 'Wan9' is invalid; expected one of \['Wan2.1-T2V-1.3B', "
+                                          r"'Wan2.1-T2V-14B', 'Wan2.2-T2V-A14B'\]"):
+        family.released("Wan9")
+
+
+@pytest.mark.parametrize("experts, trained", [("high", 1), ("both", 2)])
+def test_the_planner_plans_both_experts_and_trains_only_the_trained(moe_folder, experts, trained):
+    """A two-expert folder planned at full size: both experts' weights, the trained ones'
+    parameters (the frozen one has no optimizer state)."""
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+
+    cfg = load_plan_config(TINY, ["model.size=full", f"model.path={moe_folder}", "data.embeddings_dir=/unread",
+                                  f"model.train_experts={experts}"])
+    policy, source = planned_policy(cfg)
+    assert isinstance(policy.transformer, WanExperts) and source.endswith("transformer/config.json")
+    total = sum(p.numel() for p in policy.transformer.parameters())
+    one = sum(p.numel() for p in policy.transformer.transformer.parameters())
+    assert total == 2 * one
+    assert sum(p.numel() for p in policy.transformer.parameters() if p.requires_grad) == trained * one
+
+
+@pytest.mark.parametrize("algorithm", [(), NFT])
+def test_the_planned_step_of_one_trained_expert_holds_half_the_optimizer_state(algorithm):
+    """The traced micro-batch runs one expert's blocks; the other's are never gathered (the
+    memory tracker must not trip over them), and a frozen expert has no optimizer state."""
+    from fastvideo_grpo.planning.cluster import Cluster
+    from fastvideo_grpo.planning.plan import plan
+
+    cluster = Cluster(nodes=1, gpus_per_node=2, gpu_memory_gb=80, reserve_gb=0)
+    both, high = (plan(TINY, [*algorithm, f"model.train_experts={e}"], cluster, knobs=False) for e in ("both", "high"))
+    assert both["parameters"] == high["parameters"] == 2 * high["trainable_parameters"]
+    assert both["trainable_parameters"] == 2 * high["trainable_parameters"]
+    optimizer = [p["memory_by_phase_gb"]["train"]["optimizer_state"] for p in (both, high)]
+    assert optimizer[0] == pytest.approx(2 * optimizer[1], rel=0.05)
+    if not algorithm:  # GRPO trains 0..6 (7 steps, 4 at fraction 0.6); high only 0..2 (1)
+        assert both["forwards"]["train"] == 4 * high["forwards"]["train"]

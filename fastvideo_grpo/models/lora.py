@@ -18,9 +18,11 @@ from fastvideo_grpo.models.base import Policy, TextConditioning
 TRAINED = "default"  # peft's name of the first adapter: the trained one, the one export writes
 OLD = "old"
 
-def lora_config(rank: int, alpha: float, targets: str | list[str], exclude: list[str] | None = None) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, exclude_modules=exclude,
-                      init_lora_weights=True)
+def lora_config(rank: int, alpha: float, targets: str | list[str], exclude: list[str] = ()) -> LoraConfig:
+    """`exclude`: module names the adapter leaves out, matched whole (peft matches a list's
+    entries as name suffixes: `proj_out` would leave out every block's)."""
+    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets,
+                      exclude_modules="|".join(re.escape(name) for name in exclude) or None, init_lora_weights=True)
 
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | list[str]) -> None:
@@ -30,7 +32,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | list[st
     model.train_experts leaves out) gets no adapter."""
     frozen = [name for name, module in model.named_modules()
               if isinstance(module, nn.Linear) and not module.weight.requires_grad]
-    model.add_adapter(lora_config(rank, alpha, targets, frozen or None))
+    model.add_adapter(lora_config(rank, alpha, targets, frozen))
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
 
@@ -53,7 +55,7 @@ def add_frozen_adapter(model: nn.Module, adapter: str, rank: int, alpha: float, 
     with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         # Activates it, and flips requires_grad.
-        model.add_adapter(lora_config(rank, alpha, targets, exclude or None), adapter_name=adapter)
+        model.add_adapter(lora_config(rank, alpha, targets, exclude), adapter_name=adapter)
     model.set_adapter(TRAINED)
     current = dict(model.named_parameters())
     for name, p in adapter_weights(model, adapter).items():
