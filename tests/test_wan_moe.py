@@ -100,7 +100,7 @@ def test_ode_rollout_equals_wan_pipeline_with_both_experts(moe_folder, guidance,
 
 SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.decode_batch_size=4",
          "train.prompts_per_iteration=1", "train.iterations=3", "train.sample_every=0", "train.progress_bar=false")
-NFT = ("train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0", "model.cfg_scale_2=0")
+NFT = ("train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0")
 # The tiny config's 8 transitions start at timesteps 1000, 955, 900 (>= 875: transformer),
 # 833, 750, 643, 500, 300 (transformer_2); GRPO trains 0..6, NFT draws from all 8.
 HIGH_STEPS, LOW_STEPS = (0, 1, 2), (3, 4, 5, 6, 7)
