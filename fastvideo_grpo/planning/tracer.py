@@ -199,9 +199,12 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
         with tracker:
             trace.loss(*inputs).backward()
             backward_peak = _by_category(tracker.get_tracker_snapshot("peak")[world.device])
+            # A trained weight this micro-batch did not reach (the expert of the other noise
+            # levels) holds its sharded gradient from the step's other micro-batches, and has
+            # optimizer state.
+            unreached = _fp32_shard_bytes(p for p in trainable if p.grad is None)
+            backward_peak["gradients"] += unreached
             with torch.no_grad():
-                # A trained weight this micro-batch did not reach (the expert of the other noise
-                # levels) has its gradient from the step's other micro-batches, and its state.
                 for param, shard in zip(trainable, shards):
                     shard.grad = param.grad.to_local() if param.grad is not None else torch.zeros_like(shard)
             torch.nn.utils.clip_grad_norm_(shards, t.grad_clip, foreach=True)
