@@ -356,3 +356,30 @@ def test_the_planned_step_of_one_trained_expert_holds_half_the_optimizer_state(a
     assert train[0]["gradients"] - train[1]["gradients"] == pytest.approx(expert_shard, rel=0.05)
     if not algorithm:  # GRPO trains 0..6 (7 steps, 4 at fraction 0.6); high only 0..2 (1)
         assert both["forwards"]["train"] == 4 * high["forwards"]["train"]
+
+
+def test_the_flagship_config_plans_the_released_a14b_on_paper():
+    """wan22_t2v_a14b.yaml with no model.path: both 14B experts on the meta device, 81 frames
+    at 480x832, the first 11 of its 16 steps (shift 12) the high-noise expert's, each guided
+    with its own scale."""
+    from fastvideo_grpo.algorithms.learner import trained_plan
+    from fastvideo_grpo.models.wan.published import WAN21_T2V_14B
+    from fastvideo_grpo.planning.policy import load_plan_config, planned_policy
+    from fastvideo_grpo.sampling.step_plan import iteration_plan
+
+    cfg = load_plan_config(ROOT / "assets/configs/wan22_t2v_a14b.yaml", [])
+    policy, source = planned_policy(cfg)
+    assert source == "released Wan2.2-T2V-A14B config (model.path is empty)"
+    with torch.device("meta"):
+        expert = sum(p.numel() for p in WanTransformer3DModel(**WAN21_T2V_14B).parameters())
+    assert sum(p.numel() for p in policy.transformer.parameters()) == pytest.approx(2 * expert, rel=0.01)
+    assert all(p.requires_grad for p in policy.transformer.parameters())
+    s = cfg.sampling
+    assert policy.latent_shape(s.num_frames, s.height, s.width) == (16, 21, 60, 104)
+    assert (policy.cfg_scale, policy.cfg_scale_2) == (4.0, 3.0)
+    levels = policy.sampler(s).levels[:-1]
+    assert [policy.high_noise(float(t)) for t in levels] == [True] * 11 + [False] * 5
+    assert trained_plan(iteration_plan(cfg, 0), policy, s).trainable == tuple(range(15))
+    low = dataclasses.replace(cfg.model, train_experts="low")
+    assert trained_plan(iteration_plan(cfg, 0), planned_policy(dataclasses.replace(cfg, model=low))[0],
+                        s).trainable == tuple(range(11, 15))
