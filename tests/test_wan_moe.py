@@ -383,3 +383,35 @@ def test_the_flagship_config_plans_the_released_a14b_on_paper():
     low = dataclasses.replace(cfg.model, train_experts="low")
     assert trained_plan(iteration_plan(cfg, 0), planned_policy(dataclasses.replace(cfg, model=low))[0],
                         s).trainable == tuple(range(11, 15))
+
+
+def test_preprocessing_a_two_expert_folder_loads_no_expert_and_writes_encode_prompt(moe_folder, tmp_path,
+                                                                                    monkeypatch):
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    import preprocess_wan_embeddings as cli
+    from fastvideo_grpo.data.embeddings import EmbeddingDataset
+
+    prompts = ["a red ball bouncing on the floor", "a blue ocean wave"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    with monkeypatch.context() as patch:  # neither expert is read
+        patch.setattr(WanTransformer3DModel, "from_pretrained", classmethod(lambda *a, **k: 1 / 0))
+        assert cli.run(["--model-path", str(moe_folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
+                        str(tmp_path / "emb"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"]) == 0
+    pipe = WanPipeline.from_pretrained(moe_folder, transformer=None, transformer_2=None, vae=None)
+    with torch.no_grad():
+        embeds, negative = pipe.encode_prompt(prompts, negative_prompt="", max_sequence_length=16, device="cpu")
+    cond = EmbeddingDataset(tmp_path / "emb").conditioning([0, 1])
+    assert torch.equal(cond.prompt_embeds, embeds)
+    assert torch.equal(cond.negative.prompt_embeds, negative.expand(2, -1, -1))
+
+
+def test_nft_with_lora_puts_the_old_adapter_on_the_trained_expert_only(tmp_path):
+    """NFT's old policy under LoRA is a second adapter beside the trained one: on the trained
+    expert's layers alone (a frozen expert has neither)."""
+    cfg = moe_config(tmp_path, *NFT, "model.train_experts=low", "model.lora_rank=4", "train.iterations=1")
+    out = train(cfg)
+    assert [r["iteration"] for r in read_jsonl(out / "metrics.jsonl")] == [0]
+    keys = saved_keys(latest_checkpoint(out))
+    adapters = {k for k in keys if ".lora_" in k and k.split(".")[0] in ("model", "old")}
+    assert adapters and all(k.split(".")[1] == "transformer_2" for k in adapters)
+    assert {k.split(".")[0] for k in adapters} == {"model", "old"}
