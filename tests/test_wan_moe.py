@@ -438,3 +438,18 @@ def test_a_checkpoint_without_its_run_config_loads_both_experts_or_names_the_mis
             with pytest.raises(ValueError, match=rf"{moved} holds part of the network \(its run froze the rest, "
                                                  r"model.train_experts\), and no run config.yaml"):
                 load_trained_transformer(moved)
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_with_a_frozen_expert_train_what_one_does(one_rank_run, tmp_path):
+    """FSDP2 over both experts' blocks, the high-noise expert frozen (sharded, no gradients):
+    2 ranks x 1 prompt train what 1 rank trains with 2, and the frozen expert stays as built."""
+    shared = [*COMMON, "train.iterations=2", "model.train_experts=low"]
+    one = one_rank_run(TINY, *shared, "train.prompts_per_iteration=2")
+    run([DIST / "train_run.py", "--config", TINY, *shared, "train.prompts_per_iteration=1",
+         f"train.output_dir={tmp_path}"], nproc=2)
+    assert_same_training(one, tmp_path)
+    final = torch.load(tmp_path / "final_params.pt")
+    initial = tiny_policy(load_config(TINY, ["model.train_experts=low"])).transformer.state_dict()
+    assert all(torch.equal(final[n], w) for n, w in initial.items() if n.startswith("transformer."))
+    assert any(not torch.equal(final[n], w) for n, w in initial.items() if n.startswith("transformer_2."))
