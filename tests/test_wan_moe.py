@@ -453,3 +453,27 @@ def test_fsdp_two_ranks_with_a_frozen_expert_train_what_one_does(one_rank_run, t
     initial = tiny_policy(load_config(TINY, ["model.train_experts=low"])).transformer.state_dict()
     assert all(torch.equal(final[n], w) for n, w in initial.items() if n.startswith("transformer."))
     assert any(not torch.equal(final[n], w) for n, w in initial.items() if n.startswith("transformer_2."))
+
+
+def test_a_full_size_run_from_the_folder_trains_one_expert_and_exports_both(moe_folder, tmp_path):
+    """model.path = the two-expert folder with offline embeddings, the low-noise expert frozen:
+    the export takes it from the folder (the run's base) and WanPipeline loads and samples."""
+    sys.path.insert(0, str(ROOT / "data_preprocess"))
+    import preprocess_wan_embeddings as cli
+
+    (tmp_path / "prompts.txt").write_text("a red ball\na blue ocean wave\n")
+    assert cli.run(["--model-path", str(moe_folder), "--prompts", str(tmp_path / "prompts.txt"), "--output",
+                    str(tmp_path / "emb"), "--max-tokens", "16", "--dtype", "fp32", "--device", "cpu"]) == 0
+    # model.tiny_text_dim as a full-size config leaves it (16): the folder's width is the embeddings'.
+    out = train(moe_config(tmp_path / "run", "model.size=full", f"model.path={moe_folder}", "model.dtype=fp32",
+                           f"data.embeddings_dir={tmp_path / 'emb'}", "model.train_experts=high", "train.iterations=1",
+                           "model.tiny_text_dim=16"))
+    exported = export(latest_checkpoint(out), tmp_path / "export", base_model=moe_folder)
+    pipe, base = WanPipeline.from_pretrained(exported), WanPipeline.from_pretrained(moe_folder)
+    for name, moved in (("transformer", True), ("transformer_2", False)):
+        initial = getattr(base, name).state_dict()
+        assert any(not torch.equal(w, initial[n]) for n, w in getattr(pipe, name).state_dict().items()) == moved
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(prompt="a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()

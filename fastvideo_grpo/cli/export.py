@@ -66,7 +66,10 @@ def base_network(cfg: Config) -> torch.nn.Module:
     """The run's base network, with its frozen parts frozen, and for a LoRA run fresh adapters
     attached."""
     m = cfg.model
-    model = build_policy(m, torch.device("cpu"), m.tiny_text_dim, m.tiny_pooled_dim).transformer
+    # The text widths only shape the tiny model; a full-size builder would check them against
+    # its folder, and the run's embeddings are not at hand here.
+    widths = (m.tiny_text_dim, m.tiny_pooled_dim) if m.size == "tiny" else (0, 0)
+    model = build_policy(m, torch.device("cpu"), *widths).transformer
     if m.lora_rank > 0:
         apply_lora(model, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
     return model

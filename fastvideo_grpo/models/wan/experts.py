@@ -39,8 +39,10 @@ class WanExperts(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def from_experts(cls, transformer: WanTransformer3DModel, transformer_2: WanTransformer3DModel,
                      boundary_ratio: float, num_train_timesteps: int = 1000) -> "WanExperts":
         """The two networks as they are (their weights are not copied)."""
+        # Their configs as their config.json holds them (a loaded one's folder path as a string).
+        configs = [json.loads(expert.to_json_string()) for expert in (transformer, transformer_2)]
         with torch.device("meta"):
-            experts = cls(dict(transformer.config), dict(transformer_2.config), boundary_ratio, num_train_timesteps)
+            experts = cls(*configs, boundary_ratio, num_train_timesteps)
         experts.transformer, experts.transformer_2 = transformer, transformer_2
         return experts
 
