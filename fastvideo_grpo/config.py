@@ -94,6 +94,20 @@ class ModelConfig:
     # optimizer step per iteration (all micro-batches accumulated), as the paper does where
     # CFG is needed (SD, I2V); the empty-prompt embedding comes from data_preprocess/.
     cfg_scale: float = 1.0
+    # Wan2.2 A14B's mixture of two experts (a model.path folder with transformer_2 and
+    # boundary_ratio, or model.tiny_boundary_ratio > 0): "high" trains `transformer` (timesteps
+    # at or above boundary_ratio * num_train_timesteps), "low" trains `transformer_2` (below
+    # it), "both" both; empty: both. The rollout always samples with both; the update trains
+    # only the steps of a trained expert; a frozen expert has no gradients, optimizer state or
+    # checkpoint entries. Set for a one-expert model, a ConfigError.
+    train_experts: Literal["", "high", "low", "both"] = ""
+    # The low-noise expert's classifier-free guidance scale (WanPipeline's guidance_scale_2);
+    # 0: model.cfg_scale, as the pipeline's default. Two-expert models only.
+    cfg_scale_2: float = 0.0
+    # The released architecture the planner builds when model.path is empty, by its name among
+    # the family's published ones (wan: Wan2.1-T2V-1.3B, Wan2.1-T2V-14B, Wan2.2-T2V-A14B);
+    # empty: the family's first.
+    published: str = ""
     init_seed: int = 0
     # LoRA on the blocks' attention and MLP linears (0: train all weights).
     lora_rank: int = 0
@@ -110,6 +124,9 @@ class ModelConfig:
     tiny_text_dim: int = 16
     tiny_pooled_dim: int = 8
     tiny_vae_channels: int = 16
+    # Wan: > 0 builds two tiny experts switched at this boundary_ratio (Wan2.2 A14B's layout,
+    # `python -m fastvideo_grpo.models.tiny wan_moe`); 0: one transformer.
+    tiny_boundary_ratio: float = 0.0
 
     def problems(self, cfg: Config) -> list[str]:
         m, found = self, Problems()
@@ -118,6 +135,10 @@ class ModelConfig:
             found.require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
         found.require(m.tiny_single_layers >= 0, "model.tiny_single_layers", m.tiny_single_layers, ">= 0")
         found.require(m.cfg_scale >= 1, "model.cfg_scale", m.cfg_scale, ">= 1 (1 disables guidance)")
+        found.require(m.cfg_scale_2 == 0 or m.cfg_scale_2 >= 1, "model.cfg_scale_2", m.cfg_scale_2,
+                      "0 (model.cfg_scale) or >= 1")
+        found.require(0 <= m.tiny_boundary_ratio < 1, "model.tiny_boundary_ratio", m.tiny_boundary_ratio,
+                      "in [0, 1) (0: one expert)")
         found.require(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0")
         found.require(m.size == "tiny" or bool(m.path), "model.path", m.path,
                       "a local diffusers-format folder when model.size is 'full'")

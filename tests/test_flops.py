@@ -33,7 +33,7 @@ def predict_inputs(cfg, policy, samples=2):
 
 @pytest.mark.parametrize("config", ["tiny_t2v.yaml", "tiny_flux_t2i.yaml", "tiny_hunyuan_t2i.yaml",
                                     "tiny_sd_t2i.yaml", "tiny_wan_t2v.yaml", "tiny_wan_ti2v.yaml",
-                                    "tiny_hunyuan_video_15_t2v.yaml"])
+                                    "tiny_hunyuan_video_15_t2v.yaml", "tiny_wan_moe_t2v.yaml"])
 def test_one_rows_forward_is_what_flop_counter_mode_counts(config):
     cfg = tiny(config, "model.tiny_layers=2", "model.tiny_single_layers=2")
     policy = tiny_policy(cfg)

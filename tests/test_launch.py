@@ -27,6 +27,8 @@ SCRIPTS = {
                                                    "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
     "train_wan22_ti2v.sh": ("wan22_ti2v_5b.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
                                                    "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
+    "train_wan22_t2v_a14b.sh": ("wan22_t2v_a14b.yaml", {"VIDEOALIGN_PATH": "reward.models.videoalign.path",
+                                                        "VIDEOALIGN_BASE": "reward.models.videoalign.base"}),
 }
 # What launch.sh itself turns into overrides, for every script.
 LAUNCH_PATHS = {"MODEL_PATH": "model.path", "EMBEDDINGS_DIR": "data.embeddings_dir", "OUTPUT_DIR": "train.output_dir"}

@@ -5,6 +5,7 @@ non-finite gradient."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -13,11 +14,12 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from fastvideo_grpo.config import Config, ModelConfig
+from fastvideo_grpo.config import Config, ModelConfig, SamplingConfig
 from fastvideo_grpo.metrics import IterationStats
 from fastvideo_grpo.models import Policy, model_family
 from fastvideo_grpo.models.lora import OLD, AdapterPolicy, add_frozen_adapter, adapter_weights
 from fastvideo_grpo.parallel.fsdp import clip_grad_norm, reshard
+from fastvideo_grpo.sampling.step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,24 @@ def num_trained_timesteps(trainable: int, fraction: float) -> int:
     """int(trainable * fraction) of the trainable transitions (policy_update.timestep_fraction),
     at least one."""
     return max(1, int(trainable * fraction))
+
+
+def trains_at(policy: Policy, t: float) -> bool:
+    """Whether the update may train the policy at noise level t: a policy that trains only part
+    of its levels says which with `trains(t)` (Wan2.2's experts under model.train_experts)."""
+    trains = getattr(policy, "trains", None)
+    return trains is None or trains(t)
+
+
+def trained_plan(plan: StepPlan, policy: Policy, s: SamplingConfig) -> StepPlan:
+    """`plan` with only the trainable transitions that start at a level the policy trains."""
+    levels = plan.schedule(policy.sampler(s))
+    return dataclasses.replace(plan, trainable=tuple(j for j in plan.trainable if trains_at(policy, float(levels[j]))))
+
+
+def trained_levels(policy: Policy, levels: torch.Tensor) -> list[int]:
+    """The indices j < N of the sampler's N+1 levels at which the policy trains."""
+    return [j for j in range(len(levels) - 1) if trains_at(policy, float(levels[j]))]
 
 
 def optimizer_step(learner: Learner, cfg: Config, stats: IterationStats, step_index: int) -> bool:

@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from fastvideo_grpo.algorithms.learner import Learner, num_trained_timesteps, optimizer_step, trained_weights
+from fastvideo_grpo.algorithms.learner import (Learner, num_trained_timesteps, optimizer_step, trained_levels,
+                                               trained_weights)
 from fastvideo_grpo.config import Config, NFTConfig
 from fastvideo_grpo.algorithms.ema import update_ema
 from fastvideo_grpo.metrics import IterationStats
@@ -105,13 +106,15 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
                first_sample: int) -> None:
     """One optimizer step per train.gradient_accumulation_steps kept samples. A micro-batch
     is nft.micro_batch_size samples at one timestep (its samples share it, so one forward
-    serves them); each sample trains int(N * policy_update.timestep_fraction) of the N levels, drawn
-    per micro-batch from a generator seeded by its first global sample index."""
+    serves them); each sample trains int(N * policy_update.timestep_fraction) of the N levels (of
+    those the policy trains, `trained_levels`), drawn per micro-batch from a generator seeded by
+    its first global sample index."""
     n, u, t = cfg.nft, cfg.policy_update, cfg.train
     policy, reference, sampler = learner.policy, learner.reference, ro.sampler
     device = ro.scored_latents.device
     levels = sampler.levels
-    count = num_trained_timesteps(len(levels) - 1, u.timestep_fraction)
+    candidates = trained_levels(policy, levels)
+    count = num_trained_timesteps(len(candidates), u.timestep_fraction)
     samples = torch.nonzero(kept).flatten()
     advantages = advantages.to(device)
     size = micro_batch_samples(cfg)
@@ -122,7 +125,8 @@ def nft_update(learner: Learner, old: Policy, ro: Rollout, cond: TextConditionin
         chunks = [window[b] for b in batch_slices(len(window), size)]
         for c_index, chunk in enumerate(chunks):
             gen = make_generator(*seed_parts, Purpose.NFT_TIMESTEPS_AND_NOISE, first_sample + int(chunk[0]))
-            for position, j in enumerate(torch.randperm(len(levels) - 1, generator=gen)[:count].tolist()):
+            for position, drawn in enumerate(torch.randperm(len(candidates), generator=gen)[:count].tolist()):
+                j = candidates[drawn]
                 set_gradient_sync(policy.transformer, (c_index == len(chunks) - 1 and position == count - 1)
                                   or cfg.parallel.reduce_grads_every_micro_batch)
                 x0 = ro.scored_latents[chunk.to(device)]
@@ -181,6 +185,7 @@ def planner_micro_batch(cfg: Config, policy: Policy, old: Policy, plan: StepPlan
     autograd, the NFT loss. The KL reference's forward is left out, as GRPO's (its weights are
     estimated)."""
     sampler = as_numbers(policy.sampler(cfg.sampling))
+    level = (trained_levels(policy, sampler.levels) or [0])[0]  # through a trained network
 
     def inputs():
         return torch.randn(samples, *latent_shape), torch.randn(samples), conditioning(samples)
@@ -188,7 +193,7 @@ def planner_micro_batch(cfg: Config, policy: Policy, old: Policy, plan: StepPlan
     def loss(scored, advantages, cond):
         x0 = scored.clone()  # the trainer indexes the rollout's scored latents: a copy
         eps = torch.randn_like(x0)
-        return micro_batch_loss(policy, old, None, sampler, sampler.levels, 0, x0, eps, advantages,
+        return micro_batch_loss(policy, old, None, sampler, sampler.levels, level, x0, eps, advantages,
                                 cond.select(slice(0, samples)), cfg.nft, cfg.policy_update.adv_clip_max).loss
 
     return MicroBatchTrace(inputs, loss)

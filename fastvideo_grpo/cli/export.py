@@ -5,7 +5,8 @@
     python -m fastvideo_grpo.export --checkpoint RUN --best --output OUT ...
 
 Writes the trained network as the pipeline component its diffusers class is named by:
-OUT/transformer/ for a transformer, OUT/unet/ for a UNet (Stable Diffusion), holding
+OUT/transformer/ for a transformer, OUT/unet/ for a UNet (Stable Diffusion), and as each of its
+components for a network of several (Wan2.2 A14B: OUT/transformer/ and OUT/transformer_2/), holding
 config.json + diffusion_pytorch_model*.safetensors (sharded over the size threshold) that
 `<Class>.from_pretrained(OUT, subfolder=...)` loads. With --base-model, the other
 components (vae, text encoders, tokenizers, scheduler, model_index.json) are copied next to
@@ -22,10 +23,12 @@ replaced by renames: OUT -> .OUT.export-old, temp -> OUT, then the old one is re
 at any point leaves the old export or the new one; if it struck between the two renames, the
 next export to OUT puts the old one back first.
 
-A LoRA run's checkpoint holds only the adapters; the base weights come from the run's
-config (model.path, or the seeded tiny model). Its export merges the adapters into the
-weights, or with --adapter-only writes OUT/pytorch_lora_weights.safetensors, which a
-pipeline's `load_lora_weights(OUT)` reads.
+A LoRA run's checkpoint holds only the adapters, and a run that froze part of the network
+(model.train_experts) only the rest; the base weights come from the run's config (model.path,
+or the seeded tiny model). A LoRA export merges the adapters into the weights, or with
+--adapter-only writes OUT/pytorch_lora_weights.safetensors, which a pipeline's
+`load_lora_weights(OUT)` reads (for several components, one file in each trained component's
+folder: `load_lora_weights(OUT/transformer_2, load_into_transformer_2=True)`).
 """
 
 from __future__ import annotations
@@ -59,11 +62,16 @@ def run_config(checkpoint: Path) -> Config | None:
     return load_config(path) if path is not None else None
 
 
-def lora_base(cfg: Config) -> torch.nn.Module:
-    """The LoRA run's base transformer with fresh adapters attached."""
+def base_network(cfg: Config) -> torch.nn.Module:
+    """The run's base network, with its frozen parts frozen, and for a LoRA run fresh adapters
+    attached."""
     m = cfg.model
-    model = build_policy(m, torch.device("cpu"), m.tiny_text_dim, m.tiny_pooled_dim).transformer
-    apply_lora(model, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
+    # The text widths only shape the tiny model; a full-size builder would check them against
+    # its folder, and the run's embeddings are not at hand here.
+    widths = (m.tiny_text_dim, m.tiny_pooled_dim) if m.size == "tiny" else (0, 0)
+    model = build_policy(m, torch.device("cpu"), *widths).transformer
+    if m.lora_rank > 0:
+        apply_lora(model, m.lora_rank, m.lora_alpha, model_family(m).lora_targets)
     return model
 
 
@@ -81,7 +89,7 @@ def checkpoint_family(checkpoint: Path, cfg: Config | None) -> ModelFamily:
     if cfg is not None:
         return model_family(cfg.model)
     name = json.loads(transformer_config(checkpoint).read_text()).get("_class_name")
-    family = next((f for f in FAMILIES.values() if f.network.__name__ == name), None)
+    family = next((f for f in FAMILIES.values() if name in {c.__name__ for c in (f.network, *f.networks)}), None)
     if family is None:
         raise ValueError(f"{checkpoint / TRANSFORMER_CONFIG}: _class_name {name!r} is the network of none of the "
                          f"model families {list(FAMILIES)}, and no run config.yaml beside the checkpoints names one")
@@ -98,12 +106,20 @@ def load_trained_transformer(checkpoint: str | Path, ema: bool = False) -> torch
     if ema and not any(key.startswith("ema.") for key in saved_keys(checkpoint)):
         raise ValueError(f"{checkpoint} holds no EMA weights: its run had train.ema_decay = 0")
     if cfg is not None and cfg.model.lora_rank > 0:
-        model = lora_base(cfg)
+        model = base_network(cfg)
     else:
         config = json.loads(config_path.read_text())
         with torch.device("meta"):
-            model = checkpoint_family(checkpoint, cfg).network.from_config(config)
-        model.to_empty(device="cpu")
+            model = checkpoint_family(checkpoint, cfg).network_class(config).from_config(config)
+        saved = saved_keys(checkpoint)
+        if all(f"model.{name}" in saved for name in model.state_dict()):
+            model.to_empty(device="cpu")
+        elif cfg is None:
+            raise ValueError(f"{checkpoint} holds part of the network (its run froze the rest, model.train_experts), "
+                             "and no run config.yaml beside the checkpoints names the base model to take the rest "
+                             "from")
+        else:
+            model = base_network(cfg)  # the frozen part's weights
     state = {"model": trainable_state(model.state_dict(), model)}
     if ema:
         state["ema"] = {name: torch.empty_like(p) for name, p in model.named_parameters() if p.requires_grad}
@@ -120,7 +136,8 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 def save_adapter(model: torch.nn.Module, folder: Path, family: ModelFamily) -> None:
     """diffusers' LoRA file: peft weights prefixed with the family's component name
-    (`transformer.`, `unet.`) with the adapter config, as its pipeline class writes it."""
+    (`transformer.`, `unet.`) with the adapter config, as its pipeline class writes it. A
+    network of several components writes one file per adapted component, in its folder."""
     from peft.utils import get_peft_model_state_dict
 
     component = family.component
@@ -128,16 +145,25 @@ def save_adapter(model: torch.nn.Module, folder: Path, family: ModelFamily) -> N
     if not hasattr(writer, "save_lora_weights"):
         raise ValueError(f"--adapter-only: diffusers' {family.pipeline} has no LoRA loader (save_lora_weights) to "
                          "write or load an adapter file with; export without --adapter-only for the merged weights")
-    writer.save_lora_weights(folder, **{f"{component}_lora_layers": get_peft_model_state_dict(model),
-                                        f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict()})
+    layers, metadata = get_peft_model_state_dict(model), model.peft_config["default"].to_dict()
+    parts = family.components(model)
+    if len(parts) > 1:  # each file adapts one component: the others' frozen modules are not in it
+        metadata["exclude_modules"] = None
+    names = {id(module): name for name, module in model.named_modules()}
+    for name, part in parts.items():
+        prefix = f"{names[id(part)]}." if len(parts) > 1 else ""
+        own = {key[len(prefix):]: value for key, value in layers.items() if key.startswith(prefix)}
+        if own:
+            writer.save_lora_weights(folder / name if len(parts) > 1 else folder,
+                                     **{f"{component}_lora_layers": own, f"{component}_lora_adapter_metadata": metadata})
 
 
-def copy_base_components(base: Path, output: Path, trained: str) -> None:
-    """Everything of the base pipeline but its `trained` component."""
+def copy_base_components(base: Path, output: Path, trained: set[str]) -> None:
+    """Everything of the base pipeline but its `trained` components."""
     if not (base / "model_index.json").is_file():
         raise FileNotFoundError(f"--base-model {base}: no model_index.json; expected a diffusers pipeline folder")
     for entry in base.iterdir():
-        if entry.name == trained or entry.name.startswith("."):
+        if entry.name in trained or entry.name.startswith("."):
             continue
         target = output / entry.name
         if entry.is_dir():
@@ -212,10 +238,10 @@ def export(checkpoint: str | Path, output: str | Path, ema: bool = False, dtype:
             if is_lora(model):
                 model.fuse_lora()
                 model.unload_lora()
-            model.to(DTYPES[dtype]).save_pretrained(tmp / family.component, safe_serialization=True,
-                                                    max_shard_size=max_shard_size)
+            for name, part in family.components(model.to(DTYPES[dtype])).items():
+                part.save_pretrained(tmp / name, safe_serialization=True, max_shard_size=max_shard_size)
         if base_model is not None:
-            copy_base_components(Path(base_model), tmp, family.component)
+            copy_base_components(Path(base_model), tmp, set(family.components(model)))
         # Written last: a folder holding it is a complete export, which a later export may replace.
         (tmp / EXPORT_MARKER).write_text(json.dumps({"checkpoint": str(checkpoint), "ema": ema, "dtype": dtype,
                                                      "adapter_only": adapter_only}, indent=1) + "\n")

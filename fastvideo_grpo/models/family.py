@@ -3,14 +3,14 @@ family's folder (models/<family>/__init__.py) and collected by models/registry.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from fastvideo_grpo.config import Config, ModelConfig
+from fastvideo_grpo.config import Config, ConfigError, ModelConfig
 from fastvideo_grpo.models.base import Policy
 
 if TYPE_CHECKING:
@@ -51,9 +51,10 @@ class ModelFamily:
     # peft's target_modules for LoRA: a regex over the network's module names (or a list of
     # name suffixes) matching the linears LoRA adapts.
     lora_targets: str | list[str]
-    # The released full-size architecture(s) the planner builds on the meta device; None: the
-    # family is planned only from a model.path folder or as model.size: tiny.
-    published: Published | None = None
+    # The released full-size architecture(s) the planner builds on the meta device, model.published
+    # choosing one by name (empty: the first); None: the family is planned only from a
+    # model.path folder or as model.size: tiny.
+    published: Published | tuple[Published, ...] | None = None
     # (network, world) -> splits the network's tokens over world's sp ranks (Ulysses); None:
     # parallel.sp_size must be 1.
     sequence_parallel: Callable[[nn.Module, "World"], None] | None = None
@@ -80,6 +81,18 @@ class ModelFamily:
     # The family's own rules on a config -> its problems, each "key: value is invalid; ...";
     # checked with the config's own (models.check_model_config), before any model is built.
     config_problems: Callable[[Config], list[str]] | None = None
+    # Further tiny folders the family writes, by the name `python -m fastvideo_grpo.models.tiny
+    # NAME` offers beside the family's own (wan: wan_moe, two experts).
+    tiny_folders: dict[str, Callable[[str | Path, int], Path]] = field(default_factory=dict)
+    # Further classes the trained network may be besides `network` (wan: WanExperts, two
+    # experts as one module): a checkpoint's or a published config's _class_name picks it.
+    networks: tuple[type, ...] = ()
+    # (trained network) -> the pipeline components export writes it as, {subfolder: module};
+    # None: the network itself as `component`.
+    export_components: Callable[[nn.Module], dict[str, nn.Module]] | None = None
+    # model.path -> the config of the network the planner builds on the meta device, with its
+    # _class_name (wan: two experts'); None: `component`/config.json.
+    folder_network_config: Callable[[Path], dict] | None = None
 
     def __post_init__(self):
         for key in ("build", "forward_flops"):
@@ -91,3 +104,22 @@ class ModelFamily:
                                 f"got {getattr(self, key)!r}")
         if not self.lora_targets:
             raise TypeError(f"ModelFamily {self.name!r}: lora_targets must name the modules LoRA adapts")
+
+    def network_class(self, config: dict) -> type:
+        """The class a network config's _class_name names among `networks`, else `network`."""
+        return next((c for c in self.networks if c.__name__ == config.get("_class_name")), self.network)
+
+    def components(self, network: nn.Module) -> dict[str, nn.Module]:
+        """The pipeline components export writes `network` as: {subfolder: module}."""
+        return self.export_components(network) if self.export_components else {self.component: network}
+
+    def released(self, name: str = "") -> Published | None:
+        """The published architecture called `name` (model.published); empty: the first."""
+        entries = self.published if isinstance(self.published, tuple) else (self.published,)
+        if not name or self.published is None:
+            return entries[0]
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        raise ConfigError(f"model.published: {name!r} is invalid; expected one of {[e.name for e in entries]} "
+                          f"(model.family {self.name!r}'s released architectures) or empty")

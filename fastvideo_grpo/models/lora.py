@@ -18,14 +18,21 @@ from fastvideo_grpo.models.base import Policy, TextConditioning
 TRAINED = "default"  # peft's name of the first adapter: the trained one, the one export writes
 OLD = "old"
 
-def lora_config(rank: int, alpha: float, targets: str | list[str]) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
+def lora_config(rank: int, alpha: float, targets: str | list[str], exclude: list[str] = ()) -> LoraConfig:
+    """`exclude`: module names the adapter leaves out, matched whole (peft matches a list's
+    entries as name suffixes: `proj_out` would leave out every block's)."""
+    return LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets,
+                      exclude_modules="|".join(re.escape(name) for name in exclude) or None, init_lora_weights=True)
 
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | list[str]) -> None:
     """Add a zero-initialised adapter (the model's outputs are unchanged) on the modules
-    `targets` names (the family's `lora_targets`) and freeze everything else."""
-    model.add_adapter(lora_config(rank, alpha, targets))
+    `targets` names (the family's `lora_targets`) and freeze everything else. A module whose
+    weights are already frozen (a part of the network the policy does not train, as an expert
+    model.train_experts leaves out) gets no adapter."""
+    frozen = [name for name, module in model.named_modules()
+              if isinstance(module, nn.Linear) and not module.weight.requires_grad]
+    model.add_adapter(lora_config(rank, alpha, targets, frozen))
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
 
@@ -40,13 +47,15 @@ def adapter_weights(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def add_frozen_adapter(model: nn.Module, adapter: str, rank: int, alpha: float, targets: str | list[str]) -> None:
-    """A second adapter beside the trained one, equal to it and frozen; the trained adapter
-    stays the active one and the only trainable weights."""
+    """A second adapter beside the trained one, on the modules it adapts, equal to it and
+    frozen; the trained adapter stays the active one and the only trainable weights."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    exclude = [name for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and not isinstance(module, BaseTunerLayer)]
     with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         # Activates it, and flips requires_grad.
-        model.add_adapter(lora_config(rank, alpha, targets), adapter_name=adapter)
+        model.add_adapter(lora_config(rank, alpha, targets, exclude), adapter_name=adapter)
     model.set_adapter(TRAINED)
     current = dict(model.named_parameters())
     for name, p in adapter_weights(model, adapter).items():

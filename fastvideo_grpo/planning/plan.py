@@ -105,6 +105,7 @@ import math
 import time
 from pathlib import Path
 
+from fastvideo_grpo.algorithms.learner import trained_plan
 from fastvideo_grpo.algorithms.registry import algorithm_of
 from fastvideo_grpo.config import Config, ConfigError, to_dict
 from fastvideo_grpo.flops import forward_flops, iteration_flops
@@ -158,7 +159,7 @@ def plan(config: str | Path, overrides: list[str], cluster: Cluster, cache: dict
     if p.sp_size > 1 and isinstance(heads, int) and heads % p.sp_size:
         raise ConfigError(f"parallel.sp_size: {p.sp_size!r} is invalid; expected a divisor of the model's {heads} "
                           "attention heads (Ulysses splits heads over sp ranks)")
-    plan_ = algorithm_of(cfg).step_plan(cfg, 0)
+    plan_ = trained_plan(algorithm_of(cfg).step_plan(cfg, 0), policy, s)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
     key = tracking_key(cfg, cluster.world_size)
     with fake_world(cfg, cluster.world_size) as world:

@@ -40,10 +40,10 @@ def planned_policy(cfg: Config) -> tuple[Policy, str]:
         policy.vae.to("meta")
         return policy, "model.size=tiny"
     family = model_family(m)
-    pub = family.published
-    if pub is None:
+    if family.published is None:
         raise ConfigError(f"model.family: {m.family!r} has no published full-size architecture (its ModelFamily's "
                           "published is None); plan it with model.size=tiny")
+    pub = family.released(m.published)
     name = pub.name
     root = Path(m.path) if m.path else None
     if root is not None and not root.is_dir():
@@ -59,12 +59,14 @@ def planned_policy(cfg: Config) -> tuple[Policy, str]:
                                         f"{name} folder")
             configs.append(json.loads(file.read_text()))
         network_config, vae_config = configs
+        if family.folder_network_config is not None:
+            network_config = family.folder_network_config(root)
         source = f"{root / family.component / 'config.json'}"
     else:
         network_config, vae_config = pub.network_config, pub.vae_config
         source = f"released {pub.name} config (model.path is empty)"
     with torch.device("meta"):
-        network = family.network.from_config(network_config)
+        network = family.network_class(network_config).from_config(network_config)
         vae = pub.vae.from_config(vae_config).to(DTYPES[m.dtype])
     vae.requires_grad_(False)
     return pub.policy(network, vae, m, CPU), source
@@ -75,5 +77,5 @@ def text_shape(cfg: Config, policy: Policy) -> tuple[int, int, int, torch.dtype]
     m = cfg.model
     if m.size == "tiny":
         return cfg.data.max_text_tokens, m.tiny_text_dim, m.tiny_pooled_dim, torch.float32
-    published = model_family(m).published
+    published = model_family(m).released(m.published)
     return (published.text_tokens, *published.text_dims(dict(policy.transformer.config)), torch.bfloat16)

@@ -91,6 +91,21 @@ class _PeakTracker(FSDPMemTracker):
 
         return again
 
+    def _fsdp_param_group_post_backward(self, fsdp_mod, orig_fsdp_param_group_post_backward):
+        """A block the step never ran (the expert of the other noise levels) is skipped: FSDP2
+        calls its post-backward too, which has nothing to do, but FSDPMemTracker's wrapper
+        reads the unsharded parameters such a block never had."""
+        inner = super()._fsdp_param_group_post_backward(fsdp_mod, orig_fsdp_param_group_post_backward)
+
+        @functools.wraps(inner)
+        def unless_unused(*args, **kwargs):
+            group = fsdp_mod._get_fsdp_state()._fsdp_param_group
+            if group is not None and not all(hasattr(p, "_unsharded_param") for p in group.fsdp_params):
+                return orig_fsdp_param_group_post_backward(*args, **kwargs)
+            return inner(*args, **kwargs)
+
+        return unless_unused
+
 
 def _by_category(snapshot: dict) -> dict[str, int]:
     out = dict.fromkeys(TRACKED.values(), 0)
@@ -184,9 +199,14 @@ def track_micro_batch(cfg: Config, policy: Policy, world: World, plan: StepPlan)
         with tracker:
             trace.loss(*inputs).backward()
             backward_peak = _by_category(tracker.get_tracker_snapshot("peak")[world.device])
+            # A trained weight this micro-batch did not reach (the expert of the other noise
+            # levels) holds its sharded gradient from the step's other micro-batches, and has
+            # optimizer state.
+            unreached = _fp32_shard_bytes(p for p in trainable if p.grad is None)
+            backward_peak["gradients"] += unreached
             with torch.no_grad():
                 for param, shard in zip(trainable, shards):
-                    shard.grad = param.grad.to_local() if param.grad is not None else None
+                    shard.grad = param.grad.to_local() if param.grad is not None else torch.zeros_like(shard)
             torch.nn.utils.clip_grad_norm_(shards, t.grad_clip, foreach=True)
             before_step = _by_category(tracker.get_tracker_snapshot()[world.device])
             optimizer.step()

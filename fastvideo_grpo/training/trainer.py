@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from fastvideo_grpo.algorithms.advantages import advantages_of, kept_samples, nonfinite_groups, record_scores
 from fastvideo_grpo.algorithms.learner import (Learner, build_old, build_optimizer, fill_frozen, frozen_copy,
-                                               moved_copies)
+                                               moved_copies, trained_plan)
 from fastvideo_grpo.algorithms.registry import Algorithm, algorithm_of
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
 from fastvideo_grpo.training.run_state import NonFiniteTraining, resume_run, save_run
@@ -250,7 +250,7 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
 
     timer.seconds["time_decode"] = 0.0  # also on an sp rank whose share is empty: every rank logs the same names
     with timer("rollout"):
-        plan = algorithm.step_plan(cfg, iteration)
+        plan = trained_plan(algorithm.step_plan(cfg, iteration), policy, s)
         sampling_policy = c.old if algorithm.old_policy else policy
         with rollout_gathering(sampling_policy.transformer, cfg, world.device):
             ro = rollout(sampling_policy, cond, s, c.latent_shape, seed_parts, world.device, first_sample, plan,

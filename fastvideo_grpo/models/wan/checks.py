@@ -1,5 +1,6 @@
 """Wan's own rules on a config (`ModelFamily.config_problems`), read before any model is
-built: its video tokens must split evenly over the sequence-parallel ranks."""
+built: its video tokens must split evenly over the sequence-parallel ranks, and the experts'
+guidance scales both guide or neither."""
 
 from __future__ import annotations
 
@@ -47,3 +48,17 @@ def sequence_split_problems(cfg: Config, tiny: dict = WAN21_TOKEN_GEOMETRY) -> l
     return [f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
             f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
             "(sequence parallelism splits them evenly over the sp ranks)"]
+
+
+def guidance_problems(cfg: Config) -> list[str]:
+    """model.cfg_scale_2 guides the low-noise expert when model.cfg_scale guides the other: a
+    forward's rows per sample (CFG doubles them) are counted once for both."""
+    m = cfg.model
+    if not m.cfg_scale_2 or (m.cfg_scale_2 > 1) == (m.cfg_scale > 1):
+        return []
+    return [f"model.cfg_scale_2: {m.cfg_scale_2!r} is invalid with model.cfg_scale={m.cfg_scale!r}; expected both "
+            "above 1 (each expert guided) or both 1 (no guidance; 0 takes model.cfg_scale)"]
+
+
+def wan_problems(cfg: Config) -> list[str]:
+    return sequence_split_problems(cfg) + guidance_problems(cfg)

@@ -20,8 +20,9 @@ MAX_TOKENS = 512
 
 
 def encoder(args: argparse.Namespace, device: torch.device):
+    # transformer_2: Wan2.2 A14B's second expert, which the text does not need either.
     pipe = load_text_pipeline(WanPipeline, args.model_path, device, ("text_encoder", "tokenizer"), transformer=None,
-                              vae=None)
+                              transformer_2=None, vae=None)
 
     def encode(prompts: list[str]):
         with torch.no_grad():

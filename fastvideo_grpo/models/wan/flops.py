@@ -10,6 +10,7 @@ import math
 from torch import nn
 
 from fastvideo_grpo.models.flop_count import attention, linear, mlp_embedder
+from fastvideo_grpo.models.wan.experts import experts_of
 
 
 def wan_flops(config: dict, latent_shape: tuple[int, ...], text_tokens: int) -> int:
@@ -33,4 +34,5 @@ def wan_flops(config: dict, latent_shape: tuple[int, ...], text_tokens: int) -> 
 
 
 def forward_flops(network: nn.Module, latent_shape: tuple[int, ...], text_tokens: int) -> int:
-    return wan_flops(dict(network.config), latent_shape, text_tokens)
+    """One row through the network; of two experts, through the first (Wan2.2 A14B's are alike)."""
+    return wan_flops(dict(experts_of(network)[0].config), latent_shape, text_tokens)

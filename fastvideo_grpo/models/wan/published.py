@@ -1,4 +1,4 @@
-"""Wan2.1 text-to-video's released architectures, for the planner (`ModelFamily.published`)."""
+"""Wan text-to-video's released architectures, for the planner (`ModelFamily.published`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ WAN21_T2V_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_he
 # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json (1.43e10 parameters): diffusers'
 # WanTransformer3DModel() defaults.
 WAN21_T2V_14B = dict(WAN21_T2V_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+# Wan-AI/Wan2.2-T2V-A14B-Diffusers: transformer/ (high noise) and transformer_2/ (low noise),
+# each the 14B architecture, switched at model_index.json's boundary_ratio 0.875 (2.86e10
+# parameters, 1.43e10 active per step); a WanExperts config.
+WAN22_T2V_A14B = dict(_class_name="WanExperts", transformer_config=WAN21_T2V_14B, transformer_2_config=WAN21_T2V_14B,
+                      boundary_ratio=0.875, num_train_timesteps=1000)
 # Both folders' vae/config.json: AutoencoderKLWan() defaults (4x temporal, 8x spatial
 # compression to 16 channels, normalised per channel by latents_mean and latents_std); lists,
 # as the VAE concatenates them.
@@ -20,6 +25,6 @@ TEXT_TOKENS = 512
 
 
 def text_dims(config: dict) -> tuple[int, int]:
-    """(text embedding dim, pooled dim) of one prompt's conditioning: UMT5-XXL's width, and no
-    pooled embedding (the preprocessing stores [n, 0])."""
-    return config["text_dim"], 0
+    """(text embedding dim, pooled dim) of one prompt's conditioning: UMT5-XXL's width (the
+    experts' alike), and no pooled embedding (the preprocessing stores [n, 0])."""
+    return config.get("transformer_config", config)["text_dim"], 0

@@ -15,6 +15,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 from fastvideo_grpo.models.attention import MaskedTextAttention
+from fastvideo_grpo.models.wan.experts import experts_of
 from fastvideo_grpo.parallel.distributed import World
 from fastvideo_grpo.parallel.sequence_parallel import AllToAll, GatherReplicated, own_chunk
 
@@ -52,8 +53,13 @@ class UlyssesSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
-    """Split a Wan transformer's video tokens over the mesh's sp ranks."""
+def apply_sequence_parallel(network: nn.Module, world: World) -> None:
+    """Split a Wan network's video tokens (each expert's) over the mesh's sp ranks."""
+    for transformer in experts_of(network):
+        split_tokens_of(transformer, world)
+
+
+def split_tokens_of(transformer: nn.Module, world: World) -> None:
     group, sp = world.sp_group, world.sp_size
     heads = transformer.config.num_attention_heads
     if heads % sp:

@@ -1,5 +1,6 @@
-"""Tiny Wan2.1 T2V: the transformer and VAE of `model.size: tiny`, and a complete
-diffusers-format folder with tiny random weights.
+"""Tiny Wan2.1 T2V and Wan2.2 A14B: the transformer (two experts with
+model.tiny_boundary_ratio > 0) and VAE of `model.size: tiny`, and complete diffusers-format
+folders with tiny random weights (`wan`, and `wan_moe` with transformer_2 and boundary_ratio).
 
 The folder is laid out like Wan2.1-T2V-1.3B-Diffusers (transformer/, vae/, text_encoder/ +
 tokenizer/ (UMT5), scheduler/ (UniPC over flow sigmas, its flow_shift), model_index.json),
@@ -17,10 +18,14 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from fastvideo_grpo.config import ModelConfig
 from fastvideo_grpo.models.tiny.text_encoders import word_tokenizer
+from fastvideo_grpo.models.wan.experts import WanExperts
 
 TEXT_DIM = 32
 # Wan2.1-T2V-1.3B's scheduler: flow_shift 3.0 (480p).
 FLOW_SHIFT = 3.0
+# Wan2.2 T2V-A14B's boundary_ratio (its model_index.json): the high-noise expert takes the
+# timesteps from 875; the tiny configs' 8 steps at shift 3 give it 3 of them.
+BOUNDARY_RATIO = 0.875
 
 
 def tiny_transformer(cfg: ModelConfig, text_dim: int, channels: int = 16) -> WanTransformer3DModel:
@@ -47,17 +52,21 @@ def tiny_vae(cfg: ModelConfig) -> AutoencoderKLWan:
     return AutoencoderKLWan(base_dim=max(1, cfg.tiny_vae_channels // 4), z_dim=16, num_res_blocks=1)
 
 
-def tiny_networks(cfg: ModelConfig, text_dim: int) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
-    """The transformer, then the VAE, from the seed model.init_seed."""
+def tiny_networks(cfg: ModelConfig, text_dim: int) -> tuple[WanTransformer3DModel | WanExperts, AutoencoderKLWan]:
+    """The transformer (with model.tiny_boundary_ratio, the high-noise then the low-noise
+    expert), then the VAE, from the seed model.init_seed."""
     torch.manual_seed(cfg.init_seed)
-    return tiny_transformer(cfg, text_dim), tiny_vae(cfg)
+    transformer = tiny_transformer(cfg, text_dim)
+    if cfg.tiny_boundary_ratio > 0:
+        transformer = WanExperts.from_experts(transformer, tiny_transformer(cfg, text_dim), cfg.tiny_boundary_ratio)
+    return transformer, tiny_vae(cfg)
 
 
-def tiny_model_config(seed: int = 0) -> ModelConfig:
-    """The tiny architecture the folder holds (that of assets/configs/tiny_wan_t2v.yaml);
-    `build_policy` on it gives the same weights."""
+def tiny_model_config(seed: int = 0, boundary_ratio: float = 0.0) -> ModelConfig:
+    """The tiny architecture the folder holds (that of assets/configs/tiny_wan_t2v.yaml, with
+    `boundary_ratio` tiny_wan_moe_t2v.yaml's); `build_policy` on it gives the same weights."""
     return ModelConfig(family="wan", size="tiny", tiny_heads=4, tiny_head_dim=16, tiny_text_dim=TEXT_DIM,
-                       cfg_scale=5.0, init_seed=seed)
+                       cfg_scale=5.0, init_seed=seed, tiny_boundary_ratio=boundary_ratio)
 
 
 def tiny_umt5_text_encoder(hidden_size: int) -> tuple[UMT5EncoderModel, PreTrainedTokenizerFast]:
@@ -76,12 +85,19 @@ def scheduler() -> UniPCMultistepScheduler:
                                    num_train_timesteps=1000)
 
 
-def write_folder(path: str | Path, seed: int = 0) -> Path:
+def write_folder(path: str | Path, seed: int = 0, boundary_ratio: float = 0.0) -> Path:
     path = Path(path)
-    # The transformer and VAE first, seeded as build_policy seeds the in-process tiny model;
+    # The transformer(s) and VAE first, seeded as build_policy seeds the in-process tiny model;
     # the text encoder continues from that random state.
-    transformer, vae = tiny_networks(tiny_model_config(seed), TEXT_DIM)
+    network, vae = tiny_networks(tiny_model_config(seed, boundary_ratio), TEXT_DIM)
     text_encoder, tokenizer = tiny_umt5_text_encoder(TEXT_DIM)
+    experts = (dict(transformer=network.transformer, transformer_2=network.transformer_2,
+                    boundary_ratio=boundary_ratio) if boundary_ratio else dict(transformer=network))
     WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler(),
-                transformer=transformer).save_pretrained(path)
+                **experts).save_pretrained(path)
     return path
+
+
+def write_moe_folder(path: str | Path, seed: int = 0) -> Path:
+    """Wan2.2 A14B's layout: transformer (high noise), transformer_2 (low noise), boundary_ratio."""
+    return write_folder(path, seed, BOUNDARY_RATIO)
