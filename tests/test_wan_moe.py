@@ -18,9 +18,10 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint, saved_keys
+from fastvideo_grpo.cli.evaluate import load_transformer
 from fastvideo_grpo.cli.export import export, load_trained_transformer
 from fastvideo_grpo.config import ConfigError, load_config
-from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.models import build_policy, model_family
 from fastvideo_grpo.models.wan.experts import WanExperts
 from fastvideo_grpo.models.wan.tiny import BOUNDARY_RATIO, TEXT_DIM, tiny_model_config, write_moe_folder
 from fastvideo_grpo.sampling.rollout import rollout
@@ -205,6 +206,11 @@ def test_train_experts_is_refused_for_one_expert_and_names_the_key():
 
     with pytest.raises(ConfigError, match=r"model.cfg_scale_2: 3.0 is invalid with model.cfg_scale=1.0"):
         check_model_config(load_config(TINY, ["model.cfg_scale=1.0", "model.cfg_scale_2=3.0"]))
+    # A family with one network refuses every expert key, before anything is built.
+    for key, value in (("train_experts", "low"), ("cfg_scale_2", "3.0"), ("tiny_boundary_ratio", "0.5")):
+        with pytest.raises(ConfigError, match=rf"model.{key}: .* is invalid; expected it unset: model.family "
+                                              "'hunyuan_video' has one network"):
+            check_model_config(load_config(ROOT / "assets/configs/tiny_t2v.yaml", [f"model.{key}={value}"]))
 
 
 def test_a_folders_train_experts_is_refused_when_it_has_one_transformer(tmp_path):
@@ -248,6 +254,12 @@ def test_export_writes_both_experts_that_wan_pipeline_loads_and_samples_from(run
     frames = pipe(prompt="a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=5.0,
                   guidance_scale_2=4.0, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    # `evaluate --diffusers` on the export reads both experts, each step run by its own.
+    evaluated = load_transformer(None, str(exported), False, model_family(load_config(out / "config.yaml").model))
+    assert isinstance(evaluated, WanExperts) and evaluated.config.boundary_ratio == 0.875
+    weights = trained.state_dict()
+    assert evaluated.state_dict().keys() == weights.keys()
+    assert all(torch.equal(w, weights[n]) for n, w in evaluated.state_dict().items())
 
 
 def test_lora_adapts_only_the_trained_expert_and_exports_merged_and_per_expert_adapters(moe_folder, tmp_path):

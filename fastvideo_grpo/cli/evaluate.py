@@ -41,7 +41,7 @@ from fastvideo_grpo.cli.args import number
 from fastvideo_grpo.cli.errors import run_cli
 from fastvideo_grpo.config import Config, load_config, run_config_path
 from fastvideo_grpo.dtypes import DTYPES
-from fastvideo_grpo.models import build_policy
+from fastvideo_grpo.models import ModelFamily, build_policy, model_family
 from fastvideo_grpo.training.outputs import write_video
 from fastvideo_grpo.parallel import World, barrier, init_distributed, shutdown
 from fastvideo_grpo.quiet import silence_library_noise
@@ -67,14 +67,18 @@ def write_results(folder: Path, rows: list[dict], grid: torch.Tensor | None, met
     return summary
 
 
-def load_transformer(checkpoint: str | None, diffusers_path: str | None, ema: bool) -> torch.nn.Module | None:
-    """The trained transformer to evaluate, on CPU; None for the base model."""
+def load_transformer(checkpoint: str | None, diffusers_path: str | None, ema: bool,
+                     family: ModelFamily | None = None) -> torch.nn.Module | None:
+    """The trained transformer to evaluate, on CPU; None for the base model. A diffusers folder
+    is read as `family` reads one where it says how (two experts), else by its network's class."""
     if checkpoint:
         from fastvideo_grpo.cli.export import load_trained_transformer
 
         return load_trained_transformer(checkpoint, ema)
     if diffusers_path:
         root = Path(diffusers_path)
+        if family is not None and family.load_folder_network is not None and (root / "model_index.json").is_file():
+            return family.load_folder_network(root)
         candidates = [root / "transformer", root / "unet", root]
         folder = next((f for f in candidates if (f / "config.json").is_file()), None)
         if folder is None:
@@ -99,7 +103,7 @@ def evaluate(cfg: Config, output: Path, checkpoint: str | None = None, diffusers
     source = held_out_source(cfg, prompts)
     count = min(num_prompts or len(source), len(source))
     policy = build_policy(cfg.model, world.device, source.text_dim, source.pooled_dim)
-    trained = load_transformer(checkpoint, diffusers_path, ema)
+    trained = load_transformer(checkpoint, diffusers_path, ema, model_family(cfg.model))
     if trained is not None:
         policy.transformer = trained
     policy.transformer.to(world.device).requires_grad_(False).eval()

@@ -93,12 +93,18 @@ class ModelFamily:
     # model.path -> the config of the network the planner builds on the meta device, with its
     # _class_name (wan: two experts'); None: `component`/config.json.
     folder_network_config: Callable[[Path], dict] | None = None
+    # Whether the family reads model.train_experts, model.cfg_scale_2 and
+    # model.tiny_boundary_ratio (wan: Wan2.2's two experts); others refuse them.
+    experts: bool = False
+    # A diffusers folder -> its network with weights, as `network_class` builds it (wan: both
+    # experts of a two-expert folder); None: `component`'s class from its config.json.
+    load_folder_network: Callable[[Path], nn.Module] | None = None
 
     def __post_init__(self):
         for key in ("build", "forward_flops"):
             if not callable(getattr(self, key)):
                 raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function, got {getattr(self, key)!r}")
-        for key in ("sequence_parallel", "write_tiny_folder", "config_problems", "image_tokens"):
+        for key in ("sequence_parallel", "write_tiny_folder", "config_problems", "image_tokens", "load_folder_network"):
             if getattr(self, key) is not None and not callable(getattr(self, key)):
                 raise TypeError(f"ModelFamily {self.name!r}: {key} must be a function or None, "
                                 f"got {getattr(self, key)!r}")

@@ -75,6 +75,10 @@ def check_model_config(cfg: Config, may_be_empty: tuple[str, ...] = ()) -> None:
         problems.append(f"model.path: {m.path!r} is invalid; expected empty with model.size: tiny: model.family "
                         f"{m.family!r} builds its tiny model in process and would ignore this folder; set "
                         "model.size=full to train the folder's model")
+    if not family.experts:
+        problems += [f"model.{key}: {getattr(m, key)!r} is invalid; expected it unset: model.family {m.family!r} "
+                     "has one network, no experts" for key in ("train_experts", "cfg_scale_2", "tiny_boundary_ratio")
+                     if getattr(m, key)]
     if family.config_problems is not None:
         problems += family.config_problems(cfg)
     raise_problems(problems, may_be_empty)

@@ -11,7 +11,7 @@ from fastvideo_grpo.models.family import ModelFamily, Published
 from fastvideo_grpo.models.wan.checks import wan_problems
 from fastvideo_grpo.models.wan.experts import WanExperts, export_components, folder_network_config
 from fastvideo_grpo.models.wan.flops import forward_flops
-from fastvideo_grpo.models.wan.policy import WanPolicy, build_wan
+from fastvideo_grpo.models.wan.policy import WanPolicy, build_wan, load_folder_network
 from fastvideo_grpo.models.wan.published import (TEXT_TOKENS, WAN21_T2V_1_3B, WAN21_T2V_14B, WAN21_VAE,
                                                  WAN22_T2V_A14B, text_dims)
 from fastvideo_grpo.models.wan.sequence_parallel import apply_sequence_parallel
@@ -35,4 +35,4 @@ FAMILY = ModelFamily(
     sequence_parallel=apply_sequence_parallel, write_tiny_folder=write_folder,
     encoder="fastvideo_grpo.models.wan.encoder", config_problems=wan_problems,
     tiny_folders={"wan_moe": write_moe_folder}, networks=(WanExperts,), export_components=export_components,
-    folder_network_config=folder_network_config)
+    folder_network_config=folder_network_config, load_folder_network=load_folder_network, experts=True)

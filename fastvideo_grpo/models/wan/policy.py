@@ -108,14 +108,20 @@ def check_text_dim(cfg: ModelConfig, transformer: WanTransformer3DModel, text_di
                               "embeddings (text_dim)")
 
 
-def load_experts(cfg: ModelConfig, transformer: WanTransformer3DModel) -> WanTransformer3DModel | WanExperts:
-    """model.path's transformer, with its transformer_2 (fp32, as `load_pretrained` loads the
+def load_experts(path: str | Path, transformer: WanTransformer3DModel) -> WanTransformer3DModel | WanExperts:
+    """The folder's transformer, with its transformer_2 (fp32, as `load_pretrained` loads the
     first) when the folder holds two experts."""
-    ratio = folder_boundary_ratio(Path(cfg.path))
+    ratio = folder_boundary_ratio(Path(path))
     if ratio is None:
         return transformer
-    transformer_2 = WanTransformer3DModel.from_pretrained(cfg.path, subfolder="transformer_2", torch_dtype=torch.float32)
+    transformer_2 = WanTransformer3DModel.from_pretrained(path, subfolder="transformer_2", torch_dtype=torch.float32)
     return WanExperts.from_experts(transformer, transformer_2, ratio)
+
+
+def load_folder_network(root: Path) -> WanTransformer3DModel | WanExperts:
+    """A diffusers Wan folder's network in fp32: its transformer, or both experts."""
+    transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
+    return load_experts(root, transformer)
 
 
 def build_wan(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim: int) -> WanPolicy:
@@ -124,7 +130,7 @@ def build_wan(cfg: ModelConfig, device: torch.device, text_dim: int, pooled_dim:
         transformer, vae = tiny_networks(cfg, text_dim)
     else:
         transformer, vae = load_pretrained(cfg, WanTransformer3DModel, "transformer", AutoencoderKLWan, "Wan")
-        transformer = load_experts(cfg, transformer)
+        transformer = load_experts(cfg.path, transformer)
         if text_dim:
             check_text_dim(cfg, transformer, text_dim)
     place_on_device(transformer, vae, cfg, device)
