@@ -1,9 +1,10 @@
 """The contract every model family passes, as diffusers' ModelTesterMixin is for models: a
 table of cases (a tiny config and what the family's diffusers classes are), and one test per
-scenario that every case runs: two training iterations; export into the family's network and
-pipeline classes; a LoRA run's merged and adapter exports; FSDP over 2 ranks against 1; the
-full path from a tiny diffusers folder through offline embeddings. What only one family has
-(FLUX packing, DDIM, I2V conditioning, one-frame decode) is tested in that family's file."""
+scenario that every case runs: two training iterations; a resumed run equal to the straight
+one; NFT training; export into the family's network and pipeline classes; a LoRA run's merged
+and adapter exports; FSDP over 2 ranks against 1; the full path from a tiny diffusers folder
+through offline embeddings. What only one family has (FLUX packing, DDIM, I2V conditioning,
+one-frame decode, CFG's branches) is tested in that family's file."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from diffusers import (FluxPipeline, FluxTransformer2DModel, HunyuanVideo15Pipel
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from fastvideo_grpo.algorithms.nft import return_decay
 from fastvideo_grpo.checkpoint import latest_checkpoint, load_checkpoint
 from fastvideo_grpo.config import Config, load_config
 from fastvideo_grpo.cli.export import export, load_trained_transformer
@@ -33,8 +35,8 @@ from fastvideo_grpo.parallel import World
 from fastvideo_grpo.rewards import REGISTRY
 from fastvideo_grpo.training.trainer import Components, setup, train
 from fastvideo_grpo.video_io import read_video
-from helpers import (COMMON, DIST, assert_same_training, curve_pixels, read_jsonl, read_png, run, smooth_image, tiny_policy,
-                     write_image_latents)
+from helpers import (COMMON, DIST, TIMING, assert_same_training, curve_pixels, read_jsonl, read_png, run, smooth_image,
+                     tiny_policy, write_image_latents)
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 CONFIGS = ROOT / "assets/configs"
@@ -237,6 +239,10 @@ def trained(tmp_path_factory, configure):
     return get
 
 
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
+
+
 def sample_inputs(c: Components, batch: int = 2):
     x = torch.randn(batch, *c.latent_shape, generator=torch.Generator().manual_seed(3))
     return x, c.source.conditioning(list(range(batch)))
@@ -283,6 +289,9 @@ def plain_config(network) -> dict:
 
 REQUIRED = ["iteration", "reward_mean", "loss", "ratio_mean", "clip_frac", "grad_norm", "zero_std_frac",
             "time_rollout", "time_reward", "time_train", "ratio_dev_first_update", "optimizer_steps"]
+NFT_REQUIRED = ["iteration", "reward_mean", "loss", "grad_norm", "zero_std_frac", "time_rollout", "time_reward",
+                "time_train", "optimizer_steps", "old_decay", "old_deviation", "transformer_forwards_rollout",
+                "transformer_forwards_train"]
 
 
 @cases()
@@ -312,6 +321,66 @@ def test_two_iterations_train_with_ratio_one_at_the_first_update(case, trained):
     assert curve.shape == (400, 600, 3)
     assert len(curve_pixels(curve, 0)[0]) > 50 and len(curve_pixels(curve, 1)[0]) == 0
     assert load_config(out / "config.yaml").train.iterations == 2
+
+
+@cases()
+def test_a_resumed_run_is_bit_exact(case, trained, tmp_path):
+    """The trained run's config stopped after its first iteration, then resumed from that
+    checkpoint to the second: the straight run's metrics, weights and EMA, bit for bit."""
+    straight = trained(case)
+    for iterations in (1, 2):
+        train(replace(straight.cfg, train=replace(straight.cfg.train, output_dir=str(tmp_path),
+                                                  iterations=iterations)))
+    resumed = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1]
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in read_jsonl(Path(straight.cfg.train.output_dir) /
+                                                                             "metrics.jsonl")]
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint.name == "step_2"
+    for ema in (False, True):
+        a, b = (load_trained_transformer(path, ema=ema).state_dict() for path in (straight.checkpoint, checkpoint))
+        assert a.keys() == b.keys() and all(torch.equal(w, b[name]) for name, w in a.items()), f"ema={ema}"
+
+
+@cases()
+def test_nft_trains_without_guidance(case, configure, tmp_path, monkeypatch):
+    """train.algorithm=nft (CFG-free: model.cfg_scale=1) for two iterations: the rollout keeps
+    only the scored latents; each sample and step sends one row through the network in the
+    rollout, and the counted training rows are the network's other calls; the old policy
+    predicts as the policy until the first optimizer step, then follows it by nft.decay_type's
+    schedule."""
+    import fastvideo_grpo.training.trainer as trainer
+
+    rows_through, rollouts = [], []
+    forward, rollout_ = case.network.forward, trainer.rollout
+
+    def counting(self, *args, **kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        if x.device.type != "meta":  # a FLOP count's forward (stable_diffusion/flops.py) is no row
+            rows_through.append(x.shape[0])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(case.network, "forward", counting)
+    monkeypatch.setattr(trainer, "rollout", lambda *a, **k: rollouts.append(rollout_(*a, **k)) or rollouts[-1])
+    cfg = configure(case, tmp_path, "train.iterations=2", "train.algorithm=nft", "sampling.shared_noise=false",
+                    "model.cfg_scale=1")
+    rows = read_jsonl(train(cfg) / "metrics.jsonl")
+    s, (reward,) = cfg.sampling, cfg.reward.weights
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for row in rows:
+        assert all(key in row for key in [*NFT_REQUIRED, f"reward/{reward}"]), set(NFT_REQUIRED) - set(row)
+        assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
+        assert row["optimizer_steps"] >= 1
+        assert row["transformer_forwards_rollout"] == cfg.train.prompts_per_iteration * s.group_size * s.num_steps
+    # The old policy is the policy until the first optimizer step, and lags it after.
+    assert (rows[0]["old_deviation"] == 0.0) == (rows[0]["optimizer_steps"] == 1)
+    assert rows[1]["old_deviation"] > 0
+    steps = np.cumsum([r["optimizer_steps"] for r in rows])
+    assert [r["old_decay"] for r in rows] == [return_decay(int(n), cfg.nft.decay_type) for n in steps]
+    assert sum(rows_through) == sum(r["transformer_forwards_rollout"] + r["transformer_forwards_train"] for r in rows)
+    assert len(rollouts) == 2
+    assert all(ro.latents is None and ro.log_probs is None and torch.isfinite(ro.scored_latents).all()
+               for ro in rollouts)
 
 
 @cases()

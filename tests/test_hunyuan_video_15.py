@@ -1,9 +1,8 @@
 """HunyuanVideo-1.5 T2V: the adapter against diffusers' HunyuanVideo15Pipeline (its timesteps
 and shift, its guider's classifier-free guidance, the zero condition latents and mask of
 text-to-video, Qwen2.5-VL's cropped chat template and ByT5's glyph tokens), encode_prompt
-bitwise in the shards, the released size and the FLOP count, LoRA's modules, GRPO and NFT
-training, resume, export and sequence parallelism. What every family passes:
-test_families.py."""
+bitwise in the shards, the released size and the FLOP count, LoRA's modules, export and
+sequence parallelism. What every family passes (GRPO, resume, NFT, ...): test_families.py."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from diffusers.guiders import ClassifierFreeGuidance
 
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
-from fastvideo_grpo.cli.export import load_trained_transformer
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
@@ -29,7 +27,7 @@ from fastvideo_grpo.models.hunyuan_video_15.published import HUNYUAN_VIDEO_15_48
 from fastvideo_grpo.models.hunyuan_video_15.tiny import GLYPH_DIM, TEXT_DIM, tiny_model_config, write_folder
 from fastvideo_grpo.sampling.rollout import rollout
 from fastvideo_grpo.training.trainer import train
-from helpers import COMMON, DIST, TIMING, assert_same_training, read_jsonl, run, tiny_conditioning, tiny_policy
+from helpers import COMMON, DIST, assert_same_training, run, tiny_conditioning, tiny_policy
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 TINY = ROOT / "assets/configs/tiny_hunyuan_video_15_t2v.yaml"
@@ -263,38 +261,8 @@ SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.dec
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
-    return train(load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL]))
-
-
-def test_three_iterations_of_grpo_with_cfg(grpo_run):
-    rows = read_jsonl(grpo_run / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    for row in rows:
-        assert row["ratio_dev_first_update"] == 0.0  # both CFG branches recomputed bit for bit
-        assert row["optimizer_steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
-
-
-def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
-    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
-    for iterations in (2, 3):
-        train(load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
-                                 f"train.iterations={iterations}"]))
-    straight, resumed = read_jsonl(grpo_run / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["iteration"] for r in resumed] == [0, 1, 2]
-    for a, b in zip(straight, resumed, strict=True):
-        assert {k: v for k, v in a.items() if not k.startswith(TIMING)} == {
-            k: v for k, v in b.items() if not k.startswith(TIMING)}
-    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (grpo_run, tmp_path)]
-    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
-
-
-def test_three_iterations_of_nft_without_cfg(tmp_path):
-    """DiffusionNFT trains CFG-free: model.cfg_scale=1, the conditional branch alone."""
-    cfg = load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
-                             "train.algorithm=nft", "sampling.shared_noise=false", "model.cfg_scale=1.0"])
-    rows = read_jsonl(train(cfg) / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
+    return train(load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL,
+                                    "train.iterations=1"]))
 
 
 def test_the_export_cli_writes_a_folder_the_pipeline_samples_from(grpo_run, folder, tmp_path):

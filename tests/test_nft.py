@@ -1,6 +1,7 @@
 """DiffusionNFT: the loss against an independent computation, the old policy's decay and
 update (a full copy, or with LoRA a second adapter on the same network), the config rule,
-bit-exact resume of a run, and export of a LoRA run."""
+bit-exact resume of a run, and export of a LoRA run. That every family trains with it:
+test_families.py."""
 
 import dataclasses
 
@@ -184,30 +185,6 @@ def assert_exports_the_trained_adapter(run, out):
         assert torch.equal(value, trained[name]), key
         differ += not torch.equal(value, old["old"][name])
     assert differ > 0  # the old adapter lags: what was exported is not it
-
-
-@pytest.mark.parametrize("config", ["tiny_sd_t2i.yaml", "tiny_flux_t2i.yaml"])
-def test_every_family_trains_with_nft(tmp_path, config, monkeypatch):
-    """Noise prediction (SD) takes the same loss through its x0 prediction; FLUX goes through
-    its sampler too. The rollout keeps only the scored latents: NFT trains on nothing else."""
-    import fastvideo_grpo.training.trainer as trainer
-
-    rollouts = []
-
-    def recorded(*args, **kwargs):
-        rollouts.append(trainer_rollout(*args, **kwargs))
-        return rollouts[-1]
-
-    trainer_rollout = trainer.rollout
-    monkeypatch.setattr(trainer, "rollout", recorded)
-    cfg = load_config(ROOT / "assets/configs" / config, [
-        f"train.output_dir={tmp_path}", "train.progress_bar=false", "reward.mode=inline", "train.sample_every=0",
-        "train.algorithm=nft", "sampling.shared_noise=false", "train.iterations=1", "checkpoint.every=0",
-        "model.cfg_scale=1"])  # tiny_sd_t2i guides GRPO; NFT samples and trains without guidance
-    row = read_jsonl(train(cfg) / "metrics.jsonl")[0]
-    assert np.isfinite(row["loss"]) and row["optimizer_steps"] >= 1 and row["old_decay"] >= 0
-    (ro,) = rollouts
-    assert ro.latents is None and ro.log_probs is None and torch.isfinite(ro.scored_latents).all()
 
 
 NFT_2RANK = ("train.algorithm=nft", "sampling.shared_noise=false", "nft.decay_type=1")

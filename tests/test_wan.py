@@ -1,8 +1,8 @@
 """Wan2.1 T2V: the adapter against diffusers' WanPipeline (its flow-matching timesteps and shift,
 classifier-free guidance with the negative prompt, latent normalisation, encode_prompt), the
-released sizes and their FLOP counts, LoRA's modules, GRPO and NFT training and the export CLI.
-What every family passes (export, LoRA export, the full path from the tiny folder):
-test_families.py."""
+released sizes and their FLOP counts, LoRA's modules, NFT's refusal of guidance and the export CLI.
+What every family passes (GRPO, resume, NFT, export, LoRA export, the full path from the tiny
+folder): test_families.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 
 from conftest import ROOT
 from fastvideo_grpo.checkpoint import latest_checkpoint
-from fastvideo_grpo.cli.export import load_trained_transformer
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.data.embeddings import EmbeddingDataset
 from fastvideo_grpo.models import FAMILIES, TextConditioning, build_policy
@@ -27,7 +26,7 @@ from fastvideo_grpo.models.wan.published import WAN21_T2V_1_3B, WAN21_T2V_14B, W
 from fastvideo_grpo.models.wan.tiny import TEXT_DIM, tiny_model_config, write_folder
 from fastvideo_grpo.sampling.rollout import rollout
 from fastvideo_grpo.training.trainer import train
-from helpers import COMMON, DIST, TIMING, assert_same_training, read_jsonl, run, tiny_policy
+from helpers import COMMON, DIST, assert_same_training, run, tiny_policy
 
 sys.path.insert(0, str(ROOT / "data_preprocess"))
 TINY = ROOT / "assets/configs/tiny_wan_t2v.yaml"
@@ -215,49 +214,11 @@ SMALL = ("sampling.group_size=4", "sampling.rollout_batch_size=4", "sampling.dec
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
-    return train(load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL]))
-
-
-def test_three_iterations_of_grpo_with_cfg(grpo_run):
-    rows = read_jsonl(grpo_run / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    for row in rows:
-        assert row["ratio_dev_first_update"] == 0.0  # both CFG branches recomputed bit for bit
-        assert row["optimizer_steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
-
-
-def test_a_resumed_run_is_bit_exact(grpo_run, tmp_path):
-    """Two iterations, then the third from the checkpoint: the straight run's metrics and weights."""
-    for iterations in (2, 3):
-        train(load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL,
-                                 f"train.iterations={iterations}"]))
-    straight, resumed = read_jsonl(grpo_run / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["iteration"] for r in resumed] == [0, 1, 2]
-    for a, b in zip(straight, resumed, strict=True):
-        assert {k: v for k, v in a.items() if not k.startswith(TIMING)} == {
-            k: v for k, v in b.items() if not k.startswith(TIMING)}
-    weights = [load_trained_transformer(latest_checkpoint(run)).state_dict() for run in (grpo_run, tmp_path)]
-    assert all(torch.equal(w, weights[1][name]) for name, w in weights[0].items())
+    return train(load_config(TINY, [f"train.output_dir={out}", f"data.prompts_file={PROMPTS}", *SMALL,
+                                    "train.iterations=1"]))
 
 
 NFT = ("train.algorithm=nft", "sampling.shared_noise=false")
-
-
-def test_three_iterations_of_nft_without_cfg(tmp_path, monkeypatch):
-    """DiffusionNFT trains CFG-free: model.cfg_scale=1, the conditional branch alone, one row
-    through the network per sample and step (the policy's and the old policy's in training)."""
-    rows_through = []
-    forward = WanTransformer3DModel.forward
-    monkeypatch.setattr(WanTransformer3DModel, "forward",
-                        lambda self, hidden_states, *a, **k: rows_through.append(hidden_states.shape[0])
-                        or forward(self, hidden_states, *a, **k))
-    cfg = load_config(TINY, [f"train.output_dir={tmp_path}", f"data.prompts_file={PROMPTS}", *SMALL, *NFT,
-                             "model.cfg_scale=1.0"])
-    rows = read_jsonl(train(cfg) / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert all(np.isfinite(r["loss"]) and r["optimizer_steps"] >= 1 and r["grad_norm"] > 0 for r in rows)
-    assert [r["transformer_forwards_rollout"] for r in rows] == [4 * 8] * 3  # G=4 samples x 8 steps, 1 row each
-    assert sum(rows_through) == sum(r["transformer_forwards_rollout"] + r["transformer_forwards_train"] for r in rows)
 
 
 def test_nft_with_the_tiny_configs_guidance_is_refused_naming_model_cfg_scale(tmp_path):
