@@ -192,7 +192,8 @@ def test_sp_token_count_is_what_the_patch_embedding_makes():
     patch embedding produces for the same sizes."""
     import torch
 
-    from fastvideo_grpo.models.hunyuan_video.checks import token_geometry, video_tokens
+    from fastvideo_grpo.models.hunyuan_video.checks import token_geometry
+    from fastvideo_grpo.models.token_split import video_tokens
     from helpers import tiny_policy
 
     cfg = load_config(TINY, ["sampling.num_frames=9", "sampling.height=48", "sampling.width=80"])

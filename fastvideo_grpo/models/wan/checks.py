@@ -4,50 +4,35 @@ guidance scales both guide or neither."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from functools import partial
 
 from fastvideo_grpo.config import Config
+from fastvideo_grpo.models.token_split import TokenGeometry, folder_configs
+from fastvideo_grpo.models.token_split import sequence_split_problems as split_problems
 
 # Wan2.1's VAE compresses time by 4 and space by 8, its transformer cuts 1x2x2 patches; the
 # tiny model keeps them.
-WAN21_TOKEN_GEOMETRY = {"temporal": 4, "spatial": 8, "patch": (1, 2, 2)}
+WAN21_TOKEN_GEOMETRY = TokenGeometry(temporal=4, spatial=8, patch_t=1, patch_h=2, patch_w=2)
 
 
-def token_geometry(cfg: Config, tiny: dict = WAN21_TOKEN_GEOMETRY) -> dict | None:
-    """model.path's vae/ and transformer/ config.json (`tiny`, the released geometry, for the
-    tiny model); None when they cannot be read (the model builder then names what is missing)."""
+def token_geometry(cfg: Config, tiny: TokenGeometry = WAN21_TOKEN_GEOMETRY) -> TokenGeometry | None:
+    """The VAE compression and patch sizes of model.path's configs, `tiny` for the tiny
+    model; None when they cannot be read."""
     if cfg.model.size == "tiny":
         return tiny
+    configs = folder_configs(cfg)
     try:
-        transformer, vae = (json.loads((Path(cfg.model.path) / part / "config.json").read_text())
-                            for part in ("transformer", "vae"))
-        return {"temporal": int(vae.get("scale_factor_temporal", 4)),
-                "spatial": int(vae.get("scale_factor_spatial", 8)), "patch": tuple(transformer["patch_size"])}
-    except (OSError, ValueError, KeyError, TypeError):
+        transformer, vae = configs
+        patch_t, patch_h, patch_w = (int(p) for p in transformer["patch_size"])
+        return TokenGeometry(int(vae.get("scale_factor_temporal", 4)), int(vae.get("scale_factor_spatial", 8)),
+                             patch_t, patch_h, patch_w)
+    except (KeyError, TypeError, ValueError):
         return None
 
 
-def video_tokens(geometry: dict, frames: int, height: int, width: int) -> int:
-    pt, ph, pw = geometry["patch"]
-    return (((frames - 1) // geometry["temporal"] + 1) // pt * (height // geometry["spatial"] // ph)
-            * (width // geometry["spatial"] // pw))
-
-
-def sequence_split_problems(cfg: Config, tiny: dict = WAN21_TOKEN_GEOMETRY) -> list[str]:
-    """A sample's video tokens split evenly over parallel.sp_size ranks, or a problem naming
-    the sizes: the network would fail only at its first forward, after loading. `tiny`: the
-    tiny model's geometry."""
-    s, sp = cfg.sampling, cfg.parallel.sp_size
-    geometry = token_geometry(cfg, tiny) if sp > 1 else None
-    if geometry is None:
-        return []
-    tokens = video_tokens(geometry, s.num_frames, s.height, s.width)
-    if tokens % sp == 0:
-        return []
-    return [f"parallel.sp_size: {sp} is invalid for sampling.height={s.height} x sampling.width={s.width} x "
-            f"sampling.num_frames={s.num_frames}: {tokens} video tokens per sample, which {sp} does not divide "
-            "(sequence parallelism splits them evenly over the sp ranks)"]
+def sequence_split_problems(cfg: Config, tiny: TokenGeometry = WAN21_TOKEN_GEOMETRY) -> list[str]:
+    """`tiny`: the tiny model's geometry."""
+    return split_problems(cfg, partial(token_geometry, tiny=tiny))
 
 
 def guidance_problems(cfg: Config) -> list[str]:
