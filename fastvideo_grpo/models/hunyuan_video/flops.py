@@ -10,6 +10,14 @@ from torch import nn
 from fastvideo_grpo.models.flop_count import attention, linear, mlp_embedder
 
 
+def token_refiner_flops(text: int, text_dim: int, d: int, layers: int) -> int:
+    """The token refiner (HunyuanVideo and HunyuanVideo-1.5): its own timestep and mean-text
+    embeddings, proj_in, then `layers` self-attention blocks over the text alone (MLP ratio 4)."""
+    return (mlp_embedder(256, d) + mlp_embedder(text_dim, d) + linear(text, text_dim, d)
+            + layers * (4 * linear(text, d, d) + attention(text, text, d) + 2 * linear(text, d, 4 * d)
+                        + linear(1, d, 2 * d)))
+
+
 def hunyuan_video_flops(config: dict, latent_shape: tuple[int, ...], text_tokens: int) -> int:
     """One row of HunyuanVideoTransformer3DModel (T2V and I2V) on a [C, T, H, W] latent."""
     d = config["num_attention_heads"] * config["attention_head_dim"]
@@ -23,12 +31,7 @@ def hunyuan_video_flops(config: dict, latent_shape: tuple[int, ...], text_tokens
     conditioning = ((1 + config["guidance_embeds"] + token_replace) * mlp_embedder(256, d)
                     + mlp_embedder(config["pooled_projection_dim"], d))
     patches = linear(n, config["in_channels"] * pt * p * p, d)
-    # The token refiner: its own timestep and mean-text embeddings, proj_in, then
-    # num_refiner_layers self-attention blocks over the text alone (MLP ratio 4).
-    refiner = (mlp_embedder(256, d) + mlp_embedder(config["text_embed_dim"], d)
-               + linear(text, config["text_embed_dim"], d)
-               + config["num_refiner_layers"] * (4 * linear(text, d, d) + attention(text, text, d)
-                                                 + 2 * linear(text, d, 4 * d) + linear(1, d, 2 * d)))
+    refiner = token_refiner_flops(text, config["text_embed_dim"], d, config["num_refiner_layers"])
     # token_replace modulates the image's first frame separately (twice the image adaLN).
     modulation = 2 if token_replace else 1
     # Dual-stream: q, k, v, out and the MLP per stream (image and text), joint attention.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastvideo_grpo.models.flop_count import attention, linear, mlp_embedder
+from fastvideo_grpo.models.hunyuan_video.flops import token_refiner_flops
 
 
 def hunyuan_video_15_flops(config: dict, latent_shape: tuple[int, ...], text_tokens: int) -> int:
@@ -22,12 +23,7 @@ def hunyuan_video_15_flops(config: dict, latent_shape: tuple[int, ...], text_tok
     n, text = (frames // pt) * (height // p) * (width // p), text_tokens
     s = n + text
     patches = linear(n, config["in_channels"] * pt * p * p, d)
-    # The token refiner: its timestep and mean-text embeddings, proj_in, then
-    # num_refiner_layers self-attention blocks over the text alone (MLP ratio 4).
-    refiner = (mlp_embedder(256, d) + mlp_embedder(config["text_embed_dim"], d)
-               + linear(text, config["text_embed_dim"], d)
-               + config["num_refiner_layers"] * (4 * linear(text, d, d) + attention(text, text, d)
-                                                 + 2 * linear(text, d, 4 * d) + linear(1, d, 2 * d)))
+    refiner = token_refiner_flops(text, config["text_embed_dim"], d, config["num_refiner_layers"])
     # Both streams' six modulations, q, k, v and out and an MLP per token, joint attention.
     block = 2 * linear(1, d, 6 * d) + 4 * linear(s, d, d) + 2 * linear(s, d, mlp) + attention(s, s, d)
     out = linear(1, d, 2 * d) + linear(n, d, pt * p * p * config["out_channels"])
