@@ -79,21 +79,23 @@ class UlyssesAttnProcessor:
         return video_out, text_out
 
 
-def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
-    """Split a HunyuanVideo transformer's video tokens over the mesh's sp ranks."""
+def split_video_tokens(transformer: nn.Module, world: World) -> None:
+    """Hooks that give each sp rank its S/sp of the patch embedding's video tokens and of the
+    RoPE tables, and gather the output projection's tokens: the module layout HunyuanVideo
+    and HunyuanVideo-1.5 share (x_embedder, rope, proj_out)."""
     group = world.sp_group
     sp = world.sp_size
     heads = transformer.config.num_attention_heads
     if heads % sp:
         raise ValueError(f"parallel.sp_size={sp} must divide the model's {heads} attention heads")
 
-    def split_tokens(module, inputs, output):
+    def split_tokens(module, inputs, output):  # [B, S, D]
         if output.shape[1] % sp:
             raise ValueError(f"sequence parallel: {output.shape[1]} video tokens do not split over "
                              f"parallel.sp_size={sp}; change sampling.height/width/num_frames")
         return own_chunk(output, group, 1)
 
-    def split_rope(module, inputs, output):
+    def split_rope(module, inputs, output):  # ([S, D], [S, D])
         return tuple(own_chunk(table, group, 0) for table in output)
 
     def gather_tokens(module, inputs, output):
@@ -102,6 +104,12 @@ def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
     transformer.x_embedder.register_forward_hook(split_tokens)
     transformer.rope.register_forward_hook(split_rope)
     transformer.proj_out.register_forward_hook(gather_tokens)
+
+
+def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
+    """Split a HunyuanVideo transformer's video tokens over the mesh's sp ranks."""
+    split_video_tokens(transformer, world)
+    group = world.sp_group
     # Only the joint video+text attentions; the text refiner attends over text alone.
     processors = {}
     for name, processor in transformer.attn_processors.items():

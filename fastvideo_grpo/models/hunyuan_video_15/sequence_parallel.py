@@ -7,31 +7,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from fastvideo_grpo.models.hunyuan_video.sequence_parallel import split_video_tokens
 from fastvideo_grpo.models.hunyuan_video_15.attention import set_joint_attention
 from fastvideo_grpo.parallel.distributed import World
-from fastvideo_grpo.parallel.sequence_parallel import GatherReplicated, own_chunk
 
 
 def apply_sequence_parallel(transformer: nn.Module, world: World) -> None:
     """Split a HunyuanVideo-1.5 transformer's video tokens over the mesh's sp ranks."""
-    group, sp = world.sp_group, world.sp_size
-    heads = transformer.config.num_attention_heads
-    if heads % sp:
-        raise ValueError(f"parallel.sp_size={sp} must divide the model's {heads} attention heads")
-
-    def split_tokens(module, inputs, output):  # [B, S, D]
-        if output.shape[1] % sp:
-            raise ValueError(f"sequence parallel: {output.shape[1]} video tokens do not split over "
-                             f"parallel.sp_size={sp}; change sampling.height/width/num_frames")
-        return own_chunk(output, group, 1)
-
-    def split_rope(module, inputs, output):  # ([S, D], [S, D])
-        return tuple(own_chunk(table, group, 0) for table in output)
-
-    def gather_tokens(module, inputs, output):
-        return GatherReplicated.apply(output, group, 1)
-
-    transformer.x_embedder.register_forward_hook(split_tokens)
-    transformer.rope.register_forward_hook(split_rope)
-    transformer.proj_out.register_forward_hook(gather_tokens)
-    set_joint_attention(transformer, group)
+    split_video_tokens(transformer, world)
+    set_joint_attention(transformer, world.sp_group)
