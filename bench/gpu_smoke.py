@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastvideo_grpo.data.embeddings import shard_name, write_manifest, write_shard  # noqa: E402
-from fastvideo_grpo.models.hunyuan_video.checks import HUNYUAN_VIDEO_TOKEN_GEOMETRY, video_tokens  # noqa: E402
+from fastvideo_grpo.models.hunyuan_video.checks import HUNYUAN_VIDEO_TOKEN_GEOMETRY  # noqa: E402
+from fastvideo_grpo.models.token_split import video_tokens  # noqa: E402
 from fastvideo_grpo.parallel.distributed import cuda_unusable_reason  # noqa: E402
 
 logger = logging.getLogger("gpu_smoke")
