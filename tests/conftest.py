@@ -112,6 +112,7 @@ SLOW_TESTS = {
     "test_tiny_plan_matches_the_real_model_and_step",
     "test_train_cli_runs_with_flash_on_cpu",
     "test_two_iterations_train_with_ratio_one_at_the_first_update",
+    "test_under_slurm_only_this_starts_preemption_requeues_and_another_jobs_marker_stays",
     "test_two_rank_evaluation_writes_the_one_rank_grid_and_only_the_writer_gets_videos",
     "test_two_rank_resume_and_resume_on_one_rank",
     "test_two_ranks_split_prompts_in_loop_and_standalone",

@@ -140,12 +140,15 @@ def test_the_preflight_checks_the_model_family():
 
 FAKE_TORCHRUN = """#!/usr/bin/env bash
 printf '%s\\n' "$PWD" "$@" > "$RECORD"
+# A preempted trainer leaves the launch script's marker and exits non-zero, as torchrun does.
+if [ -n "${PREEMPT:-}" ]; then touch "$FVGRPO_PREEMPT_MARKER"; fi
+exit "${EXIT_STATUS:-0}"
 """
 FAKE_SCONTROL = """#!/usr/bin/env bash
 case "$*" in
   "show job"*) echo "   Command=$ORIGINAL_SCRIPT train.lr=1e-5" ;;
   "show hostnames"*) echo localhost ;;
-  requeue*) ;;
+  requeue*) echo "$*" >> "$RECORD.scontrol" ;;
 esac
 """
 FAKE_SRUN = """#!/usr/bin/env bash
@@ -192,6 +195,50 @@ def test_the_launch_script_takes_relative_paths_from_the_callers_folder(tmp_path
     cwd, *args = (tmp_path / "record").read_text().splitlines()
     assert cwd == str(caller)
     assert args[args.index("--config") + 1] == "mine.yaml" and "train.output_dir=runs/a" in args
+
+
+@pytest.mark.parametrize("preempted", [True, False])
+def test_under_slurm_only_this_starts_preemption_requeues_and_another_jobs_marker_stays(tmp_path, preempted):
+    """Another cluster's job 7 submitted from the same folder has its marker there: starting
+    this job 7 keeps it, and only this start's own marker (the trainer's) requeues."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    caller = tmp_path / "submit"
+    (caller / ".fvgrpo").mkdir(parents=True)
+    others = caller / ".fvgrpo" / "preempted-7"
+    others.touch()
+    shutil.copy(ROOT / "assets/configs/tiny_t2v.yaml", caller / "mine.yaml")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    script = ROOT / "train_scripts/train_flux_t2i.sh"
+    shutil.copy(script, spool / "slurm_script")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "CONFIG": "mine.yaml", "NPROC_PER_NODE": "1", "RECORD": str(tmp_path / "record"), "TORCHRUN": "torchrun",
+           "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(caller), "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "localhost", "ORIGINAL_SCRIPT": str(script), "EXIT_STATUS": "1",
+           **({"PREEMPT": "1"} if preempted else {})}
+    result = subprocess.run(["bash", str(spool / "slurm_script")], cwd=caller, env=env, capture_output=True,
+                            text=True, timeout=120)
+    requeues = tmp_path / "record.scontrol"
+    if preempted:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "preempted after a checkpoint: requeueing" in result.stdout
+        assert requeues.read_text() == "requeue 7\n"
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "torchrun exited with 1, not preempted: no requeue" in result.stderr
+        assert not requeues.exists()
+    assert others.is_file()
+    assert sorted(p.name for p in (caller / ".fvgrpo").iterdir()) == ["preempted-7"]
 
 
 def test_a_model_folder_beside_the_tiny_model_is_refused_not_ignored():

@@ -67,9 +67,12 @@ if [ -n "${SLURM_JOB_ID:-}" ]; then
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
     # torchrun reports any worker exit as 1: the trainer leaves this file when it stopped
-    # for preemption (on the shared submit folder, whichever node rank 0 is on).
-    export FVGRPO_PREEMPT_MARKER="$PWD/.fvgrpo/preempted-$SLURM_JOB_ID"
-    rm -f "$FVGRPO_PREEMPT_MARKER"
+    # for preemption (on the shared submit folder, whichever node rank 0 is on). A name of
+    # this start's own: job ids repeat across clusters that share a submit folder, and after
+    # a controller loses its state, and another job's start would delete this job's file.
+    mkdir -p "$PWD/.fvgrpo"
+    export FVGRPO_PREEMPT_MARKER
+    FVGRPO_PREEMPT_MARKER=$(mktemp -u "$PWD/.fvgrpo/preempted-$SLURM_JOB_ID.XXXXXXXX")
     echo "job $SLURM_JOB_ID: $SLURM_NNODES node(s) x $NPROC_PER_NODE, rendezvous $MASTER_ADDR:$MASTER_PORT"
     # USR1 reaches every process of the step; torchrun itself must ignore it (its default
     # action is to die) while the workers catch it. SIG_IGN survives the exec.
@@ -84,6 +87,7 @@ if [ -n "${SLURM_JOB_ID:-}" ]; then
         scontrol requeue "$SLURM_JOB_ID"
         exit 0
     fi
+    [ "$status" -ne 0 ] && echo "job $SLURM_JOB_ID: torchrun exited with $status, not preempted: no requeue" >&2
     exit "$status"
 else
     "$TORCHRUN" --standalone --nproc_per_node "$NPROC_PER_NODE" "${TRAIN[@]}"
