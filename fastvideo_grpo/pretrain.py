@@ -75,6 +75,9 @@ class PretrainConfig:
     max_text_tokens: int = 8
     # The sampler's shift, saved with the scheduler.
     shift: float = 3.0
+    # The fraction of captions replaced by the empty one, the unconditional branch of
+    # classifier-free guidance (model.cfg_scale > 1 at sampling).
+    caption_dropout: float = 0.1
 
 
 def build_transformer(cfg: PretrainConfig) -> HunyuanVideoTransformer3DModel:
@@ -96,13 +99,15 @@ def text_encoder(cfg: PretrainConfig) -> TinyTextEncoder:
 
 
 def batch(cfg: PretrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
-    """Step `step`'s clean latents [B, 3, T', H', W'] and captions, from (seed, step) alone."""
+    """Step `step`'s clean latents [B, 3, T', H', W'] and captions (cfg.caption_dropout of them
+    empty), from (seed, step) alone."""
     pool = split_scenes(held_out=False)
     rng = np.random.default_rng([cfg.seed, step])
     scenes = [pool[i] for i in rng.integers(len(pool), size=cfg.batch_size)]
     seeds = rng.integers(2**63, size=cfg.batch_size)
+    dropped = rng.random(cfg.batch_size) < cfg.caption_dropout
     videos = torch.from_numpy(np.stack([render(s, int(k)) for s, k in zip(scenes, seeds)]))
-    return pool_latents(videos), [s.caption() for s in scenes]
+    return pool_latents(videos), ["" if drop else s.caption() for s, drop in zip(scenes, dropped)]
 
 
 def loss_at(model: HunyuanVideoTransformer3DModel, encoder: TinyTextEncoder, latents: torch.Tensor,
