@@ -157,6 +157,16 @@ exec "$@"
 """
 
 
+def fake_slurm_tools(tmp_path):
+    """A folder of stand-ins for torchrun, scontrol and srun (put it first on PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
 @pytest.mark.parametrize("under_slurm", [False, True])
 def test_the_launch_script_takes_relative_paths_from_the_callers_folder(tmp_path, under_slurm):
     """Submitted from outside the repository with a relative CONFIG: under sbatch (a spool copy
@@ -171,11 +181,7 @@ def test_the_launch_script_takes_relative_paths_from_the_callers_folder(tmp_path
     caller = tmp_path / "elsewhere"
     caller.mkdir()
     shutil.copy(ROOT / "assets/configs/tiny_t2v.yaml", caller / "mine.yaml")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    bin_dir = fake_slurm_tools(tmp_path)
     script = ROOT / "train_scripts/train_flux_t2i.sh"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
            "CONFIG": "mine.yaml", "NPROC_PER_NODE": "1", "RECORD": str(tmp_path / "record"),
@@ -207,11 +213,7 @@ def test_under_slurm_only_this_starts_preemption_requeues_and_another_jobs_marke
 
     from conftest import ROOT
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("torchrun", FAKE_TORCHRUN), ("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    bin_dir = fake_slurm_tools(tmp_path)
     caller = tmp_path / "submit"
     (caller / ".fvgrpo").mkdir(parents=True)
     others = caller / ".fvgrpo" / "preempted-7"
