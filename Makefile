@@ -12,7 +12,7 @@ $(STAMP): setup.py requirements.txt Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash train_scripts/train_tiny_cpu.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash train_scripts/train_shapes_cpu.sh
 
 # Two workers: the tests are single-threaded (conftest), the machine has two cores.
 test: $(STAMP)

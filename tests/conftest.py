@@ -100,6 +100,7 @@ SLOW_TESTS = {
     "test_the_adaptive_kl_weight_follows_the_measured_kl",
     "test_the_cli_refuses_a_changed_resume_with_exit_2",
     "test_the_cli_reports_the_setup_and_host_peaks",
+    "test_the_demo_script_evaluates_trains_with_nft_and_compares_and_a_rerun_reuses_the_run",
     "test_the_export_cli_writes_a_folder_the_pipeline_samples_from",
     "test_the_export_cli_writes_a_folder_wan_pipeline_samples_from",
     "test_the_export_samples_text_to_video_and_image_to_video",

@@ -210,3 +210,35 @@ def test_a_run_whose_text_encoder_differs_from_the_shipped_models_is_refused():
             build_prompt_source(bad)
     with pytest.raises(ConfigError, match=r"model.tiny_pooled_dim=8 does not match .*takes 32-dim"):
         build_hunyuan_video(cfg.model, torch.device("cpu"), 32, 8)
+
+
+def test_the_demo_script_evaluates_trains_with_nft_and_compares_and_a_rerun_reuses_the_run(tmp_path):
+    """`make demo`'s script, shortened: before, one NFT iteration, after, the before/after grid;
+    run again, it resumes the finished run (nothing to train) instead of refusing the folder."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from fastvideo_grpo.config import load_config
+
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("".join(line + "\n" for line in (ROOT / "assets/prompts/shapes_heldout.txt")
+                                .read_text().splitlines()[:2]))
+    out = tmp_path / "demo"
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "OUTPUT_DIR": str(out), "HELD_OUT": str(held_out)}
+    short = ["train.iterations=1", "train.prompts_per_iteration=1", "sampling.group_size=2",
+             "sampling.rollout_batch_size=2", "eval.every=0", "train.progress_bar=false"]
+    for _ in range(2):
+        result = subprocess.run(["bash", "train_scripts/train_shapes_cpu.sh", *short], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "shapes_all:" in result.stdout
+    assert load_config(out / "config.yaml").train.algorithm == "nft"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    for name in ("before", "after"):
+        summary = json.loads((out / "eval" / name / "summary.json").read_text())
+        assert set(summary["rewards"]) == set(SCORES) and summary["rewards"]["shapes_all"]["n"] == 4
+    assert (out / "before_after.png").is_file() and (out / "reward_curve.png").is_file()
