@@ -235,7 +235,7 @@ def test_the_demo_script_evaluates_trains_with_nft_and_compares_and_a_rerun_reus
         result = subprocess.run(["bash", "train_scripts/train_shapes_cpu.sh", *short], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert "shapes_all:" in result.stdout
+        assert "shapes_all:" in result.stdout + result.stderr
     assert load_config(out / "config.yaml").train.algorithm == "nft"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     for name in ("before", "after"):
