@@ -6,8 +6,9 @@
 # reward curve. Extra arguments are config overrides, e.g. train.seed=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# One thread: a fixed count keeps the numbers the same from run to run.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Both cores (5.7 s an iteration against 8.6 s on one); a fixed count keeps the numbers the
+# same from run to run.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIG=${CONFIG:-assets/configs/shapes_nft.yaml}
 HELD_OUT=${HELD_OUT:-assets/prompts/shapes_heldout.txt}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/shapes_demo}
