@@ -79,7 +79,7 @@ def test_shapes_grid_tables_every_attribute_and_what_the_monitor_saw(tmp_path, m
     assert "| ODE shapes_all, held-out | delta vs reference | ODE shapes_all, train prompts |" in header
     assert all(f"| ODE {name}, held-out (delta) |" in header for name in SCORES[:-1])
     rows = [line for line in lines if line.startswith("| hacking |")]
-    assert [row.split(" | ")[1] for row in rows] == ["all attributes", "color only", "motion only"]
+    assert [row.split(" | ")[1] for row in rows] == ["all attributes", "shape only"]
     assert all(row.count("|") == header.count("|") for row in rows)
     # The monitor's table: every attribute of the in-loop evaluation, for the single-attribute
     # runs too (their other scores are weighted 0), and what the health monitor kept.
@@ -88,8 +88,7 @@ def test_shapes_grid_tables_every_attribute_and_what_the_monitor_saw(tmp_path, m
     assert monitor.endswith("| best evaluation: iteration | shapes_all there | warnings |")
     trained = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines
                if line.startswith("| ") and line.count("|") == monitor.count("|") and "trained on" not in line}
-    assert trained == {"all attributes": " + ".join(SCORES), "color only": "shapes_color",
-                       "motion only": "shapes_motion"}
+    assert trained == {"all attributes": " + ".join(SCORES), "shape only": "shapes_shape"}
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metric"] == "shapes_all"
     assert set(results["base"]["held_out"]) == set(SCORES)
@@ -104,15 +103,15 @@ def test_shapes_grid_tables_every_attribute_and_what_the_monitor_saw(tmp_path, m
 def test_a_zero_weighted_score_changes_no_advantage():
     """The single-attribute settings weight the other scores 0 to have them evaluated: the
     update must be the one of the attribute alone."""
-    only, = (s for s in SHAPES_EXPERIMENTS["hacking"][1] if s.name == "color only")
+    only, = (s for s in SHAPES_EXPERIMENTS["hacking"][1] if s.name == "shape only")
     weighted = load_config(SHAPES_CONFIG, list(only.overrides))
-    alone = load_config(SHAPES_CONFIG, ["reward.weights={shapes_color: 1.0}"])
-    assert weighted.reward.weights == {name: float(name == "shapes_color") for name in SCORES}
+    alone = load_config(SHAPES_CONFIG, ["reward.weights={shapes_shape: 1.0}"])
+    assert weighted.reward.weights == {name: float(name == "shapes_shape") for name in SCORES}
     generator = torch.Generator().manual_seed(0)
     rewards = {name: torch.randint(0, 2, (32,), generator=generator).float() for name in SCORES}
-    rewards["shapes_color"][:8] = 1.0  # a flat group
+    rewards["shapes_shape"][:8] = 1.0  # a flat group
     a = advantages_of(rewards, weighted, None)
-    b = advantages_of({"shapes_color": rewards["shapes_color"]}, alone, None)
+    b = advantages_of({"shapes_shape": rewards["shapes_shape"]}, alone, None)
     assert torch.equal(a.advantages, b.advantages) and a.zero_std_frac == b.zero_std_frac == 0.25
 
 
@@ -134,7 +133,7 @@ def test_monitor_table_averages_the_in_loop_evaluations_and_counts_warnings():
                         "iteration | shapes_all there | warnings |")
     assert lines[5] == "| all attributes | shapes_color | 0.500 -> 0.600 | 0.100 -> 0.200 | 8, 8 | 0.200 | none |"
     # Seed 1's best is its first evaluation (shapes_all 0.3), seed 0's its last (0.0).
-    assert lines[6] == ("| color only | shapes_color | 0.600 -> 0.950 | 0.200 -> 0.050 | 8, 4 | 0.150 "
+    assert lines[6] == ("| shape only | shapes_color | 0.600 -> 0.950 | 0.200 -> 0.050 | 8, 4 | 0.150 "
                         "| flat_groups (1/2), reward_hacking (2/2), stopped early (1/2) |")
 
 

@@ -229,7 +229,7 @@ def test_the_demo_script_evaluates_trains_with_nft_and_compares_and_a_rerun_reus
     out = tmp_path / "demo"
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
            "OUTPUT_DIR": str(out), "HELD_OUT": str(held_out), "OMP_NUM_THREADS": "1"}
-    short = ["train.iterations=1", "train.prompts_per_iteration=1", "sampling.group_size=2",
+    short = ["train.iterations=1", "train.prompts_per_iteration=1", "sampling.group_size=2", "policy_update.best_of=2",
              "sampling.rollout_batch_size=2", "eval.every=0", "train.progress_bar=false"]
     for _ in range(2):
         result = subprocess.run(["bash", "train_scripts/train_shapes_cpu.sh", *short], cwd=ROOT, env=env,

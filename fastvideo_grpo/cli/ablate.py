@@ -164,11 +164,12 @@ SHAPES_EXPERIMENTS: Experiments = {
     "sampler": ("an SDE window with DPM-Solver++ (MixGRPO) reaches every-step SDE's held-out accuracy in at most "
                 "0.55x the wall time", [Setting("every step SDE, 60%"), SDE_WINDOW]),
     "algorithm": ("DiffusionNFT reaches GRPO's final held-out accuracy in at most half GRPO's wall time", [
-        Setting("GRPO"), _nft("3.0e-4", curve=()), _nft("3.0e-4", steps=4, curve=()),
-        _nft("1.0e-3", steps=4, curve=())]),
+        Setting("GRPO"), _nft("3.0e-4", curve=())]),
+    # Shape is the attribute to hack: the base model already draws every colour right (1.0),
+    # so a colour-only reward has flat groups and trains nothing.
     "hacking": ("a single-attribute reward raises its attribute while the others degrade (reward hacking), and the "
                 "run's held-out evaluation and health monitor notice", [
-        Setting("all attributes"), _only("shapes_color"), _only("shapes_motion")]),
+        Setting("all attributes"), _only("shapes_shape")]),
 }
 
 
