@@ -6,7 +6,7 @@
 # reward curve. Extra arguments are config overrides, e.g. train.seed=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Both cores (4.9 s an iteration; 1.6x one core); a fixed count keeps the numbers the
+# Both cores (4.9 s an iteration, about 1.5x faster than one); a fixed count keeps the numbers the
 # same from run to run.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIG=${CONFIG:-assets/configs/shapes_nft.yaml}
