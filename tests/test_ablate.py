@@ -119,9 +119,9 @@ def test_monitor_table_averages_the_in_loop_evaluations_and_counts_warnings():
     reference, hacked = SHAPES_EXPERIMENTS["hacking"][1][:2]
 
     def run(first, last, best, fired=(), early_stop=None):
-        evals = [{"iteration": 4, "eval/shapes_color_mean": first[0], "eval/shapes_all_mean": first[1]},
-                 {"iteration": 8, "eval/shapes_color_mean": last[0], "eval/shapes_all_mean": last[1]}]
-        return {"evals": evals, "trained_on": ["shapes_color"],
+        evals = [{"iteration": 4, "eval/shapes_shape_mean": first[0], "eval/shapes_all_mean": first[1]},
+                 {"iteration": 8, "eval/shapes_shape_mean": last[0], "eval/shapes_all_mean": last[1]}]
+        return {"evals": evals, "trained_on": ["shapes_shape"],
                 "health": {"fired": {w: {} for w in fired}, "early_stop": early_stop, "best_iteration": best}}
 
     results = {reference.key: [run((0.5, 0.1), (0.6, 0.2), 8)] * 2,
@@ -129,11 +129,11 @@ def test_monitor_table_averages_the_in_loop_evaluations_and_counts_warnings():
                             run((0.7, 0.3), (0.9, 0.1), 4, ["reward_hacking", "flat_groups"], {"iteration": 6})]}
     experiment = {"hacking": (SHAPES_EXPERIMENTS["hacking"][0], [reference, hacked])}
     lines = monitor_table(results, experiment, "shapes_all")
-    assert lines[3] == ("| setting | trained on | in-loop shapes_color | in-loop shapes_all | best evaluation: "
+    assert lines[3] == ("| setting | trained on | in-loop shapes_shape | in-loop shapes_all | best evaluation: "
                         "iteration | shapes_all there | warnings |")
-    assert lines[5] == "| all attributes | shapes_color | 0.500 -> 0.600 | 0.100 -> 0.200 | 8, 8 | 0.200 | none |"
+    assert lines[5] == "| all attributes | shapes_shape | 0.500 -> 0.600 | 0.100 -> 0.200 | 8, 8 | 0.200 | none |"
     # Seed 1's best is its first evaluation (shapes_all 0.3), seed 0's its last (0.0).
-    assert lines[6] == ("| shape only | shapes_color | 0.600 -> 0.950 | 0.200 -> 0.050 | 8, 4 | 0.150 "
+    assert lines[6] == ("| shape only | shapes_shape | 0.600 -> 0.950 | 0.200 -> 0.050 | 8, 4 | 0.150 "
                         "| flat_groups (1/2), reward_hacking (2/2), stopped early (1/2) |")
 
 
