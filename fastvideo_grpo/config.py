@@ -542,6 +542,9 @@ class EvalConfig:
     # Evaluate every this many iterations, and after the last (0: never): ODE sampling
     # (eta = 0) of held-out prompts from fixed seeds, scored by the training rewards.
     every: int = 0
+    # Also evaluate before the first iteration (with `every` > 0): the baseline that health's
+    # held-out check compares each later evaluation with (otherwise the first evaluation is).
+    at_start: bool = False
     # Held-out prompts: a folder of precomputed embeddings, or for the tiny model a prompt
     # file. Both empty: the training prompts.
     embeddings_dir: str = ""
@@ -610,6 +613,10 @@ class HealthConfig:
     diversity_fraction: float = 0.5
     # Iterations that make the baseline (first) and the recent window.
     window: int = 5
+    # A held-out reward (any the evaluation reports, weighted or not) whose paired drop from
+    # the run's first evaluation is below 0 at this one-sided confidence: reward hacking seen
+    # on held-out prompts (health.py).
+    held_out_confidence: float = 0.975
 
     def problems(self, cfg: Config) -> list[str]:
         h, found = self, Problems()
@@ -617,6 +624,8 @@ class HealthConfig:
             found.require(getattr(h, key) > 0, f"health.{key}", getattr(h, key), "> 0")
         found.require(h.zero_std_iterations >= 1, "health.zero_std_iterations", h.zero_std_iterations, ">= 1")
         found.require(h.window >= 1, "health.window", h.window, ">= 1")
+        found.require(0.5 < h.held_out_confidence < 1, "health.held_out_confidence", h.held_out_confidence,
+                      "in (0.5, 1)")
         return found
 
 

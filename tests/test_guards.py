@@ -185,14 +185,16 @@ def test_early_stop_counts_evaluations_below_the_best_by_the_margin(tiny_cfg):
                              "reward.weights={a: 1.0, b: 0.5}"])
     stop = EarlyStop(cfg)
     scores = []
-    for iteration, (a, b) in enumerate([(1.0, 0.0), (2.0, 0.0), (1.5, 0.2), (1.9, 0.2), (1.0, 0.0), (0.5, 0.0)]):
+    # Evaluations after 1, 2, ... iterations (one after 0 is the untrained policy's: no candidate).
+    for iteration, (a, b) in enumerate([(1.0, 0.0), (2.0, 0.0), (1.5, 0.2), (1.9, 0.2), (1.0, 0.0), (0.5, 0.0)],
+                                       start=1):
         record = {"iteration": iteration, "eval/a_mean": a, "eval/b_mean": b}
         scores.append(held_out_score(record, cfg.reward.weights))
         best = stop.observe_eval(record)
         assert best == (scores[-1] == max(scores) and scores.count(max(scores)) == 1)
         # 1.6 is 0.4 below the best 2.0, 2.0 is within the margin: the count starts again.
-        assert (stop.reason() is not None) == (iteration == 5)
-    assert scores[2] == pytest.approx(1.6) and stop.best_iteration == 1
+        assert (stop.reason() is not None) == (iteration == 6)
+    assert scores[2] == pytest.approx(1.6) and stop.best_iteration == 2
 
 
 def test_early_stop_on_collapsing_diversity(tiny_cfg):
@@ -211,7 +213,7 @@ def fake_evaluation(out):
     def evaluate(policy, source, cfg, latent_shape, scorer, world, tracker, iteration):
         record = {"iteration": iteration, "eval/color_mean": HELD_OUT[iteration - 1]}
         append_metrics(out / "eval.jsonl", record)
-        return record
+        return record, []
     return evaluate
 
 

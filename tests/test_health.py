@@ -176,3 +176,73 @@ def test_a_healthy_run_fires_nothing(tmp_path):
     for key in ("group_diversity", "reward_group_std", "grad_clipped_frac", "logprob_drift_first_update",
                 "ratio/early_mean", "ratio/late_std", "ratio/middle_clip_frac"):
         assert key in row and math.isfinite(row[key])
+
+
+def eval_rows(scores: dict[str, list[float]]) -> list[dict]:
+    """Per-sample evaluation rows (as evaluate_policy returns them), one prompt per sample."""
+    count = len(next(iter(scores.values())))
+    return [{"prompt_index": i, "seed": 0, "prompt": f"prompt {i}", **{k: v[i] for k, v in scores.items()}}
+            for i in range(count)]
+
+
+BASE = eval_rows({"shape": [0.0] * 50 + [1.0] * 50, "motion": [1.0] * 100})
+
+
+def motion_falls_on(flips: int) -> list[dict]:
+    """The trained `shape` rises on 20 samples; the untrained `motion` falls on `flips`."""
+    return eval_rows({"shape": [1.0] * 20 + [0.0] * 30 + [1.0] * 50, "motion": [0.0] * flips + [1.0] * (100 - flips)})
+
+
+# Paired differences of motion: `flips` of -1, the rest 0. Three: mean -0.03, std 0.1715,
+# 95% half-width 1.96 * 0.1715 / 10 = 0.0336, upper bound +0.004 (noise). Four: mean -0.04,
+# std 0.1970, half-width 0.0386, bound -0.0014 (a drop). At one-sided 95% the half-width
+# shrinks by 1.645 / 1.96: three flips give -0.03 + 0.0282 = -0.002 (a drop).
+@pytest.mark.parametrize("flips,confidence,fires", [(3, 0.975, False), (4, 0.975, True), (3, 0.95, True)])
+def test_held_out_regression_fires_on_a_significant_paired_drop(tmp_path, flips, confidence, fires):
+    monitor = HealthMonitor(HealthConfig(held_out_confidence=confidence), tmp_path, weights={"shape": 1.0})
+    assert monitor.observe_eval(0, BASE) == []  # the baseline
+    assert monitor.observe_eval(8, motion_falls_on(flips)) == (["held_out_regression"] if fires else [])
+    if fires:
+        message = json.loads((tmp_path / "health.json").read_text())["fired"]["held_out_regression"]["message"]
+        assert f"motion (not trained) 1.000 -> {1 - flips / 100:.3f} ({-flips / 100:+.3f}" in message
+        assert "shape" not in message and "after 0 iterations" in message and "over 100 samples" in message
+
+
+def test_held_out_regression_clears_when_the_reward_recovers_and_replays_on_resume(tmp_path):
+    evaluations = {0: BASE, 4: motion_falls_on(10), 8: motion_falls_on(10), 12: motion_falls_on(0)}
+    whole = HealthMonitor(HealthConfig(), tmp_path / "whole", weights={"shape": 1.0})
+    (tmp_path / "whole").mkdir()
+    assert [whole.observe_eval(i, rows) for i, rows in evaluations.items()] == [[], ["held_out_regression"], [], []]
+    assert whole.fired["held_out_regression"]["iterations"] == 2
+    # A run resumed at 8 has the evaluations up to 8 in eval_scores.jsonl (rows keyed by iteration).
+    with (tmp_path / "eval_scores.jsonl").open("w") as f:
+        f.writelines(json.dumps({"iteration": i, **row}) + "\n" for i, rows in evaluations.items() if i <= 8
+                     for row in rows)
+    resumed = HealthMonitor(HealthConfig(), tmp_path, start=8, weights={"shape": 1.0})
+    assert resumed.baseline[0] == 0 and resumed.active["held_out_regression"]
+    assert resumed.observe_eval(12, evaluations[12]) == []
+    assert resumed.fired == whole.fired
+
+
+def test_eval_at_start_is_the_baseline_and_never_the_best(tmp_path):
+    out = train(run_cfg(tmp_path, "train.iterations=2", "eval.every=1", "eval.at_start=true", "eval.num_prompts=2"))
+    evals = read_jsonl(out / "eval.jsonl")
+    assert [r["iteration"] for r in evals] == [0, 1, 2]
+    scores = read_jsonl(out / "eval_scores.jsonl")
+    assert [(r["iteration"], r["prompt_index"]) for r in scores] == [(i, p) for i in range(3) for p in range(2)]
+    for record in evals:  # each line of eval.jsonl is the mean of its rows
+        rows = [r for r in scores if r["iteration"] == record["iteration"]]
+        assert record["eval/color_mean"] == pytest.approx(statistics.mean(r["color"] for r in rows), abs=1e-6)
+    assert json.loads((out / "health.json").read_text())["best_eval"]["iteration"] in (1, 2)
+
+
+def test_the_untrained_evaluation_is_no_candidate_for_the_best(tmp_path):
+    from fastvideo_grpo.training.early_stop import EarlyStop
+
+    records = [{"iteration": 0, "eval/color_mean": 0.9}, {"iteration": 4, "eval/color_mean": 0.5},
+               {"iteration": 8, "eval/color_mean": 0.7}]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monitor = HealthMonitor(HealthConfig(), tmp_path, weights={"color": 1.0})
+    assert monitor.summary()["best_eval"]["iteration"] == 8
+    stop = EarlyStop(run_cfg(tmp_path, "eval.every=4", "eval.early_stop_patience=1"))
+    assert [stop.observe_eval(r) for r in records] == [False, True, True] and stop.best_iteration == 8

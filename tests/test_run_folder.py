@@ -57,9 +57,11 @@ def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
 
 
 def test_resume_trims_every_log_and_survives_a_cut_last_line(tmp_path, caplog):
-    train(small_cfg(tmp_path, "train.iterations=3", "train.sample_every=1", "eval.every=1", "eval.num_prompts=1"))
+    evaluating = ("eval.every=1", "eval.num_prompts=1", "eval.num_seeds=2", "eval.at_start=true")
+    train(small_cfg(tmp_path, "train.iterations=3", "train.sample_every=1", *evaluating))
     assert iterations(tmp_path / "metrics.jsonl") == [0, 1, 2]
-    assert iterations(tmp_path / "eval.jsonl") == [1, 2, 3]
+    assert iterations(tmp_path / "eval.jsonl") == [0, 1, 2, 3]
+    assert iterations(tmp_path / "eval_scores.jsonl") == [0, 0, 1, 1, 2, 2, 3, 3]  # a row per prompt and seed
     # A crash after iteration 2 was logged, before its checkpoint (every 2): step_2 is the
     # newest, and metrics.jsonl ends in a line cut short mid-write.
     (tmp_path / "checkpoints/step_3").rename(tmp_path / "checkpoints/.tmp-step_3")
@@ -67,10 +69,11 @@ def test_resume_trims_every_log_and_survives_a_cut_last_line(tmp_path, caplog):
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"iteration": 3, "rew')
     with caplog.at_level(logging.WARNING):
-        train(small_cfg(tmp_path, "train.iterations=4", "train.sample_every=1", "eval.every=1", "eval.num_prompts=1"))
+        train(small_cfg(tmp_path, "train.iterations=4", "train.sample_every=1", *evaluating))
     assert "dropping its last line, cut short" in caplog.text
     assert iterations(tmp_path / "metrics.jsonl") == [0, 1, 2, 3]
-    assert iterations(tmp_path / "eval.jsonl") == [1, 2, 3, 4]
+    assert iterations(tmp_path / "eval.jsonl") == [0, 1, 2, 3, 4]  # the resumed run does not evaluate at start
+    assert iterations(tmp_path / "eval_scores.jsonl") == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     samples = iterations(tmp_path / "samples" / "index.jsonl")
     assert samples == sorted(samples) and len(samples) == len(set((r["iteration"], r["file"]) for r in
                                                                    read_metrics(tmp_path / "samples/index.jsonl")))
@@ -103,7 +106,8 @@ def test_resuming_with_another_group_size_is_refused(tmp_path):
 def test_a_fresh_start_moves_an_earlier_runs_logs_aside(tmp_path, caplog):
     """The checkpoints are gone but the logs hold rows: a fresh start keeps them, renamed."""
     train(small_cfg(tmp_path, "train.iterations=2", "train.sample_every=1", "eval.every=1", "eval.num_prompts=1"))
-    earlier = {name: (tmp_path / name).read_text() for name in ("metrics.jsonl", "eval.jsonl", "samples/index.jsonl")}
+    earlier = {name: (tmp_path / name).read_text()
+               for name in ("metrics.jsonl", "eval.jsonl", "eval_scores.jsonl", "samples/index.jsonl")}
     shutil.rmtree(tmp_path / "checkpoints")
     with caplog.at_level(logging.WARNING):
         train(small_cfg(tmp_path, "train.iterations=1"))
@@ -113,7 +117,7 @@ def test_a_fresh_start_moves_an_earlier_runs_logs_aside(tmp_path, caplog):
         assert len(moved) == 1 and moved[0].read_text() == text, name
         assert f"{tmp_path / name} holds an earlier run's records but there is no checkpoint to resume from: this " \
                f"fresh start moved it to {moved[0]}" in caplog.text
-    assert not (tmp_path / "eval.jsonl").exists()  # this run evaluates nothing
+    assert not (tmp_path / "eval.jsonl").exists() and not (tmp_path / "eval_scores.jsonl").exists()  # no evaluation
 
 
 def test_sigterm_during_the_last_iteration_ends_the_completed_run_with_0(tmp_path):

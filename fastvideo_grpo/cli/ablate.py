@@ -272,7 +272,7 @@ def eval_curve(records: list[dict], evals: list[dict], metric: str) -> list[list
     """[training seconds, held-out ODE `metric`] after each in-loop evaluation (eval.jsonl;
     empty without eval.every or when it does not score `metric`). Seconds are the iterations'
     own (time_iteration summed), so the evaluations' time is not counted."""
-    elapsed, seconds = 0.0, {}
+    elapsed, seconds = 0.0, {0: 0.0}  # 0: eval.at_start's evaluation
     for record in records:
         elapsed += record["time_iteration"]
         seconds[record["iteration"] + 1] = elapsed

@@ -46,9 +46,10 @@ class EarlyStop:
                         observe(row)
 
     def observe_eval(self, record: dict) -> bool:
-        """Take one evaluation (its eval.jsonl line); returns whether it is the best so far."""
+        """Take one evaluation (its eval.jsonl line); returns whether it is the best so far.
+        The untrained policy's (eval.at_start, iteration 0) is no candidate."""
         score = held_out_score(record, self.weights)
-        if score is None:
+        if score is None or record["iteration"] == 0:
             return False
         if self.best is None or score > self.best:
             self.best, self.best_iteration, self.below = score, record["iteration"], 0

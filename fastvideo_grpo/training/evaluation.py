@@ -15,7 +15,7 @@ import torch
 from fastvideo_grpo.config import Config
 from fastvideo_grpo.data.sources import build_prompt_source
 from fastvideo_grpo.models import Policy
-from fastvideo_grpo.training.outputs import append_metrics, shrink_video, tile_videos
+from fastvideo_grpo.training.outputs import append_metrics, append_rows, shrink_video, tile_videos
 from fastvideo_grpo.parallel import World, all_gather_objects, gather_objects
 from fastvideo_grpo.sampling.rollout import batch_slices, decode_videos, sample_ode
 from fastvideo_grpo.sampling.seeding import make_generator
@@ -97,10 +97,10 @@ def evaluate_policy(policy: Policy, source, items: list[tuple[int, int]], cfg: C
 
 
 def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[int, ...], scorer, world: World,
-                     tracker, iteration: int) -> dict:
+                     tracker, iteration: int) -> tuple[dict, list[dict]]:
     """ODE evaluation of held-out prompts after `iteration` training iterations: a line in
-    output_dir/eval.jsonl, scalars and a video grid in the logs; returns the line. Every rank
-    takes part."""
+    output_dir/eval.jsonl, its per-sample rows in output_dir/eval_scores.jsonl, scalars and a
+    video grid in the logs; returns the line and the rows. Every rank takes part."""
     e = cfg.eval
     started = time.perf_counter()
     count = min(e.num_prompts or len(source), len(source))
@@ -111,11 +111,13 @@ def evaluate_in_loop(policy: Policy, source, cfg: Config, latent_shape: tuple[in
         record[f"eval/{name}_mean"] = stats["mean"]
         record[f"eval/{name}_ci95"] = stats["ci95"]
     if world.is_main:
-        append_metrics(Path(cfg.train.output_dir) / "eval.jsonl", record)
+        out = Path(cfg.train.output_dir)
+        append_rows(out / "eval_scores.jsonl", [{"iteration": iteration, **row} for row in rows])
+        append_metrics(out / "eval.jsonl", record)
     tracker.scalars({**record, "time_eval": time.perf_counter() - started}, iteration)
     if grid is not None:
         tracker.videos("eval/grid", grid, iteration, cfg.sampling.fps)
-    return record
+    return record, rows
 
 
 def reward_names(row: dict) -> list[str]:

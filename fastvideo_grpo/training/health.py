@@ -1,7 +1,9 @@
 """Is the run healthy? Per-iteration diagnostics (added to the iteration's statistics, on
 the device) and warnings for the field's common failures: flat groups, an exploding
 update, a saturated clip, a ratio that is not 1 before the first update, diversity
-collapsing while the reward rises (reward hacking), skipped non-finite steps.
+collapsing while the reward rises (reward hacking), skipped non-finite steps, and a held-out
+reward (trained or only reported) falling below the run's first evaluation (reward hacking
+seen on the held-out prompts).
 
 A warning is logged once when its condition starts (again only after it cleared), with the
 knob to turn, and recorded in output_dir/health.json with the iterations it held.
@@ -14,15 +16,22 @@ import logging
 import math
 import statistics
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 
 from fastvideo_grpo.config import HealthConfig
 from fastvideo_grpo.metrics import IterationStats
+from fastvideo_grpo.stats import delta_ci
+from fastvideo_grpo.training.evaluation import reward_names
 
 logger = logging.getLogger(__name__)
 
 HEALTH = "health.json"
+# Per-sample scores of each in-loop evaluation (training/evaluation.py writes them).
+EVAL_SCORES = "eval_scores.jsonl"
+
+
 def group_diversity(latents: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean pairwise RMS distance between the samples of a group, averaged over groups: 0
     when every sample of each group is the same."""
@@ -49,8 +58,8 @@ def record_rewards(stats: IterationStats, rewards: dict[str, torch.Tensor], weig
 class HealthMonitor:
     """Watches each iteration's metrics (main rank: `folder` given; elsewhere a no-op).
 
-    A resumed run replays the metrics of the iterations before `start` silently, so its
-    baselines and warnings continue as if it had not stopped."""
+    A resumed run replays the metrics of the iterations before `start`, and the evaluations
+    up to it, silently, so its baselines and warnings continue as if it had not stopped."""
 
     def __init__(self, cfg: HealthConfig, folder: Path | None, start: int = 0,
                  weights: dict[str, float] | None = None):
@@ -61,19 +70,40 @@ class HealthMonitor:
         self.fired: dict[str, dict] = {}
         self.early_stop: dict | None = None
         self.zero_std_streak = 0
-        if folder is not None and start > 0 and (folder / "metrics.jsonl").is_file():
+        self.baseline: tuple[int, list[dict]] | None = None  # the first evaluation: (iteration, rows)
+        if folder is not None and start > 0:
             from fastvideo_grpo.training.outputs import read_metrics
 
+            # The logs are trimmed to the resumed iteration by now (run_folder.trim_logs). The
+            # held-out warning has its own stream: replaying it after the iterations changes nothing.
             for row in read_metrics(folder / "metrics.jsonl"):
                 if row["iteration"] < start:
                     self.observe(row["iteration"], row, quiet=True)
+            for done, rows in rows_by_iteration(read_metrics(folder / EVAL_SCORES)).items():
+                if done <= start:
+                    self.observe_eval(done, rows, quiet=True)
 
     def observe(self, iteration: int, metrics: dict, quiet: bool = False) -> list[str]:
         """Check one iteration; returns the warnings that started at it."""
         if self.folder is None:
             return []
+        started = self._update(iteration, self._conditions(metrics), quiet)
+        self.rows.append(metrics)
+        return started
+
+    def observe_eval(self, iteration: int, rows: list[dict], quiet: bool = False) -> list[str]:
+        """Check one held-out evaluation (its per-sample rows) against the run's first one;
+        returns the warnings that started at it."""
+        if self.folder is None or not rows:
+            return []
+        if self.baseline is None:
+            self.baseline = (iteration, rows)
+            return []
+        return self._update(iteration, {"held_out_regression": self._held_out_regression(iteration, rows)}, quiet)
+
+    def _update(self, iteration: int, conditions: dict[str, str | None], quiet: bool) -> list[str]:
         started = []
-        for name, message in self._conditions(metrics).items():
+        for name, message in conditions.items():
             if message is not None and not self.active.get(name):
                 started.append(name)
                 entry = self.fired.setdefault(name, {"first_iteration": iteration, "message": message, "episodes": 0,
@@ -85,7 +115,6 @@ class HealthMonitor:
                 self.fired[name]["iterations"] += 1
                 self.fired[name]["last_iteration"] = iteration
             self.active[name] = message is not None
-        self.rows.append(metrics)
         if started and not quiet:
             self.write()
         return started
@@ -139,6 +168,29 @@ class HealthMonitor:
                 "samples of a prompt converge). Add a KL penalty (grpo.kl_weight), lower train.lr, add a second "
                 "reward, and look at the samples")
 
+    def _held_out_regression(self, iteration: int, rows: list[dict]) -> str | None:
+        first, base = self.baseline
+        confidence = self.cfg.held_out_confidence
+        # The one-sided bound at `confidence` from the two-sided 95% interval of the paired difference.
+        scale = NormalDist().inv_cdf(confidence) / NormalDist().inv_cdf(0.975)
+        fallen = []
+        for name in reward_names(rows[0]):
+            if name not in base[0]:
+                continue
+            delta, _ = delta_ci(base, rows, name)
+            if delta["mean"] + scale * delta["ci95"] < 0:
+                before = statistics.mean(r[name] for r in base)
+                trained = "trained" if self.weights and self.weights.get(name) else "not trained"
+                fallen.append(f"{name} ({trained}) {before:.3f} -> {before + delta['mean']:.3f} "
+                              f"({delta['mean']:+.3f}, bound {delta['mean'] + scale * delta['ci95']:+.3f})")
+        if not fallen:
+            return None
+        return (f"on the held-out prompts, {'; '.join(fallen)} fell below the evaluation after {first} iterations "
+                f"(paired over {len(rows)} samples, one-sided {confidence:.1%} bound below 0): the policy may be "
+                "trading these for what it is rewarded on (reward hacking). Weight the fallen rewards in "
+                "reward.weights, add a KL penalty (grpo.kl_weight / nft.kl_weight) or lower train.lr, and look at "
+                "the samples")
+
     def stopped_early(self, iteration: int, reason: str) -> None:
         self.early_stop = {"iteration": iteration, "reason": reason}
         self.write()
@@ -153,7 +205,7 @@ class HealthMonitor:
             evals = read_metrics(self.folder / "eval.jsonl")
             weights = self.weights or {k[len("eval/"):-len("_mean")]: 1.0 for k in (evals[0] if evals else {})
                                        if k.endswith("_mean")}
-            scored = [(held_out_score(r, weights), r) for r in evals]
+            scored = [(held_out_score(r, weights), r) for r in evals if r["iteration"] > 0]
             scored = [(score, r) for score, r in scored if score is not None]
             if scored:
                 best = max(scored, key=lambda pair: pair[0])[1]
@@ -183,3 +235,11 @@ class HealthMonitor:
         if summary["best_eval"] is not None:
             logger.info("health: best held-out evaluation at iteration %d: %s", summary["best_eval"]["iteration"],
                         {k: round(v, 4) for k, v in summary["best_eval"].items() if k != "iteration"})
+
+
+def rows_by_iteration(rows: list[dict]) -> dict[int, list[dict]]:
+    """eval_scores.jsonl's rows grouped by the evaluation they belong to, without the key."""
+    grouped: dict[int, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["iteration"], []).append({k: v for k, v in row.items() if k != "iteration"})
+    return grouped

@@ -29,9 +29,14 @@ def finite_or_none(value):
 
 
 def append_metrics(path: Path, record: dict) -> None:
+    append_rows(path, [record])
+
+
+def append_rows(path: Path, records: list[dict]) -> None:
+    """Append JSONL records in one write."""
     try:
         with path.open("a") as f:
-            f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
+            f.write("".join(json.dumps(finite_or_none(r), allow_nan=False) + "\n" for r in records))
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write or flush names no file
 

@@ -69,7 +69,7 @@ def keep_records(path: Path, keep) -> None:
 
 
 # The logs a fresh start moves aside (a resumed run trims the JSONL ones to its checkpoint).
-LOGS = ("metrics.jsonl", "eval.jsonl", "samples/index.jsonl", "health.json")
+LOGS = ("metrics.jsonl", "eval.jsonl", "eval_scores.jsonl", "samples/index.jsonl", "health.json")
 
 
 def trim_logs(folder: Path, start: int) -> None:
@@ -83,6 +83,7 @@ def trim_logs(folder: Path, start: int) -> None:
     keep_records(folder / "metrics.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "samples" / "index.jsonl", lambda r: r["iteration"] < start)
     keep_records(folder / "eval.jsonl", lambda r: r["iteration"] <= start)
+    keep_records(folder / "eval_scores.jsonl", lambda r: r["iteration"] <= start)
 
 
 def set_aside_logs(folder: Path) -> None:

@@ -154,6 +154,11 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
                        "eval.early_stop_*", start - 1, reason)
         c.health.stopped_early(start - 1, reason)
         start = t.iterations
+    if start == 0 and cfg.eval.every and cfg.eval.at_start:
+        # The untrained policy's score is the baseline of the curves and of the held-out health
+        # check; it is no candidate for the best evaluation (that would checkpoint the base model).
+        _, rows = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, 0)
+        c.health.observe_eval(0, rows)
     preemption = c.preemption
     preemption.install()
     show_bar = c.world.is_main and t.progress_bar and sys.stderr.isatty()
@@ -187,8 +192,10 @@ def run_loop(c: Components, cfg: Config, out: Path) -> None:
         preempted = preemption.requested(c.world) and done < t.iterations
         is_best = False
         if not preempted and cfg.eval.every and (done % cfg.eval.every == 0 or done == t.iterations):
-            record = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker, done)
+            record, rows = evaluate_in_loop(c.policy, held_out, cfg, c.latent_shape, c.scorer, c.world, c.tracker,
+                                            done)
             is_best = early_stop.observe_eval(record) and early_stop.tracks_best
+            c.health.observe_eval(done, rows)
         stop_reason = early_stop.reason() if done < t.iterations else None
         every = cfg.checkpoint.every
         if preempted or is_best or stop_reason or done == t.iterations or (every and done % every == 0):
