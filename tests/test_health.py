@@ -204,8 +204,18 @@ def test_held_out_regression_fires_on_a_significant_paired_drop(tmp_path, flips,
     assert monitor.observe_eval(8, motion_falls_on(flips)) == (["held_out_regression"] if fires else [])
     if fires:
         message = json.loads((tmp_path / "health.json").read_text())["fired"]["held_out_regression"]["message"]
-        assert f"motion (not trained) 1.000 -> {1 - flips / 100:.3f} ({-flips / 100:+.3f}" in message
+        assert f"not trained fell: motion 1.000 -> {1 - flips / 100:.3f} ({-flips / 100:+.3f}" in message
         assert "shape" not in message and "after 0 iterations" in message and "over 100 samples" in message
+        assert "trained rewards fell" not in message and "reward hacking" in message
+
+
+def test_held_out_regression_of_a_trained_reward_says_so(tmp_path):
+    monitor = HealthMonitor(HealthConfig(), tmp_path, weights={"shape": 1.0, "motion": 0.5})
+    monitor.observe_eval(0, BASE)
+    assert monitor.observe_eval(8, motion_falls_on(10)) == ["held_out_regression"]
+    message = monitor.fired["held_out_regression"]["message"]
+    assert "trained rewards fell on the held-out prompts: motion 1.000 -> 0.900" in message
+    assert "not trained fell" not in message
 
 
 def test_held_out_regression_clears_when_the_reward_recovers_and_replays_on_resume(tmp_path):

@@ -173,23 +173,31 @@ class HealthMonitor:
         confidence = self.cfg.held_out_confidence
         # The one-sided bound at `confidence` from the two-sided 95% interval of the paired difference.
         scale = NormalDist().inv_cdf(confidence) / NormalDist().inv_cdf(0.975)
-        fallen = []
+        fallen = {True: [], False: []}  # trained (weighted) or only reported
         for name in reward_names(rows[0]):
             if name not in base[0]:
                 continue
             delta, _ = delta_ci(base, rows, name)
-            if delta["mean"] + scale * delta["ci95"] < 0:
+            bound = delta["mean"] + scale * delta["ci95"]
+            if bound < 0:
                 before = statistics.mean(r[name] for r in base)
-                trained = "trained" if self.weights and self.weights.get(name) else "not trained"
-                fallen.append(f"{name} ({trained}) {before:.3f} -> {before + delta['mean']:.3f} "
-                              f"({delta['mean']:+.3f}, bound {delta['mean'] + scale * delta['ci95']:+.3f})")
-        if not fallen:
+                trained = bool(self.weights.get(name)) if self.weights is not None else True
+                fallen[trained].append(f"{name} {before:.3f} -> {before + delta['mean']:.3f} "
+                                       f"({delta['mean']:+.3f}, bound {bound:+.3f})")
+        if not fallen[True] and not fallen[False]:
             return None
-        return (f"on the held-out prompts, {'; '.join(fallen)} fell below the evaluation after {first} iterations "
-                f"(paired over {len(rows)} samples, one-sided {confidence:.1%} bound below 0): the policy may be "
-                "trading these for what it is rewarded on (reward hacking). Weight the fallen rewards in "
-                "reward.weights, add a KL penalty (grpo.kl_weight / nft.kl_weight) or lower train.lr, and look at "
-                "the samples")
+        found = [f"since the evaluation after {first} iterations (paired over {len(rows)} samples, one-sided "
+                 f"{confidence:.1%} bound below 0)"]
+        if fallen[False]:
+            found.append(f"held-out rewards that are not trained fell: {'; '.join(fallen[False])}. The policy may be "
+                         "trading them for what it is rewarded on (reward hacking): weight them in reward.weights, "
+                         "add a KL penalty (grpo.kl_weight / nft.kl_weight) or lower train.lr, and look at the samples")
+        if fallen[True]:
+            found.append(f"trained rewards fell on the held-out prompts: {'; '.join(fallen[True])}. Training is "
+                         "making the policy worse where it is not trained (over-fitting the training prompts, or too "
+                         "large an update): lower train.lr, add a KL penalty, or keep the best evaluation "
+                         "(eval.early_stop_patience)")
+        return "; ".join(found)
 
     def stopped_early(self, iteration: int, reason: str) -> None:
         self.early_stop = {"iteration": iteration, "reason": reason}
