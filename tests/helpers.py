@@ -116,6 +116,22 @@ def run(args, nproc=None, timeout=300, env=None):
     return result
 
 
+def rewound_copy(run_folder, dest, step):
+    """A copy of a finished run folder as it stood when its checkpoint after `step` iterations
+    was the newest: later checkpoints removed, `latest` naming it. Resuming the copy does what
+    resuming a run stopped there does, without training the first `step` iterations again."""
+    import shutil
+
+    shutil.copytree(run_folder, dest, ignore=shutil.ignore_patterns(".lock", "final_params.pt"))
+    checkpoints = Path(dest) / "checkpoints"
+    assert (checkpoints / f"step_{step}").is_dir(), f"{run_folder} has no checkpoint after {step} iterations"
+    for folder in checkpoints.glob("step_*"):
+        if int(folder.name.removeprefix("step_")) > step:
+            shutil.rmtree(folder)
+    (checkpoints / "latest").write_text(f"step_{step}\n")
+    return Path(dest)
+
+
 def assert_same_training(one, many):
     """Two runs of tests/dist/train_run.py (one process, several) trained the same weights
     and logged the same metrics."""
