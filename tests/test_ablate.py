@@ -95,7 +95,8 @@ def test_shapes_grid_tables_every_attribute_and_what_the_monitor_saw(tmp_path, m
     for setting in results["settings"].values():
         run, = setting["runs"]
         assert set(run["eval"]["held_out"]) == set(run["eval"]["train"]) == set(SCORES)
-        assert [e["iteration"] for e in run["evals"]] == [1] and run["health"]["best_iteration"] == 1
+        # The untrained policy's evaluation first: the monitor's baseline, never the best.
+        assert [e["iteration"] for e in run["evals"]] == [0, 1] and run["health"]["best_iteration"] == 1
         assert all(f"eval/{name}_mean" in run["evals"][0] for name in SCORES)
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "eval_curves.png").is_file()
 

@@ -190,10 +190,12 @@ class Suite:
 # Keyed by the reward model the config's reward.weights use.
 SUITES = {
     "color": Suite(EXPERIMENTS, "color", ("color", "motion")),
-    # In-loop evaluation of all held-out captions every 4 iterations: held-out accuracy
-    # against training seconds for every experiment, and what the monitor saw.
+    # In-loop evaluation of all held-out captions before training and every 4 iterations:
+    # held-out accuracy against training seconds for every experiment, and what the monitor
+    # saw (its held-out check compares with the untrained policy's evaluation).
     "shapes": Suite(SHAPES_EXPERIMENTS, "shapes_all", ("shapes_all",),
-                    ("eval.every=4", "eval.num_seeds=1", "eval.batch_size=8", "eval.grid_prompts=0"), ("hacking",)),
+                    ("eval.every=4", "eval.at_start=true", "eval.num_seeds=1", "eval.batch_size=8",
+                     "eval.grid_prompts=0"), ("hacking",)),
 }
 
 QUICK = {"seeds": 1, "iterations": 4, "eval_prompts": 2, "eval_seeds": 1}
