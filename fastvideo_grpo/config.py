@@ -449,6 +449,10 @@ class TrainConfig:
     # Linear warmup of the learning rate over this many optimizer steps (0: constant): step k
     # (from 0) trains at lr * k / lr_warmup_steps, as diffusers' constant_with_warmup.
     lr_warmup_steps: int = 0
+    # After warmup, the learning rate stays (constant) or falls with the run's progress: during
+    # iteration k of train.iterations n it is lr * (1 - k/n) (linear) or lr * (1 + cos(pi k/n)) / 2
+    # (cosine), never 0. Smaller last steps leave a final policy closer to its neighbours.
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     # Kept samples per optimizer step, each with all its trained timesteps, as the released
     # scripts count it: an iteration takes ceil(kept samples per rank / this) optimizer steps
     # (the last one takes the rest), whatever the number of ranks. HunyuanVideo T2V: best-of

@@ -13,7 +13,7 @@ import torch
 from diffusers.optimization import get_constant_schedule_with_warmup
 
 from conftest import ROOT
-from helpers import read_jsonl
+from helpers import TIMING, read_jsonl, rewound_copy
 from fastvideo_grpo.training.run_state import resume_run
 from fastvideo_grpo.config import ConfigError, load_config
 from fastvideo_grpo.training.trainer import setup, train
@@ -42,6 +42,21 @@ def test_warmup_starts_at_zero_as_diffusers_constant_with_warmup():
         optimizer.step(), scheduler.step(), reference_optimizer.step(), reference.step()
     assert seen == expected
     assert seen == pytest.approx([0.0, lr / 4, lr / 2, 3 * lr / 4, lr, lr, lr], abs=0)
+
+
+# During iteration k of 4: linear 1 - k/4; cosine (1 + cos(pi k/4)) / 2 = 1, 0.8536, 0.5, 0.1464.
+DECAYED = {"linear": [1.0, 0.75, 0.5, 0.25], "cosine": [1.0, 0.5 + 0.25 * 2 ** 0.5, 0.5, 0.5 - 0.25 * 2 ** 0.5]}
+
+
+@pytest.mark.parametrize("schedule", sorted(DECAYED))
+def test_the_lr_decays_with_the_run_and_a_resumed_run_follows_it(tmp_path, schedule):
+    overrides = ("train.iterations=4", "train.lr_warmup_steps=0", f"train.lr_schedule={schedule}", "checkpoint.every=2")
+    straight = read_jsonl(train(small_cfg(tmp_path / "straight", *overrides)) / "metrics.jsonl")
+    assert [r["lr"] for r in straight] == pytest.approx([1e-3 * f for f in DECAYED[schedule]], rel=1e-12)
+    resumed = rewound_copy(tmp_path / "straight", tmp_path / "resumed", 2)
+    again = read_jsonl(train(small_cfg(resumed, *overrides)) / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in again] == \
+           [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in straight]
 
 
 @pytest.fixture(scope="module")

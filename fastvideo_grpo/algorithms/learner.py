@@ -8,7 +8,7 @@ import copy
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,6 +24,15 @@ from fastvideo_grpo.sampling.step_plan import StepPlan
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class RunProgress:
+    """The fraction of train.iterations done when the current iteration began (the trainer
+    sets it): what train.lr_schedule decays by. Not checkpointed: a resumed run's own
+    train.iterations count."""
+
+    fraction: float = 0.0
+
+
 @dataclass(kw_only=True)
 class Learner:
     """What an update changes: the policy, its optimizer and LR schedule, the EMA (and an
@@ -37,6 +46,7 @@ class Learner:
     ema: dict[str, torch.Tensor] | None = None
     nonfinite_streak: int = 0
     old: Policy | None = None  # an old policy (DiffusionNFT's): it samples, and moves slowly toward the policy
+    progress: RunProgress = field(default_factory=RunProgress)
     kl_weight: float = 0.0  # the KL weight now: the algorithm's reference weight at first (grpo.kl_schedule moves it)
 
 
@@ -85,14 +95,35 @@ def optimizer_step(learner: Learner, cfg: Config, stats: IterationStats, step_in
     return finite
 
 
-def build_optimizer(policy: Policy, cfg: Config):
-    t = cfg.train
+def build_optimizer(policy: Policy, cfg: Config, progress: RunProgress | None = None):
+    """AdamW and its LR schedule, which decays by `progress` (a fixed start without one)."""
+    t, progress = cfg.train, progress or RunProgress()
     params = [p for p in policy.transformer.parameters() if p.requires_grad]
     kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
                                   weight_decay=t.weight_decay, **kernels[t.adam_implementation])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, t.lr_warmup_steps))
+    # A lambda, not a callable object: LambdaLR checkpoints an object's attributes, and a
+    # resumed run must follow its own config.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_factor(step, t.lr_warmup_steps) * decay_factor(t.lr_schedule, progress.fraction))
     return optimizer, scheduler
+
+
+def decay_factor(schedule: str, progress: float) -> float:
+    """lr multiplier of train.lr_schedule at `progress` (the fraction of the run done, in [0, 1))."""
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def refresh_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set each group's lr to base lr x the schedule's factor at the current step: after the
+    base lr or the run's progress changed, before the next optimizer step."""
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def warmup_factor(step: int, warmup: int) -> float:

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 # algorithm's math, rewards, seeds, the optimizer's other settings, ...) defines what the
 # checkpoint was trained as, and a resumed run that changes it is refused.
 RESUMABLE = (
-    "train.iterations", "train.lr", "train.lr_warmup_steps", "train.grad_clip", "train.max_nonfinite_steps",
+    "train.iterations", "train.lr", "train.lr_warmup_steps", "train.lr_schedule", "train.grad_clip",
+    "train.max_nonfinite_steps",
     "train.adam_implementation", "train.sample_every", "train.num_saved_samples", "train.progress_bar",
     "train.resume", "train.output_dir",
     # Per data-parallel rank: a resume on another number of ranks keeps the global batch by it.

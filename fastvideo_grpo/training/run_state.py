@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 
+from fastvideo_grpo.algorithms.learner import refresh_lr
 from fastvideo_grpo.checkpoint.folders import latest_checkpoint, step_folders
 from fastvideo_grpo.checkpoint.sharded import load_checkpoint, save_checkpoint
 from fastvideo_grpo.config import Config, run_config_path
@@ -82,7 +83,6 @@ def set_base_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None
     its current step on: a resumed run trains with its own train.lr (and warmup, the schedule's
     function being this run's). With the checkpoint's lr it sets the value the schedule holds."""
     scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
-    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+    for group in scheduler.optimizer.param_groups:
         group["initial_lr"] = lr
-        group["lr"] = lr * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    refresh_lr(scheduler)

@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from fastvideo_grpo.algorithms.advantages import advantages_of, kept_samples, nonfinite_groups, record_scores
-from fastvideo_grpo.algorithms.learner import (Learner, build_old, build_optimizer, fill_frozen, frozen_copy,
-                                               moved_copies, trained_plan)
+from fastvideo_grpo.algorithms.learner import (Learner, RunProgress, build_old, build_optimizer, fill_frozen,
+                                               frozen_copy, moved_copies, refresh_lr, trained_plan)
 from fastvideo_grpo.algorithms.registry import Algorithm, algorithm_of
 from fastvideo_grpo.checkpoint import diffusers_config, mark_best
 from fastvideo_grpo.training.run_state import NonFiniteTraining, resume_run, save_run
@@ -91,7 +91,8 @@ def setup(cfg: Config) -> Components:
         if frozen is not None and frozen.transformer is not policy.transformer:  # not a second adapter
             parallelize(frozen, world, cfg)
             fill_frozen(frozen, policy)
-    optimizer, scheduler = build_optimizer(policy, cfg)
+    progress = RunProgress()
+    optimizer, scheduler = build_optimizer(policy, cfg, progress)
     sampler = PromptSampler(len(source), t.prompts_per_iteration, world.dp_rank, world.dp_size, t.seed,
                             cfg.data.shuffle)
     latent_shape = policy.latent_shape(s.num_frames, s.height, s.width)
@@ -100,6 +101,7 @@ def setup(cfg: Config) -> Components:
                 t.prompts_per_iteration * s.group_size * world.dp_size)
     ema = init_ema(policy.transformer) if t.ema_decay > 0 else None
     return Components(policy=policy, reference=reference, old=old, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                      progress=progress,
                       kl_weight=algorithm.reference_weight(cfg), world=world, algorithm=algorithm,
                       scorer=build_reward_scorer(cfg.reward, world), sampler=sampler, source=source,
                       latent_shape=latent_shape, transformer_config=transformer_config)
@@ -226,6 +228,8 @@ def train_iteration(iteration: int, c: Components, cfg: Config) -> dict:
     world, policy, algorithm = c.world, c.policy, c.algorithm
     timer, stats = PhaseTimer(world.device), IterationStats(world.device)
     start = time.perf_counter()
+    c.progress.fraction = iteration / t.iterations
+    refresh_lr(c.scheduler)
     indices = c.sampler.next_indices()
     batch_prompts = [c.source.prompts[i] for i in indices for _ in range(s.group_size)]
     cond = c.source.conditioning(indices).repeat_interleave(s.group_size).to(world.device)
