@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fastvideo_grpo.algorithms.advantages import advantages_of
-from fastvideo_grpo.cli.ablate import EXPERIMENTS, SHAPES_EXPERIMENTS, SUITES, main, monitor_table, wall_time_table
+from fastvideo_grpo.cli.ablate import (EXPERIMENTS, SHAPES_EXPERIMENTS, SUITES, main, monitor_table, plot_curves,
+                                      wall_time_table)
 from fastvideo_grpo.config import load_config
 from fastvideo_grpo.shapes.detect import SCORES
 
@@ -14,18 +15,35 @@ from helpers import curve_pixels, read_png
 SHAPES_CONFIG = str(ROOT / "assets" / "configs" / "shapes_t2v.yaml")
 
 
+# Real runs for two experiments (one of them evaluating during training); the layout of
+# every experiment's panel is drawn from written metrics below.
+QUICK_EXPERIMENTS = ("timesteps", "algorithm")
+
+
 def test_quick_grid_writes_table_and_curves(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main(["--quick", "--output", str(tmp_path)]) == 0
+    assert main(["--quick", "--output", str(tmp_path), "--experiments", *QUICK_EXPERIMENTS]) == 0
     table = (tmp_path / "results.md").read_text()
-    for experiment, (_, settings) in EXPERIMENTS.items():
-        for setting in settings:
+    for experiment in QUICK_EXPERIMENTS:
+        for setting in EXPERIMENTS[experiment][1]:
             assert f"| {experiment} | {setting.name} |" in table
+    assert not any(f"| {experiment} |" in table for experiment in EXPERIMENTS if experiment not in QUICK_EXPERIMENTS)
     results = json.loads((tmp_path / "results.json").read_text())
     assert all(len(s["runs"]) == 1 for s in results["settings"].values())
-    # One panel per experiment, three a row (5 x 3.6 inches each at 90 dpi); each shows its
-    # settings' curves (the last drawn, never covered, in the cycle's colour of its index),
-    # and the cells no experiment fills stay blank.
+    assert read_png(tmp_path / "curves.png").shape == (324, 450 * len(QUICK_EXPERIMENTS), 3)
+    assert (tmp_path / "eval_curves.png").is_file()
+
+
+def test_curves_draw_a_panel_per_experiment_three_a_row(tmp_path):
+    """Each panel shows its settings' curves (the last drawn, never covered, in the cycle's
+    colour of its index); the cells no experiment fills stay blank. 5 x 3.6 inches at 90 dpi."""
+    for _, settings in EXPERIMENTS.values():
+        for index, setting in enumerate(settings):
+            folder = tmp_path / "runs" / setting.key / "seed_0"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows = [{"iteration": i, "reward/color": (index + 1) * i / 10} for i in range(12)]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_curves(tmp_path, EXPERIMENTS, [0], 3, "color")
     image = read_png(tmp_path / "curves.png")
     columns = min(3, len(EXPERIMENTS))
     rows = -(-len(EXPERIMENTS) // columns)

@@ -54,13 +54,18 @@ def test_sbatch_runs_the_flagship_script_on_the_tiny_config(cluster, tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1]
 
 
+# The signal goes out once 2 iterations are logged; the other 6 (seconds each, on 2 ranks)
+# leave it time to arrive before the run would end.
+ITERATIONS = 8
+
+
 def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     out = tmp_path / "run"
     env = job_env(cluster, out)
     submitted = cluster.run(
         "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--cpus-per-task={os.cpu_count()}",
         "--time=10", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",
-        "train_scripts/train_hunyuan_t2v.sh", "train.iterations=20", "sampling.group_size=4",
+        "train_scripts/train_hunyuan_t2v.sh", f"train.iterations={ITERATIONS}", "sampling.group_size=4",
         "sampling.rollout_batch_size=4", "train.progress_bar=false", "checkpoint.every=0",
         cwd=ROOT, env=env, timeout=60)
     job = submitted.stdout.strip().split(";")[0]
@@ -83,4 +88,4 @@ def test_usr1_under_slurm_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert "preempted after a checkpoint: requeueing" in log, log + cluster.logs()
     assert "resumed from" in log, log
     rows = read_jsonl(metrics)
-    assert [r["iteration"] for r in rows] == list(range(20))
+    assert [r["iteration"] for r in rows] == list(range(ITERATIONS))
