@@ -618,8 +618,8 @@ class HealthConfig:
     # Iterations that make the baseline (first) and the recent window.
     window: int = 5
     # A held-out reward (any the evaluation reports, weighted or not) whose paired drop from
-    # the run's first evaluation is below 0 at this one-sided confidence: reward hacking seen
-    # on held-out prompts (health.py).
+    # the run's first evaluation is below 0 at this one-sided confidence: reward hacking (an
+    # untrained reward) or over-fitting (a trained one) seen on held-out prompts (health.py).
     held_out_confidence: float = 0.975
 
     def problems(self, cfg: Config) -> list[str]:

@@ -2,8 +2,8 @@
 the device) and warnings for the field's common failures: flat groups, an exploding
 update, a saturated clip, a ratio that is not 1 before the first update, diversity
 collapsing while the reward rises (reward hacking), skipped non-finite steps, and a held-out
-reward (trained or only reported) falling below the run's first evaluation (reward hacking
-seen on the held-out prompts).
+reward falling below the run's first evaluation (an untrained one: reward hacking seen on the
+held-out prompts; a trained one: over-fitting).
 
 A warning is logged once when its condition starts (again only after it cleared), with the
 knob to turn, and recorded in output_dir/health.json with the iterations it held.
@@ -194,7 +194,7 @@ class HealthMonitor:
                          "add a KL penalty (grpo.kl_weight / nft.kl_weight) or lower train.lr, and look at the samples")
         if fallen[True]:
             found.append(f"trained rewards fell on the held-out prompts: {'; '.join(fallen[True])}. Training is "
-                         "making the policy worse where it is not trained (over-fitting the training prompts, or too "
+                         "making the policy worse beyond its training prompts (over-fitting them, or too "
                          "large an update): lower train.lr, add a KL penalty, or keep the best evaluation "
                          "(eval.early_stop_patience)")
         return "; ".join(found)
