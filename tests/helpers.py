@@ -122,10 +122,12 @@ def rewound_copy(run_folder, dest, step):
     resuming a run stopped there does, without training the first `step` iterations again."""
     import shutil
 
+    from fastvideo_grpo.checkpoint.folders import step_folders
+
     shutil.copytree(run_folder, dest, ignore=shutil.ignore_patterns(".lock", "final_params.pt"))
     checkpoints = Path(dest) / "checkpoints"
     assert (checkpoints / f"step_{step}").is_dir(), f"{run_folder} has no checkpoint after {step} iterations"
-    for folder in checkpoints.glob("step_*"):
+    for folder in step_folders(checkpoints):
         if int(folder.name.removeprefix("step_")) > step:
             shutil.rmtree(folder)
     (checkpoints / "latest").write_text(f"step_{step}\n")

@@ -99,7 +99,7 @@ class HealthMonitor:
         if self.baseline is None:
             self.baseline = (iteration, rows)
             return []
-        return self._update(iteration, {"held_out_regression": self._held_out_regression(iteration, rows)}, quiet)
+        return self._update(iteration, {"held_out_regression": self._held_out_regression(rows)}, quiet)
 
     def _update(self, iteration: int, conditions: dict[str, str | None], quiet: bool) -> list[str]:
         started = []
@@ -168,7 +168,7 @@ class HealthMonitor:
                 "samples of a prompt converge). Add a KL penalty (grpo.kl_weight), lower train.lr, add a second "
                 "reward, and look at the samples")
 
-    def _held_out_regression(self, iteration: int, rows: list[dict]) -> str | None:
+    def _held_out_regression(self, rows: list[dict]) -> str | None:
         first, base = self.baseline
         confidence = self.cfg.held_out_confidence
         # The one-sided bound at `confidence` from the two-sided 95% interval of the paired difference.
